@@ -1,0 +1,3 @@
+from dermkit.cli import main
+
+main()

@@ -1,0 +1,214 @@
+"""Safe image paths and image decoding.
+
+Every image dermkit reads goes through :func:`resolve_image_path` (a CSV row can never make us
+read a file outside the dataset folder) and :func:`open_image` (a broken, truncated or
+decompression-bomb file becomes a :class:`~dermkit.errors.DataError` that names the file and
+says what to do, instead of a PIL traceback deep inside a data loader).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dermkit.errors import DataError
+
+__all__ = [
+    "resolve_image_path",
+    "PathResolver",
+    "open_image",
+    "read_image_bytes",
+    "decode_image_bytes",
+    "ImageProblem",
+    "IMAGE_FIXES",
+]
+
+
+def resolve_image_path(root: str | os.PathLike, rel) -> Path:
+    """Return ``root / rel`` after checking that ``rel`` cannot escape ``root``.
+
+    ``rel`` must be a relative path (``/`` or ``\\`` separators) that stays inside ``root``: no
+    absolute path, no ``..`` that climbs out, and no symlink whose target lies outside ``root``.
+    The file does not have to exist (use :func:`open_image` to read it).
+    """
+    return PathResolver(root)(rel)
+
+
+class PathResolver:
+    """:func:`resolve_image_path` for many paths under one root (caches resolved folders).
+
+    Resolving every path component with ``realpath`` costs ~0.5 ms per image; images share a
+    few folders, so only the folder is resolved once and the file itself is checked with one
+    ``lstat`` (is it a symlink?).
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.real_root = os.path.realpath(self.root)
+        self._dirs: dict[str, str] = {}
+
+    def _inside(self, real: str) -> bool:
+        return real == self.real_root or real.startswith(self.real_root.rstrip(os.sep) + os.sep)
+
+    def __call__(self, rel) -> Path:
+        root = self.root
+        if not isinstance(rel, str) or not rel.strip():
+            raise DataError(
+                f"empty image path {rel!r}; give a path relative to the dataset folder {root}"
+            )
+        # CSVs written on Windows use backslashes; treat them as separators on every OS.
+        text = rel.replace("\\", "/")
+        if text.startswith("/") or (len(text) >= 2 and text[1] == ":") or os.path.isabs(rel):
+            raise DataError(
+                f"image path {rel!r} is absolute; use a path relative to the dataset folder "
+                f"{root} (e.g. images/ISIC_0000001.jpg)"
+            )
+        parts: list[str] = []
+        for part in text.split("/"):
+            if part == "..":
+                if not parts:
+                    raise DataError(
+                        f"image path {rel!r} leaves the dataset folder {root} through '..'; "
+                        "keep images inside the dataset folder and use a path relative to it"
+                    )
+                parts.pop()
+            elif part not in ("", "."):
+                parts.append(part)
+        if not parts:
+            raise DataError(f"image path {rel!r} names the dataset folder itself, not a file")
+        path = root.joinpath(*parts)
+        # Symlinks are checked last: a link inside the folder may point anywhere on disk.
+        folder = os.path.join(*parts[:-1]) if len(parts) > 1 else ""
+        real_dir = self._dirs.get(folder)
+        if real_dir is None:
+            real_dir = self._dirs[folder] = os.path.realpath(os.path.join(self.real_root, folder))
+        real = os.path.join(real_dir, parts[-1])
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+        if not self._inside(real):
+            raise DataError(
+                f"image path {rel!r} resolves to {real}, outside the dataset folder "
+                f"{self.real_root} (symlink?); copy the file into the dataset folder instead "
+                "of linking to it"
+            )
+        return path
+
+
+class ImageProblem(DataError):
+    """An image that cannot be used; ``kind`` is missing_image / unreadable_image /
+    truncated_image / decompression_bomb and ``fix`` says what to do."""
+
+    def __init__(self, kind: str, path: Path, detail: str, fix: str):
+        self.kind, self.path, self.detail, self.fix = kind, Path(path), detail, fix
+        super().__init__(f"{path}: {detail}; {fix}")
+
+
+IMAGE_FIXES = {
+    "missing_image": "check that the path in metadata.csv is relative to the dataset folder "
+    "and that the file was copied, or remove the row",
+    "unreadable_image": "re-export the file as JPEG or PNG, or remove the row",
+    "truncated_image": "the file is cut short (interrupted copy/download?); copy it again "
+    "from the source, or remove the row",
+    "decompression_bomb": "downscale the image (e.g. longer side <= 4096 px) or remove the row; "
+    "raise PIL.Image.MAX_IMAGE_PIXELS only if you trust the file",
+}
+
+
+def _problem(kind: str, path: Path, detail: str) -> ImageProblem:
+    return ImageProblem(kind, path, detail, IMAGE_FIXES[kind])
+
+
+def read_image_bytes(path: Path) -> bytes:
+    """Read a file's bytes; a missing or unreadable file becomes an :class:`ImageProblem`."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise _problem("missing_image", path, "image file not found") from None
+    except IsADirectoryError:
+        raise _problem("unreadable_image", path, "is a folder, not an image file") from None
+    except OSError as exc:
+        raise _problem("unreadable_image", path, f"cannot read the file ({exc.strerror or exc})") from None
+
+
+def decode_image_bytes(data: bytes, path: Path, convert: bool = True) -> Image.Image:
+    """Decode ``data`` (the bytes of ``path``) completely; raise :class:`ImageProblem` if bad.
+
+    Truncated files are detected because ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays False and the
+    whole image is decoded (no ``draft`` mode). With ``convert`` the image is returned as RGB with
+    its EXIF orientation applied.
+    """
+    try:
+        # Pillow raises above 2x MAX_IMAGE_PIXELS but only warns above 1x. Callers turn that
+        # warning into an error (open_image, check_dataset); the explicit size check below also
+        # refuses such images where the warnings filter is not active. No catch_warnings here:
+        # it is not thread-safe and this function runs in a thread pool.
+        im = Image.open(io.BytesIO(data))
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and im.size[0] * im.size[1] > limit:
+            raise Image.DecompressionBombWarning(
+                f"{im.size[0]}x{im.size[1]} = {im.size[0] * im.size[1]} pixels"
+            )
+        im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _problem(
+            "decompression_bomb",
+            path,
+            f"image is too large to decode safely ({_first_line(exc)}; limit "
+            f"{Image.MAX_IMAGE_PIXELS} pixels)",
+        ) from None
+    except UnidentifiedImageError:
+        raise _problem(
+            "unreadable_image", path, "not an image file Pillow can read (wrong format or corrupt)"
+        ) from None
+    except OSError as exc:
+        text = str(exc)
+        if "truncated" in text.lower():
+            raise _problem("truncated_image", path, f"image file is truncated ({text})") from None
+        raise _problem("unreadable_image", path, f"corrupt image data ({text})") from None
+    except (SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as exc:
+        # Pillow plugins raise these for malformed headers.
+        raise _problem(
+            "unreadable_image", path, f"corrupt image data ({type(exc).__name__}: {exc})"
+        ) from None
+    if not convert:
+        return im
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # a broken EXIF block should not make a decodable image unusable
+        pass
+    if im.mode != "RGB":
+        # Palette images with transparency must go through RGBA, else Pillow warns.
+        if im.mode == "P":
+            im = im.convert("RGBA")
+        if im.mode.startswith("I;16") or im.mode == "I":
+            # 16/32-bit grey: scale to 8 bit instead of clipping everything above 255 to white.
+            im = im.convert("I")
+            hi = im.getextrema()[1] or 1
+            im = im.point(lambda v: v * (255.0 / hi)).convert("L")
+        im = im.convert("RGB")
+    return im
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open ``path`` as a fully decoded RGB image, or raise a ``DataError`` that says why not.
+
+    Errors (all :class:`ImageProblem`, a ``DataError``): missing file, not an image / corrupt,
+    truncated file, decompression bomb (more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels).
+    RGBA, L, P, CMYK... are converted to RGB; EXIF orientation is applied.
+    """
+    path = Path(path)
+    data = read_image_bytes(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return decode_image_bytes(data, path)
+

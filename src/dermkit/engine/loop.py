@@ -1,0 +1,351 @@
+"""The one training loop.
+
+Every method that trains weights (supervised classifiers now; contrastive CLIP, prompt learning,
+fusion later) hands the loop a model, a loss function for a batch and a validation function. The
+loop owns what is easy to get wrong: AdamW with warm-up + cosine schedule, mixed precision (bf16
+autocast on CPU and CUDA, fp16 + GradScaler on older GPUs), gradient accumulation and clipping,
+model selection and early stopping on a validation metric, checkpointing every epoch and exact
+resume, progress bars, TensorBoard and CSV logs.
+
+Resume is exact by construction: every epoch re-seeds all RNGs from (seed, epoch) and builds its
+own data order from that seed, so epoch k after a resume sees the same batches, augmentations
+and dropout masks as epoch k of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from dermkit.errors import ConfigError, ModelError
+from dermkit.io import write_csv, write_json
+from dermkit.models.checkpoint import load_tensors, save_tensors
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class EngineConfig:
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    select_metric: str = "balanced_accuracy"
+    select_mode: str = "max"  # "max" or "min"
+    patience: int | None = None  # epochs without improvement before stopping; None = never stop early
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    channels_last: bool = True
+    seed: int = 0
+    max_steps_per_epoch: int | None = None  # for smoke tests and quick sweeps
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError("epochs must be >= 1")
+        if self.select_mode not in ("max", "min"):
+            raise ConfigError("select_mode must be 'max' or 'min'")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError("precision must be one of auto, fp32, bf16, fp16")
+        if self.grad_accum < 1:
+            raise ConfigError("grad_accum must be >= 1")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for a device (None = full fp32)."""
+    if name == "fp32":
+        return None
+    if name == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("fp16 autocast needs a CUDA device; use bf16 on CPU")
+        return torch.float16
+    if name == "bf16":
+        return torch.bfloat16
+    # auto: bf16 where the hardware has it natively, else fp32 on CPU / fp16 on old GPUs.
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_bf16() else None
+
+
+def cpu_has_bf16() -> bool:
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool((check and check()) or (amx and amx()))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_ratio``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    best_score: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Engine:
+    """Runs ``fit`` for one model; see the module docstring."""
+
+    def __init__(self, model: nn.Module, config: EngineConfig, out_dir: str | Path, progress: bool = True):
+        config.validate()
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.device = resolve_device(config.device)
+        self.amp_dtype = resolve_precision(config.precision, self.device)
+        self.model = model.to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.progress = progress
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("the model has no trainable parameters")
+        decay = [p for p in params if p.ndim > 1]  # no weight decay on norms and biases
+        no_decay = [p for p in params if p.ndim <= 1]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr,
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.state = LoopState()
+
+    # ----------------------------------------------------------------- precision helpers
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.config.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    # ----------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_DIR / "last.safetensors"
+
+    def save_checkpoint(self) -> None:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        opt = self.optimizer.state_dict()
+        for pid, pstate in opt["state"].items():
+            for name, value in pstate.items():
+                tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
+        tensors["scaler.scale"] = torch.tensor(self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
+        meta = {
+            "loop": asdict(self.state),
+            "param_groups": [{k: v for k, v in g.items()} for g in opt["param_groups"]],
+        }
+        # Tensors first, then the JSON that points at them: a crash in between leaves the
+        # previous JSON, whose epoch count is then re-run (never a half-updated state).
+        save_tensors(self.checkpoint_path, tensors)
+        write_json(self.checkpoint_path.with_suffix(".json"), meta)
+
+    def load_checkpoint(self) -> bool:
+        """Restore the last checkpoint if there is one; returns whether it did."""
+        meta_path = self.checkpoint_path.with_suffix(".json")
+        if not meta_path.is_file():
+            return False
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{meta_path} is corrupt ({exc}); delete {self.checkpoint_path.parent} to start over") from exc
+        tensors = load_tensors(self.checkpoint_path)
+        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            self.model.load_state_dict(model_state, strict=True)
+        except RuntimeError as exc:
+            raise ModelError(f"checkpoint {self.checkpoint_path} does not fit this model: {exc}") from exc
+        opt_state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, pid, name = key.split(".", 2)
+                opt_state.setdefault(int(pid), {})[name] = value
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+        if self.scaler.is_enabled():
+            self.scaler.update(float(tensors["scaler.scale"]))
+        self.state = LoopState(**meta["loop"])
+        return True
+
+    # ----------------------------------------------------------------- the loop
+    def fit(
+        self,
+        make_train_batches: Callable[[int], Iterable],
+        loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+        validate_fn: Callable[[nn.Module], dict[str, float]],
+        on_best: Callable[[nn.Module, dict[str, float]], None],
+        steps_per_epoch: int,
+        resume: bool = False,
+        batch_size_fn: Callable[[Any], int] | None = None,
+    ) -> LoopState:
+        """Train for ``config.epochs`` epochs (or until early stopping).
+
+        make_train_batches(epoch) -> iterable of batches (built from the epoch seed);
+        loss_fn(model, batch) -> scalar loss (called under autocast);
+        validate_fn(model) -> metrics dict containing ``config.select_metric``;
+        on_best(model, metrics) is called whenever the selection metric improves.
+        """
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        if steps_per_epoch < 1:
+            raise ConfigError("the training split yields no batch; lower --batch-size or add images")
+        if cfg.max_steps_per_epoch:
+            steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+        optimizer_steps = math.ceil(steps_per_epoch / cfg.grad_accum)
+        total_steps = optimizer_steps * cfg.epochs
+        warmup_steps = int(round(cfg.warmup_epochs * optimizer_steps))
+        if resume and self.load_checkpoint():
+            print(f"resuming after epoch {self.state.epoch} (best {cfg.select_metric}={self.state.best_score})")
+        elif resume:
+            print(f"no checkpoint in {self.checkpoint_path.parent}; starting from scratch")
+        if self._stopped_early():
+            return self.state
+
+        writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
+        try:
+            for epoch in range(self.state.epoch, cfg.epochs):
+                seed_everything(epoch_seed(cfg.seed, epoch))
+                self.model.train()
+                start, seen, loss_sum, n_batches = time.perf_counter(), 0, 0.0, 0
+                bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
+                self.optimizer.zero_grad(set_to_none=True)
+                for i, batch in enumerate(make_train_batches(epoch)):
+                    if i >= steps_per_epoch:
+                        break
+                    with self.autocast():
+                        loss = loss_fn(self.model, batch)
+                    if not torch.isfinite(loss):
+                        raise ModelError(
+                            f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; lower --lr or use --precision fp32"
+                        )
+                    self.scaler.scale(loss / cfg.grad_accum).backward()
+                    last_in_epoch = i + 1 == steps_per_epoch
+                    if (i + 1) % cfg.grad_accum == 0 or last_in_epoch:
+                        self._optimizer_step(lr_factor(self.state.step, total_steps, warmup_steps, cfg.min_lr_ratio))
+                    loss_sum += loss.item()
+                    n_batches += 1
+                    seen += batch_size_fn(batch) if batch_size_fn else 0
+                    bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                    bar.update(1)
+                bar.close()
+                train_seconds = time.perf_counter() - start
+
+                self.model.eval()
+                metrics = validate_fn(self.model)
+                if cfg.select_metric not in metrics:
+                    raise ConfigError(f"select metric {cfg.select_metric!r} not among validation metrics {sorted(metrics)}")
+                score = float(metrics[cfg.select_metric])
+                improved = self._is_better(score)
+                if improved:
+                    self.state.best_score, self.state.best_epoch, self.state.bad_epochs = score, epoch + 1, 0
+                    on_best(self.model, metrics)
+                else:
+                    self.state.bad_epochs += 1
+                row = {
+                    "epoch": epoch + 1,
+                    "train_loss": loss_sum / max(1, n_batches),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "train_seconds": round(train_seconds, 2),
+                    "train_images_per_second": round(seen / train_seconds, 2) if seen else None,
+                    **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
+                    "best": improved,
+                }
+                self.state.history.append(row)
+                self.state.epoch = epoch + 1
+                for key, value in row.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
+                        writer.add_scalar(key.replace("val_", "val/").replace("train_", "train/"), value, epoch + 1)
+                writer.flush()
+                self._write_history()
+                self.save_checkpoint()
+                print(
+                    f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}, "
+                    f"val {cfg.select_metric} {score:.4f}{' (best)' if improved else ''}, {train_seconds:.0f}s"
+                )
+                if self._stopped_early():
+                    print(f"early stopping: no improvement for {self.state.bad_epochs} epochs")
+                    break
+        finally:
+            writer.close()
+        return self.state
+
+    def _optimizer_step(self, factor: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr * factor
+        if self.config.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]], self.config.max_grad_norm
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+
+    def _is_better(self, score: float) -> bool:
+        if math.isnan(score):
+            return self.state.best_score is None
+        best = self.state.best_score
+        if best is None or (isinstance(best, float) and math.isnan(best)):
+            return True
+        return score > best if self.config.select_mode == "max" else score < best
+
+    def _stopped_early(self) -> bool:
+        p = self.config.patience
+        return p is not None and self.state.bad_epochs >= p
+
+    def _write_history(self) -> None:
+        import pandas as pd
+
+        write_csv(self.out_dir / "history.csv", pd.DataFrame(self.state.history))
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a freshly written folder into place so readers never see a half-written one."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)

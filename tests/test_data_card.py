@@ -1,0 +1,299 @@
+"""Dataset cards: loading, packaged defaults, dataset.yaml overrides, rows and labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import dermkit.data.card as card_module
+from conftest import SHARED_DATA, TINY_CLASSES, make_dataset, requires_shared_data
+from dermkit.data import DatasetCard, data_root, known_cards, load_card
+from dermkit.data.card import _packaged_spec, _validate_spec
+from dermkit.errors import DataError
+
+KNOWN = ["derm7pt", "ham10000", "isic2017", "pad_ufes20", "ph2"]
+
+
+def test_tiny_card_fields(tiny_dataset):
+    card = load_card(tiny_dataset)
+    assert isinstance(card, DatasetCard)
+    assert card.name == "tiny"
+    assert card.root == tiny_dataset
+    assert card.classes == list(TINY_CLASSES)
+    assert card.class_names["mel"] == "mel lesion"
+    assert card.synonyms["nv"] == ["NV"]
+    assert card.group_column == "lesion_id"
+    assert card.metadata_columns == {"age": "numeric", "sex": "categorical"}
+    assert card.positive_class == "mel"
+    assert card.second_view_column is None
+    # Every cell stays a string, so ids and paths are never turned into numbers.
+    assert card.table["image"].map(type).eq(str).all()
+    assert card.table["label"].iloc[0] == "0"
+    assert len(card.table) == 3 * 28
+    assert load_card(card) is card
+
+
+def test_metadata_csv_path_and_str_accepted(tiny_dataset):
+    assert load_card(str(tiny_dataset / "metadata.csv")).root == tiny_dataset
+    assert load_card(str(tiny_dataset)).classes == list(TINY_CLASSES)
+
+
+def test_table_is_read_once_and_reload(tiny_dataset):
+    card = load_card(tiny_dataset)
+    first = card.table
+    assert card.table is first
+    card.reload()
+    assert card.table is not first
+
+
+def test_defaults_without_yaml_are_sorted_classes(tmp_path):
+    root = make_dataset(tmp_path, classes=("zeta", "alpha", "mid"), write_yaml=False)
+    card = load_card(root)
+    assert card.classes == ["alpha", "mid", "zeta"]
+    assert card.class_names == {"alpha": "alpha", "mid": "mid", "zeta": "zeta"}
+    assert card.synonyms == {"alpha": [], "mid": [], "zeta": []}
+    assert card.group_column is None
+    # Metadata types are inferred when the card declares none.
+    assert card.metadata_columns["age"] == "numeric"
+    assert card.metadata_columns["sex"] == "categorical"
+    assert "image" not in card.metadata_columns and "split" not in card.metadata_columns
+
+
+def test_rows_keep_index_and_csv_line(tiny_card):
+    train = tiny_card.rows("train")
+    assert len(train) == 3 * 16
+    assert (train["split"] == "train").all()
+    assert (train["csv_line"] == train.index + 2).all()
+    # csv_line really is the line in the file (header = line 1).
+    lines = (tiny_card.metadata_csv).read_text().splitlines()
+    first = train.iloc[0]
+    assert lines[first["csv_line"] - 1].startswith(first["image"] + ",")
+    assert "csv_line" not in tiny_card.table.columns  # the cached table is not modified
+
+
+def test_rows_unknown_and_empty_split(tiny_dataset):
+    card = load_card(tiny_dataset)
+    with pytest.raises(DataError, match="unknown split 'valid'.*train, val, test"):
+        card.rows("valid")
+    df = pd.read_csv(tiny_dataset / "metadata.csv")
+    df.loc[df["split"] == "val", "split"] = "train"
+    df.to_csv(tiny_dataset / "metadata.csv", index=False)
+    card = load_card(tiny_dataset)
+    with pytest.raises(DataError, match=r"split 'val' .* has no rows.*dermkit data split"):
+        card.rows("val")
+
+
+def test_labels(tiny_card):
+    test = tiny_card.rows("test")
+    labels = tiny_card.labels(test)
+    assert labels.dtype == np.int64
+    expected = test["diagnosis"].map({c: i for i, c in enumerate(TINY_CLASSES)}).to_numpy()
+    assert (labels == expected).all()
+
+
+def test_labels_unknown_diagnosis_names_line_and_classes(tiny_card):
+    df = tiny_card.rows("val").copy()
+    df.loc[df.index[2], "diagnosis"] = "Mel"
+    line = int(df["csv_line"].iloc[2])
+    with pytest.raises(DataError) as err:
+        tiny_card.labels(df)
+    msg = str(err.value)
+    assert f"line {line}" in msg
+    assert "bcc, mel, nv" in msg
+    assert "did you mean 'mel'" in msg
+
+
+def test_image_path(tiny_card):
+    rel = tiny_card.table["image"].iloc[0]
+    assert tiny_card.image_path(rel) == tiny_card.root / rel
+    with pytest.raises(DataError, match="outside|leaves"):
+        tiny_card.image_path("../secret.jpg")
+
+
+def test_match_class_uses_names_and_synonyms(tiny_card):
+    assert tiny_card.match_class("MEL") == "mel"
+    assert tiny_card.match_class("nv lesion") == "nv"
+    assert tiny_card.match_class("psoriasis") is None
+
+
+# ------------------------------------------------------------------------------ errors
+def test_load_card_missing_folder(tmp_path):
+    with pytest.raises(DataError, match="does not exist.*metadata.csv"):
+        load_card(tmp_path / "nope")
+
+
+def test_load_card_unknown_name():
+    with pytest.raises(DataError, match="unknown dataset 'hamm10000'.*ham10000"):
+        load_card("hamm10000")
+
+
+def test_load_card_folder_without_metadata(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no metadata.csv.*image.*diagnosis.*split"):
+        load_card(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    "patch, pattern",
+    [
+        ({"metadata_columns": {"age": "number"}}, "metadata_columns.age.*categorical, numeric, boolean"),
+        ({"positive_class": "melanoma"}, "positive_class 'melanoma' is not one of the classes"),
+        ({"synonyms": {"mell": ["x"]}}, "synonyms has entries for 'mell'"),
+        ({"modality": "xray"}, "modality must be one of"),
+        ({"classes": ["bcc", "bcc", "nv"]}, "more than once"),
+    ],
+)
+def test_invalid_dataset_yaml(tiny_dataset, patch, pattern):
+    path = tiny_dataset / "dataset.yaml"
+    spec = yaml.safe_load(path.read_text())
+    spec.update(patch)
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(DataError, match=pattern):
+        load_card(tiny_dataset)
+
+
+def test_yaml_syntax_error_names_file_and_line(tiny_dataset):
+    (tiny_dataset / "dataset.yaml").write_text("name: tiny\nclasses: [a, b\n")
+    with pytest.raises(DataError, match=r"dataset.yaml line \d+: invalid YAML"):
+        load_card(tiny_dataset)
+
+
+def test_unreadable_csv(tmp_path):
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "metadata.csv").write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        load_card(root).table
+    (root / "metadata.csv").write_text('image,diagnosis,split\n"a.jpg,nv,train\n')
+    with pytest.raises(DataError, match="cannot parse"):
+        load_card(root).table
+
+
+def test_header_spaces_are_ignored(tmp_path):
+    root = make_dataset(tmp_path)
+    text = (root / "metadata.csv").read_text().splitlines()
+    text[0] = ", ".join(text[0].split(","))
+    (root / "metadata.csv").write_text("\n".join(text) + "\n")
+    assert "diagnosis" in load_card(root).table.columns
+
+
+# ---------------------------------------------------------------- packaged cards, merging
+def test_known_cards_are_packaged_and_valid():
+    assert known_cards() == KNOWN
+    for name in KNOWN:
+        spec = _validate_spec(_packaged_spec(name), name)
+        assert spec["name"] == name
+        # The shared data uses the alphabetically sorted class order for `label`.
+        assert spec["classes"] == sorted(spec["classes"])
+        assert set(spec["class_names"]) == set(spec["classes"])
+        assert set(spec["synonyms"]) == set(spec["classes"])
+        assert spec["positive_class"] in spec["classes"]
+        assert spec["license"]
+        assert spec["duplicate_column"] == "duplicate_of"
+
+
+def test_packaged_card_contents():
+    ham = _validate_spec(_packaged_spec("ham10000"), "ham")
+    assert ham["group_column"] == "lesion_id"
+    assert "malignant melanoma" in ham["synonyms"]["mel"]
+    assert "mole" in ham["synonyms"]["nv"]
+    assert {"seborrheic keratosis", "solar lentigo", "lichen planus-like keratosis"} <= set(ham["synonyms"]["bkl"])
+    assert "Bowen's disease" in ham["synonyms"]["akiec"]
+    derm = _validate_spec(_packaged_spec("derm7pt"), "derm7pt")
+    assert derm["group_column"] == "case_num"
+    assert derm["second_view_column"] == "clinic_image"
+    assert derm["modality"] == "mixed"
+    pad = _validate_spec(_packaged_spec("pad_ufes20"), "pad")
+    assert pad["group_column"] == "patient_id" and pad["modality"] == "clinical"
+    assert pad["metadata_columns"]["fitspatrick"] == "numeric"
+    assert pad["metadata_columns"]["itch"] == "boolean"
+
+
+def test_folder_named_like_known_card_gets_its_defaults(tmp_path):
+    # A local copy of a known dataset (here a tiny stand-in for ph2) inherits the packaged card;
+    # its dataset.yaml extends synonyms and overrides the group column.
+    root = make_dataset(tmp_path, name="ph2", classes=("atypical nevus", "common nevus", "melanoma"), write_yaml=False)
+    (root / "dataset.yaml").write_text(
+        yaml.safe_dump({"synonyms": {"melanoma": ["MM"]}, "group_column": "lesion_id"})
+    )
+    card = load_card(root)
+    assert card.name == "ph2"
+    assert card.modality == "dermoscopy"
+    assert card.synonyms["melanoma"] == ["MM"]
+    assert "dysplastic nevus" in card.synonyms["atypical nevus"]  # inherited
+    assert card.group_column == "lesion_id"
+    assert card.metadata_columns["color_black"] == "boolean"
+
+
+def test_base_card_with_new_classes_drops_stale_entries(tmp_path):
+    root = make_dataset(tmp_path, name="mine", write_yaml=False)
+    (root / "dataset.yaml").write_text(
+        yaml.safe_dump({"base_card": "ham10000", "name": "mine", "classes": list(TINY_CLASSES)})
+    )
+    card = load_card(root)
+    assert card.name == "mine"
+    assert card.classes == list(TINY_CLASSES)
+    assert card.class_names["bcc"] == "basal cell carcinoma"  # kept: still a class
+    assert card.positive_class == "mel"
+    assert set(card.synonyms) == set(TINY_CLASSES)
+    (root / "dataset.yaml").write_text(yaml.safe_dump({"base_card": "nope"}))
+    with pytest.raises(DataError, match="base_card 'nope' is not a packaged card"):
+        load_card(root)
+
+
+def test_group_column_none_string(tiny_dataset):
+    path = tiny_dataset / "dataset.yaml"
+    spec = yaml.safe_load(path.read_text())
+    spec["group_column"] = "none"
+    path.write_text(yaml.safe_dump(spec))
+    assert load_card(tiny_dataset).group_column is None
+
+
+# --------------------------------------------------------------------------- data_root
+def test_data_root_env(monkeypatch, tmp_path):
+    make_dataset(tmp_path, name="ph2", classes=("atypical nevus", "common nevus", "melanoma"), write_yaml=False)
+    monkeypatch.setenv("DERMKIT_DATA", str(tmp_path))
+    assert data_root() == tmp_path
+    card = load_card("ph2")
+    assert card.root == tmp_path / "ph2"
+    assert card.classes == ["atypical nevus", "common nevus", "melanoma"]
+    monkeypatch.setenv("DERMKIT_DATA", str(tmp_path / "missing"))
+    with pytest.raises(DataError, match="DERMKIT_DATA=.* is not a folder"):
+        data_root()
+
+
+def test_data_root_not_found(monkeypatch, tmp_path):
+    monkeypatch.delenv("DERMKIT_DATA", raising=False)
+    monkeypatch.setattr(card_module, "__file__", str(tmp_path / "pkg" / "dermkit" / "data" / "card.py"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="set DERMKIT_DATA"):
+        data_root()
+    with pytest.raises(DataError, match="set DERMKIT_DATA"):
+        load_card("ham10000")
+
+
+def test_data_root_walks_up_to_shared_data(monkeypatch, tmp_path):
+    monkeypatch.delenv("DERMKIT_DATA", raising=False)
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    deep = tmp_path / "main" / "src" / "dermkit" / "data"
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(card_module, "__file__", str(deep / "card.py"))
+    assert data_root() == tmp_path / "shared" / "data"
+
+
+@pytest.mark.realdata
+@requires_shared_data
+@pytest.mark.parametrize("name", KNOWN)
+def test_real_cards_load(name):
+    card = load_card(name)
+    assert card.root == SHARED_DATA / name
+    assert sorted(card.table["diagnosis"].unique()) == card.classes
+    labels = card.labels(card.table)
+    # The shared metadata's label column is the index in the sorted class list.
+    assert (labels == card.table["label"].astype(int).to_numpy()).all()
+    for col in card.metadata_columns:
+        assert col in card.table.columns, col
+    for split in ("train", "val", "test"):
+        assert len(card.rows(split)) > 0
