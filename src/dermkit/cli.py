@@ -60,7 +60,9 @@ def data_check(
 
 
 def _problem_text(p) -> str:
-    return f"[{p.kind}] {p.message} Fix: {p.fix}"  # messages already name the metadata.csv line
+    from rich.markup import escape
+
+    return escape(f"[{p.kind}] {p.message} Fix: {p.fix}")  # messages already name the metadata.csv line
 
 
 @data_app.command("split")
@@ -277,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, standalone_mode=False)
     except DermkitError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return _exit(2, argv)
     except click.exceptions.Exit as exc:
         return _exit(exc.exit_code, argv)

@@ -87,7 +87,7 @@ class ImageDataset(Dataset):
         desc: str = "decoding",
     ):
         self.paths = [Path(p) for p in paths]
-        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        self.labels = None if labels is None else torch.tensor(np.array(labels), dtype=torch.long)
         self.transform = transform
         self.images = decode_all(self.paths, cache_side, progress=progress, desc=desc)
 
