@@ -37,6 +37,22 @@ def test_class_weights_are_inverse_frequency():
     assert w.tolist() == pytest.approx([4 / 9, 4 / 3, 0.0])
 
 
+def test_weighted_loss_weights_samples_not_smoothing():
+    from dermkit.methods.supervised import WeightedCrossEntropy
+
+    logits = torch.zeros(4, 3)
+    target = torch.tensor([0, 0, 0, 1])
+    loss = WeightedCrossEntropy(torch.tensor([0.5, 2.0, 9.0]), label_smoothing=0.1)(logits, target)
+    assert loss.item() == pytest.approx(np.log(3))  # uniform logits: log C whatever the weights
+    logits = torch.tensor([[2.0, 0, 0], [0, 2.0, 0]])
+    per = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 0]), reduction="none")
+    got = WeightedCrossEntropy(torch.tensor([1.0, 3.0, 1.0]))(logits, torch.tensor([0, 0]))
+    assert got.item() == pytest.approx(per.mean().item())
+    got = WeightedCrossEntropy(torch.tensor([1.0, 3.0, 1.0]))(logits, torch.tensor([0, 1]))
+    per = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1]), reduction="none")
+    assert got.item() == pytest.approx((per[0] + 3 * per[1]).item() / 4)
+
+
 def test_partial_finetuning_freezes_early_units():
     model = create_classifier("resnet18", 3, pretrained=False)
     frozen = freeze_all_but_last(model, 2)  # layer4 + fc learn

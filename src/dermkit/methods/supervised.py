@@ -104,6 +104,26 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+class WeightedCrossEntropy(nn.Module):
+    """Cross-entropy with label smoothing where each *sample* is weighted by its class weight.
+
+    torch's ``CrossEntropyLoss(weight=..., label_smoothing=...)`` also multiplies the smoothing
+    term by every class's weight, which with HAM10000's 60:1 imbalance pushes all predictions
+    towards the rare classes and puts the starting loss far above log(C).
+    """
+
+    def __init__(self, class_weights: torch.Tensor, label_smoothing: float = 0.0):
+        super().__init__()
+        self.register_buffer("class_weights", class_weights.float())
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        per_sample = nn.functional.cross_entropy(logits.float(), target, reduction="none",
+                                                 label_smoothing=self.label_smoothing)
+        w = self.class_weights[target]
+        return (per_sample * w).sum() / w.sum().clamp_min(1e-12)
+
+
 def train_classifier(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train, select on val, evaluate on test. Writes the run folder; returns the test metrics."""
     import yaml
@@ -136,10 +156,9 @@ def train_classifier(config: TrainConfig, out_dir: str | Path, resume: bool = Fa
     model = create_classifier(config.model, len(classes), pretrained=config.pretrained, drop_rate=config.drop_rate)
     frozen = freeze_all_but_last(model, config.train_last) if config.train_last else []
 
-    weights = class_weights(y_train, len(classes)) if config.imbalance == "weighted_loss" else None
-    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
     engine = Engine(model, config.engine, out_dir, progress=progress)
-    criterion = criterion.to(engine.device)
+    weights = class_weights(y_train, len(classes)) if config.imbalance == "weighted_loss" else torch.ones(len(classes))
+    criterion = WeightedCrossEntropy(weights, config.label_smoothing).to(engine.device)
 
     def make_batches(epoch: int):
         for unit in frozen:  # frozen BatchNorm keeps its pretrained statistics

