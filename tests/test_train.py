@@ -131,3 +131,16 @@ def test_resume_continues_to_the_same_result(tiny_dataset, tmp_path, monkeypatch
 def test_unknown_config_key_is_reported():
     with pytest.raises(ConfigError, match="unknown config keys.*lerning_rate"):
         TrainConfig.from_dict({"lerning_rate": 0.1})
+
+
+def test_shipped_configs_parse_and_match_benchmark():
+    import yaml
+    from pathlib import Path
+
+    from dermkit.methods.supervised import benchmark_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for path in root.glob("*.yaml"):
+        TrainConfig.from_dict(yaml.safe_load(path.read_text())).validate()
+    shipped = TrainConfig.from_dict(yaml.safe_load((root / "benchmark_lite0_ham10000.yaml").read_text()))
+    assert shipped.to_dict() == benchmark_config().to_dict()

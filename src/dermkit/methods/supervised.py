@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,7 @@ from torch import nn
 
 from dermkit.data import load_card
 from dermkit.data.torchdata import ImageDataset, eval_transform, train_transform
+from dermkit.config import config_from_dict
 from dermkit.engine.loop import Engine, EngineConfig, epoch_seed, replace_dir
 from dermkit.errors import ConfigError
 from dermkit.io import write_json, write_text
@@ -46,19 +46,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "TrainConfig":
-        raw = dict(raw)
-        engine_fields = {f.name for f in dataclasses.fields(EngineConfig)}
-        own_fields = {f.name for f in dataclasses.fields(cls)} - {"engine"}
-        engine_raw = dict(raw.pop("engine", {}) or {})
-        for key in list(raw):
-            if key in engine_fields and key not in own_fields:
-                engine_raw[key] = raw.pop(key)
-        unknown = set(raw) - own_fields
-        unknown |= set(engine_raw) - engine_fields
-        if unknown:
-            known = sorted(own_fields | engine_fields)
-            raise ConfigError(f"unknown config keys {sorted(unknown)}; known keys: {', '.join(known)}")
-        return cls(**raw, engine=EngineConfig(**engine_raw))
+        return config_from_dict(cls, raw)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -220,7 +208,7 @@ def train_classifier(config: TrainConfig, out_dir: str | Path, resume: bool = Fa
         "selected_on": f"val {config.engine.select_metric}", "best_val_score": state.best_score,
         "report": str(report_dir), "test": {k: report.metrics.get(k) for k in
                                           ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")},
-        "test_ci": {k: report.metrics.get("ci", {}).get(k) for k in ("balanced_accuracy", "macro_f1", "macro_auc")},
+        "test_ci": {k: report.metrics.get("ci", {}).get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")},
     }
     write_json(out_dir / "summary.json", summary)
     return summary

