@@ -146,11 +146,31 @@ def test_broken_image_names_the_file(tiny_dataset, encoder, tmp_path):
     assert not list((tmp_path / "c").glob("*/shard-*"))  # nothing half-written
 
 
-def test_image_only_encoder(tiny_dataset, tmp_path):
+def test_damaged_index_is_recomputed(tiny_dataset, encoder, tmp_path):
+    paths = image_paths(tiny_dataset)[:6]
+    first = extract_features(encoder, paths, cache_dir=tmp_path, num_workers=0, progress=False)
+    index = next(tmp_path.glob("*/shard-*.json"))
+    index.write_text("{not json")
+    calls = count_calls(encoder)
+    again = extract_features(encoder, paths, cache_dir=tmp_path, num_workers=0, progress=False)
+    assert sum(calls) == 6 and np.allclose(again, first, atol=1e-6)
+
+
+def test_image_only_encoders(tiny_dataset, tmp_path):
+    from dermkit.models.checkpoint import save_model
+    from dermkit.models.registry import create_classifier
     from dermkit.models.vlm import load_encoder
 
+    paths = image_paths(tiny_dataset, "val")[:3]
     enc = load_encoder("timm:resnet18@random")
     assert not enc.has_text
-    feats = extract_features(enc, image_paths(tiny_dataset, "val")[:3], cache_dir=tmp_path, num_workers=0,
-                             progress=False)
-    assert feats.shape == (3, enc.embed_dim)
+    assert extract_features(enc, paths, cache_dir=tmp_path, num_workers=0, progress=False).shape == (3, 512)
+    # A dermkit classifier folder: features are its pre-logits at its own input size.
+    torch.manual_seed(0)
+    folder = save_model(tmp_path / "model", create_classifier("resnet18", 3, pretrained=False),
+                        {"model": "resnet18", "classes": ["bcc", "mel", "nv"], "image_size": 32,
+                         "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})
+    clf = load_encoder(folder)
+    feats = extract_features(clf, paths, cache_dir=tmp_path, num_workers=0, progress=False)
+    assert feats.shape == (3, clf.embed_dim) and np.allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-5)
+    assert len(list(tmp_path.glob("*/bucket.json"))) == 2  # one bucket per encoder

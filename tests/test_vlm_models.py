@@ -116,12 +116,14 @@ def test_open_clip_folder_round_trip(tiny_clip):
         _assert_same_encoder(enc, model, tokenizer)
     assert enc.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)
     assert enc.encode_image(_pixels()).dtype == torch.float32
+    assert enc.model_cfg == saved["model_cfg"] and enc.preprocess_cfg["mean"] == [0.4, 0.5, 0.6]
 
     # preprocess: the saved size/mean/std/resize mode (squash: the whole image, no crop)
     assert enc.image_size == 32 and enc.mean == (0.4, 0.5, 0.6) and enc.std == (0.2, 0.25, 0.3)
     img = _image()
     expected = torch.from_numpy(np.asarray(img.resize((32, 32), Image.BILINEAR), dtype=np.float32) / 255)
-    expected = (expected.permute(2, 0, 1) - torch.tensor(enc.mean)[:, None, None]) / torch.tensor(enc.std)[:, None, None]
+    mean, std = torch.tensor(enc.mean)[:, None, None], torch.tensor(enc.std)[:, None, None]
+    expected = (expected.permute(2, 0, 1) - mean) / std
     assert torch.allclose(enc.preprocess(img), expected, atol=1e-5)
     _assert_picklable_preprocess(enc)
 
@@ -240,11 +242,18 @@ def test_hf_text_tower_folder(hf_text_clip, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(folder, moved)
     cfg = json.loads((moved / OPEN_CLIP_CONFIG).read_text())
-    cfg["model_cfg"]["text_cfg"]["hf_model_name"] = cfg["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = "/nowhere/tiny-bert"
+    text_cfg = cfg["model_cfg"]["text_cfg"]
+    text_cfg["hf_model_name"] = text_cfg["hf_tokenizer_name"] = "/nowhere/tiny-bert"
     (moved / OPEN_CLIP_CONFIG).write_text(json.dumps(cfg))
     moved_enc = load_encoder(moved)
     _assert_same_encoder(moved_enc, model, lambda texts: _hf_tokens(bert_dir, 24))
     assert moved_enc.fingerprint == enc.fingerprint  # paths do not count, weights and architecture do
+
+    # enc.model_cfg / enc.preprocess_cfg re-save a (fine-tuned) module; they name the folders that worked.
+    assert moved_enc.model_cfg["text_cfg"]["hf_model_name"] == str(moved)
+    resaved = save_open_clip_folder(moved_enc.module, tmp_path / "resaved", moved_enc.model_cfg,
+                                    moved_enc.preprocess_cfg)
+    _assert_same_encoder(load_encoder(resaved), model, lambda texts: _hf_tokens(bert_dir, 24))
 
     (moved / "config.json").unlink()
     with pytest.raises(ModelError, match="config.json"):

@@ -291,6 +291,58 @@ def _print_frame(frame, title: str) -> None:
     console.print(table)
 
 
+@app.command("clip-train")
+def clip_train(
+    out: Path = typer.Option(..., help="Run folder: init/ (starting model), model/ (best, open_clip hub layout), "
+                                       "checkpoints/, history.csv, tensorboard/."),
+    data: Optional[str] = typer.Option(None, help="Comma-separated datasets whose train splits give the image-caption "
+                                                  "pairs [default: ham10000,isic2017,derm7pt,pad_ufes20; PH2 stays unseen]."),
+    init: Optional[str] = typer.Option(None, help="Continue from an open_clip model (folder or hf-hub:ORG/NAME) "
+                                                  "instead of building dermkit-CLIP from the pip towers."),
+    config: Optional[Path] = typer.Option(None, help="YAML with any ClipTrainConfig keys; options override it."),
+    epochs: Optional[int] = typer.Option(None, help="Number of epochs."),
+    batch_size: Optional[int] = typer.Option(None, help="Pairs per batch (in-batch negatives)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    image_size: Optional[int] = typer.Option(None, help="Input size for the image tower."),
+    train_image_last: Optional[int] = typer.Option(None, help="Trainable last units of a timm image trunk."),
+    train_text_last: Optional[int] = typer.Option(None, help="Trainable last layers of an HF text tower."),
+    grad_accum: Optional[int] = typer.Option(None, help="Gradient accumulation steps."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+) -> None:
+    """Align a CLIP-style model (dermkit-CLIP: EfficientNet-Lite image tower + MiniLM text tower) on
+    image-caption pairs; captions come from a `caption` column or are written from metadata.
+    Selects the epoch with the best mean zero-shot balanced accuracy on the val splits."""
+    import yaml
+
+    from dermkit.errors import ConfigError
+    from dermkit.methods.contrastive import ClipTrainConfig, train_clip
+
+    saved = out / "config.yaml"
+    raw: dict = {}
+    if resume:
+        if not saved.is_file():
+            raise ConfigError(f"--resume: {saved} not found; start the run without --resume first")
+        raw = yaml.safe_load(saved.read_text()) or {}
+    elif config is not None:
+        if not config.is_file():
+            raise ConfigError(f"config file {config} not found")
+        raw = yaml.safe_load(config.read_text()) or {}
+    cfg = ClipTrainConfig.from_dict(raw)
+    overrides = dict(data=data, init=init, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
+                     train_image_last=train_image_last, train_text_last=train_text_last, grad_accum=grad_accum, seed=seed)
+    for key, value in overrides.items():
+        if value is None or (resume and key != "epochs"):
+            continue
+        if key == "data":
+            value = [d.strip() for d in value.split(",") if d.strip()]
+        setattr(cfg if hasattr(cfg, key) else cfg.engine, key, value)
+    summary = train_clip(cfg, out, resume=resume)
+    console.print(f"best epoch {summary['best_epoch']}: val zero-shot balanced accuracy "
+                  f"{summary['best_val_zeroshot_balanced_accuracy']:.4f}; {summary['wall_seconds'] / 60:.1f} min")
+    console.print(f"model: [bold]{summary['model']}[/bold] (use it with --model in zeroshot/probe/retrieve)")
+
+
 @app.command("zeroshot")
 def zeroshot_cmd(
     model: str = typer.Option(..., help=_MODEL_HELP + " Needs a text encoder (CLIP-style)."),

@@ -23,7 +23,7 @@ import pandas as pd
 
 from dermkit.data.card import BOOLEAN_FALSE, BOOLEAN_TRUE, DatasetCard, load_card
 
-__all__ = ["caption_for_row", "captions_for_split", "is_missing"]
+__all__ = ["caption_for_row", "captions_for_split", "caption_frame", "is_missing"]
 
 _MISSING = frozenset({"", "nan", "none", "null", "unknown", "unk", "n/a", "na", "not available", "unspecified"})
 
@@ -176,7 +176,7 @@ def _patient(r: _Row, rng: np.random.Generator) -> str | None:
     return None
 
 
-def _criterion_phrase(name: str, value: str) -> tuple[str | None, bool]:
+def _criterion_phrase(name: str, value: str) -> tuple[str, bool]:
     """(phrase, present) for one dermoscopic criterion value."""
     value = _CODES.get(value.casefold(), value).lower()
     if value == "absent":
@@ -185,7 +185,7 @@ def _criterion_phrase(name: str, value: str) -> tuple[str | None, bool]:
         return name, True
     if name == "regression structures" or name == "vascular structures":
         # Values name a kind ("blue areas", "dotted", "within regression"), not a quality.
-        if value in ("combinations",):
+        if value == "combinations":
             return f"combined {name}", True
         if value.startswith("within"):
             return f"{name} {value}", True
@@ -245,7 +245,10 @@ def _history(r: _Row, rng: np.random.Generator) -> list[str]:
         out.append(f"the skin is Fitzpatrick type {_ROMAN[int(fitz)]}")
     breslow = r.get("breslow_category")
     if breslow is not None:
-        out.append(f"the Breslow thickness is {breslow}" if "mm" in breslow else f"the melanoma is {breslow}")
+        if "mm" in breslow:
+            out.append(f"the Breslow thickness is {breslow}")
+        else:  # Derm7pt: "in situ" or "metastasis"
+            out.append("it is a melanoma metastasis" if "metasta" in breslow.lower() else f"the melanoma is {breslow}")
     rng.shuffle(out)
     return out
 

@@ -84,9 +84,18 @@ class EncoderWrapper:
     non-square inputs), ``mean``, ``std``, ``preprocess`` (PIL image -> ``(3, H, W)`` float tensor),
     ``embed_dim``, ``device``. ``fingerprint`` hashes the weights and architecture (computed on
     first use; call :meth:`refresh_fingerprint` after changing the weights).
+
+    open_clip encoders also carry ``model_cfg`` and ``preprocess_cfg``, so a fine-tuned
+    ``module`` is saved with ``save_open_clip_folder(enc.module, dir, enc.model_cfg, enc.preprocess_cfg)``;
+    other kinds have ``None`` there.
+
+    ``encode_image`` / ``encode_text`` move their inputs to ``device`` and impose no gradient
+    mode: wrap frozen use in ``torch.inference_mode()``, train through them (or ``module``) as is.
     """
 
     has_text = False
+    model_cfg: dict | None = None  # open_clip encoders: what save_open_clip_folder needs to re-save
+    preprocess_cfg: dict | None = None
 
     def __init__(
         self,
@@ -182,18 +191,20 @@ class _OpenClipEncoder(EncoderWrapper):
 
     has_text = True
 
-    def __init__(self, module: nn.Module, tokenizer: Callable, **kwargs):
+    def __init__(self, module: nn.Module, tokenizer: Callable, model_cfg: dict, preprocess_cfg: dict, **kwargs):
         super().__init__(module, **kwargs)
         self.tokenizer = tokenizer
+        self.model_cfg = model_cfg
+        self.preprocess_cfg = preprocess_cfg
 
     def _image_features(self, pixels):
-        return self.module.encode_image(pixels)
+        return self.module.encode_image(pixels, normalize=False)  # CoCa normalises by default
 
     def tokenize(self, texts):
         return self.tokenizer([texts] if isinstance(texts, str) else list(texts))
 
     def _text_features(self, tokens):
-        return self.module.encode_text(tokens)
+        return self.module.encode_text(tokens, normalize=False)
 
 
 class _HFClipEncoder(EncoderWrapper):
@@ -368,7 +379,10 @@ def _hub_files(repo_id: str) -> tuple[str, str, bool]:
     if config is None or weights is None:
         cache = _hf_cache_dir()
         repo_dir = Path(cache) / f"models--{repo_id.replace('/', '--')}"
-        why = "HF_HUB_OFFLINE is set" if offline else f"the Hub could not be reached ({errors[-1] if errors else '?'})"
+        why = "HF_HUB_OFFLINE is set" if offline else (
+            f"the Hub could not be reached ({errors[-1] if errors else '?'}; set HF_HUB_OFFLINE=1 to skip "
+            "the network attempt)"
+        )
         raise ModelError(
             f"hf-hub:{repo_id} is not in the local Hugging Face cache and {why}. Download "
             f"{OPEN_CLIP_CONFIG} and {OPEN_CLIP_WEIGHTS} (plus the tokenizer files, if the repo has them) from "
@@ -418,8 +432,8 @@ def _load_open_clip_files(
 ) -> EncoderWrapper:
     """Build the architecture from ``open_clip_config.json`` and load the weights strictly."""
     from open_clip.factory import load_checkpoint
-    from safetensors import SafetensorError
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+    from safetensors import SafetensorError
 
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
@@ -443,15 +457,20 @@ def _load_open_clip_files(
         load_checkpoint(model, str(weights_path), strict=True, weights_only=True)
     except (RuntimeError, KeyError, ValueError, OSError, SafetensorError) as exc:
         raise ModelError(
-            f"{weights_path} is unreadable or does not fit the architecture in {config_path} ({str(exc).splitlines()[0]}); "
-            "the two files must come from the same model."
+            f"{weights_path} is unreadable or does not fit the architecture in {config_path} "
+            f"({str(exc).splitlines()[0]}); the two files must come from the same model."
         ) from exc
 
     preprocess_cfg = merge_preprocess_dict(PreprocessCfg(), raw.get("preprocess_cfg", {}) or {})
     preprocess_cfg["size"] = _square(model.visual.image_size)  # as open_clip does: the tower decides the size
     tokenizer = _open_clip_tokenizer(text_cfg, folder)
-    return _wrap_open_clip(model, tokenizer, preprocess_cfg, model_cfg["embed_dim"], arch,
-                           name=name or folder.name, source=source)
+    public_cfg = copy.deepcopy(arch)
+    if text_cfg.get("hf_model_name"):
+        # Name the folders that really served the text config and tokenizer, so re-saving works.
+        public_cfg["text_cfg"]["hf_model_name"] = text_cfg["hf_model_name"]
+        if text_cfg.get("hf_tokenizer_name"):
+            public_cfg["text_cfg"]["hf_tokenizer_name"] = _tokenizer_source(text_cfg, folder)
+    return _wrap_open_clip(model, tokenizer, preprocess_cfg, public_cfg, arch, name=name or folder.name, source=source)
 
 
 def _build_open_clip(model_cfg: dict, where: str) -> nn.Module:
@@ -471,7 +490,9 @@ def _build_open_clip(model_cfg: dict, where: str) -> nn.Module:
             f"{OPEN_CLIP_CONFIG}."
             if hf_name else ""
         )
-        raise ModelError(f"cannot build the open_clip model described in {where} ({type(exc).__name__}: {exc}).{hint}") from exc
+        raise ModelError(
+            f"cannot build the open_clip model described in {where} ({type(exc).__name__}: {exc}).{hint}"
+        ) from exc
 
 
 def _text_config_source(hf_model_name: str, folder: Path) -> str:
@@ -499,9 +520,7 @@ def _open_clip_tokenizer(text_cfg: dict, folder: Path | None) -> Callable:
     hf_name = text_cfg.get("hf_tokenizer_name")
     if not hf_name:
         return SimpleTokenizer(context_length=context_length, **kwargs)
-    # open_clip's own local-dir loader reads the tokenizer from the model folder; so do we when it is there.
-    has_files = folder is not None and any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-    tokenizer_source = str(folder) if has_files else hf_name
+    tokenizer_source = _tokenizer_source(text_cfg, folder)
     try:
         with _quiet_transformers():
             return HFTokenizer(tokenizer_source, context_length=context_length,
@@ -513,16 +532,23 @@ def _open_clip_tokenizer(text_cfg: dict, folder: Path | None) -> Callable:
         ) from exc
 
 
-def _wrap_open_clip(model, tokenizer, preprocess_cfg: dict, embed_dim: int, arch: dict, name: str, source: str):
+def _tokenizer_source(text_cfg: dict, folder: Path | None) -> str:
+    # open_clip's own local-dir loader reads the tokenizer from the model folder; so do we when it is there.
+    has_files = folder is not None and any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    return str(folder) if has_files else text_cfg["hf_tokenizer_name"]
+
+
+def _wrap_open_clip(model, tokenizer, preprocess_cfg: dict, model_cfg: dict, arch: dict, name: str, source: str):
     from open_clip.model import set_model_preprocess_cfg
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     set_model_preprocess_cfg(model, preprocess_cfg)
     cfg = PreprocessCfg(**preprocess_cfg)
+    public_preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess_cfg.items()}
     return _OpenClipEncoder(
-        model, tokenizer, name=name, source=source, kind="open_clip",
-        preprocess=image_transform_v2(cfg, is_train=False), image_size=cfg.size, mean=cfg.mean, std=cfg.std,
-        embed_dim=embed_dim, arch={"model_cfg": arch, "preprocess_cfg": preprocess_cfg},
+        model, tokenizer, model_cfg=model_cfg, preprocess_cfg=public_preprocess, name=name, source=source,
+        kind="open_clip", preprocess=image_transform_v2(cfg, is_train=False), image_size=cfg.size, mean=cfg.mean,
+        std=cfg.std, embed_dim=model_cfg["embed_dim"], arch={"model_cfg": arch, "preprocess_cfg": preprocess_cfg},
     )
 
 
@@ -562,7 +588,7 @@ def _load_open_clip_arch(arch_spec: str, source: str) -> EncoderWrapper:
     except Exception as exc:
         raise ModelError(f"could not load the tokenizer of {arch} ({exc}); it needs the Hugging Face Hub.") from exc
     arch_desc = {"arch": arch, "tag": tag, **model_cfg}
-    return _wrap_open_clip(model, tokenizer, dict(model.visual.preprocess_cfg), model_cfg["embed_dim"], arch_desc,
+    return _wrap_open_clip(model, tokenizer, dict(model.visual.preprocess_cfg), model_cfg, arch_desc,
                            name=arch_spec, source=source)
 
 
@@ -601,7 +627,8 @@ def save_open_clip_folder(
     save_tensors(folder / OPEN_CLIP_WEIGHTS, model.state_dict(), metadata={"format": "pt"})
     if cfg["text_cfg"].get("hf_model_name"):
         _save_text_tower_files(model, cfg["text_cfg"], folder)
-    write_json(folder / OPEN_CLIP_CONFIG, {"model_cfg": cfg, "preprocess_cfg": _preprocess_to_save(model, preprocess_cfg)})
+    preprocess = _preprocess_to_save(model, preprocess_cfg)
+    write_json(folder / OPEN_CLIP_CONFIG, {"model_cfg": cfg, "preprocess_cfg": preprocess})
     return folder
 
 
@@ -651,7 +678,8 @@ def _load_hf_vlm(folder: Path, source: str) -> EncoderWrapper:
     if model_type not in HF_VLM_TYPES:
         raise ModelError(
             f"{folder} holds a transformers model of type {model_type!r}; dermkit loads transformers "
-            f"{' / '.join(sorted(HF_VLM_TYPES))} folders, open_clip folders ({OPEN_CLIP_CONFIG}) and dermkit classifiers."
+            f"{' / '.join(sorted(HF_VLM_TYPES))} folders, open_clip folders ({OPEN_CLIP_CONFIG}) and dermkit "
+            "classifiers."
         )
     if not any(folder.glob("*.safetensors")):
         pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
@@ -752,6 +780,7 @@ def _load_dermkit_classifier(folder: Path, source: str) -> EncoderWrapper:
 def _load_timm(name: str, source: str) -> EncoderWrapper:
     import timm
     from timm.data import create_transform, resolve_model_data_config
+    from torchvision.transforms import v2
 
     from dermkit.models.registry import MODELS, _packaged_state_dict, load_state_dict_in_order
 
@@ -784,8 +813,11 @@ def _load_timm(name: str, source: str) -> EncoderWrapper:
                     f"or timm:{arch}@random to silence this.", stacklevel=3)
             weights = "random"
     data_cfg = resolve_model_data_config(model)
+    # timm's eval transform (resize to size / crop_pct, center crop), after a conversion to RGB
+    # that timm's own pipeline leaves to the caller (grey or RGBA files would break it).
+    transform = v2.Compose([v2.RGB(), create_transform(**data_cfg)])
     return _TimmEncoder(
-        model, name=f"timm:{name}", source=source, kind="timm", preprocess=create_transform(**data_cfg),
+        model, name=f"timm:{name}", source=source, kind="timm", preprocess=transform,
         image_size=tuple(data_cfg["input_size"][-2:]), mean=data_cfg["mean"], std=data_cfg["std"],
         embed_dim=model.num_features, arch={"arch": arch, "weights": weights},
     )
