@@ -61,3 +61,22 @@ def test_clip_train_tiny_end_to_end(tiny_dataset, tmp_path):
     enc = load_encoder(out / "model")
     preds = zeroshot_predict(enc, tiny_dataset, "test", cache_dir=tmp_path / "cache", num_workers=0, progress=False)
     assert len(preds) == 18
+
+
+def test_trimming_padding_keeps_text_embeddings(tmp_path):
+    from dermkit.methods.contrastive import trim_padding
+    from dermkit.models.dermkit_clip import build_dermkit_clip
+
+    torch.manual_seed(0)
+    model, _, _ = build_dermkit_clip(pretrained=False, embed_dim=16)
+    import open_clip
+
+    from dermkit.models.dermkit_clip import minilm_folder
+
+    tokenizer = open_clip.tokenizer.HFTokenizer(str(minilm_folder()), context_length=128)
+    tokens = tokenizer(["melanoma on the back", "a nevus"])
+    trimmed = trim_padding(tokens, model.text.config.pad_token_id)
+    assert trimmed.shape[1] < 16
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(tokens), model.encode_text(trimmed), atol=1e-5, rtol=1e-5)

@@ -93,6 +93,18 @@ def soft_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
+def trim_padding(tokens, pad_id: int | None):
+    """Drop the padding columns every caption in the batch has (context 128, captions ~40 tokens).
+
+    Exact for an HF text tower: it masks padding and pools with the attention mask, so trailing
+    all-pad columns change nothing but cost ~3x the text-tower compute.
+    """
+    if pad_id is None or not isinstance(tokens, torch.Tensor) or tokens.ndim != 2:
+        return tokens
+    used = (tokens != pad_id).any(dim=0).nonzero()
+    return tokens[:, : int(used.max()) + 1] if len(used) else tokens
+
+
 class PairSource:
     """Image paths of all training pairs plus a caption generator per epoch."""
 
@@ -186,6 +198,7 @@ def train_clip(config: ClipTrainConfig, out_dir: str | Path, resume: bool = Fals
         val_sets.append((card, pixels, card.labels(rows), load_prompts(card)))
 
     engine = Engine(model, config.engine, out_dir, progress=progress)
+    pad_id = getattr(getattr(getattr(model, "text", None), "config", None), "pad_token_id", None)
 
     def make_batches(epoch: int):
         seed = epoch_seed(config.caption_seed, epoch)
@@ -199,7 +212,7 @@ def train_clip(config: ClipTrainConfig, out_dir: str | Path, resume: bool = Fals
         captions = [epoch_captions["list"][i] for i in idx.tolist()]
         ids = {c: k for k, c in enumerate(dict.fromkeys(captions))}
         caption_ids = torch.tensor([ids[c] for c in captions], device=engine.device)
-        tokens = enc.tokenize(captions)
+        tokens = trim_padding(enc.tokenize(captions), pad_id)
         tokens = {k: v.to(engine.device) for k, v in tokens.items()} if isinstance(tokens, dict) else tokens.to(engine.device)
         image_emb = model.encode_image(engine.to_device(x))
         text_emb = enc.encode_text(tokens, normalize=False) if not hasattr(model, "encode_text") else model.encode_text(tokens)
