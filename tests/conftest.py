@@ -140,3 +140,28 @@ requires_shared_data = pytest.mark.skipif(
     reason="shared datasets not found (set DERMKIT_DATA to the folder holding ham10000/, ph2/, ...)",
 )
 
+
+
+# A tiny random open_clip CLIP (32 px, 16-d embeddings): ViT head_width 16 because open_clip derives
+# the vision heads as width // head_width (the default 64 would give zero heads at width 32).
+CLIP_CFG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+CLIP_PREPROCESS = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
+
+
+@pytest.fixture(scope="session")
+def clip_folder(tmp_path_factory):
+    """The tiny CLIP saved in open_clip's hub layout (open_clip_config.json + safetensors)."""
+    import open_clip
+    import torch
+
+    from dermkit.models.vlm import save_open_clip_folder
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**CLIP_CFG)
+    folder = tmp_path_factory.mktemp("clip") / "tiny-clip"
+    save_open_clip_folder(model, folder, CLIP_CFG, CLIP_PREPROCESS)
+    return folder

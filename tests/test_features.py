@@ -21,26 +21,7 @@ from dermkit.errors import DataError
 
 torch.set_num_threads(1)
 
-CLIP_CFG = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-CLIP_PREPROCESS = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
-
-
-@pytest.fixture(scope="module")
-def clip_folder(tmp_path_factory):
-    """A tiny random open_clip CLIP (32 px, 16-d embeddings) saved in the hub layout."""
-    import open_clip
-
-    from dermkit.models.vlm import save_open_clip_folder
-
-    torch.manual_seed(0)
-    model = open_clip.CLIP(**CLIP_CFG)
-    folder = tmp_path_factory.mktemp("clip") / "tiny-clip"
-    save_open_clip_folder(model, folder, CLIP_CFG, CLIP_PREPROCESS)
-    return folder
+# clip_folder (a tiny random open_clip CLIP in hub layout) comes from conftest.py.
 
 
 @pytest.fixture
