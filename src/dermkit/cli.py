@@ -122,7 +122,7 @@ def train(
                                                         "(uses the run's saved config.yaml)."),
 ) -> None:
     """Train an image classifier: select on val, report on test (metrics with CIs, plots, HTML)."""
-    from dermkit.methods.supervised import TrainConfig, train_classifier
+    from dermkit.methods.supervised import train_classifier
 
     cfg = _train_config(out, config, resume, dict(
         data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,

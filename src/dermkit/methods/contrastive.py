@@ -26,7 +26,7 @@ from dermkit.data import load_card
 from dermkit.data.torchdata import decode_all, eval_transform, train_transform
 from dermkit.config import config_from_dict
 from dermkit.engine.loop import Engine, EngineConfig, epoch_seed, replace_dir
-from dermkit.errors import ConfigError, DataError
+from dermkit.errors import DataError
 from dermkit.io import write_json, write_text
 
 DEFAULT_DATASETS = ("ham10000", "isic2017", "derm7pt", "pad_ufes20")  # PH2 stays unseen: the zero-shot target
@@ -215,7 +215,7 @@ def train_clip(config: ClipTrainConfig, out_dir: str | Path, resume: bool = Fals
         tokens = trim_padding(enc.tokenize(captions), pad_id)
         tokens = {k: v.to(engine.device) for k, v in tokens.items()} if isinstance(tokens, dict) else tokens.to(engine.device)
         image_emb = model.encode_image(engine.to_device(x))
-        text_emb = enc.encode_text(tokens, normalize=False) if not hasattr(model, "encode_text") else model.encode_text(tokens)
+        text_emb = model.encode_text(tokens)
         scale = model.logit_scale.exp().clamp(max=100)
         return soft_clip_loss(image_emb, text_emb, scale, caption_ids)
 
