@@ -233,6 +233,9 @@ def predict(
         order = p.argsort()[::-1][: max(1, top_k)]
         results.append({"image": str(path), "top": [{"class": predictor.classes[i], "probability": round(float(p[i]), 6)}
                                                     for i in order]})
+    if hasattr(predictor, "predict_details"):  # e.g. a thickness, the modalities a fusion model used
+        for r, extra in zip(results, predictor.predict_details(images)):
+            r.update(extra)
     if as_json:
         print(json.dumps(results, indent=2))
         return
@@ -241,6 +244,41 @@ def predict(
         for t in r["top"]:
             table.add_row(t["class"], f"{t['probability']:.3f}")
         console.print(table)
+        for key, value in r.items():
+            if key not in ("image", "top"):
+                console.print(f"  {key}: {value}")
+
+
+# --------------------------------------------------------------------------- configs and suites
+@app.command("run")
+def run_cmd(
+    config: Path = typer.Argument(..., help="YAML config naming its method (supervised | prompt_learning | fusion)."),
+    out: Path = typer.Option(..., help="Run folder (config snapshot, checkpoints/, model/, eval/, summary.json)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+) -> None:
+    """Run one experiment config: train on train, select on val, report on test."""
+    from dermkit.experiment import load_config, run_experiment, suite_table
+
+    summary = run_experiment(load_config(config), out, resume=resume)
+    _print_frame(suite_table([summary]), summary["name"])
+
+
+@app.command("suite")
+def suite_cmd(
+    configs: list[Path] = typer.Argument(..., help="YAML configs, e.g. configs/prompt_learning/*.yaml."),
+    out: Path = typer.Option(..., help="Suite folder: one sub-folder per config + suite.md/.csv/.json."),
+    rerun: bool = typer.Option(False, "--rerun", help="Rerun configs that already have a summary.json."),
+    epochs: Optional[int] = typer.Option(None, help="Override every config's epochs (e.g. a quick smoke run)."),
+) -> None:
+    """Run several configs (ablations) and print one comparison table (ACC, BACC, F1, AUC with 95% CIs).
+
+    Finished runs are reused and interrupted ones resume, so the same command continues a suite.
+    """
+    from dermkit.experiment import run_suite
+
+    table = run_suite(configs, out, rerun=rerun, overrides={"epochs": epochs} if epochs else None)
+    _print_frame(table, f"suite ({len(table)} runs), metrics in %, 95% CI")
+    console.print(f"table: {out / 'suite.md'}")
 
 
 # --------------------------------------------------------------------------- main job

@@ -75,7 +75,29 @@ class Predictor:
         self.transform = eval_transform(self.image_size, card["mean"], card["std"])
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "auto", precision: str = "auto") -> "Predictor":
+    def load(cls, folder: str | Path, device: str = "auto", precision: str = "auto"):
+        """The predictor for any dermkit model folder.
+
+        Folders written by other methods (``"method"`` in model.json: prompt_learning, fusion...)
+        are loaded by that method's ``load_predictor(folder, device=...)``. Every predictor has
+        ``classes``, ``card``, ``predict_paths(paths) -> (N, C)`` and ``predict_split(card, split)``;
+        one that predicts more than a class (a thickness, the modalities it used) also has
+        ``predict_details(paths) -> list[dict]`` (one dict per image, shown by ``dermkit predict``).
+        """
+        import importlib
+
+        from dermkit.models.checkpoint import read_model_card
+
+        method = read_model_card(folder).get("method", "supervised")
+        if method != "supervised":
+            from dermkit.experiment import METHODS
+
+            if method not in METHODS:
+                from dermkit.errors import ModelError
+
+                raise ModelError(f"{folder}: model.json names method {method!r}, unknown to this dermkit "
+                                 f"({', '.join(METHODS)}); upgrade dermkit")
+            return importlib.import_module(METHODS[method]).load_predictor(folder, device=device)
         model, card = load_model(folder)
         return cls(model, card, device=device, precision=precision)
 

@@ -234,3 +234,8 @@ def benchmark_config(data: str = "ham10000", model: str = "efficientnet_lite0") 
         num_workers=1,
         engine=EngineConfig(epochs=6, lr=1e-3, weight_decay=0.05, warmup_epochs=0.5, select_metric="balanced_accuracy"),
     )
+
+
+def run_config(raw: dict[str, Any], out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Entry point of ``dermkit run``/``dermkit suite`` (see dermkit.experiment)."""
+    return train_classifier(TrainConfig.from_dict(raw), out_dir, resume=resume, progress=progress)
