@@ -23,7 +23,7 @@ import pandas as pd
 
 from dermkit.data.card import BOOLEAN_FALSE, BOOLEAN_TRUE, DatasetCard, load_card
 
-__all__ = ["caption_for_row", "captions_for_split", "caption_frame", "is_missing"]
+__all__ = ["caption_for_row", "captions_for_split", "caption_frame", "is_missing", "metadata_prompt"]
 
 _MISSING = frozenset({"", "nan", "none", "null", "unknown", "unk", "n/a", "na", "not available", "unspecified"})
 
@@ -322,3 +322,54 @@ def caption_frame(card: DatasetCard | str | os.PathLike, split: str, seed: int =
     rows = card.rows(split)
     return pd.DataFrame({"image": rows["image"].tolist(), "diagnosis": rows["diagnosis"].tolist(),
                          "caption": captions_for_split(card, split, seed)})
+
+
+def _readable(column: str) -> str:
+    return column.replace("_", " ").strip()
+
+
+def metadata_prompt(row, card: DatasetCard, columns: dict[str, str] | None = None) -> str:
+    """Deterministic text prompt from a row's metadata, for a text encoder (no diagnosis).
+
+    ``columns`` (column -> categorical/numeric/boolean) says which fields may be read; the caller
+    decides (the fusion method passes its leakage-free feature columns), by default the card's
+    metadata columns. Age and sex become "a 55-year-old female", the body site "lesion on the
+    back", other fields "<field> <value>" (booleans "<field> yes/no"), in column order. Missing
+    values are left out; a row without any usable field gives "no patient information".
+    Example: ``a 55-year-old female, lesion on the back, elevation palpable, itch yes``.
+    """
+    columns = dict(card.metadata_columns if columns is None else columns)
+    missing = {v.strip().casefold() for v in card.missing_values}
+    r = _Row(row, missing)
+    age_col = next((c for c in _AGE_COLUMNS if c in columns), None)
+    sex_col = next((c for c in _SEX_COLUMNS if c in columns), None)
+    site_col = next((c for c in _SITE_COLUMNS if c in columns), None)
+    age = r.number(age_col) if age_col else None
+    sex = r.get(sex_col).lower() if sex_col and r.get(sex_col) is not None else None
+    parts = []
+    if age is not None and age >= 0:
+        years = f"{int(round(age))}-year-old"
+        parts.append(f"{_article(years)} {years} {sex or 'patient'}")
+    elif sex is not None:
+        parts.append(f"a {sex} patient")
+    if site_col and r.get(site_col) is not None:
+        site = r.get(site_col).lower().replace("head neck", "head or neck").replace("_", " ")
+        parts.append(f"lesion on the {site}")
+    for column, kind in columns.items():
+        if column in (age_col, sex_col, site_col):
+            continue
+        value = r.get(column)
+        if value is None:
+            continue
+        if kind == "boolean":
+            flag = r.flag(column)
+            if flag is None:
+                continue
+            parts.append(f"{_readable(column)} {'yes' if flag else 'no'}")
+        elif kind == "numeric":
+            number = r.number(column)
+            if number is not None:
+                parts.append(f"{_readable(column)} {number:g}")
+        else:
+            parts.append(f"{_readable(column)} {value.lower().replace('_', ' ')}")
+    return ", ".join(parts) if parts else "no patient information"
