@@ -122,9 +122,11 @@ def suite_table(summaries: Sequence[dict]) -> pd.DataFrame:
     thickness head's MAE), shown after the standard metrics.
     """
     rows = []
+    # A transfer test (trained on one dataset, tested on another's test split) is a row of its own.
+    summaries = [r for s in summaries for r in [s] + [{**s, **t, "table_extra": {}, "is_transfer": True} for t in s.get("transfer") or []]]
     for s in summaries:
         row = {"run": s.get("name"), "method": s.get("method"), "data": s.get("dataset"), "task": s.get("task") or "all"}
-        if s.get("eval_dataset") and s.get("eval_dataset") != s.get("dataset"):
+        if s.get("is_transfer"):
             row["data"] = f"{s.get('dataset')} -> {s['eval_dataset']}"
         for key in TABLE_METRICS:
             row[HEADERS[key]] = _ci_text((s.get("test") or {}).get(key), (s.get("test_ci") or {}).get(key))

@@ -17,8 +17,9 @@ One module, one model, the variants are config values:
 ``ift: true``
     the image tower's tail learns too: ``visual.ln_post`` + ``visual.proj`` of an open_clip
     ViT (exactly the seed's choice), or the last ``ift_units`` trunk units + projection head of
-    a timm tower (dermkit-CLIP: ``conv_head`` + ``bn2`` + head). BatchNorm in the tail keeps its
-    pretrained statistics (eval mode), so the tail is a pure function of its input.
+    a timm tower; the default 1 unit is the analogue of ``ln_post`` + ``proj`` (dermkit-CLIP:
+    the final ``bn2`` norm + the projection head). BatchNorm in the tail keeps its pretrained
+    statistics (eval mode), so the tail is a pure function of its input.
 
 Speed: everything before the tail is frozen, so its output is computed once per image and
 training reads that cache; an epoch costs the text encoder on C prompts per batch plus the
@@ -84,7 +85,7 @@ class PromptConfig:
     clinical_weight: float = 1.0
     clinical_prompts: str | None = None  # YAML file; default: the packaged 7-point prompts
     ift: bool = True
-    ift_units: int = 2  # timm towers: trunk units in the tail (ViT towers: ln_post + proj)
+    ift_units: int = 1  # timm towers: trunk units in the tail (1 = the final norm, like ViT's ln_post)
     cache: bool = True
     imbalance: str = "weighted_loss"  # weighted_loss | none
     batch_size: int = 32
@@ -484,7 +485,7 @@ def train_prompts(config: PromptConfig, out_dir: str | Path, resume: bool = Fals
     else:
         train_x = pixels_of(enc, train_paths, progress, "decoding train")
     val_x = tail_inputs(model, val_paths, num_workers=config.num_workers, progress=progress, desc="caching val")
-    y_train_t = torch.as_tensor(y_train)
+    y_train_t = torch.as_tensor(np.array(y_train))
     weights = class_weights(y_train, len(classes)) if config.imbalance == "weighted_loss" else torch.ones(len(classes))
     criterion = WeightedCrossEntropy(weights).to(device)
 
