@@ -373,44 +373,38 @@ def guidance_loss(text: torch.Tensor, target: torch.Tensor, kind: str) -> torch.
 # ------------------------------------------------------------------------------ cached inputs
 
 
-@torch.no_grad()
-def tail_inputs(model: PromptModel, paths: Sequence[Path], batch_size: int = 64, num_workers: int = 1,
-                progress: bool = True, desc: str = "caching") -> torch.Tensor:
-    """The tail's input for every image (the cache), in order, on the CPU."""
+def _map_images(enc, paths: Sequence[Path], fn, batch_size: int, num_workers: int, progress: bool, desc: str) -> torch.Tensor:
+    """``fn(preprocessed pixels)`` for every image, in order, concatenated on the CPU."""
     from tqdm.auto import tqdm
 
     from dermkit.engine.features import _collate, _ImageFiles
 
-    enc = model.enc
     workers = num_workers if len(paths) > batch_size else 0
     loader = torch.utils.data.DataLoader(_ImageFiles(paths, enc.preprocess), batch_size=batch_size,
                                          num_workers=workers, collate_fn=_collate)
     out = []
-    enc.module.eval()
     with torch.inference_mode(), tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for _, pixels, errors in loader:
             if errors:
-                raise DataError(errors[0])
-            out.append(model.image_tail.prefix(pixels.to(enc.device)).float().cpu())
+                raise DataError(errors[0] + (f" (and {len(errors) - 1} more in this batch)" if len(errors) > 1 else ""))
+            out.append(fn(pixels).float().cpu())
             bar.update(len(pixels))
     if not out:
         raise DataError("no images to encode")
     return torch.cat(out)
 
 
-@torch.no_grad()
-def pixels_of(enc, paths: Sequence[Path], progress: bool = True, desc: str = "decoding") -> torch.Tensor:
-    """Preprocessed pixels of every image (for the uncached path), decoded once."""
-    from dermkit.engine.features import _collate, _ImageFiles
-    from tqdm.auto import tqdm
+def tail_inputs(model: PromptModel, paths: Sequence[Path], batch_size: int = 64, num_workers: int = 1,
+                progress: bool = True, desc: str = "caching") -> torch.Tensor:
+    """The tail's input for every image (the cache), in order, on the CPU."""
+    model.enc.module.eval()
+    return _map_images(model.enc, paths, lambda px: model.image_tail.prefix(px.to(model.enc.device)),
+                       batch_size, num_workers, progress, desc)
 
-    loader = torch.utils.data.DataLoader(_ImageFiles(paths, enc.preprocess), batch_size=64, collate_fn=_collate)
-    out = []
-    for _, pixels, errors in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        if errors:
-            raise DataError(errors[0])
-        out.append(pixels)
-    return torch.cat(out)
+
+def pixels_of(enc, paths: Sequence[Path], num_workers: int = 1, progress: bool = True, desc: str = "decoding") -> torch.Tensor:
+    """Preprocessed pixels of every image (the uncached path), decoded once."""
+    return _map_images(enc, paths, lambda px: px, 64, num_workers, progress, desc)
 
 
 # ------------------------------------------------------------------------------ training
@@ -483,7 +477,7 @@ def train_prompts(config: PromptConfig, out_dir: str | Path, resume: bool = Fals
     if config.cache:
         train_x = tail_inputs(model, train_paths, num_workers=config.num_workers, progress=progress, desc="caching train")
     else:
-        train_x = pixels_of(enc, train_paths, progress, "decoding train")
+        train_x = pixels_of(enc, train_paths, config.num_workers, progress, "decoding train")
     val_x = tail_inputs(model, val_paths, num_workers=config.num_workers, progress=progress, desc="caching val")
     y_train_t = torch.as_tensor(np.array(y_train))
     weights = class_weights(y_train, len(classes)) if config.imbalance == "weighted_loss" else torch.ones(len(classes))
