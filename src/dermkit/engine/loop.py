@@ -135,15 +135,19 @@ class Engine:
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.progress = progress
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
+        # A model may ask for per-part learning rates: lr_scales() -> [(parameters, multiplier of lr)].
+        parts = self.model.lr_scales() if hasattr(self.model, "lr_scales") else [(self.model.parameters(), 1.0)]
+        groups = []
+        for part, scale in parts:
+            params = [p for p in part if p.requires_grad]
+            decay = [p for p in params if p.ndim > 1]  # no weight decay on norms and biases
+            no_decay = [p for p in params if p.ndim <= 1]
+            groups += [{"params": decay, "weight_decay": config.weight_decay, "lr_scale": float(scale)},
+                       {"params": no_decay, "weight_decay": 0.0, "lr_scale": float(scale)}]
+        groups = [g for g in groups if g["params"]]
+        if not groups:
             raise ConfigError("the model has no trainable parameters")
-        decay = [p for p in params if p.ndim > 1]  # no weight decay on norms and biases
-        no_decay = [p for p in params if p.ndim <= 1]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.lr,
-        )
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.state = LoopState()
 
@@ -310,7 +314,7 @@ class Engine:
 
     def _optimizer_step(self, factor: float) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr * factor
+            group["lr"] = self.config.lr * factor * group.get("lr_scale", 1.0)
         if self.config.max_grad_norm:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(

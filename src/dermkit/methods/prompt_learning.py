@@ -86,6 +86,7 @@ class PromptConfig:
     clinical_prompts: str | None = None  # YAML file; default: the packaged 7-point prompts
     ift: bool = True
     ift_units: int = 1  # timm towers: trunk units in the tail (1 = the final norm, like ViT's ln_post)
+    tail_lr_scale: float = 0.1  # the pretrained tail learns at this fraction of lr (the context at lr)
     cache: bool = True
     imbalance: str = "weighted_loss"  # weighted_loss | none
     batch_size: int = 32
@@ -342,11 +343,16 @@ class PromptModel(nn.Module):
                                      seed=config.engine.seed)
         self.image_tail = ImageTail(enc, config.ift, config.ift_units)
         self.register_buffer("logit_scale", torch.tensor(float(enc.logit_scale)))
+        self.tail_lr_scale = float(config.tail_lr_scale)
         for p in enc.module.parameters():
             p.requires_grad_(False)
         if config.ift:
             for p in self.image_tail.parameters():
                 p.requires_grad_(True)
+
+    def lr_scales(self):
+        """Parameter groups for the engine: new context at lr, pretrained tail at a fraction of it."""
+        return [(self.prompter.parameters(), 1.0), (self.image_tail.parameters(), self.tail_lr_scale)]
 
     def text_features(self) -> torch.Tensor:
         return F.normalize(self.prompter().float(), dim=-1)
