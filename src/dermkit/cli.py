@@ -222,11 +222,27 @@ def predict(
     model: Path = typer.Option(..., help="Trained model folder (RUN/model)."),
     top_k: int = typer.Option(3, help="How many classes to show per image."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    clinical: Optional[list[Path]] = typer.Option(
+        None, "--clinical", help="Fusion models: clinical image of each case (repeat once per image, in order)."),
+    meta: Optional[list[str]] = typer.Option(
+        None, "--meta", help="Fusion models: metadata KEY=VALUE for all images (repeatable), e.g. --meta age=55."),
 ) -> None:
     """Top-k classes with probabilities for each image."""
     from dermkit.predictor import Predictor
 
     predictor = Predictor.load(model)
+    if clinical or meta:
+        from dermkit.errors import ConfigError
+
+        if not hasattr(predictor, "set_extra_inputs"):
+            raise ConfigError("--clinical/--meta need a multi-modal (fusion) model")
+        pairs = {}
+        for item in meta or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--meta {item!r}: write KEY=VALUE, e.g. --meta age=55")
+            pairs[key.strip()] = value.strip()
+        predictor.set_extra_inputs(clinical=clinical or None, meta=pairs or None)
     proba = predictor.predict_paths(images)
     results = []
     for path, p in zip(images, proba):

@@ -141,7 +141,7 @@ class MetadataEncoder:
                                      "missing_rate": float(np.mean([v is None for v in values])) if len(values) else 0.0}
         return enc
 
-    def _parse(self, rows: pd.DataFrame, column: str, kind: str, where: str):
+    def _parse(self, rows: pd.DataFrame, column: str, kind: str, where: str, row_name: str = "line"):
         """Column values: floats with NaN for missing (numeric/boolean), or str/None (categorical)."""
         missing = _missing_set(self.missing_values)
         if column not in rows.columns:
@@ -162,22 +162,22 @@ class MetadataEncoder:
                 elif key in BOOLEAN_FALSE:
                     out[i] = 0.0
                 else:
-                    self._bad(rows, i, column, text, kind, "true/false, yes/no or 1/0", where)
+                    self._bad(rows, i, column, text, kind, "true/false, yes/no or 1/0", where, row_name)
             else:
                 try:
                     number = float(text)
                 except ValueError:
                     number = math.nan
                 if not math.isfinite(number):
-                    self._bad(rows, i, column, text, kind, "a number", where)
+                    self._bad(rows, i, column, text, kind, "a number", where, row_name)
                 out[i] = number
         return out
 
     @staticmethod
-    def _bad(rows, i, column, text, kind, expected, where):
+    def _bad(rows, i, column, text, kind, expected, where, row_name="line"):
         line = int(csv_lines(rows).iloc[i])
         raise DataError(
-            f"{where} line {line}: column {column!r} is declared {kind} but holds {text!r}; expected "
+            f"{where} {row_name} {line}: column {column!r} is declared {kind} but holds {text!r}; expected "
             f"{expected}. Fix the value, leave the cell empty for 'unknown', "
             f"or change the column's type under metadata_columns in dataset.yaml"
         )
@@ -211,11 +211,14 @@ class MetadataEncoder:
         return names
 
     # -- transforming
-    def transform(self, rows: pd.DataFrame, where: str = "metadata.csv") -> np.ndarray:
-        """(N, dim) float32 features for ``rows`` (columns the table lacks count as missing)."""
+    def transform(self, rows: pd.DataFrame, where: str = "metadata.csv", row_name: str = "line") -> np.ndarray:
+        """(N, dim) float32 features for ``rows`` (columns the table lacks count as missing).
+
+        ``where``/``row_name`` name the source in error messages ("metadata.csv line 12").
+        """
         blocks = []
         for column, kind, width in self.fields:
-            values = self._parse(rows, column, kind, where)
+            values = self._parse(rows, column, kind, where, row_name)
             block = np.zeros((len(rows), width), dtype=np.float32)
             if kind == "categorical":
                 index = {lvl: j for j, lvl in enumerate(self.stats[column]["levels"])}
