@@ -10,6 +10,11 @@ image through the frozen part of the image tower in every step (what the seed's 
 does), the cached run reads the tail's input from memory. Prints seconds per training epoch
 (median, from the engine's history.csv), the one-off cost of building the cache, the speed-up,
 and the test ACC / AUC / F1 of both (they must agree: same maths).
+
+The ratio depends on the towers: the cached epoch costs the text tower (per step) and the tail,
+the uncached one the image tower. For the seed's architecture without its weights (which are not
+available offline), ``--model openclip:ViT-B-16`` times CLIP ViT-B/16 with random weights: the
+cost is the same as with trained weights, the accuracies are meaningless.
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ def main() -> None:
         results[cache] = {"sec_per_epoch": float(history["train_seconds"].median()), "train_wall": wall,
                           "test": summary["test"]}
     c, u = results[True], results[False]
-    print(f"model {args.model}, {args.data} {args.task}, {args.variant}{'' if args.no_ift else ' + IFT'}, "
+    random = args.model.startswith("openclip:") and "@" not in args.model
+    print(f"model {args.model}{' (random weights: timing only)' if random else ''}, {args.data} {args.task}, {args.variant}{'' if args.no_ift else ' + IFT'}, "
           f"{args.epochs} epochs, {torch.get_num_threads()} threads")
     print(f"{'':>10} {'s/epoch':>9} {'run wall s':>11} {'test ACC':>9} {'AUC':>7} {'F1':>7}")
     for name, r in (("cached", c), ("uncached", u)):
