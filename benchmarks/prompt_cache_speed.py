@@ -46,9 +46,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     out = Path(args.out or tempfile.mkdtemp(prefix="dermkit-prompt-bench-"))
+    random = args.model.startswith("openclip:") and "@" not in args.model
+    if random:  # both runs must start from the same random weights: save them once
+        from dermkit.models.vlm import load_encoder, save_open_clip_folder
+
+        torch.manual_seed(0)
+        enc = load_encoder(args.model)
+        save_open_clip_folder(enc.module, out / "base", enc.model_cfg, enc.preprocess_cfg)
     results = {}
     for cache in (True, False):
-        cfg = PromptConfig.from_dict({"model": args.model, "data": args.data, "task": args.task, "variant": args.variant,
+        cfg = PromptConfig.from_dict({"model": str(out / "base") if random else args.model, "data": args.data,
+                                      "task": args.task, "variant": args.variant,
                                       "ift": not args.no_ift, "cache": cache, "epochs": args.epochs, "patience": None})
         started = time.perf_counter()
         summary = train_prompts(cfg, out / ("cached" if cache else "uncached"), progress=False)
@@ -57,7 +65,6 @@ def main() -> None:
         results[cache] = {"sec_per_epoch": float(history["train_seconds"].median()), "train_wall": wall,
                           "test": summary["test"]}
     c, u = results[True], results[False]
-    random = args.model.startswith("openclip:") and "@" not in args.model
     print(f"model {args.model}{' (random weights: timing only)' if random else ''}, {args.data} {args.task}, {args.variant}{'' if args.no_ift else ' + IFT'}, "
           f"{args.epochs} epochs, {torch.get_num_threads()} threads")
     print(f"{'':>10} {'s/epoch':>9} {'run wall s':>11} {'test ACC':>9} {'AUC':>7} {'F1':>7}")
