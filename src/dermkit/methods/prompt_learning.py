@@ -13,7 +13,7 @@ One module, one model, the variants are config values:
 ``variant: cgcoop``
     adds ``clinical_weight * mean_c (1 - cos(t_c, t_c^clin))``: each learned class feature is
     aligned with fixed clinical prompts built from the 7-point checklist
-    (``data/prompts/clinical_7point.yaml``), the seed's clinical guidance.
+    (``data/checklists/clinical_7point.yaml``), the seed's clinical guidance.
 ``ift: true``
     the image tower's tail learns too: ``visual.ln_post`` + ``visual.proj`` of an open_clip
     ViT (exactly the seed's choice), or the last ``ift_units`` trunk units + projection head of
@@ -124,7 +124,7 @@ class PromptConfig:
 def clinical_prompts(classes: Sequence[str], path: str | os.PathLike | None = None) -> dict[str, list[str]]:
     """Clinical sentences per class from the packaged 7-point file or ``path``."""
     if path is None:
-        text = resources.files("dermkit.data").joinpath("prompts/clinical_7point.yaml").read_text(encoding="utf-8")
+        text = resources.files("dermkit.data").joinpath("checklists/clinical_7point.yaml").read_text(encoding="utf-8")
         where = "packaged clinical_7point.yaml"
     else:
         if not Path(path).is_file():
