@@ -425,12 +425,6 @@ def _class_texts(card) -> list[str]:
     return [card.class_names[c] for c in card.classes]
 
 
-def _groups(card, rows: pd.DataFrame):
-    from dermkit.methods.zeroshot import split_groups
-
-    return split_groups(card, rows)
-
-
 @torch.no_grad()
 def _proba(model: PromptModel, inputs: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     model.eval()
@@ -450,7 +444,6 @@ def train_prompts(config: PromptConfig, out_dir: str | Path, resume: bool = Fals
     from dermkit.methods.zeroshot import class_embeddings, require_text
     from dermkit.data.prompts import load_prompts
     from dermkit.models.vlm import load_encoder
-    from dermkit.predictor import predictions_frame
 
     config.validate()
     out_dir = Path(out_dir)
@@ -557,13 +550,13 @@ def train_prompts(config: PromptConfig, out_dir: str | Path, resume: bool = Fals
             continue
         t, t_ci = block(report)
         transfer.append({"eval_dataset": name, "test": t, "test_ci": t_ci, "report": str(folder)})
-    history = engine_history(out_dir)
+    seconds_per_epoch = median_epoch_seconds(out_dir)
     summary = {
         "dataset": card.name, "task": config.task or "all", "model": card_info["model"], "variant": config.variant,
         "ift": config.ift, "image_tail": model.image_tail.description, "best_epoch": state.best_epoch,
         "epochs_run": state.epoch, "selected_on": f"val {config.engine.select_metric}",
         "best_val_score": state.best_score, "wall_seconds": round(time.perf_counter() - started, 1),
-        "train_seconds": round(train_seconds, 1), "seconds_per_epoch": history,
+        "train_seconds": round(train_seconds, 1), "seconds_per_epoch": seconds_per_epoch,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "report": str(reports["test"][1]), "test": test, "test_ci": test_ci, "transfer": transfer,
     }
@@ -571,7 +564,7 @@ def train_prompts(config: PromptConfig, out_dir: str | Path, resume: bool = Fals
     return summary
 
 
-def engine_history(out_dir: Path) -> float | None:
+def median_epoch_seconds(out_dir: Path) -> float | None:
     """Median seconds per epoch from the engine's history.csv (None if it has no timing)."""
     path = Path(out_dir) / "history.csv"
     if not path.is_file():
@@ -615,6 +608,7 @@ class PromptPredictor:
     def predict_split(self, card, split: str, progress: bool = True) -> pd.DataFrame:
         """Predictions for a split; the model's task (e.g. melanoma vs rest) is applied to the card."""
         from dermkit.data.tasks import derive_task
+        from dermkit.methods.zeroshot import split_groups
         from dermkit.predictor import predictions_frame
 
         card = derive_task(card, self.card.get("task"), negative_name=self.card.get("negative_name", "other skin lesion"))
@@ -623,7 +617,7 @@ class PromptPredictor:
                             f"the model knows {self.classes}")
         rows, _, paths = _split(card, split)
         proba = self.predict_paths(paths, progress)
-        return predictions_frame(rows["image"].tolist(), proba, self.classes, rows["diagnosis"].tolist(), _groups(card, rows))
+        return predictions_frame(rows["image"].tolist(), proba, self.classes, rows["diagnosis"].tolist(), split_groups(card, rows))
 
 
 def load_predictor(folder: str | Path, device: str = "auto", encoder=None) -> PromptPredictor:
