@@ -28,7 +28,7 @@ import torch
 from dermkit.data import load_card, open_image
 from dermkit.engine.features import extract_features
 from dermkit.engine.loop import cpu_has_bf16
-from dermkit.models.vlm import load_encoder
+from dermkit.models.encoders import load_encoder
 
 
 def plain_loop(enc, paths, batch_size: int) -> np.ndarray:

@@ -48,7 +48,7 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="dermkit-prompt-bench-"))
     random = args.model.startswith("openclip:") and "@" not in args.model
     if random:  # both runs must start from the same random weights: save them once
-        from dermkit.models.vlm import load_encoder, save_open_clip_folder
+        from dermkit.models.encoders import load_encoder, save_open_clip_folder
 
         torch.manual_seed(0)
         enc = load_encoder(args.model)

@@ -158,7 +158,7 @@ def clip_folder(tmp_path_factory):
     import open_clip
     import torch
 
-    from dermkit.models.vlm import save_open_clip_folder
+    from dermkit.models.encoders import save_open_clip_folder
 
     torch.manual_seed(0)
     model = open_clip.CLIP(**CLIP_CFG)

@@ -38,7 +38,7 @@ def test_identical_captions_are_not_negatives():
 
 def test_clip_train_tiny_end_to_end(tiny_dataset, tmp_path):
     from dermkit.methods.zeroshot import zeroshot_predict
-    from dermkit.models.vlm import load_encoder
+    from dermkit.models.encoders import load_encoder
 
     cfg = ClipTrainConfig(data=[str(tiny_dataset)], image_size=32, batch_size=16, num_workers=0,
                           val_per_dataset=18, train_image_last=2, train_text_last=1,

@@ -26,7 +26,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def encoder(clip_folder):
-    from dermkit.models.vlm import load_encoder
+    from dermkit.models.encoders import load_encoder
 
     return load_encoder(clip_folder)
 
@@ -140,7 +140,7 @@ def test_damaged_index_is_recomputed(tiny_dataset, encoder, tmp_path):
 def test_image_only_encoders(tiny_dataset, tmp_path):
     from dermkit.models.checkpoint import save_model
     from dermkit.models.registry import create_classifier
-    from dermkit.models.vlm import load_encoder
+    from dermkit.models.encoders import load_encoder
 
     paths = image_paths(tiny_dataset, "val")[:3]
     enc = load_encoder("timm:resnet18@random")

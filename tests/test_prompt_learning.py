@@ -26,7 +26,7 @@ from dermkit.methods.prompt_learning import (
     load_predictor,
     train_prompts,
 )
-from dermkit.models.vlm import load_encoder, save_open_clip_folder
+from dermkit.models.encoders import load_encoder, save_open_clip_folder
 
 CLINICAL = {"classes": {
     "other": ["a bluish or reddish lesion.", "a benign lesion with regular colour."],

@@ -190,7 +190,7 @@ def clip_folder(tmp_path_factory):
     """A tiny random open_clip CLIP (32 px, 16-d embeddings) saved in the hub layout."""
     import open_clip
 
-    from dermkit.models.vlm import save_open_clip_folder
+    from dermkit.models.encoders import save_open_clip_folder
 
     torch.manual_seed(0)
     model = open_clip.CLIP(**CLIP_CFG)
@@ -223,7 +223,7 @@ def test_run_retrieval_and_cli(tiny_dataset, clip_folder, tmp_path, capsys, monk
 
 def test_rank_texts_and_cli(tiny_dataset, clip_folder, capsys):
     from dermkit.methods.retrieval import rank_texts
-    from dermkit.models.vlm import load_encoder
+    from dermkit.models.encoders import load_encoder
 
     image = next((tiny_dataset / "images").glob("*.jpg"))
     texts = ["a melanoma", "a nevus", "a basal cell carcinoma"]

@@ -1,4 +1,4 @@
-"""Encoder loaders (dermkit.models.vlm) and dermkit-CLIP, with tiny models built in the test.
+"""Encoder loaders (dermkit.models.encoders) and dermkit-CLIP, with tiny models built in the test.
 
 Every model here is built from a config dict (a few thousand parameters, 32 px images), except the
 dermkit-CLIP test, which uses the real PyPI towers (EfficientNet-Lite0 + MiniLM). Nothing touches
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dermkit.errors import ModelError
-from dermkit.models.vlm import (
+from dermkit.models.encoders import (
     OPEN_CLIP_BIN,
     OPEN_CLIP_CONFIG,
     OPEN_CLIP_WEIGHTS,
@@ -380,11 +380,13 @@ def test_timm_efficientnet_lite_image_only():
         enc.encode_text(torch.zeros(1, 4, dtype=torch.long))
 
 
-def test_timm_random_init_warns_unless_asked(recwarn):
-    with pytest.warns(UserWarning, match="random init"):
+def test_timm_without_offline_weights_needs_random_or_the_file(tmp_path, monkeypatch):
+    # No tag and no PyPI weights: timm's default tag from the HF cache, else a clear error (never random).
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    with pytest.raises(ModelError, match=r"resnet10t\.c3_in1k.*@random"):
         load_encoder("timm:resnet10t")
     enc = load_encoder("timm:resnet10t@random")
-    assert not [w for w in recwarn if "random init" in str(w.message)]
+    assert enc.arch["weights"] == "random" and enc.name == "timm:resnet10t@random"
     assert enc.encode_image(_pixels()).shape == (2, enc.embed_dim)
     with pytest.raises(ModelError, match="suffix"):
         load_encoder("timm:resnet10t@imagenet")

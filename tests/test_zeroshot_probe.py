@@ -23,7 +23,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def clip(clip_folder):
-    from dermkit.models.vlm import load_encoder
+    from dermkit.models.encoders import load_encoder
 
     return load_encoder(clip_folder)
 
@@ -144,7 +144,7 @@ def test_zeroshot_command(clip_folder, tiny_dataset, tmp_path, capsys, monkeypat
 
 def test_zeroshot_refuses_image_only_encoder(tiny_dataset, tmp_path, capsys, monkeypatch):
     from dermkit.methods.zeroshot import zeroshot_predict
-    from dermkit.models.vlm import load_encoder
+    from dermkit.models.encoders import load_encoder
 
     with pytest.raises(ModelError, match="text encoder"):
         zeroshot_predict(load_encoder("timm:resnet18@random"), tiny_dataset, progress=False)

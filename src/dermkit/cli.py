@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -34,6 +33,9 @@ def data_check(
                                             "resolved under $DERMKIT_DATA) or a folder with metadata.csv."),
     images: bool = typer.Option(True, "--images/--no-images", help="Decode every image (finds missing, truncated, "
                                                                    "unreadable files and decompression bombs)."),
+    follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Allow image paths that lead out of the "
+                                         "folder through a symlink (e.g. images/ linked to an image store), for "
+                                         "this check; 'follow_symlinks: true' in dataset.yaml allows it always."),
 ) -> None:
     """Validate a dataset folder and print images per class and split, and metadata coverage.
 
@@ -42,7 +44,7 @@ def data_check(
     from dermkit.data import check_dataset, load_card
 
     card = load_card(dataset)
-    result = check_dataset(card, check_images=images, progress=True)
+    result = check_dataset(card, check_images=images, progress=True, follow_symlinks=follow_symlinks or None)
     console.print(f"[bold]{card.name}[/bold]  {card.root}")
     console.print(_frame_table(result.summary.reset_index(), "images per class and split"))
     if result.metadata_coverage is not None and len(result.metadata_coverage):
@@ -102,16 +104,20 @@ def models() -> None:
 def train(
     out: Path = typer.Option(..., help="Run folder: config.yaml, checkpoints/, model/, history.csv, tensorboard/, eval/test/."),
     data: Optional[str] = typer.Option(None, help="Dataset name or folder [default: ham10000]."),
-    model: Optional[str] = typer.Option(None, help="Model name (see `dermkit models`) or timm:ARCH [default: efficientnet_lite0]."),
-    config: Optional[Path] = typer.Option(None, help="YAML with any TrainConfig keys; command-line options override it."),
+    model: Optional[str] = typer.Option(None, help="Model name (see `dermkit models`) or timm:ARCH[.TAG][@random] "
+                                                   "[default: efficientnet_lite0]."),
+    config: Optional[Path] = typer.Option(None, help="Experiment YAML (method: supervised, or no method); "
+                                                     "command-line options override it."),
     epochs: Optional[int] = typer.Option(None, help="Number of epochs."),
     batch_size: Optional[int] = typer.Option(None, help="Training batch size."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (AdamW, warm-up then cosine)."),
     image_size: Optional[int] = typer.Option(None, help="Square input size in pixels [default: the model's]."),
-    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="ImageNet weights "
-                                              "[default: yes for EfficientNet-Lite, no for ResNet]."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Pretrained body weights "
+                                              "[default: what the model spec says: ImageNet for EfficientNet-Lite]."),
     imbalance: Optional[str] = typer.Option(None, help="weighted_loss | balanced_sampler | none."),
-    train_last: Optional[int] = typer.Option(None, help="Fine-tune only the last N blocks (+ head); default: all."),
+    train_last: Optional[int] = typer.Option(None, help="Fine-tune only the last N units (+ head); default: all."),
+    task: Optional[str] = typer.Option(None, help="all | melanoma_vs_rest | binary:CLASS."),
+    eval_data: Optional[str] = typer.Option(None, help="More datasets (comma-separated) to report the model on."),
     select_metric: Optional[str] = typer.Option(None, help="Validation metric for model selection [balanced_accuracy]."),
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without val improvement."),
     precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 | fp16 (auto = bf16 where the CPU/GPU has it)."),
@@ -120,60 +126,71 @@ def train(
     num_workers: Optional[int] = typer.Option(None, help="Data-loader worker processes."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint "
                                                         "(uses the run's saved config.yaml)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a finished run in --out."),
 ) -> None:
-    """Train an image classifier: select on val, report on test (metrics with CIs, plots, HTML)."""
-    from dermkit.methods.supervised import train_classifier
+    """Train an image classifier (method: supervised): select on val, report on test (metrics with CIs, plots, HTML).
 
-    cfg = _train_config(out, config, resume, dict(
-        data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
-        pretrained=pretrained, imbalance=imbalance, train_last=train_last, select_metric=select_metric,
-        patience=patience, precision=precision, device=device, seed=seed, num_workers=num_workers))
-    summary = train_classifier(cfg, out, resume=resume)
-    _print_summary(summary)
+    The same as `dermkit run CONFIG --out DIR` for a config with `method: supervised`.
+    """
+    from dermkit.experiment import run_experiment
+
+    overrides = dict(data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
+                     pretrained=pretrained, imbalance=imbalance, train_last=train_last, task=task, eval_data=eval_data,
+                     select_metric=select_metric, patience=patience, precision=precision, device=device, seed=seed,
+                     num_workers=num_workers)
+    raw = _config_for("supervised", out, config, resume, overrides)
+    _print_summary(run_experiment(raw, out, resume=resume, force=force))
 
 
-def _train_config(out: Path, config: Optional[Path], resume: bool, overrides: dict):
-    import yaml
-
+def _config_for(method: str, out: Path, config: Optional[Path], resume: bool, overrides: dict) -> dict:
+    """One config dialect for the per-method commands: the YAML (or, with --resume, the run's own
+    config.yaml) with ``method`` checked, then the command-line options on top."""
     from dermkit.errors import ConfigError
-    from dermkit.methods.supervised import TrainConfig
+    from dermkit.experiment import load_config
 
-    raw: dict = {}
-    saved = out / "config.yaml"
+    given = {k: v for k, v in overrides.items() if v is not None}
     if resume:
-        if not saved.is_file():
-            raise ConfigError(f"--resume: {saved} not found; start the run without --resume first")
-        raw = yaml.safe_load(saved.read_text()) or {}
-        given = {k: v for k, v in overrides.items() if v is not None and k != "epochs"}
-        if given:
-            raise ConfigError(f"--resume continues the saved run; drop {sorted(given)} (only --epochs may change)")
-    elif config is not None:
-        if not config.is_file():
-            raise ConfigError(f"config file {config} not found")
-        raw = yaml.safe_load(config.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{config} must hold a mapping of TrainConfig keys")
-    cfg = TrainConfig.from_dict(raw)
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if hasattr(cfg, key):
-            setattr(cfg, key, value)
-        else:
-            setattr(cfg.engine, key, value)
-    return cfg
+        raw = load_config(out / "config.yaml") if (out / "config.yaml").is_file() else {}
+        extra = sorted(set(given) - {"epochs"})
+        if extra:
+            raise ConfigError(f"--resume continues the saved run; drop {extra} (only --epochs may change)")
+        if config is not None:
+            raise ConfigError("--resume reads the run's own config.yaml; drop --config")
+    else:
+        raw = load_config(config) if config is not None else {}
+    if raw.get("method", method) != method:
+        raise ConfigError(f"{config or out / 'config.yaml'} is a `method: {raw['method']}` config; run it with "
+                          f"`dermkit run {config or out / 'config.yaml'} --out {out}`")
+    raw["method"] = method
+    if "epochs" in given:  # engine keys may sit at the top level or under engine:
+        raw.setdefault("engine", {})
+        raw["engine"] = {**(raw["engine"] or {}), "epochs": given.pop("epochs")}
+    engine_keys = {"lr", "select_metric", "patience", "precision", "device", "seed", "grad_accum"}
+    for key in list(given):
+        if key in engine_keys and isinstance(raw.get("engine"), dict):
+            raw["engine"][key] = given.pop(key)
+    raw.update(given)
+    if config is None and not resume:
+        raw.setdefault("name", out.name)
+    return raw
 
 
 def _print_summary(summary: dict) -> None:
-    table = Table("metric (test)", "value", "95% CI", title=f"{summary['model']} on {summary['dataset']}")
-    for key, value in summary["test"].items():
-        ci = summary.get("test_ci", {}).get(key) or {}
+    title = f"{summary.get('model')} on {summary.get('dataset')}"
+    table = Table("metric (test)", "value", "95% CI", title=title)
+    for key, value in (summary.get("test") or {}).items():
+        ci = (summary.get("test_ci") or {}).get(key) or {}
         ci_text = f"{ci['low']:.3f} – {ci['high']:.3f}" if ci.get("low") is not None else ""
         table.add_row(key, "n/a" if value is None else f"{value:.4f}", ci_text)
     console.print(table)
-    console.print(f"best epoch {summary['best_epoch']} ({summary['selected_on']}), wall time "
-                  f"{summary['wall_seconds'] / 60:.1f} min")
-    console.print(f"report: [bold]{summary['report']}/report.html[/bold]")
+    for t in summary.get("transfer") or []:
+        console.print(f"-> {t['eval_dataset']} test: " + ", ".join(
+            f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in t["test"].items()))
+    if summary.get("best_epoch") is not None:
+        console.print(f"best epoch {summary['best_epoch']} ({summary['selected_on']})")
+    console.print(f"wall time {summary['wall_seconds'] / 60:.1f} min")
+    if summary.get("report"):
+        console.print(f"report: [bold]{summary['report']}/report.html[/bold]")
 
 
 # --------------------------------------------------------------------------- evaluate / predict
@@ -181,8 +198,8 @@ def _print_summary(summary: dict) -> None:
 def evaluate_cmd(
     out: Path = typer.Option(..., help="Report folder: metrics.json, predictions.csv, report.md/.html, PNG plots."),
     predictions: Optional[Path] = typer.Option(None, help="CSV with image, target, prediction, prob:<class>... columns."),
-    model: Optional[Path] = typer.Option(None, help="Trained model folder (from `dermkit train`: RUN/model)."),
-    data: Optional[str] = typer.Option(None, help="Dataset name or folder (with --model)."),
+    model: Optional[Path] = typer.Option(None, help="Model folder of any method (RUN/model from `dermkit run`/`train`)."),
+    data: Optional[str] = typer.Option(None, help="Dataset name or folder (with --model); relabelled for the model's task."),
     split: str = typer.Option("test", help="Split to evaluate (with --model)."),
     n_bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% CIs."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
@@ -196,13 +213,12 @@ def evaluate_cmd(
         preds = read_predictions(predictions)
         title = f"{predictions.name}"
     elif model is not None and data is not None and predictions is None:
-        from dermkit.data import load_card
-        from dermkit.predictor import Predictor
+        from dermkit.api import load_dataset, load_predictor
 
-        card = load_card(data)
-        predictor = Predictor.load(model)
+        card = load_dataset(data)
+        predictor = load_predictor(model)
         preds = predictor.predict_split(card, split)
-        title = f"{predictor.card['model']} on {card.name} ({split} split)"
+        title = f"{predictor.name} on {card.name} ({split} split)"
     else:
         raise ConfigError("give either --predictions P.csv, or --model DIR with --data DATASET")
     report = evaluate(preds, groups=groups, n_bootstrap=n_bootstrap, seed=seed, title=title)
@@ -219,7 +235,7 @@ def evaluate_cmd(
 @app.command("predict")
 def predict(
     images: list[Path] = typer.Argument(..., help="Image files (JPEG/PNG/...)."),
-    model: Path = typer.Option(..., help="Trained model folder (RUN/model)."),
+    model: Path = typer.Option(..., help="Model folder of any method (RUN/model)."),
     top_k: int = typer.Option(3, help="How many classes to show per image."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     clinical: Optional[list[Path]] = typer.Option(
@@ -228,9 +244,9 @@ def predict(
         None, "--meta", help="Fusion models: metadata KEY=VALUE for all images (repeatable), e.g. --meta age=55."),
 ) -> None:
     """Top-k classes with probabilities for each image."""
-    from dermkit.predictor import Predictor
+    from dermkit.api import load_predictor
 
-    predictor = Predictor.load(model)
+    predictor = load_predictor(model)
     if clinical or meta:
         from dermkit.errors import ConfigError
 
@@ -268,15 +284,45 @@ def predict(
 # --------------------------------------------------------------------------- configs and suites
 @app.command("run")
 def run_cmd(
-    config: Path = typer.Argument(..., help="YAML config naming its method (supervised | prompt_learning | fusion)."),
-    out: Path = typer.Option(..., help="Run folder (config snapshot, checkpoints/, model/, eval/, summary.json)."),
+    configs: list[Path] = typer.Argument(..., metavar="CONFIG", help="YAML config(s) naming their method "
+                                         "(see `dermkit methods`); several only with --check."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (config.yaml, checkpoints/, model/, eval/, summary.json)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a run already in --out."),
+    check: bool = typer.Option(False, "--check", help="Only validate the configs (keys, types, data folders, model "
+                                                      "specs); run nothing. Exit 2 naming the file and key on error."),
 ) -> None:
-    """Run one experiment config: train on train, select on val, report on test."""
-    from dermkit.experiment import load_config, run_experiment, suite_table
+    """Run one experiment config with any registered method: train, select on val, report on test."""
+    from dermkit.errors import ConfigError
+    from dermkit.experiment import check_configs, load_config, run_experiment, suite_table
 
-    summary = run_experiment(load_config(config), out, resume=resume)
+    if check:
+        for path, warnings in check_configs(configs):
+            console.print(f"[green]ok[/green] {path}")
+            for w in warnings:
+                err_console.print(f"  [yellow]warning[/yellow] {w}")
+        return
+    if len(configs) != 1:
+        raise ConfigError(f"`dermkit run` runs one config (got {len(configs)}); use `dermkit suite` for several, "
+                          "or --check to validate them")
+    if out is None:
+        raise ConfigError("give the run folder with --out DIR")
+    summary = run_experiment(load_config(configs[0]), out, resume=resume, force=force)
     _print_frame(suite_table([summary]), summary["name"])
+    if summary.get("report"):
+        console.print(f"report: {summary['report']}/report.html")
+
+
+@app.command("methods")
+def methods_cmd() -> None:
+    """List the registered methods (the values of `method:` in a config)."""
+    from dermkit.methods.base import METHODS, list_methods
+
+    table = Table("method", "config class", "description")
+    for name in list_methods():
+        m = METHODS[name]
+        table.add_row(name, m.config_class.__name__, m.description)
+    console.print(table)
 
 
 @app.command("suite")
@@ -304,14 +350,14 @@ def benchmark(
     data: str = typer.Option("ham10000", help="Dataset name or folder."),
     model: str = typer.Option("efficientnet_lite0", help="Model name."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted benchmark run."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a finished benchmark run in --out."),
 ) -> None:
     """The main job: fine-tune ImageNet EfficientNet-Lite0 on HAM10000 with settings chosen to finish in
     under 20 minutes on 2 CPU cores, select on val, and report on test."""
-    from dermkit.methods.supervised import benchmark_config, train_classifier
+    from dermkit.experiment import run_experiment
+    from dermkit.methods.supervised import benchmark_config
 
-    cfg = benchmark_config(data=data, model=model)
-    summary = train_classifier(cfg, out, resume=resume)
-    _print_summary(summary)
+    _print_summary(run_experiment(benchmark_config(data=data, model=model), out, resume=resume, force=force))
 
 
 # --------------------------------------------------------------------------- frozen encoders
@@ -353,7 +399,7 @@ def clip_train(
                                                   "pairs [default: ham10000,isic2017,derm7pt,pad_ufes20; PH2 stays unseen]."),
     init: Optional[str] = typer.Option(None, help="Continue from an open_clip model (folder or hf-hub:ORG/NAME) "
                                                   "instead of building dermkit-CLIP from the pip towers."),
-    config: Optional[Path] = typer.Option(None, help="YAML with any ClipTrainConfig keys; options override it."),
+    config: Optional[Path] = typer.Option(None, help="Experiment YAML (method: contrastive); options override it."),
     epochs: Optional[int] = typer.Option(None, help="Number of epochs."),
     batch_size: Optional[int] = typer.Option(None, help="Pairs per batch (in-batch negatives)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
@@ -363,38 +409,22 @@ def clip_train(
     grad_accum: Optional[int] = typer.Option(None, help="Gradient accumulation steps."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a finished run in --out."),
 ) -> None:
     """Align a CLIP-style model (dermkit-CLIP: EfficientNet-Lite image tower + MiniLM text tower) on
     image-caption pairs; captions come from a `caption` column or are written from metadata.
     Selects the epoch with the best mean zero-shot balanced accuracy on the val splits."""
-    import yaml
+    from dermkit.experiment import run_experiment
 
-    from dermkit.errors import ConfigError
-    from dermkit.methods.contrastive import ClipTrainConfig, train_clip
-
-    saved = out / "config.yaml"
-    raw: dict = {}
-    if resume:
-        if not saved.is_file():
-            raise ConfigError(f"--resume: {saved} not found; start the run without --resume first")
-        raw = yaml.safe_load(saved.read_text()) or {}
-    elif config is not None:
-        if not config.is_file():
-            raise ConfigError(f"config file {config} not found")
-        raw = yaml.safe_load(config.read_text()) or {}
-    cfg = ClipTrainConfig.from_dict(raw)
-    overrides = dict(data=data, init=init, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
-                     train_image_last=train_image_last, train_text_last=train_text_last, grad_accum=grad_accum, seed=seed)
-    for key, value in overrides.items():
-        if value is None or (resume and key != "epochs"):
-            continue
-        if key == "data":
-            value = [d.strip() for d in value.split(",") if d.strip()]
-        setattr(cfg if hasattr(cfg, key) else cfg.engine, key, value)
-    summary = train_clip(cfg, out, resume=resume)
+    overrides = dict(train_data=data, init=init, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
+                     train_image_last=train_image_last, train_text_last=train_text_last, grad_accum=grad_accum,
+                     seed=seed)
+    summary = run_experiment(_config_for("contrastive", out, config, resume, overrides), out, resume=resume,
+                             force=force)
     console.print(f"best epoch {summary['best_epoch']}: val zero-shot balanced accuracy "
                   f"{summary['best_val_zeroshot_balanced_accuracy']:.4f}; {summary['wall_seconds'] / 60:.1f} min")
-    console.print(f"model: [bold]{summary['model']}[/bold] (use it with --model in zeroshot/probe/retrieve)")
+    console.print(f"model: [bold]{summary['clip_model']}[/bold] (use it with --model in zeroshot/probe/retrieve; "
+                  "it is also a zero-shot classifier for `dermkit predict/evaluate --model`)")
 
 
 @app.command("zeroshot")
@@ -503,7 +533,7 @@ def rank_cmd(
 
     from dermkit.errors import ConfigError, DataError
     from dermkit.methods.retrieval import rank_texts
-    from dermkit.models.vlm import load_encoder
+    from dermkit.models.encoders import load_encoder
 
     image, candidates = Path(items[0]), [*(texts or []), *items[1:]]
     if texts_file is not None:
@@ -543,7 +573,13 @@ def _fmt(value) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: user errors print one clear message and exit 2, never a traceback."""
+    """Console entry point: user errors print one clear message and exit 2, never a traceback.
+
+    Usage errors (unknown option or command, bad value, missing option) print the usage line and
+    click's one-line error (with its "Did you mean" suggestion) and exit 2; a DermkitError prints
+    ``error: ...`` and exits 2; Ctrl-C exits 130.
+    """
+    exits, click_errors, aborts = _click_exception_classes()
     try:
         result = app(args=argv, standalone_mode=False)
     except DermkitError as exc:
@@ -551,15 +587,43 @@ def main(argv: list[str] | None = None) -> int:
 
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return _exit(2, argv)
-    except click.exceptions.Exit as exc:
+    except exits as exc:
+        return _exit(_interrupted(exc.exit_code), argv)
+    except click_errors as exc:
+        exc.show()  # usage + "Try 'dermkit ... --help'" + "Error: ..." on stderr
         return _exit(exc.exit_code, argv)
-    except click.ClickException as exc:
-        exc.show()
-        return _exit(exc.exit_code, argv)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (*aborts, KeyboardInterrupt):
+        return _exit(_interrupted(130), argv)
+    return _exit(_interrupted(result) if isinstance(result, int) else 0, argv)
+
+
+def _click_exception_classes() -> tuple[tuple, tuple, tuple]:
+    """(Exit, ClickException, Abort) classes of standalone click and of typer's vendored click.
+
+    typer 0.29 raises its own vendored copies (``typer._click.exceptions``, ``typer.exceptions``)
+    that do not derive from click's; both are caught so neither a typer upgrade nor a command
+    that raises a standalone ``click`` exception ends in a traceback.
+    """
+    import importlib
+
+    found: dict[str, list[type]] = {"Exit": [], "ClickException": [], "Abort": []}
+    for module in ("typer.exceptions", "typer._click.exceptions", "typer._click", "typer", "click.exceptions"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        for name, classes in found.items():
+            cls = getattr(mod, name, None)
+            if isinstance(cls, type) and issubclass(cls, BaseException) and cls not in classes:
+                classes.append(cls)
+    return tuple(found["Exit"]), tuple(found["ClickException"]), tuple(found["Abort"])
+
+
+def _interrupted(code: int) -> int:
+    # typer turns Ctrl-C inside a command into Exit(130): say how to continue.
+    if code == 130:
         err_console.print("interrupted; resume a training run with --resume")
-        return _exit(130, argv)
-    return _exit(result if isinstance(result, int) else 0, argv)
+    return code
 
 
 def _exit(code: int, argv) -> int:

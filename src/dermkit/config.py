@@ -1,30 +1,105 @@
-"""Method configs: dataclasses with a nested ``engine`` (EngineConfig), read from YAML/dicts.
+"""Method configs: dataclasses read from YAML/dicts, checked before anything is written.
 
-Engine keys may be given at the top level (``epochs: 5``) or under ``engine:``; unknown keys are
-an error that lists the known ones, so a typo never silently falls back to a default.
+A method's config is a dataclass; one that trains has a nested ``engine`` (EngineConfig) whose keys
+may also be given at the top level (``epochs: 5``) or under ``engine:``. Unknown keys are an error
+that lists the known ones (a typo never silently falls back to a default), and every value is
+checked against its field's type (``epochs: "ten"`` fails here, naming the key, not deep in the
+engine after the run folder was written).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
+import types
+import typing
+from typing import Any, TypeVar, Union
 
 from dermkit.errors import ConfigError
 
 T = TypeVar("T")
 
+__all__ = ["config_from_dict", "config_to_dict", "check_types"]
 
-def config_from_dict(cls: type[T], raw: dict[str, Any]) -> T:
+
+def config_from_dict(cls: type[T], raw: dict[str, Any], where: str = "config") -> T:
+    """``cls(**raw)`` with engine keys routed to ``engine``, unknown keys refused, types checked."""
     from dermkit.engine.loop import EngineConfig
 
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping of keys, got {type(raw).__name__}")
     raw = dict(raw or {})
-    engine_fields = {f.name for f in dataclasses.fields(EngineConfig)}
     own = {f.name for f in dataclasses.fields(cls)} - {"engine"}
-    engine_raw = {**dataclasses.asdict(cls().engine), **(raw.pop("engine", {}) or {})}
+    has_engine = any(f.name == "engine" for f in dataclasses.fields(cls))
+    if not has_engine:
+        unknown = set(raw) - own
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known keys: {', '.join(sorted(own))}")
+        check_types(cls, raw, where)
+        return cls(**raw)
+    engine_fields = {f.name for f in dataclasses.fields(EngineConfig)}
+    given_engine = raw.pop("engine", {}) or {}
+    if not isinstance(given_engine, dict):
+        raise ConfigError(f"{where}: engine must be a mapping of engine keys (epochs, lr, ...)")
+    engine_raw = {**dataclasses.asdict(cls().engine), **given_engine}
     for key in list(raw):
         if key in engine_fields and key not in own:
             engine_raw[key] = raw.pop(key)
     unknown = (set(raw) - own) | (set(engine_raw) - engine_fields)
     if unknown:
-        raise ConfigError(f"unknown config keys {sorted(unknown)}; known keys: {', '.join(sorted(own | engine_fields))}")
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known keys: "
+                          f"{', '.join(sorted(own | engine_fields))}")
+    check_types(cls, raw, where)
+    check_types(EngineConfig, engine_raw, where)
     return cls(**raw, engine=EngineConfig(**engine_raw))
+
+
+def config_to_dict(config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def check_types(cls, values: dict[str, Any], where: str = "config") -> None:
+    """ConfigError naming the key when a value does not fit its field's annotation."""
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        expected = hints.get(key)
+        if expected is None or _fits(value, expected):
+            continue
+        raise ConfigError(f"{where}: {key} must be {_describe(expected)}, got {value!r}")
+
+
+def _fits(value, tp) -> bool:
+    if tp is Any:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin in (list, tuple, typing.Sequence):
+        args = typing.get_args(tp)
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value) if args else isinstance(value, (list, tuple))
+    if origin is dict:
+        return isinstance(value, dict)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, (tp, dict))
+    return True
+
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))

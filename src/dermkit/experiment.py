@@ -1,40 +1,45 @@
-"""YAML config -> run -> output folder, and suites of runs compared in one table.
+"""YAML config -> run -> output folder, suites of runs compared in one table, and config checks.
 
-A config names its ``method`` and holds that method's keys::
+A config names its ``method`` (any registered method, see :mod:`dermkit.methods.base`) and holds
+that method's keys::
 
-    method: prompt_learning        # supervised | prompt_learning | fusion
+    method: prompt_learning        # supervised | zeroshot | linear_probe | contrastive | prompt_learning | fusion
     name: cgcoop_ift               # optional; default: the file name
     data: derm7pt
+    task: melanoma_vs_rest         # all | melanoma_vs_rest | binary:CLASS
+    eval_data: [ph2]               # transfer tests
     ...
 
-Each method module has ``run_config(raw: dict, out_dir, resume=False, progress=True) -> summary``
-where ``summary`` carries ``test`` (metric -> value) and ``test_ci`` (metric -> {low, high}), the
-shape ``train_classifier`` writes to ``summary.json``. A new method plugs in with one line in
-:data:`METHODS`.
+:class:`Run` owns the bookkeeping every method used to write for itself: the config snapshot
+(``config.yaml``), the best model (``model/``, written atomically), the training engine bound to the
+run folder, the test report of the selected model on the task's test split and on every
+``eval_data`` test split (``eval/test``, ``eval/<dataset>_test``), and ``summary.json`` with one
+schema (see :meth:`Run.finish`).
 """
 
 from __future__ import annotations
 
-import importlib
+import json
 import os
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import yaml
 
-from dermkit.errors import ConfigError
+from dermkit.errors import ConfigError, DermkitError
 from dermkit.io import write_csv, write_json, write_text
+from dermkit.methods.base import Method, Predictor, get_method
 
-__all__ = ["METHODS", "load_config", "run_experiment", "run_suite", "suite_table"]
+__all__ = ["Run", "load_config", "run_experiment", "run_suite", "suite_table", "suite_markdown", "check_configs",
+           "SUMMARY_KEYS", "TABLE_METRICS"]
 
-METHODS = {
-    "supervised": "dermkit.methods.supervised",
-    "prompt_learning": "dermkit.methods.prompt_learning",
-    "fusion": "dermkit.methods.fusion",
-}
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
 HEADERS = {"accuracy": "ACC", "balanced_accuracy": "BACC", "macro_f1": "F1", "macro_auc": "AUC"}
+# Keys every summary.json has (None where a method has nothing to say); methods may add more.
+SUMMARY_KEYS = ("name", "method", "dataset", "task", "model", "best_epoch", "epochs_run", "selected_on",
+                "best_val_score", "wall_seconds", "report", "test", "test_ci", "transfer", "table_extra")
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -49,25 +54,203 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping (method: ..., data: ..., ...)")
     raw.setdefault("name", path.stem)
+    raw["_source"] = str(path)
     return raw
 
 
-def _method_module(raw: dict[str, Any]):
-    method = raw.get("method")
-    if method not in METHODS:
-        raise ConfigError(f"config {raw.get('name', '?')!r}: method must be one of {', '.join(METHODS)}, got {method!r}")
-    return importlib.import_module(METHODS[method])
-
-
-def run_experiment(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool = False, progress: bool = True) -> dict:
-    """Run one config (a mapping with ``method``) into ``out_dir``; returns its summary."""
+def _split_raw(raw: dict[str, Any]) -> tuple[Method, dict[str, Any], str | None, str]:
     raw = dict(raw)
-    module = _method_module(raw)
-    method, name = raw.pop("method"), raw.pop("name", None)
-    summary = module.run_config(raw, Path(out_dir), resume=resume, progress=progress)
-    summary = {"name": name or Path(out_dir).name, "method": method, **summary}
-    write_json(Path(out_dir) / "summary.json", summary)
-    return summary
+    where = str(raw.pop("_source", None) or f"config {raw.get('name', '?')!r}")
+    method = get_method(raw.pop("method", None), where)
+    name = raw.pop("name", None)
+    return method, raw, name, where
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+class Run:
+    """One method's run in one folder; handed to ``Method.fit``."""
+
+    def __init__(self, method: Method, config, out_dir: str | os.PathLike, name: str | None = None,
+                 resume: bool = False, progress: bool = True):
+        self.method = method
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.name = name or self.out_dir.name
+        self.resume = resume
+        self.progress = progress
+        self.started = time.perf_counter()
+        self.summary: dict[str, Any] = {}  # method-specific summary fields
+        self.table_extra: dict[str, str] = {}  # method-specific suite-table columns
+        self.reports: dict[str, tuple] | None = None
+        self._card = None
+        self._eval_cards = None
+
+    # -- data
+    def card(self):
+        """The run's dataset card, relabelled for its ``task``."""
+        if self._card is None:
+            from dermkit.data.tasks import derive_task
+
+            c = self.config
+            self._card = derive_task(c.data, getattr(c, "task", None),
+                                     negative_name=getattr(c, "negative_name", "other skin lesion"))
+        return self._card
+
+    def eval_cards(self) -> list:
+        """The ``eval_data`` cards under the same task (their classes must equal the run's)."""
+        if self._eval_cards is None:
+            from dermkit.data.tasks import derive_task
+
+            c, card = self.config, self.card()
+            cards = [derive_task(d, getattr(c, "task", None), negative_name=getattr(c, "negative_name", "other skin lesion"))
+                     for d in getattr(c, "eval_data", None) or []]
+            for other in cards:
+                if other.classes != card.classes:
+                    raise ConfigError(f"eval_data {other.name} has classes {other.classes}, the model {card.classes}; "
+                                      "use a task both share (e.g. task: melanoma_vs_rest)")
+            self._eval_cards = cards
+        return self._eval_cards
+
+    # -- files
+    @property
+    def model_dir(self) -> Path:
+        return self.out_dir / "model"
+
+    def write_config(self) -> Path:
+        """``config.yaml``: the full config (every default filled in), runnable with ``dermkit run``."""
+        snapshot = {"method": self.method.name, "name": self.name, **self.config.to_dict()}
+        return write_text(self.out_dir / "config.yaml", yaml.safe_dump(snapshot, sort_keys=False))
+
+    def save_best(self, predictor: Predictor) -> Path:
+        """Write the selected model (atomically replacing the previous best)."""
+        return predictor.save(self.model_dir)
+
+    # -- training
+    def engine(self, model, engine_config=None):
+        from dermkit.engine.loop import Engine
+
+        return Engine(model, engine_config or self.config.engine, self.out_dir, progress=self.progress)
+
+    def fit(self, engine, make_batches: Callable, loss_fn: Callable, validate: Callable,
+            to_predictor: Callable[[Any, dict], Predictor], steps_per_epoch: int,
+            batch_size_fn: Callable | None = None):
+        """``engine.fit`` with the best model saved through ``to_predictor(model, val_metrics)``."""
+        def on_best(model, metrics):
+            predictor = to_predictor(model, metrics)
+            predictor.card.update(val_metrics=metrics, epoch=engine.state.epoch + 1)
+            self.save_best(predictor)
+
+        state = engine.fit(make_batches, loss_fn, validate, on_best, steps_per_epoch=steps_per_epoch,
+                           resume=self.resume, batch_size_fn=batch_size_fn)
+        self.summary.update(best_epoch=state.best_epoch, epochs_run=state.epoch,
+                            selected_on=f"val {engine.config.select_metric}", best_val_score=state.best_score)
+        return state
+
+    # -- reports
+    def report(self, predictor: Predictor) -> dict[str, tuple]:
+        """Test report of ``predictor`` on the run's task and on every ``eval_data`` test split.
+
+        Returns ``{"test" | dataset: (report, folder, predictions frame)}``; computed once.
+        """
+        from dermkit.evaluate import evaluate
+
+        if self.reports is not None:
+            return self.reports
+        card = self.card()
+        seed = getattr(getattr(self.config, "engine", None), "seed", 0)
+        task = getattr(self.config, "task", None)
+        reports = {}
+        for eval_card in [card] + self.eval_cards():
+            preds = predictor.predict_split(eval_card, "test", progress=self.progress)
+            title = (f"{predictor.name} ({card.name}{'' if task in (None, '', 'all') else ', ' + task}) "
+                     f"on {eval_card.name} test")
+            report = evaluate(preds, n_bootstrap=self.config.n_bootstrap, seed=seed, title=title)
+            key = "test" if eval_card is card else eval_card.name
+            folder = report.save(self.out_dir / "eval" / ("test" if key == "test" else f"{eval_card.name}_test"))
+            reports[key] = (report, folder, preds)
+        self.reports = reports
+        return reports
+
+    def finish(self, predictor: Predictor | None) -> dict[str, Any]:
+        """Write and return ``summary.json`` (keys :data:`SUMMARY_KEYS` + the method's own)."""
+        def block(report):
+            return ({k: report.metrics.get(k) for k in TABLE_METRICS},
+                    {k: report.metrics.get("ci", {}).get(k) for k in TABLE_METRICS})
+
+        summary = {k: None for k in SUMMARY_KEYS}
+        card = self.card() if hasattr(self.config, "data") and isinstance(self.config.data, str) else None
+        task = getattr(self.config, "task", None)
+        summary.update(name=self.name, method=self.method.name, dataset=card.name if card else None,
+                       task=task or "all", model=predictor.name if predictor else None, transfer=[],
+                       table_extra=dict(self.table_extra))
+        if self.reports:
+            report, folder, _ = self.reports["test"]
+            summary["test"], summary["test_ci"] = block(report)
+            summary["report"] = str(folder)
+            for key, (report, folder, _) in self.reports.items():
+                if key != "test":
+                    t, t_ci = block(report)
+                    summary["transfer"].append({"eval_dataset": key, "test": t, "test_ci": t_ci, "report": str(folder)})
+        summary.update(self.summary)
+        summary["wall_seconds"] = round(time.perf_counter() - self.started, 1)
+        write_json(self.out_dir / "summary.json", summary)
+        return summary
+
+
+# ------------------------------------------------------------------------------ entry points
+
+
+def _refuse_finished(out_dir: Path, resume: bool, force: bool) -> None:
+    if resume:
+        if not (out_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume: {out_dir} holds no run to resume (no config.yaml); start it without --resume")
+        return
+    if force or not out_dir.exists():
+        return
+    if (out_dir / "summary.json").is_file() or (out_dir / "checkpoints").is_dir() or (out_dir / "model").is_dir():
+        raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it, --force to overwrite it, "
+                          "or choose another --out")
+
+
+def run_experiment(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
+                   force: bool = False) -> dict:
+    """Run one config (a mapping with ``method``) into ``out_dir``; returns its summary.
+
+    Everything is validated before any file is written. ``resume`` continues a run from its last
+    checkpoint; without it (or ``force``) a folder that already holds a run is refused.
+    """
+    method, rest, name, where = _split_raw(raw)
+    config = method.config(rest, where)
+    out_dir = Path(out_dir)
+    _refuse_finished(out_dir, resume, force)
+    run = Run(method, config, out_dir, name=name, resume=resume, progress=progress)
+    run.card()  # a missing dataset or bad task fails before any file is written
+    run.eval_cards()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run.write_config()
+    predictor = method.fit(config, run)
+    if predictor is not None:
+        run.report(predictor)
+    return run.finish(predictor)
+
+
+def check_configs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, list[str]]]:
+    """Validate configs without running anything: keys, value types and ranges, data folders,
+    model specs. Returns ``[(path, warnings)]``; raises :class:`ConfigError` naming the file."""
+    out = []
+    for path in paths:
+        raw = load_config(path)
+        try:
+            method, rest, _, where = _split_raw(raw)
+            config = method.config(rest, where)
+            warnings = method.check(config)
+        except DermkitError as exc:
+            message = str(exc)
+            raise type(exc)(message if str(path) in message else f"{path}: {message}") from exc
+        out.append((str(path), warnings))
+    return out
 
 
 def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, rerun: bool = False,
@@ -86,33 +269,24 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"two configs share the name(s) {dupes}; give each a distinct `name:`")
-    for raw in raws:
-        _method_module(raw)  # unknown method -> error before hours of work
+    for raw in raws:  # every config must be valid before hours of work start
+        method, rest, _, where = _split_raw({**raw, **(overrides or {})})
+        method.config(rest, where)
     summaries = []
     for raw in raws:
         run_dir = out_dir / raw["name"]
         done = run_dir / "summary.json"
         if done.is_file() and not rerun:
-            import json
-
             summaries.append(json.loads(done.read_text(encoding="utf-8")))
             continue
         resume = (run_dir / "checkpoints" / "last.safetensors").is_file() and not rerun
-        summaries.append(run_experiment({**raw, **(overrides or {})}, run_dir, resume=resume, progress=progress))
+        summaries.append(run_experiment({**raw, **(overrides or {})}, run_dir, resume=resume, progress=progress,
+                                        force=True))
     table = suite_table(summaries)
     write_csv(out_dir / "suite.csv", table)
     write_text(out_dir / "suite.md", suite_markdown(table))
     write_json(out_dir / "suite.json", summaries)
     return table
-
-
-def _ci_text(value, ci) -> str:
-    if value is None:
-        return "n/a"
-    ci = ci or {}
-    if ci.get("low") is None:
-        return f"{100 * value:.1f}"
-    return f"{100 * value:.1f} [{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]"
 
 
 def suite_table(summaries: Sequence[dict]) -> pd.DataFrame:
@@ -121,22 +295,25 @@ def suite_table(summaries: Sequence[dict]) -> pd.DataFrame:
     A summary may add ``table_extra`` (column -> text) for method-specific figures (e.g. the
     thickness head's MAE), shown after the standard metrics.
     """
+    from dermkit.evaluate.tables import percent_ci
+
     rows = []
     # A transfer test (trained on one dataset, tested on another's test split) is a row of its own.
-    summaries = [r for s in summaries for r in [s] + [{**s, **t, "table_extra": {}, "is_transfer": True} for t in s.get("transfer") or []]]
+    summaries = [r for s in summaries for r in [s] + [{**s, **t, "table_extra": {}, "is_transfer": True}
+                                                      for t in s.get("transfer") or []]]
     for s in summaries:
         row = {"run": s.get("name"), "method": s.get("method"), "data": s.get("dataset"), "task": s.get("task") or "all"}
         if s.get("is_transfer"):
             row["data"] = f"{s.get('dataset')} -> {s['eval_dataset']}"
         for key in TABLE_METRICS:
-            row[HEADERS[key]] = _ci_text((s.get("test") or {}).get(key), (s.get("test_ci") or {}).get(key))
+            row[HEADERS[key]] = percent_ci((s.get("test") or {}).get(key), (s.get("test_ci") or {}).get(key))
         row.update(s.get("table_extra") or {})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def suite_markdown(table: pd.DataFrame) -> str:
-    from dermkit.methods.zeroshot import markdown_table
+    from dermkit.evaluate.tables import markdown_table
 
     note = "\nMetrics in %, test split, 95% bootstrap CIs in brackets (lesion-grouped where the card has groups).\n"
     return markdown_table(list(table.columns), table.fillna("").values.tolist()) + note

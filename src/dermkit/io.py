@@ -97,3 +97,12 @@ def _json_default(obj: Any):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def unique_names(names) -> list[str]:
+    """Folder names for a list that may repeat: ``["ph2", "ph2"] -> ["ph2", "ph2-2"]``."""
+    out, seen = [], {}
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return out

@@ -4,6 +4,11 @@ A card knows the class list, readable class names and synonyms, which column gro
 one lesion/patient, which metadata columns exist and their types. Defaults for the five known
 datasets ship with the package (``dermkit/data/cards/<name>.yaml``); a ``dataset.yaml`` in the
 folder overrides or extends them, so a copy of a known dataset or a brand-new one needs no code.
+
+Image paths in metadata.csv are relative to the folder and must stay inside it. A folder whose
+``images/`` is a symlink to where the images really live (a large shared image store) is refused
+unless ``dataset.yaml`` says ``follow_symlinks: true``; absolute paths and ``..`` that climbs out
+of the folder are refused even then.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ CARD_KEYS = (
     "id_column",
     "missing_values",
     "base_card",
+    "follow_symlinks",
 )
 # Keys whose mapping values are merged (dataset.yaml extends the packaged card) instead of replaced.
 _MERGED_KEYS = ("class_names", "synonyms", "metadata_columns")
@@ -159,6 +165,19 @@ def _str_list(value: Any, key: str, where: str) -> list[str]:
     return [str(v) for v in value]
 
 
+def _bool(value: Any, key: str, where: str) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in BOOLEAN_TRUE:
+        return True
+    if text in BOOLEAN_FALSE:
+        return False
+    raise DataError(f"{where}: '{key}' must be true or false, got {value!r}")
+
+
 def _validate_spec(spec: dict, where: str) -> dict:
     """Check types in a merged card spec and normalise optional fields; raise DataError."""
     out = dict(spec)
@@ -190,6 +209,7 @@ def _validate_spec(spec: dict, where: str) -> dict:
         types[str(col)] = typ
     out["metadata_columns"] = types
     out["required_metadata"] = _str_list(out.get("required_metadata"), "required_metadata", where)
+    out["follow_symlinks"] = _bool(out.get("follow_symlinks"), "follow_symlinks", where)
     out["missing_values"] = _str_list(out.get("missing_values"), "missing_values", where)
     for key in ("group_column", "second_view_column", "duplicate_column", "id_column", "positive_class"):
         value = _none_name(out.get(key))
@@ -229,6 +249,13 @@ class DatasetCard:
 
     Build one with :func:`load_card`. ``table`` is read lazily, once, with every cell kept as a
     string (empty cells are NaN) so image paths and ids are never mangled into numbers.
+
+    Card keys (``dataset.yaml``): name, description, modality, classes, class_names, synonyms,
+    group_column, metadata_columns, required_metadata, second_view_column, positive_class,
+    license, duplicate_column, id_column, missing_values, base_card and ``follow_symlinks``
+    (default false: image paths that lead out of the folder through a symlink, e.g. ``images/``
+    linked to an image store elsewhere, are refused; true follows such links deliberately;
+    absolute paths and ``..`` out of the folder stay refused). Other keys are kept in ``extra``.
     """
 
     def __init__(self, root: str | os.PathLike, spec: dict, sources: tuple[str, ...] = ()):
@@ -245,6 +272,7 @@ class DatasetCard:
         self.positive_class: str | None = spec.get("positive_class")
         self.required_metadata: list[str] = list(spec.get("required_metadata") or [])
         self.missing_values: list[str] = list(spec.get("missing_values") or [])
+        self._follow_symlinks: bool = bool(spec.get("follow_symlinks") or False)
         self.extra: dict = {k: v for k, v in spec.items() if k not in CARD_KEYS}
         self._classes: list[str] | None = spec.get("classes")
         self._class_names: dict = dict(spec.get("class_names") or {})
@@ -395,14 +423,26 @@ class DatasetCard:
             )
         return codes.to_numpy(dtype=np.int64)
 
+    @property
+    def follow_symlinks(self) -> bool:
+        """Whether image paths may lead out of :attr:`root` through symlinks (``dataset.yaml``
+        key ``follow_symlinks``; ``dermkit data check --follow-symlinks`` sets it for one check)."""
+        return self._follow_symlinks
+
+    @follow_symlinks.setter
+    def follow_symlinks(self, value: bool) -> None:
+        self._follow_symlinks = bool(value)
+        self._resolver = None
+
     def image_path(self, rel: str) -> Path:
         """Path of an image listed in metadata.csv, checked to stay inside :attr:`root`.
 
         Same as :func:`~dermkit.data.resolve_image_path` (DataError for absolute paths, ``..``
-        escapes and symlinks pointing outside), with the folder resolution cached.
+        escapes and, unless :attr:`follow_symlinks`, symlinks pointing outside), with the folder
+        resolution cached.
         """
         if self._resolver is None:
-            self._resolver = PathResolver(self.root)
+            self._resolver = PathResolver(self.root, follow_symlinks=self._follow_symlinks)
         return self._resolver(rel)
 
     def to_dict(self) -> dict:
@@ -424,6 +464,7 @@ class DatasetCard:
             "duplicate_column": self.duplicate_column,
             "id_column": self.id_column,
             "missing_values": self.missing_values,
+            "follow_symlinks": self.follow_symlinks,
             **self.extra,
         }
 

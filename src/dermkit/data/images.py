@@ -25,17 +25,37 @@ __all__ = [
     "decode_image_bytes",
     "ImageProblem",
     "IMAGE_FIXES",
+    "SymlinkEscape",
 ]
 
+FOLLOW_SYMLINKS_HINT = (
+    "if the link is deliberate (e.g. images/ pointing at a large image store), set "
+    "'follow_symlinks: true' in the folder's dataset.yaml (or pass --follow-symlinks to "
+    "`dermkit data check`) to allow it; otherwise copy the files into the dataset folder"
+)
 
-def resolve_image_path(root: str | os.PathLike, rel) -> Path:
+
+class SymlinkEscape(DataError):
+    """An image path that stays inside the dataset folder as written but resolves outside it
+    through a symlink. ``link`` is the symlink (a path inside the folder), ``target`` where it
+    resolves to; allowed with ``follow_symlinks``."""
+
+    def __init__(self, message: str, link: Path | None, target: str):
+        super().__init__(message)
+        self.link, self.target = link, target
+
+
+def resolve_image_path(root: str | os.PathLike, rel, follow_symlinks: bool = False) -> Path:
     """Return ``root / rel`` after checking that ``rel`` cannot escape ``root``.
 
-    ``rel`` must be a relative path (``/`` or ``\\`` separators) that stays inside ``root``: no
-    absolute path, no ``..`` that climbs out, and no symlink whose target lies outside ``root``.
-    The file does not have to exist (use :func:`open_image` to read it).
+    ``rel`` must be a relative path (``/`` or ``\\`` separators) that stays inside ``root`` as
+    written: no absolute path and no ``..`` that climbs out (both always refused). Unless
+    ``follow_symlinks`` is true, a symlink inside ``root`` whose target lies outside it is refused
+    too (:class:`SymlinkEscape`); with it, symlinked files and folders are followed deliberately
+    (a dataset whose ``images/`` links to an image store). The file does not have to exist (use
+    :func:`open_image` to read it).
     """
-    return PathResolver(root)(rel)
+    return PathResolver(root, follow_symlinks=follow_symlinks)(rel)
 
 
 class PathResolver:
@@ -43,13 +63,16 @@ class PathResolver:
 
     Resolving every path component with ``realpath`` costs ~0.5 ms per image; images share a
     few folders, so only the folder is resolved once and the file itself is checked with one
-    ``lstat`` (is it a symlink?).
+    ``lstat`` (is it a symlink?). With ``follow_symlinks`` only the written path is checked
+    (relative, no ``..`` out of the folder) and symlinks are not resolved at all.
     """
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, follow_symlinks: bool = False):
         self.root = Path(root)
+        self.follow_symlinks = bool(follow_symlinks)
         self.real_root = os.path.realpath(self.root)
         self._dirs: dict[str, str] = {}
+        self._links: dict[str, Path | None] = {}
 
     def _inside(self, real: str) -> bool:
         return real == self.real_root or real.startswith(self.real_root.rstrip(os.sep) + os.sep)
@@ -81,6 +104,8 @@ class PathResolver:
         if not parts:
             raise DataError(f"image path {rel!r} names the dataset folder itself, not a file")
         path = root.joinpath(*parts)
+        if self.follow_symlinks:
+            return path
         # Symlinks are checked last: a link inside the folder may point anywhere on disk.
         folder = os.path.join(*parts[:-1]) if len(parts) > 1 else ""
         real_dir = self._dirs.get(folder)
@@ -90,12 +115,31 @@ class PathResolver:
         if os.path.islink(real):
             real = os.path.realpath(real)
         if not self._inside(real):
-            raise DataError(
-                f"image path {rel!r} resolves to {real}, outside the dataset folder "
-                f"{self.real_root} (symlink?); copy the file into the dataset folder instead "
-                "of linking to it"
+            # The written path stays inside the folder, so a symlink on the way leads out.
+            link = self._escaping_link(folder, parts)
+            via = f" via the symlink {link.relative_to(root).as_posix()} -> " if link else " via a symlink -> "
+            target = os.readlink(link) if link else real
+            raise SymlinkEscape(
+                f"image path {rel!r} resolves outside the dataset folder {self.real_root}{via}"
+                f"{target} (resolved: {real}); {FOLLOW_SYMLINKS_HINT}",
+                link,
+                real,
             )
         return path
+
+    def _escaping_link(self, folder: str, parts: list[str]) -> Path | None:
+        """First symlink along ``root/parts`` whose target lies outside the folder (the answer
+        for the folder part is cached: every image under a linked images/ shares it)."""
+        if folder not in self._links:
+            self._links[folder] = self._first_link_out(parts[:-1])
+        return self._links[folder] or self._first_link_out(parts)
+
+    def _first_link_out(self, parts: list[str]) -> Path | None:
+        for i in range(1, len(parts) + 1):
+            candidate = self.root.joinpath(*parts[:i])
+            if os.path.islink(candidate) and not self._inside(os.path.realpath(candidate)):
+                return candidate
+        return None
 
 
 class ImageProblem(DataError):

@@ -37,6 +37,7 @@ import pandas as pd
 
 from dermkit.data.card import BOOLEAN_FALSE, BOOLEAN_TRUE, DatasetCard, csv_lines
 from dermkit.data.captions import is_missing, metadata_prompt
+from dermkit.data.split import row_groups
 from dermkit.errors import ConfigError, DataError
 
 __all__ = [
@@ -341,10 +342,7 @@ class MultiModalRows:
         return len(self.rows)
 
     def groups(self, card: DatasetCard) -> list[str] | None:
-        if not card.group_column or card.group_column not in self.rows.columns:
-            return None
-        col = self.rows[card.group_column]
-        return col.where(col.notna(), self.rows["image"]).astype(str).tolist()
+        return row_groups(self.rows, card.group_column)
 
 
 def build_rows(card: DatasetCard, split: str | pd.DataFrame, image_modalities: Sequence[str],

@@ -22,7 +22,7 @@ from dermkit.data.card import SPLITS, DatasetCard, csv_lines, load_card
 from dermkit.errors import ConfigError, DataError
 from dermkit.io import write_csv
 
-__all__ = ["make_splits", "write_split", "effective_groups", "DEFAULT_FRACTIONS"]
+__all__ = ["make_splits", "write_split", "effective_groups", "row_groups", "DEFAULT_FRACTIONS"]
 
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 
@@ -147,6 +147,17 @@ def make_splits(
         )
     names = np.array(SPLITS, dtype=object)
     return pd.Series(names[[assignment[k] for k in keys]], index=df.index, name="split")
+
+
+def row_groups(rows: pd.DataFrame, group_column: str | None, id_column: str = "image") -> list[str] | None:
+    """Lesion/patient id per row for the grouped bootstrap; a row without an id is its own group.
+
+    The one rule for every method's predictions: rows are never pooled into a shared "nan" group.
+    """
+    if not group_column or group_column not in rows.columns:
+        return None
+    col = rows[group_column]
+    return col.where(col.notna(), rows[id_column]).astype(str).tolist()
 
 
 def effective_groups(

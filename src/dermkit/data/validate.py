@@ -33,7 +33,9 @@ from dermkit.data.card import (
 from dermkit.data.images import (
     IMAGE_FIXES,
     ImageProblem,
+    FOLLOW_SYMLINKS_HINT,
     PathResolver,
+    SymlinkEscape,
     decode_image_bytes,
     read_image_bytes,
 )
@@ -178,8 +180,9 @@ def _norm_rel(rel: str) -> str:
 class _Checker:
     """State shared by the individual checks of one ``check_dataset`` call."""
 
-    def __init__(self, card: DatasetCard):
+    def __init__(self, card: DatasetCard, follow_symlinks: bool | None = None):
         self.card = card
+        self.follow_symlinks = card.follow_symlinks if follow_symlinks is None else bool(follow_symlinks)
         self.csv = card.metadata_csv.name
         self.table = card.table
         self.line = pd.Series(np.arange(len(self.table)) + 2, index=self.table.index)
@@ -338,21 +341,40 @@ class _Checker:
                 column=view,
                 severity="warning",
             )
-        resolve = PathResolver(self.card.root)
+        resolve = PathResolver(self.card.root, follow_symlinks=self.follow_symlinks)
+        # Rows that leave the folder through one symlink (e.g. images/ -> an image store) are
+        # reported once per link, not once per image.
+        escapes: dict[tuple, list] = defaultdict(list)
         for col in cols:
             values = self.table[col]
             for idx, rel in values.dropna().items():
                 try:
                     out[(idx, col)] = resolve(rel)
+                except SymlinkEscape as exc:
+                    escapes[(col, exc.link)].append((idx, exc))
                 except DataError as exc:
                     self.add(
                         "unsafe_path",
                         f"{self.at(idx)}: {exc}",
                         "use a path relative to the dataset folder that stays inside it (no "
-                        "absolute path, no '..', no symlink to a file outside the folder)",
+                        "absolute path, no '..' that climbs out of it)",
                         self.line[idx],
                         col,
                     )
+        for (col, link), hits in escapes.items():
+            lines = [self.line[idx] for idx, _ in hits]
+            if len(hits) == 1:
+                idx, exc = hits[0]
+                message = f"{self.at(idx)}: {exc}"
+            else:
+                where = f"{self.csv} lines {_fmt_lines(lines)}"
+                name = link.relative_to(self.card.root).as_posix() if link is not None else "a symlink"
+                target = os.readlink(link) if link is not None else hits[0][1].target
+                message = (
+                    f"{where}: {len(hits)} {col} paths resolve outside the dataset folder "
+                    f"{resolve.real_root} via the symlink {name} -> {target}"
+                )
+            self.add("unsafe_path", message, FOLLOW_SYMLINKS_HINT, lines[0], col)
         return out
 
     def image_problem(self, key, path: Path, problem: ImageProblem):
@@ -656,6 +678,7 @@ def check_dataset(
     check_images: bool = True,
     progress: bool = True,
     threads: int = THREADS,
+    follow_symlinks: bool | None = None,
 ) -> CheckResult:
     """Check a dataset and return every problem found (errors and warnings).
 
@@ -667,10 +690,13 @@ def check_dataset(
     ``check_images`` every image (and second view) is also read, hashed (BLAKE2b) and fully
     decoded in ``threads`` threads to find unreadable, truncated and decompression-bomb files.
     Warnings: classes with < 5 images in a split, metadata columns > 50% empty, and similar.
+
+    ``follow_symlinks`` (default: the card's ``follow_symlinks``, false unless dataset.yaml sets
+    it) allows image paths that lead out of the folder through a symlink, for this check only.
     """
     start = time.perf_counter()
     card = load_card(card)
-    c = _Checker(card)
+    c = _Checker(card, follow_symlinks)
     table = c.table
     c.required_columns()
     has = set(table.columns)

@@ -42,6 +42,7 @@ from dermkit.errors import DataError
 __all__ = [
     "extract_features",
     "extract_split_features",
+    "map_images",
     "default_cache_dir",
     "content_hash",
     "cache_key",
@@ -73,11 +74,10 @@ def _describe_preprocess(preprocess) -> str:
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
-    from dermkit.engine.loop import cpu_has_bf16
+    # The engine's one rule (precision "auto"): bf16 where native, fp16 on older GPUs, else fp32.
+    from dermkit.engine.loop import resolve_precision
 
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
+    return resolve_precision("auto", device)
 
 
 def _device(enc) -> torch.device:
@@ -241,6 +241,31 @@ def _compute(enc, paths: Sequence[Path], batch_size: int, num_workers: int, prog
     return out if out is not None else np.zeros((0, int(getattr(enc, "embed_dim", 0))), dtype=np.float32)
 
 
+def map_images(enc, paths: Sequence[Path], fn, batch_size: int = 64, num_workers: int = 1, progress: bool = True,
+               desc: str = "encoding") -> torch.Tensor:
+    """``fn(preprocessed pixels)`` for every image, in order, concatenated on the CPU (no cache).
+
+    For methods that need something other than the final embedding of a frozen encoder (prompt
+    learning caches the input of the tuned image tail). Decoding runs in worker processes; an
+    unreadable image raises :class:`~dermkit.errors.DataError` naming the file.
+    """
+    from tqdm.auto import tqdm
+
+    workers = num_workers if len(paths) > batch_size else 0
+    loader = DataLoader(_ImageFiles(paths, enc.preprocess), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate)
+    out = []
+    with torch.inference_mode(), tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for _, pixels, errors in loader:
+            if errors:
+                raise DataError(errors[0] + (f" (and {len(errors) - 1} more in this batch)" if len(errors) > 1 else ""))
+            out.append(fn(pixels).float().cpu())
+            bar.update(len(pixels))
+    if not out:
+        raise DataError("no images to encode")
+    return torch.cat(out)
+
+
 def extract_features(
     enc,
     paths: Sequence[str | os.PathLike],
@@ -285,7 +310,7 @@ def extract_split_features(enc, card, split: str, cache_dir: str | os.PathLike |
     """
     from dermkit.data import load_card
 
-    card = load_card(card)
+    card = card if hasattr(card, "rows") else load_card(card)
     rows = card.rows(split)
     labels = card.labels(rows)
     paths = [card.image_path(p) for p in rows["image"]]

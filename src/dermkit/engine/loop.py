@@ -61,6 +61,18 @@ class EngineConfig:
             raise ConfigError("precision must be one of auto, fp32, bf16, fp16")
         if self.grad_accum < 1:
             raise ConfigError("grad_accum must be >= 1")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise ConfigError("weight_decay and warmup_epochs must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError("patience must be >= 1 (or null: never stop early)")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ConfigError("max_steps_per_epoch must be >= 1 (or null)")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ConfigError("max_grad_norm must be > 0 (or null: no clipping)")
 
 
 def resolve_device(name: str) -> torch.device:

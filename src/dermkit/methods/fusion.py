@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import itertools
 import platform
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,8 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dermkit.config import config_from_dict
-from dermkit.data.card import DatasetCard, load_card
+from dermkit.data.card import DatasetCard
 from dermkit.data.multimodal import (
     ORDINAL_BINS,
     MetadataEncoder,
@@ -45,13 +43,15 @@ from dermkit.data.multimodal import (
     fusion_meta_columns,
     view_columns,
 )
-from dermkit.data.tasks import derive_task
-from dermkit.engine.loop import Engine, EngineConfig, epoch_seed, replace_dir
+from dermkit.engine.batching import index_batches, steps_per_epoch
+from dermkit.engine.loop import EngineConfig, epoch_seed, resolve_device
+from dermkit.engine.losses import classification_criterion
 from dermkit.errors import ConfigError, DataError, ModelError
-from dermkit.io import write_csv, write_json, write_text
+from dermkit.io import write_csv
+from dermkit.methods.base import ClassifierConfig, Method, Predictions, Predictor, register_method
 from dermkit.models.fusion import FUSIONS, FusionNet, coral_loss, coral_predict
 
-__all__ = ["FusionConfig", "run_config", "train_fusion", "load_predictor", "FusionPredictor",
+__all__ = ["FusionConfig", "Fusion", "load_fusion_predictor", "FusionPredictor",
            "load_image_encoder", "DEFAULT_TEXT_ENCODER"]
 
 DEFAULT_TEXT_ENCODER = "runs/dermkit_clip/model"
@@ -64,11 +64,11 @@ def _default_engine() -> EngineConfig:
 
 
 @dataclass
-class FusionConfig:
+class FusionConfig(ClassifierConfig):
     """Keys of a ``method: fusion`` config (engine keys may sit at the top level)."""
 
     data: str = "derm7pt"
-    task: str = "all"  # all | melanoma_vs_rest | binary:CLASS
+    task: str | None = "all"  # all | melanoma_vs_rest | binary:CLASS
     image_encoder: str = "timm:tf_efficientnet_lite0"  # any load_encoder spec
     image_weights: str | None = None  # local safetensors for a timm architecture (e.g. DINO ViT weights)
     use_derm: bool = True
@@ -94,22 +94,20 @@ class FusionConfig:
     imbalance: str = "weighted_loss"  # weighted_loss | none
     feature_noise: float = 0.0  # std of Gaussian noise added to image embeddings while training
     cache_dir: str | None = None
-    n_bootstrap: int = 1000
     engine: EngineConfig = field(default_factory=_default_engine)
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "FusionConfig":
-        return config_from_dict(cls, raw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def model_specs(self) -> dict[str, str]:
+        specs = {"image_encoder": self.image_encoder}
+        if self.use_meta and self.meta_encoder == "text":
+            specs["text_encoder"] = self.text_encoder or DEFAULT_TEXT_ENCODER
+        return specs
 
     @property
     def modalities(self) -> list[str]:
         return [m for m, on in (("derm", self.use_derm), ("clin", self.use_clinical), ("meta", self.use_meta)) if on]
 
     def validate(self) -> None:
-        self.engine.validate()
+        super().validate()
         if not self.modalities:
             raise ConfigError("no modality enabled; set at least one of use_derm, use_clinical, use_meta to true")
         if self.fusion not in FUSIONS:
@@ -143,9 +141,9 @@ def modality_text(modalities: Sequence[str]) -> str:
 def _hf_cached_file(repo_id: str, filename: str) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
-    from dermkit.models.vlm import _hf_cache_dir
+    from dermkit.models.encoders import hf_cache_dir
 
-    found = try_to_load_from_cache(repo_id, filename, cache_dir=_hf_cache_dir())
+    found = try_to_load_from_cache(repo_id, filename, cache_dir=hf_cache_dir())
     return Path(found) if isinstance(found, str) else None
 
 
@@ -180,7 +178,7 @@ def load_image_encoder(spec: str, weights: str | None = None, device: str = "cpu
     import timm
 
     from dermkit.models.registry import MODELS
-    from dermkit.models.vlm import _hf_cache_dir, load_encoder
+    from dermkit.models.encoders import hf_cache_dir, load_encoder
 
     if weights is not None:
         if not spec.startswith("timm:"):
@@ -200,7 +198,7 @@ def load_image_encoder(spec: str, weights: str | None = None, device: str = "cpu
             found = next((p for p in (_hf_cached_file(repo, n) for n in ("model.safetensors", "open_clip_model.safetensors"))
                           if p is not None), None)
             if found is None:
-                folder = Path(_hf_cache_dir()) / f"models--{repo.replace('/', '--')}"
+                folder = Path(hf_cache_dir()) / f"models--{repo.replace('/', '--')}"
                 raise ModelError(
                     f"{spec}: its pretrained weights are not available on this machine (no network access is "
                     f"attempted). Download model.safetensors from https://huggingface.co/{repo} and either set "
@@ -217,7 +215,7 @@ def load_image_encoder(spec: str, weights: str | None = None, device: str = "cpu
 
 
 def _text_encoder(spec: str | None, device: str = "cpu"):
-    from dermkit.models.vlm import load_encoder
+    from dermkit.models.encoders import load_encoder
 
     spec = spec or DEFAULT_TEXT_ENCODER
     if not Path(spec).expanduser().exists() and ":" not in spec:
@@ -231,16 +229,11 @@ def _text_encoder(spec: str | None, device: str = "cpu"):
     return enc
 
 
-@torch.inference_mode()
-def encode_prompts(enc, prompts: Sequence[str], batch_size: int = 128) -> np.ndarray:
+def encode_prompts(enc, prompts: Sequence[str]) -> np.ndarray:
     """L2-normalised text embeddings (N, D) of metadata prompts (identical prompts encoded once)."""
-    unique = sorted(set(prompts))
-    out = []
-    for i in range(0, len(unique), batch_size):
-        out.append(enc.encode_text(enc.tokenize(unique[i:i + batch_size]), normalize=True).float().cpu().numpy())
-    table = np.concatenate(out) if out else np.zeros((0, enc.embed_dim), np.float32)
-    index = {p: i for i, p in enumerate(unique)}
-    return table[[index[p] for p in prompts]].astype(np.float32)
+    from dermkit.models.text import encode_texts
+
+    return encode_texts(enc, prompts, batch_size=128, unique=True).numpy().astype(np.float32)
 
 
 def _image_features(enc, paths: Sequence[Path | None], cache_dir, progress: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -296,12 +289,6 @@ def _inputs(rows: MultiModalRows, modalities: Sequence[str], image_enc, text_enc
 
 
 # ------------------------------------------------------------------------------ training
-
-
-def _class_weights(labels: np.ndarray, n: int) -> torch.Tensor:
-    from dermkit.methods.supervised import class_weights
-
-    return class_weights(labels, n)
 
 
 def modality_dropout(present: dict[str, torch.Tensor], p: float, generator: torch.Generator | None = None):
@@ -372,22 +359,14 @@ def thickness_values(kind: str | None, raw: np.ndarray | None, stats: dict | Non
     return mm, mm
 
 
-def train_fusion(cfg: FusionConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train on train, select on val, report on test; returns the summary (also summary.json)."""
-    import yaml
-
-    from dermkit.evaluate import classification_metrics, evaluate
+def _train_fusion(cfg: FusionConfig, run) -> "FusionPredictor":
+    """Train on train, select on val; test report with thickness and modality-subset tables."""
+    from dermkit.evaluate import classification_metrics
     from dermkit.evaluate.thickness import thickness_metrics, thickness_report
-    from dermkit.models.checkpoint import save_model
-    from dermkit.predictor import predictions_frame
 
-    cfg.validate()
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    base = load_card(cfg.data)
-    card = derive_task(base, cfg.task)
+    progress = run.progress
+    out_dir = run.out_dir
+    card = run.card()
     classes = card.classes
     modalities = cfg.modalities
     image_modalities = [m for m in modalities if m != "meta"]
@@ -437,7 +416,7 @@ def train_fusion(cfg: FusionConfig, out_dir: str | Path, resume: bool = False, p
     }
     torch.manual_seed(cfg.engine.seed)
     model = FusionNet(**arch)
-    engine = Engine(model, cfg.engine, out_dir, progress=progress)
+    engine = run.engine(model)
     dev = engine.device
     for s in splits.values():
         s.images = {m: v.to(dev) for m, v in s.images.items()}
@@ -445,18 +424,12 @@ def train_fusion(cfg: FusionConfig, out_dir: str | Path, resume: bool = False, p
         s.meta = None if s.meta is None else s.meta.to(dev)
         s.labels, s.thickness = s.labels.to(dev), s.thickness.to(dev)
     y_train = train.labels.cpu().numpy()
-    weights = _class_weights(y_train, len(classes)) if cfg.imbalance == "weighted_loss" else torch.ones(len(classes))
-    from dermkit.methods.supervised import WeightedCrossEntropy
-
-    criterion = WeightedCrossEntropy(weights, cfg.label_smoothing).to(dev)
+    criterion = classification_criterion(y_train, len(classes), cfg.imbalance, cfg.label_smoothing).to(dev)
     n_train = len(train)
-    steps = max(1, n_train // cfg.batch_size)
 
     def make_batches(epoch: int):
-        g = torch.Generator().manual_seed(epoch_seed(cfg.engine.seed, epoch))
-        order = torch.randperm(n_train, generator=g)
-        for i in range(steps):
-            yield order[i * cfg.batch_size:(i + 1) * cfg.batch_size if i + 1 < steps else n_train].to(dev)
+        for idx in index_batches(n_train, cfg.batch_size, epoch_seed(cfg.engine.seed, epoch)):
+            yield idx.to(dev)
 
     def loss_fn(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
         batch = train.take(idx)
@@ -491,28 +464,22 @@ def train_fusion(cfg: FusionConfig, out_dir: str | Path, resume: bool = False, p
             "thickness": {"kind": kind, "bins": list(ORDINAL_BINS) if kind == "ordinal" else None,
                           "stats": thickness_stats},
             "arch": arch, "val_metrics": metrics, "train_config": cfg.to_dict(),
+            "negative_name": cfg.negative_name,
             "created_with": {"torch": torch.__version__, "python": platform.python_version()},
         }
 
-    def on_best(model: nn.Module, metrics: dict) -> None:
-        tmp = out_dir / "model.partial"
-        save_model(tmp, model, {**model_card(metrics), "epoch": engine.state.epoch + 1})
-        replace_dir(tmp, out_dir / "model")
+    run.fit(engine, make_batches, loss_fn, validate,
+            lambda m, metrics: FusionPredictor(m, model_card(metrics), device=str(dev)),
+            steps_per_epoch=steps_per_epoch(n_train, cfg.batch_size), batch_size_fn=lambda idx: len(idx))
 
-    state = engine.fit(make_batches, loss_fn, validate, on_best, steps_per_epoch=steps, resume=resume,
-                       batch_size_fn=lambda idx: len(idx))
-
-    # ---- test with the selected weights
-    predictor = load_predictor(out_dir / "model", device=str(dev))
+    # ---- test with the selected weights (the Run's report), plus thickness and modality subsets
+    predictor = load_fusion_predictor(run.model_dir, device=str(dev))
+    report_dir = run.report(predictor)["test"][1]
     best = predictor.model
     test = splits["test"]
     test_rows = test.rows.rows
     groups = test.rows.groups(card)
     out = _forward_all(best, test, dev)
-    preds = predictions_frame(test_rows["image"].tolist(), out["proba"], classes, test_rows["diagnosis"].tolist(), groups)
-    title = f"{display} on {card.name}{'' if cfg.task in ('all', None, '') else ' (' + cfg.task + ')'} (test split)"
-    report = evaluate(preds, n_bootstrap=cfg.n_bootstrap, seed=cfg.engine.seed, title=title)
-    report_dir = report.save(out_dir / "eval" / "test")
 
     extra = {"modalities": modality_text(modalities)}
     if "meta" in modalities:
@@ -542,25 +509,29 @@ def train_fusion(cfg: FusionConfig, out_dir: str | Path, resume: bool = False, p
     subsets = pd.DataFrame(subset_rows)
     write_csv(out_dir / "modality_subsets.csv", subsets)
 
-    summary = {
-        "dataset": card.name, "task": cfg.task or "all", "model": display, "modalities": modalities,
-        "best_epoch": state.best_epoch, "epochs_run": state.epoch,
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "selected_on": f"val {cfg.engine.select_metric}", "best_val_score": state.best_score,
-        "report": str(report_dir),
-        "test": {k: report.metrics.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")},
-        "test_ci": {k: report.metrics.get("ci", {}).get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")},
-        "thickness": summary_thickness,
-        "test_by_modalities": subset_rows,
-        "table_extra": extra,
-    }
-    write_json(out_dir / "summary.json", summary)
-    return summary
+    run.summary.update(model=display, modalities=modalities, thickness=summary_thickness,
+                       test_by_modalities=subset_rows)
+    run.table_extra.update(extra)
+    return predictor
 
 
-def run_config(raw: dict[str, Any], out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Entry point of ``dermkit run``/``dermkit suite`` for ``method: fusion`` configs."""
-    return train_fusion(FusionConfig.from_dict(raw), out_dir, resume=resume, progress=progress)
+@register_method
+class Fusion(Method):
+    """Clinical + dermoscopic images + metadata on frozen, cached encoders; class + thickness heads."""
+
+    name = "fusion"
+    config_class = FusionConfig
+    description = "multimodal fusion (dermoscopic + clinical + metadata), multi-task Breslow thickness head"
+    tiny_config = {"data": "{data}", "image_encoder": "{clip}", "use_meta": True, "hidden": 16, "num_heads": 2,
+                   "meta_num_heads": 2, "epochs": 2, "n_bootstrap": 20}
+
+    def fit(self, config: FusionConfig, run) -> "FusionPredictor":
+        return _train_fusion(config, run)
+
+    def load(self, folder, device: str = "auto") -> "FusionPredictor":
+        return load_fusion_predictor(folder, device)
+
+
 
 
 # ------------------------------------------------------------------------------ prediction
@@ -577,21 +548,20 @@ def _parse_meta(items: dict[str, Any] | Sequence[dict[str, Any]] | None, n: int)
     return [dict(i) for i in items]
 
 
-class FusionPredictor:
-    """A trained fusion model plus its frozen encoders; see :meth:`dermkit.predictor.Predictor.load`.
+class FusionPredictor(Predictor):
+    """A trained fusion model plus its frozen encoders (``dermkit.load_predictor(folder)``).
 
     ``predict_paths(paths)`` reads each path as the model's main view (dermoscopic, or clinical
     for a clinical-only model); the other modalities are masked unless given with
     :meth:`set_extra_inputs` (clinical image per case, metadata ``{column: value}``).
     """
 
-    def __init__(self, model: FusionNet, card: dict, device: str = "auto"):
-        from dermkit.engine.loop import resolve_device
+    method = "fusion"
 
+    def __init__(self, model: FusionNet, card: dict, device: str = "auto"):
+        super().__init__(card)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        self.card = card
-        self.classes: list[str] = list(card["classes"])
         self.modalities: list[str] = list(card["modalities"])
         self.meta_encoder = MetadataEncoder.from_dict(card["meta_encoder"]) if card.get("meta_encoder") else None
         thickness = card.get("thickness") or {}
@@ -734,19 +704,11 @@ class FusionPredictor:
         """Per image: predicted class, confidence, thickness (mm or bin) and the modalities used."""
         return self._details(self._outputs(paths))
 
-    def predict_split(self, card, split: str, progress: bool = True, return_details: bool = False):
-        """Predictions for a split of a dataset (all modalities the model was trained with)."""
-        from dermkit.predictor import predictions_frame
+    def _state(self):
+        return self.model.state_dict(), self.card
 
-        card = load_card(card)
-        task = self.card.get("task")
-        if card.classes != self.classes and task not in (None, "", "all"):
-            card = derive_task(card, task)
-        rows = card.rows(split)
-        unknown = sorted(set(rows["diagnosis"].dropna()) - set(self.classes))
-        if unknown:
-            raise DataError(f"split {split!r} of {card.name} has classes the model was not trained on: {unknown}. "
-                            f"The model knows {self.classes}.")
+    def _predict_rows(self, card, rows: pd.DataFrame, groups, progress: bool) -> Predictions:
+        """Predictions for rows of a dataset card, with every modality the model was trained on."""
         image_modalities = [m for m in self.modalities if m != "meta"]
         available = view_columns(card)
         usable = [m for m in image_modalities if available[m] is not None]
@@ -755,12 +717,12 @@ class FusionPredictor:
         if not views and "meta" not in self.modalities:
             raise DataError(f"{card.name} has none of the image views this model reads ({modality_text(image_modalities)})")
         out = self._run(views, rows if "meta" in self.modalities else None, card, progress)
-        preds = predictions_frame(rows["image"].tolist(), out["proba"], self.classes, rows["diagnosis"].tolist(),
-                                  mm_rows.groups(card))
-        return (preds, self._details(out)) if return_details else preds
+        point, _ = thickness_values(self.thickness_kind, out.get("thickness_raw"), self.thickness_stats)
+        return Predictions(rows["image"].tolist(), out["proba"], self.classes, rows["diagnosis"].tolist(),
+                           mm_rows.groups(card), thickness=point)
 
 
-def load_predictor(folder: str | Path, device: str = "auto") -> FusionPredictor:
+def load_fusion_predictor(folder: str | Path, device: str = "auto") -> FusionPredictor:
     """The :class:`FusionPredictor` of a fusion model folder (model.json + model.safetensors)."""
     from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
 

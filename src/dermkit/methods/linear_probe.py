@@ -6,14 +6,13 @@ for every C of a log grid; the C with the best balanced accuracy on the *full* v
 and scored on test. Results are reported as mean ± sd over seeds. The 100% fraction (or the
 largest one given) is also written as a full evaluation report with bootstrap CIs.
 
-Works with any encoder :func:`dermkit.models.vlm.load_encoder` returns (CLIP image towers,
+Works with any encoder :func:`dermkit.models.encoders.load_encoder` returns (CLIP image towers,
 ``timm:NAME``, dermkit classifier folders): only ``encode_image`` is used, through the feature
 cache, so sweeping fractions, seeds and C never re-runs the encoder.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -22,15 +21,19 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from dermkit import io
 from dermkit.data.card import load_card
-from dermkit.errors import ConfigError, DataError, ModelError
+from dermkit.errors import ConfigError, DataError
+from dermkit.methods.base import ClassifierConfig, EncoderHeadPredictor, Method, portable_spec, register_method
 
 __all__ = [
     "DEFAULT_CS",
     "DEFAULT_FRACTIONS",
     "LinearProbe",
+    "ProbeConfig",
+    "ProbePredictor",
     "stratified_subsample",
     "fit_probe",
     "run_probe",
@@ -38,8 +41,7 @@ __all__ = [
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-3, 3, 7))
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
-PROBE_WEIGHTS = "probe.safetensors"
-PROBE_CARD = "probe.json"
+_TENSORS = ("coef", "intercept", "mean", "scale")
 
 
 def stratified_subsample(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -82,38 +84,8 @@ class LinearProbe:
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
 
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write probe.safetensors (weights, standardisation) + probe.json (classes, C, provenance)."""
-        import torch
-
-        from dermkit.models.checkpoint import save_tensors
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k), dtype=np.float64))
-                   for k in ("coef", "intercept", "mean", "scale")}
-        save_tensors(folder / PROBE_WEIGHTS, tensors, metadata={"format": "dermkit-linear-probe"})
-        io.write_json(folder / PROBE_CARD, {"format": "dermkit-linear-probe", "format_version": 1,
-                                            "classes": self.classes, "C": self.C,
-                                            "val_balanced_accuracy": {f"{c:g}": s for c, s in self.val_scores.items()},
-                                            **self.info})
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike) -> "LinearProbe":
-        from dermkit.models.checkpoint import load_tensors
-
-        folder = Path(folder)
-        card_path = folder / PROBE_CARD
-        if not card_path.is_file():
-            raise ModelError(f"{folder} has no {PROBE_CARD}; pass a folder written by LinearProbe.save")
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-        t = {k: v.numpy() for k, v in load_tensors(folder / PROBE_WEIGHTS).items()}
-        scores = {float(k): v for k, v in card.get("val_balanced_accuracy", {}).items()}
-        info = {k: v for k, v in card.items() if k not in ("format", "format_version", "classes", "C",
-                                                             "val_balanced_accuracy")}
-        return cls(list(card["classes"]), t["coef"], t["intercept"], t["mean"], t["scale"], float(card["C"]),
-                   scores, info)
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k), dtype=np.float64)) for k in _TENSORS}
 
 
 def _from_sklearn(model, n_classes: int, classes: Sequence[str], mean, scale, C: float) -> LinearProbe:
@@ -194,6 +166,101 @@ def _mean_sd(values: pd.Series) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
+@dataclass
+class ProbeConfig(ClassifierConfig):
+    """``method: linear_probe``: logistic regression on a frozen encoder's cached embeddings.
+
+    ``fraction`` of train (stratified, ``seed``) is used; C is chosen on val from ``Cs``.
+    """
+
+    model: str = "timm:tf_efficientnet_lite0"
+    fraction: float = 1.0
+    seed: int = 0
+    Cs: list[float] = field(default_factory=lambda: list(DEFAULT_CS))
+    class_weight: str | None = "balanced"
+    max_iter: int = 1000
+    batch_size: int = 64
+    num_workers: int = 2
+    cache_dir: str | None = None
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
+        if not self.Cs or any(c <= 0 for c in self.Cs):
+            raise ConfigError("Cs must be a non-empty list of positive numbers")
+        if self.class_weight not in ("balanced", None):
+            raise ConfigError(f"class_weight must be balanced or null, got {self.class_weight!r}")
+        if self.max_iter < 1 or self.batch_size < 1 or self.num_workers < 0:
+            raise ConfigError("max_iter and batch_size must be >= 1, num_workers >= 0")
+
+
+class ProbePredictor(EncoderHeadPredictor):
+    """A frozen encoder + a fitted :class:`LinearProbe` on its (cached) embeddings."""
+
+    method = "linear_probe"
+
+    def __init__(self, enc, probe: LinearProbe, card: dict, **kwargs):
+        super().__init__(enc, card, **kwargs)
+        self.probe = probe
+
+    def _state(self):
+        return self.probe.tensors(), {**self.card, "C": self.probe.C,
+                                      "val_balanced_accuracy": {f"{c:g}": v for c, v in self.probe.val_scores.items()},
+                                      "probe": self.probe.info}
+
+    def head(self, features: np.ndarray) -> np.ndarray:
+        return self.probe.predict_proba(features)
+
+
+def probe_predictor(enc, probe: LinearProbe, spec: str, dataset: str, task=None, negative_name="other skin lesion",
+                    **kwargs) -> ProbePredictor:
+    card = {"model": f"linear probe {enc.name}", "classes": list(probe.classes), "dataset": dataset, "task": task,
+            "negative_name": negative_name, "base_model": portable_spec(spec), "base_fingerprint": enc.fingerprint}
+    return ProbePredictor(enc, probe, card, **kwargs)
+
+
+@register_method
+class LinearProbeMethod(Method):
+    """Logistic regression on frozen embeddings, C chosen on val."""
+
+    name = "linear_probe"
+    config_class = ProbeConfig
+    description = "logistic-regression linear probe on frozen, cached embeddings (C chosen on val)"
+    tiny_config = {"data": "{data}", "model": "{clip}", "num_workers": 0, "Cs": [0.1, 1.0], "n_bootstrap": 20}
+
+    def fit(self, config: ProbeConfig, run) -> ProbePredictor:
+        from dermkit.engine.features import extract_split_features
+        from dermkit.models.encoders import load_encoder
+
+        card = run.card()
+        enc = load_encoder(config.model, device=config.device)
+        kw = dict(cache_dir=config.cache_dir, batch_size=config.batch_size, num_workers=config.num_workers,
+                  progress=run.progress)
+        x_tr, y_tr, _ = extract_split_features(enc, card, "train", **kw)
+        x_va, y_va, _ = extract_split_features(enc, card, "val", **kw)
+        idx = stratified_subsample(y_tr, config.fraction, config.seed)
+        probe = fit_probe(x_tr[idx], y_tr[idx], x_va, y_va, card.classes, Cs=config.Cs,
+                          class_weight=config.class_weight, max_iter=config.max_iter)
+        probe.info.update(fraction=config.fraction, seed=config.seed)
+        predictor = probe_predictor(enc, probe, config.model, card.name, config.task, config.negative_name,
+                                    cache_dir=config.cache_dir, batch_size=config.batch_size,
+                                    num_workers=config.num_workers)
+        run.save_best(predictor)
+        run.summary.update(model=predictor.name, C=probe.C, n_train=int(len(idx)),
+                           selected_on="val balanced_accuracy", best_val_score=probe.val_scores[probe.C])
+        return predictor
+
+    def load(self, folder, device: str = "auto") -> ProbePredictor:
+        enc, card, tensors = ProbePredictor.read(folder, device)
+        t = {k: v.numpy() for k, v in tensors.items()}
+        scores = {float(k): v for k, v in (card.get("val_balanced_accuracy") or {}).items()}
+        probe = LinearProbe(list(card["classes"]), t["coef"], t["intercept"], t["mean"], t["scale"], float(card["C"]),
+                            scores, dict(card.get("probe") or {}))
+        return ProbePredictor(enc, probe, card)
+
+
 def run_probe(
     model_spec: str,
     datasets: Sequence[str | os.PathLike],
@@ -212,15 +279,15 @@ def run_probe(
 
     Writes ``out_dir/<dataset>/``: ``runs.csv`` (every fraction x seed: n_train, chosen C, val
     and test metrics), the evaluation report of the largest fraction (seed 0) and its fitted
-    probe (``probe/probe.safetensors`` + ``probe.json``); and ``out_dir/probe_table.md`` +
+    probe as a classifier folder (``model/``, loaded by ``dermkit predict/evaluate --model``); and ``out_dir/probe_table.md`` +
     ``.csv`` (dataset, fraction, n_train, balanced accuracy / macro AUC / macro F1 mean ± sd over
     seeds). A fraction that keeps the whole training set is fit once (every seed would give the
     same model). ``enc`` skips loading ``model_spec``.
     """
     from dermkit.engine.features import extract_split_features
     from dermkit.evaluate import evaluate
-    from dermkit.methods.zeroshot import _folder_names, split_groups
-    from dermkit.predictor import predictions_frame
+    from dermkit.data.split import row_groups
+    from dermkit.evaluate.predictions import predictions_frame
 
     fractions = sorted({float(f) for f in fractions})
     if not fractions:
@@ -233,13 +300,13 @@ def run_probe(
     if not datasets:
         raise DataError("no datasets given; pass one or more dataset names or folders")
     if enc is None:
-        from dermkit.models.vlm import load_encoder
+        from dermkit.models.encoders import load_encoder
 
         enc = load_encoder(model_spec, device=device)
     out = Path(out_dir)
     cards = [load_card(d) for d in datasets]
     table_rows = []
-    for card, folder in zip(cards, _folder_names(cards)):
+    for card, folder in zip(cards, io.unique_names(c.name for c in cards)):
         classes = card.classes
         feats = {s: extract_split_features(enc, card, s, cache_dir=cache_dir, progress=progress)
                  for s in ("train", "val", "test")}
@@ -264,14 +331,13 @@ def run_probe(
         io.write_csv(out / folder / "runs.csv", runs_df)
         probe, proba, seed = final
         preds = predictions_frame(rows_te["image"].tolist(), proba, classes, rows_te["diagnosis"].tolist(),
-                                  split_groups(card, rows_te))
+                                  row_groups(rows_te, card.group_column))
         report = evaluate(preds, n_bootstrap=n_bootstrap, seed=0,
                           title=f"Linear probe {enc.name} on {card.name} (test split, "
                                 f"{fractions[-1]:.0%} of train, C={probe.C:g})")
         report.save(out / folder)
-        probe.info.update(encoder=enc.name, model=model_spec, fingerprint=enc.fingerprint, dataset=card.name,
-                          fraction=fractions[-1], seed=seed)
-        probe.save(out / folder / "probe")
+        probe.info.update(fraction=fractions[-1], seed=seed)
+        probe_predictor(enc, probe, model_spec, card.name, cache_dir=cache_dir).save(out / folder / "model")
         for fraction, group in runs_df.groupby("fraction", sort=True):
             row = {"dataset": card.name, "fraction": fraction, "n_train": int(group["n_train"].iloc[0]),
                    "n_seeds": int(len(group))}
@@ -289,7 +355,7 @@ def run_probe(
 
 
 def _probe_markdown(table: pd.DataFrame, enc, Cs, class_weight) -> str:
-    from dermkit.methods.zeroshot import markdown_table
+    from dermkit.evaluate.tables import markdown_table
 
     def pm(r, metric):
         mean, sd = r[f"{metric}_mean"], r[f"{metric}_sd"]

@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,10 +47,14 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from dermkit.config import config_from_dict
-from dermkit.engine.loop import Engine, EngineConfig, epoch_seed, replace_dir, resolve_device
-from dermkit.errors import ConfigError, DataError, ModelError
-from dermkit.io import write_json, write_text
+from dermkit.engine.batching import index_batches, steps_per_epoch
+from dermkit.engine.features import map_images
+from dermkit.engine.loop import EngineConfig, epoch_seed, resolve_device
+from dermkit.engine.losses import classification_criterion
+from dermkit.errors import ConfigError, ModelError
+from dermkit.methods.base import ClassifierConfig, Method, Predictor, load_base_encoder, portable_spec, register_method
+from dermkit.models.freeze import freeze, unfreeze
+from dermkit.models.freeze import units as model_units
 
 __all__ = [
     "PromptConfig",
@@ -58,9 +62,7 @@ __all__ = [
     "TextPrompter",
     "ImageTail",
     "clinical_prompts",
-    "train_prompts",
-    "run_config",
-    "load_predictor",
+    "PromptLearning",
     "PromptPredictor",
 ]
 
@@ -69,13 +71,12 @@ METHOD = "prompt_learning"
 
 
 @dataclass
-class PromptConfig:
+class PromptConfig(ClassifierConfig):
     """Everything a prompt-learning run depends on; saved as config.yaml in the run folder."""
 
     data: str = "derm7pt"
-    task: str | None = "melanoma_vs_rest"  # see dermkit.data.tasks; None = the card's classes
+    task: str | None = "melanoma_vs_rest"  # see dermkit.data.tasks; all = the card's classes
     negative_name: str = "benign skin lesion"  # readable name of the negative class of a binary task
-    eval_data: list[str] = field(default_factory=list)  # transfer tests on these datasets' test splits
     model: str = "runs/dermkit_clip/model"  # any open_clip model load_encoder reads
     variant: str = "cgcoop"
     n_ctx: int = 4
@@ -91,31 +92,26 @@ class PromptConfig:
     imbalance: str = "weighted_loss"  # weighted_loss | none
     batch_size: int = 32
     num_workers: int = 1
-    n_bootstrap: int = 1000
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(
         epochs=30, lr=2e-3, weight_decay=0.0, warmup_epochs=1, select_metric="balanced_accuracy",
         channels_last=False))
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "PromptConfig":
-        raw = dict(raw or {})
-        if isinstance(raw.get("eval_data"), str):
-            raw["eval_data"] = [d.strip() for d in raw["eval_data"].split(",") if d.strip()]
-        return config_from_dict(cls, raw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def validate(self) -> None:
-        self.engine.validate()
+        super().validate()
         if self.variant not in VARIANTS:
             raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.n_ctx < 1 and not self.ctx_init:
             raise ConfigError("n_ctx must be >= 1 (or give ctx_init)")
         if self.imbalance not in ("weighted_loss", "none"):
-            raise ConfigError("imbalance must be weighted_loss or none")
+            raise ConfigError(f"imbalance must be weighted_loss or none, got {self.imbalance!r}")
         if self.ift_units < 1:
             raise ConfigError("ift_units must be >= 1")
+        if self.batch_size < 1 or self.num_workers < 0:
+            raise ConfigError("batch_size must be >= 1 and num_workers >= 0")
+        if self.kg_weight < 0 or self.clinical_weight < 0 or self.tail_lr_scale < 0:
+            raise ConfigError("kg_weight, clinical_weight and tail_lr_scale must be >= 0")
+        if self.clinical_prompts is not None and not Path(self.clinical_prompts).expanduser().is_file():
+            raise ConfigError(f"clinical_prompts: {self.clinical_prompts} not found")
 
 
 # ------------------------------------------------------------------------------ clinical prompts
@@ -269,7 +265,7 @@ class ImageTail(nn.Module):
             self.description = "visual.ln_post" + (" + visual.proj" if isinstance(visual.proj, nn.Parameter) else "")
         elif hasattr(visual, "trunk") and hasattr(visual.trunk, "forward_head"):
             self.kind = "timm"
-            steps = _timm_steps(visual.trunk)
+            steps = model_units(visual.trunk, forward_chain=True)
             if not 1 <= units < len(steps):
                 raise ConfigError(f"ift_units must be between 1 and {len(steps) - 1} for this image tower")
             object.__setattr__(self, "_prefix_steps", steps[:-units])
@@ -317,19 +313,6 @@ class ImageTail(nn.Module):
         return self.head(visual.trunk.forward_head(x))
 
 
-def _timm_steps(trunk: nn.Module) -> list[nn.Module]:
-    """The trunk's forward_features as a chain of modules (stages expanded), for EfficientNet-style trunks."""
-    steps: list[nn.Module] = []
-    for name, child in trunk.named_children():
-        if name in ("global_pool", "classifier", "head", "fc", "head_drop"):
-            break
-        if name in ("blocks", "stages", "layers") and isinstance(child, nn.Sequential):
-            steps.extend(child)
-        else:
-            steps.append(child)
-    return steps
-
-
 # ------------------------------------------------------------------------------ the model
 
 
@@ -344,11 +327,9 @@ class PromptModel(nn.Module):
         self.image_tail = ImageTail(enc, config.ift, config.ift_units)
         self.register_buffer("logit_scale", torch.tensor(float(enc.logit_scale)))
         self.tail_lr_scale = float(config.tail_lr_scale)
-        for p in enc.module.parameters():
-            p.requires_grad_(False)
+        freeze(enc.module)
         if config.ift:
-            for p in self.image_tail.parameters():
-                p.requires_grad_(True)
+            unfreeze(self.image_tail)
 
     def lr_scales(self):
         """Parameter groups for the engine: new context at lr, pretrained tail at a fraction of it."""
@@ -379,38 +360,17 @@ def guidance_loss(text: torch.Tensor, target: torch.Tensor, kind: str) -> torch.
 # ------------------------------------------------------------------------------ cached inputs
 
 
-def _map_images(enc, paths: Sequence[Path], fn, batch_size: int, num_workers: int, progress: bool, desc: str) -> torch.Tensor:
-    """``fn(preprocessed pixels)`` for every image, in order, concatenated on the CPU."""
-    from tqdm.auto import tqdm
-
-    from dermkit.engine.features import _collate, _ImageFiles
-
-    workers = num_workers if len(paths) > batch_size else 0
-    loader = torch.utils.data.DataLoader(_ImageFiles(paths, enc.preprocess), batch_size=batch_size,
-                                         num_workers=workers, collate_fn=_collate)
-    out = []
-    with torch.inference_mode(), tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for _, pixels, errors in loader:
-            if errors:
-                raise DataError(errors[0] + (f" (and {len(errors) - 1} more in this batch)" if len(errors) > 1 else ""))
-            out.append(fn(pixels).float().cpu())
-            bar.update(len(pixels))
-    if not out:
-        raise DataError("no images to encode")
-    return torch.cat(out)
-
-
 def tail_inputs(model: PromptModel, paths: Sequence[Path], batch_size: int = 64, num_workers: int = 1,
                 progress: bool = True, desc: str = "caching") -> torch.Tensor:
     """The tail's input for every image (the cache), in order, on the CPU."""
     model.enc.module.eval()
-    return _map_images(model.enc, paths, lambda px: model.image_tail.prefix(px.to(model.enc.device)),
-                       batch_size, num_workers, progress, desc)
+    return map_images(model.enc, paths, lambda px: model.image_tail.prefix(px.to(model.enc.device)),
+                      batch_size, num_workers, progress, desc)
 
 
 def pixels_of(enc, paths: Sequence[Path], num_workers: int = 1, progress: bool = True, desc: str = "decoding") -> torch.Tensor:
     """Preprocessed pixels of every image (the uncached path), decoded once."""
-    return _map_images(enc, paths, lambda px: px, 64, num_workers, progress, desc)
+    return map_images(enc, paths, lambda px: px, 64, num_workers, progress, desc)
 
 
 # ------------------------------------------------------------------------------ training
@@ -436,132 +396,121 @@ def _proba(model: PromptModel, inputs: torch.Tensor, batch_size: int = 256) -> n
     return torch.cat(out).numpy()
 
 
-def train_prompts(config: PromptConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train on train, select on val, report on test (and on ``eval_data`` test splits)."""
-    from dermkit.data.tasks import derive_task
-    from dermkit.evaluate import classification_metrics, evaluate
-    from dermkit.methods.supervised import WeightedCrossEntropy, class_weights
-    from dermkit.methods.zeroshot import class_embeddings, require_text
-    from dermkit.data.prompts import load_prompts
-    from dermkit.models.vlm import load_encoder
+class PromptPredictor(Predictor):
+    """A trained prompt learner on its base model."""
 
-    config.validate()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    card = derive_task(config.data, config.task, negative_name=config.negative_name)
-    eval_cards = [derive_task(d, config.task, negative_name=config.negative_name) for d in config.eval_data]
-    for other in eval_cards:
-        if other.classes != card.classes:
-            raise ConfigError(f"eval_data {other.name} has classes {other.classes}, the model {card.classes}; "
-                              "use a task both share (e.g. task: melanoma_vs_rest)")
-    classes = card.classes
-    device = resolve_device(config.engine.device)
-    enc = load_encoder(config.model, device=str(device))
-    require_text(enc, "prompt learning")
-    base_fingerprint = enc.fingerprint
-    write_text(out_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    method = "prompt_learning"
 
-    torch.manual_seed(config.engine.seed)
-    model = PromptModel(enc, _class_texts(card), config)
-    with torch.no_grad():
-        hand = class_embeddings(enc, load_prompts(card), classes).to(device)
-        clinical = (class_embeddings(enc, clinical_prompts(classes, config.clinical_prompts), classes).to(device)
-                    if config.variant == "cgcoop" else None)
-    guide = {"coop": None, "kgcoop": hand, "cgcoop": clinical}[config.variant]
-    guide_weight = {"coop": 0.0, "kgcoop": config.kg_weight, "cgcoop": config.clinical_weight}[config.variant]
+    def __init__(self, model: PromptModel, card: dict):
+        super().__init__(card)
+        self.model = model.eval()
 
-    train_rows, y_train, train_paths = _split(card, "train")
-    val_rows, y_val, val_paths = _split(card, "val")
-    if config.cache:
-        train_x = tail_inputs(model, train_paths, num_workers=config.num_workers, progress=progress, desc="caching train")
-    else:
-        train_x = pixels_of(enc, train_paths, config.num_workers, progress, "decoding train")
-    val_x = tail_inputs(model, val_paths, num_workers=config.num_workers, progress=progress, desc="caching val")
-    y_train_t = torch.as_tensor(np.array(y_train))
-    weights = class_weights(y_train, len(classes)) if config.imbalance == "weighted_loss" else torch.ones(len(classes))
-    criterion = WeightedCrossEntropy(weights).to(device)
+    def _state(self):
+        return self.model.state_dict(), self.card
 
-    engine = Engine(model, config.engine, out_dir, progress=progress)
+    def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
+        return _proba(self.model, tail_inputs(self.model, [Path(p) for p in paths], progress=progress, desc="encoding"))
 
-    def make_batches(epoch: int):
-        g = torch.Generator().manual_seed(epoch_seed(config.engine.seed, epoch))
-        order = torch.randperm(len(y_train_t), generator=g)
-        n = len(order) // config.batch_size * config.batch_size if len(order) > config.batch_size else len(order)
-        for start in range(0, n, config.batch_size):
-            idx = order[start:start + config.batch_size]
-            yield train_x[idx], y_train_t[idx]
 
-    def loss_fn(m: PromptModel, batch) -> torch.Tensor:
-        x, y = batch
-        x = x.to(device)
-        inputs = x if config.cache else m.image_tail.prefix(x)
-        text = m.text_features()
-        logits = m.logit_scale * m.image_features(inputs) @ text.T
-        loss = criterion(logits, y.to(device))
-        if guide is not None:
-            loss = loss + guide_weight * guidance_loss(text, guide, config.variant)
-        return loss
+@register_method
+class PromptLearning(Method):
+    """CoOp / KgCoOp / CgCoOp (+ IFT) on a frozen CLIP-style model, from cached tail inputs."""
 
-    def validate(m: PromptModel) -> dict[str, float]:
-        metrics = classification_metrics(y_val, _proba(m, val_x), classes)
-        return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    name = "prompt_learning"
+    config_class = PromptConfig
+    description = "CoOp, KgCoOp, clinical-guided CoOp, optional image-tail tuning (IFT); cached"
+    tiny_config = {"data": "{data}", "model": "{clip}", "task": "melanoma_vs_rest", "variant": "coop", "ift": False,
+                   "batch_size": 8, "num_workers": 0, "epochs": 1, "n_bootstrap": 20}
 
-    card_info = {
-        "method": METHOD, "model": f"{config.variant}{'+ift' if config.ift else ''}", "classes": classes,
-        "class_texts": _class_texts(card), "task": config.task, "negative_name": config.negative_name,
-        "dataset": card.name, "base_model": _portable_spec(config.model), "base_fingerprint": base_fingerprint,
-        "prompt_config": config.to_dict(), "image_tail": model.image_tail.description,
-        "image_size": enc.image_size, "logit_scale": float(model.logit_scale), "n_ctx": model.prompter.n_ctx,
-    }
+    def fit(self, config: PromptConfig, run) -> PromptPredictor:
+        from dermkit.data.prompts import load_prompts
+        from dermkit.evaluate import classification_metrics
+        from dermkit.models.encoders import load_encoder
+        from dermkit.models.text import class_embeddings, require_text
 
-    def on_best(m: PromptModel, metrics: dict[str, float]) -> None:
-        from dermkit.models.checkpoint import save_model
+        card = run.card()
+        classes = card.classes
+        device = resolve_device(config.engine.device)
+        enc = load_encoder(config.model, device=str(device))
+        require_text(enc, "prompt learning")
+        base_fingerprint = enc.fingerprint
 
-        tmp = out_dir / "model.partial"
-        save_model(tmp, m, {**card_info, "val_metrics": metrics, "epoch": engine.state.epoch + 1})
-        replace_dir(tmp, out_dir / "model")
+        torch.manual_seed(config.engine.seed)
+        model = PromptModel(enc, _class_texts(card), config)
+        with torch.no_grad():
+            hand = class_embeddings(enc, load_prompts(card), classes).to(device)
+            clinical = (class_embeddings(enc, clinical_prompts(classes, config.clinical_prompts), classes).to(device)
+                        if config.variant == "cgcoop" else None)
+        guide = {"coop": None, "kgcoop": hand, "cgcoop": clinical}[config.variant]
+        guide_weight = {"coop": 0.0, "kgcoop": config.kg_weight, "cgcoop": config.clinical_weight}[config.variant]
 
-    steps = max(1, len(y_train) // config.batch_size)
-    state = engine.fit(make_batches, loss_fn, validate, on_best, steps_per_epoch=steps, resume=resume,
-                       batch_size_fn=lambda b: len(b[1]))
-    train_seconds = time.perf_counter() - started
+        _, y_train, train_paths = _split(card, "train")
+        _, y_val, val_paths = _split(card, "val")
+        if config.cache:
+            train_x = tail_inputs(model, train_paths, num_workers=config.num_workers, progress=run.progress,
+                                  desc="caching train")
+        else:
+            train_x = pixels_of(enc, train_paths, config.num_workers, run.progress, "decoding train")
+        val_x = tail_inputs(model, val_paths, num_workers=config.num_workers, progress=run.progress, desc="caching val")
+        y_train_t = torch.as_tensor(np.array(y_train))
+        criterion = classification_criterion(y_train, len(classes), config.imbalance).to(device)
+        engine = run.engine(model)
 
-    # Test (and transfer) reports with the selected weights.
-    predictor = load_predictor(out_dir / "model", device=str(device), encoder=enc)
-    reports = {}
-    for eval_card in [card] + eval_cards:
-        preds = predictor.predict_split(eval_card, "test", progress=progress)
-        report = evaluate(preds, n_bootstrap=config.n_bootstrap, seed=config.engine.seed,
-                          title=f"{card_info['model']} ({card.name}, {config.task or 'all classes'}) on {eval_card.name} test")
-        folder = out_dir / "eval" / ("test" if eval_card is card else f"{eval_card.name}_test")
-        report.save(folder)
-        reports[eval_card.name if eval_card is not card else "test"] = (report, folder)
-    keys = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+        def make_batches(epoch: int):
+            for idx in index_batches(len(y_train_t), config.batch_size, epoch_seed(config.engine.seed, epoch)):
+                yield train_x[idx], y_train_t[idx]
 
-    def block(report):
-        return ({k: report.metrics.get(k) for k in keys},
-                {k: report.metrics.get("ci", {}).get(k) for k in keys})
+        def loss_fn(m: PromptModel, batch) -> torch.Tensor:
+            x, y = batch
+            x = x.to(device)
+            inputs = x if config.cache else m.image_tail.prefix(x)
+            text = m.text_features()
+            logits = m.logit_scale * m.image_features(inputs) @ text.T
+            loss = criterion(logits, y.to(device))
+            if guide is not None:
+                loss = loss + guide_weight * guidance_loss(text, guide, config.variant)
+            return loss
 
-    test, test_ci = block(reports["test"][0])
-    transfer = []
-    for name, (report, folder) in reports.items():
-        if name == "test":
-            continue
-        t, t_ci = block(report)
-        transfer.append({"eval_dataset": name, "test": t, "test_ci": t_ci, "report": str(folder)})
-    seconds_per_epoch = median_epoch_seconds(out_dir)
-    summary = {
-        "dataset": card.name, "task": config.task or "all", "model": card_info["model"], "variant": config.variant,
-        "ift": config.ift, "image_tail": model.image_tail.description, "best_epoch": state.best_epoch,
-        "epochs_run": state.epoch, "selected_on": f"val {config.engine.select_metric}",
-        "best_val_score": state.best_score, "wall_seconds": round(time.perf_counter() - started, 1),
-        "train_seconds": round(train_seconds, 1), "seconds_per_epoch": seconds_per_epoch,
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "report": str(reports["test"][1]), "test": test, "test_ci": test_ci, "transfer": transfer,
-    }
-    write_json(out_dir / "summary.json", summary)
-    return summary
+        def validate(m: PromptModel) -> dict[str, float]:
+            metrics = classification_metrics(y_val, _proba(m, val_x), classes)
+            return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+        card_info = {
+            "model": f"{config.variant}{'+ift' if config.ift else ''}", "classes": classes,
+            "class_texts": _class_texts(card), "task": config.task, "negative_name": config.negative_name,
+            "dataset": card.name, "base_model": portable_spec(config.model), "base_fingerprint": base_fingerprint,
+            "prompt_config": config.to_dict(), "image_tail": model.image_tail.description,
+            "image_size": enc.image_size, "logit_scale": float(model.logit_scale), "n_ctx": model.prompter.n_ctx,
+        }
+        started = time.perf_counter()
+        run.fit(engine, make_batches, loss_fn, validate, lambda m, metrics: PromptPredictor(m, dict(card_info)),
+                steps_per_epoch=steps_per_epoch(len(y_train), config.batch_size), batch_size_fn=lambda b: len(b[1]))
+        run.summary.update(
+            variant=config.variant, ift=config.ift, image_tail=model.image_tail.description,
+            train_seconds=round(time.perf_counter() - started, 1), seconds_per_epoch=median_epoch_seconds(run.out_dir),
+            trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
+        return self.load(run.model_dir, device=str(device), encoder=enc)
+
+    def load(self, folder, device: str = "auto", encoder=None) -> PromptPredictor:
+        """A prompt-learning model folder on its base model (which must be unchanged)."""
+        from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
+
+        folder = Path(folder)
+        card = read_model_card(folder)
+        device = str(resolve_device(device))
+        if encoder is None:
+            encoder = load_base_encoder(card["base_model"], card["base_fingerprint"], folder, device=device)
+        config = PromptConfig.from_dict(card["prompt_config"])
+        config.ctx_init = None  # the context comes from the weights below; only its length matters
+        config.n_ctx = int(card["n_ctx"])
+        model = PromptModel(encoder, card["class_texts"], config)
+        state = load_tensors(folder / MODEL_WEIGHTS)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ModelError(f"{folder / MODEL_WEIGHTS} does not match the prompt model described in model.json: "
+                             f"{exc}") from exc
+        return PromptPredictor(model.to(device), card)
 
 
 def median_epoch_seconds(out_dir: Path) -> float | None:
@@ -573,79 +522,3 @@ def median_epoch_seconds(out_dir: Path) -> float | None:
     if "train_seconds" in frame.columns and len(frame):
         return round(float(frame["train_seconds"].median()), 3)
     return None
-
-
-def _portable_spec(spec: str) -> str:
-    """A local folder as an absolute path (the model folder must find it from anywhere)."""
-    path = Path(spec).expanduser()
-    if ":" not in spec.split(os.sep)[0] and path.exists():
-        return str(path.resolve())
-    return spec
-
-
-def run_config(raw: dict[str, Any], out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Entry point of ``dermkit run`` / ``dermkit suite`` (see dermkit.experiment)."""
-    return train_prompts(PromptConfig.from_dict(raw), out_dir, resume=resume, progress=progress)
-
-
-# ------------------------------------------------------------------------------ predictor
-
-
-class PromptPredictor:
-    """A trained prompt learner on its base model: same interface as :class:`dermkit.predictor.Predictor`."""
-
-    def __init__(self, model: PromptModel, card: dict):
-        self.model = model.eval()
-        self.card = card
-        self.classes: list[str] = list(card["classes"])
-
-    def _inputs(self, paths: Sequence[Path], progress: bool) -> torch.Tensor:
-        return tail_inputs(self.model, [Path(p) for p in paths], progress=progress, desc="encoding")
-
-    def predict_paths(self, paths: Sequence[Path], progress: bool = False) -> np.ndarray:
-        return _proba(self.model, self._inputs(paths, progress))
-
-    def predict_split(self, card, split: str, progress: bool = True) -> pd.DataFrame:
-        """Predictions for a split; the model's task (e.g. melanoma vs rest) is applied to the card."""
-        from dermkit.data.tasks import derive_task
-        from dermkit.methods.zeroshot import split_groups
-        from dermkit.predictor import predictions_frame
-
-        card = derive_task(card, self.card.get("task"), negative_name=self.card.get("negative_name", "other skin lesion"))
-        if card.classes != self.classes:
-            raise DataError(f"{card.name} has classes {card.classes} for task {self.card.get('task')!r}; "
-                            f"the model knows {self.classes}")
-        rows, _, paths = _split(card, split)
-        proba = self.predict_paths(paths, progress)
-        return predictions_frame(rows["image"].tolist(), proba, self.classes, rows["diagnosis"].tolist(), split_groups(card, rows))
-
-
-def load_predictor(folder: str | Path, device: str = "auto", encoder=None) -> PromptPredictor:
-    """Load a prompt-learning model folder onto its base model (which must be unchanged)."""
-    from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
-    from dermkit.models.vlm import load_encoder
-
-    folder = Path(folder)
-    card = read_model_card(folder)
-    device = str(resolve_device(device))
-    if encoder is None:
-        try:
-            encoder = load_encoder(card["base_model"], device=device)
-        except ModelError as exc:
-            raise ModelError(f"{folder} holds learned prompts for the base model {card['base_model']!r}, which "
-                             f"cannot be loaded ({exc}). Put the base model back there, or edit base_model in "
-                             f"{folder / 'model.json'} to where it is now.") from exc
-        if encoder.fingerprint != card["base_fingerprint"]:
-            raise ModelError(f"the base model at {card['base_model']} has changed since {folder} was trained "
-                             f"(fingerprint {encoder.fingerprint} != {card['base_fingerprint']}); the learned "
-                             "prompts only fit the original weights")
-    config = PromptConfig.from_dict(card["prompt_config"])
-    config.ctx_init = None  # the context comes from the weights below; only its length matters
-    config.n_ctx = int(card["n_ctx"])
-    model = PromptModel(encoder, card["class_texts"], config)
-    state = load_tensors(folder / MODEL_WEIGHTS)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ModelError(f"{folder / MODEL_WEIGHTS} does not match the prompt model described in model.json: {exc}") from exc
-    return PromptPredictor(model.to(device), card)

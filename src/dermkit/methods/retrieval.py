@@ -53,10 +53,10 @@ def run_retrieval(
     from dermkit.data.captions import captions_for_split
     from dermkit.engine.features import extract_split_features
     from dermkit.evaluate.retrieval import query_ranks, retrieval_markdown, retrieval_metrics
-    from dermkit.methods.zeroshot import encode_texts, require_text
+    from dermkit.models.text import encode_texts, require_text
 
     if enc is None:
-        from dermkit.models.vlm import load_encoder
+        from dermkit.models.encoders import load_encoder
 
         enc = load_encoder(model_spec, device=device)
     require_text(enc, "image-text retrieval")
@@ -87,7 +87,7 @@ def run_retrieval(
 def rank_texts(enc, image_path: str | os.PathLike, texts: Sequence[str]) -> list[tuple[str, float]]:
     """``(text, cosine similarity)`` for one image, best match first."""
     from dermkit.data.images import open_image
-    from dermkit.methods.zeroshot import encode_texts, require_text
+    from dermkit.models.text import encode_texts, require_text
 
     require_text(enc, "ranking texts")
     texts = [str(t) for t in texts]

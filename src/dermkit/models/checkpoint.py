@@ -58,10 +58,14 @@ def _refuse_pickle(path: Path) -> None:
 
 def _looks_like_pickle(path: Path) -> bool:
     # A zip archive (torch.save) or a raw pickle stream (protocol 2+ starts with 0x80).
+    # A safetensors file starts with its header length (u64, little-endian) and then "{": it can
+    # begin with byte 0x80 too (a 128-byte header), so recognise it before sniffing for a pickle.
     try:
         with open(path, "rb") as fh:
-            head = fh.read(4)
+            head = fh.read(9)
     except OSError:
+        return False
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
         return False
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 

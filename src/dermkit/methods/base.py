@@ -1,0 +1,431 @@
+"""The method contract: a registry of methods, the Predictor every method returns, Predictions.
+
+A method is one file in ``dermkit/methods/`` that registers itself::
+
+    @register_method
+    class ZeroShot(Method):
+        name = "zeroshot"
+        config_class = ZeroShotConfig          # a dataclass; from_dict/validate come from the base
+
+        def fit(self, config, run) -> Predictor: ...   # train on run.card(), select on val
+        def load(self, folder, device="auto") -> Predictor: ...
+
+``dermkit run`` / ``dermkit suite`` / ``dermkit.run`` look the method up here by the config's
+``method:``; :func:`load_predictor` looks it up by the ``method`` a model folder's ``model.json``
+names, so every method's output loads with ``dermkit predict`` / ``dermkit evaluate --model``.
+The :class:`~dermkit.experiment.Run` handed to ``fit`` owns the bookkeeping (config snapshot,
+best-model save, test and transfer reports, summary.json); a method only trains and predicts.
+
+Methods never import each other: what two methods share lives below them (``engine``,
+``models``, ``data``, ``evaluate``) or here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import pandas as pd
+
+from dermkit.errors import ConfigError, DataError, ModelError
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "Predictor",
+    "Predictions",
+    "ClassifierConfig",
+    "register_method",
+    "get_method",
+    "list_methods",
+    "load_predictor",
+    "write_model_folder",
+    "portable_spec",
+    "load_base_encoder",
+    "EncoderHeadPredictor",
+    "ClassEmbeddingPredictor",
+]
+
+METHODS: dict[str, "Method"] = {}
+
+
+# ------------------------------------------------------------------------------ configs
+
+
+@dataclass
+class ClassifierConfig:
+    """Keys every classifying method shares (the Run reads them).
+
+    ``data``: dataset name or folder (train/val/test splits); ``task``: ``all`` (the card's
+    classes), ``melanoma_vs_rest`` or ``binary:CLASS`` (see :mod:`dermkit.data.tasks`);
+    ``negative_name``: readable name of a binary task's negative class; ``eval_data``: more
+    datasets whose test splits the selected model is also reported on (transfer tests);
+    ``n_bootstrap``: resamples of the 95% CIs.
+    """
+
+    data: str = "ham10000"
+    task: str | None = None
+    negative_name: str = "other skin lesion"
+    eval_data: list[str] = field(default_factory=list)
+    n_bootstrap: int = 1000
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "config"):
+        from dermkit.config import config_from_dict
+
+        raw = dict(raw or {})
+        if isinstance(raw.get("eval_data"), str):  # "ph2,isic2017" from a command line
+            raw["eval_data"] = [d.strip() for d in raw["eval_data"].split(",") if d.strip()]
+        return config_from_dict(cls, raw, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.validate()
+        if self.n_bootstrap < 0:
+            raise ConfigError(f"n_bootstrap must be >= 0, got {self.n_bootstrap}")
+        if self.task not in (None, "", "all", "melanoma_vs_rest", "positive_vs_rest") and not str(self.task).startswith("binary:"):
+            raise ConfigError(f"task must be all, melanoma_vs_rest or binary:CLASS, got {self.task!r}")
+
+    def model_specs(self) -> dict[str, str]:
+        """Config keys that name a model (``key -> spec``), checked by ``dermkit run --check``."""
+        return {k: getattr(self, k) for k in ("model",) if isinstance(getattr(self, k, None), str)}
+
+
+# ------------------------------------------------------------------------------ predictions
+
+
+@dataclass
+class Predictions:
+    """What a predictor returns: one row per image (``ids``), probabilities over ``classes``."""
+
+    ids: list[str]
+    proba: np.ndarray
+    classes: list[str]
+    targets: list[str] | None = None
+    groups: list[str] | None = None
+    thickness: np.ndarray | None = None
+
+    def frame(self) -> pd.DataFrame:
+        """The evaluation layer's predictions table (see :mod:`dermkit.evaluate.predictions`)."""
+        from dermkit.evaluate.predictions import predictions_frame
+
+        frame = predictions_frame(self.ids, self.proba, self.classes, self.targets, self.groups)
+        if self.thickness is not None:
+            frame["thickness"] = np.asarray(self.thickness)
+        return frame
+
+
+class Predictor:
+    """A trained classifier: ``classes``, ``card`` (its model.json), ``predict``, ``save``.
+
+    Subclasses implement :meth:`predict_paths` (images -> (N, C) probabilities) and
+    :meth:`_state` (tensors + JSON card written by :meth:`save`). A predictor that predicts more
+    than a class (a thickness, the modalities a fusion model used) also has
+    ``predict_details(paths) -> list[dict]``.
+    """
+
+    method: str = ""
+
+    def __init__(self, card: dict[str, Any]):
+        self.card = dict(card)
+        self.classes: list[str] = list(card["classes"])
+
+    # -- what each method implements
+    def predict_paths(self, paths: Sequence[str | os.PathLike], progress: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(tensors, card)`` to save: safetensors-able tensors and a JSON-able card."""
+        raise NotImplementedError
+
+    # -- shared
+    @property
+    def name(self) -> str:
+        return str(self.card.get("model") or self.method)
+
+    @property
+    def task(self) -> str | None:
+        return self.card.get("task")
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the model folder (model.safetensors + model.json) atomically."""
+        tensors, card = self._state()
+        return write_model_folder(folder, tensors, {**card, "method": self.method, "classes": self.classes})
+
+    def task_card(self, card):
+        """``card`` relabelled for this model's task, checked against its classes."""
+        from dermkit.data.card import load_card
+        from dermkit.data.tasks import derive_task
+
+        card = load_card(card)
+        task = self.task
+        if task not in (None, "", "all") and card.classes != self.classes:
+            card = derive_task(card, task, negative_name=self.card.get("negative_name", "other skin lesion"))
+        return card
+
+    def predict_split(self, card, split: str = "test", progress: bool = True) -> pd.DataFrame:
+        """The evaluation layer's predictions table for one split of a dataset card."""
+        return self.predict(card, split=split, progress=progress).frame()
+
+    def predict(self, images, split: str = "test", progress: bool = False) -> Predictions:
+        """Predictions for image paths, or for ``split`` of a dataset (a card, name or folder)."""
+        from dermkit.data.card import DatasetCard
+        from dermkit.data.split import row_groups
+
+        is_dataset = isinstance(images, DatasetCard) or (
+            isinstance(images, (str, os.PathLike)) and not Path(images).is_file())
+        if not is_dataset:
+            paths = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+            return Predictions([str(p) for p in paths], self.predict_paths(paths, progress=progress), self.classes)
+        card = self.task_card(images)
+        rows = card.rows(split)
+        targets = rows["diagnosis"]
+        unknown = sorted(set(targets.dropna()) - set(self.classes))
+        if unknown:
+            raise DataError(f"split {split!r} of {card.name} has classes the model was not trained on: {unknown}. "
+                            f"The model knows {self.classes}" + (f" (task {self.task})" if self.task else "") + ".")
+        return self._predict_rows(card, rows, row_groups(rows, card.group_column), progress)
+
+    def _predict_rows(self, card, rows: pd.DataFrame, groups, progress: bool) -> Predictions:
+        paths = [card.image_path(p) for p in rows["image"]]
+        proba = self.predict_paths(paths, progress=progress)
+        return Predictions(rows["image"].tolist(), proba, self.classes, rows["diagnosis"].tolist(), groups)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, classes={self.classes})"
+
+
+# ------------------------------------------------------------------------------ methods
+
+
+class Method:
+    """One way of turning a model and a dataset into a :class:`Predictor`."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type] = ClassifierConfig
+    description: ClassVar[str] = ""
+    # The smallest config that exercises the method end to end (seconds on a CPU), used by the
+    # method-contract test for every registered method: "{data}" is a small dataset folder,
+    # "{clip}" a small open_clip folder (also a valid image encoder).
+    tiny_config: ClassVar[dict[str, Any]] = {}
+
+    def config(self, raw: dict[str, Any], where: str = "config"):
+        """The validated config dataclass for ``raw`` (without ``method``/``name``)."""
+        config = self.config_class.from_dict(raw, where) if _takes_where(self.config_class) else \
+            self.config_class.from_dict(raw)
+        config.validate()
+        return config
+
+    def fit(self, config, run) -> Predictor:
+        """Train on ``run.card()`` train, select on val; save the best with ``run.save_best``."""
+        raise NotImplementedError
+
+    def load(self, folder: str | os.PathLike, device: str = "auto") -> Predictor:
+        raise NotImplementedError
+
+    def check(self, config) -> list[str]:
+        """Cheap checks beyond the config's own ``validate`` (no training, no model download).
+
+        Returns warnings; raises DermkitError for what would fail. The default checks that the
+        datasets exist and that every model spec parses.
+        """
+        from dermkit.data.card import load_card
+        from dermkit.models.specs import parse_spec
+
+        warnings = []
+        for key in ("data", "eval_data"):
+            value = getattr(config, key, None)
+            for name in [value] if isinstance(value, str) else list(value or []):
+                load_card(name)
+        specs = config.model_specs() if hasattr(config, "model_specs") else {}
+        for key, spec in specs.items():
+            ref = parse_spec(spec)
+            if ref.kind in ("folder", "local-dir") and not Path(ref.path).expanduser().exists():
+                warnings.append(f"{key}: {spec} does not exist yet; it must exist when the run starts")
+        return warnings
+
+
+def _takes_where(cls) -> bool:
+    import inspect
+
+    try:
+        return "where" in inspect.signature(cls.from_dict).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: add a method to the registry under ``cls.name``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} needs a `name`")
+    if cls.name in METHODS and type(METHODS[cls.name]) is not cls:
+        raise TypeError(f"method {cls.name!r} is registered twice ({type(METHODS[cls.name]).__name__}, {cls.__name__})")
+    METHODS[cls.name] = cls()
+    return cls
+
+
+def list_methods() -> list[str]:
+    _import_methods()
+    return sorted(METHODS)
+
+
+def get_method(name: str | None, where: str = "config") -> Method:
+    _import_methods()
+    if name not in METHODS:
+        raise ConfigError(f"{where}: method must be one of {', '.join(sorted(METHODS))}, got {name!r}")
+    return METHODS[name]
+
+
+def _import_methods() -> None:
+    import dermkit.methods  # noqa: F401  (its __init__ imports every method module, which registers it)
+
+
+def load_predictor(folder: str | os.PathLike, device: str = "auto") -> Predictor:
+    """The predictor of any dermkit model folder (dispatch on ``model.json["method"]``)."""
+    from dermkit.models.checkpoint import read_model_card
+
+    _import_methods()
+    method = read_model_card(folder).get("method", "supervised")
+    if method not in METHODS:
+        raise ModelError(f"{folder}: model.json names method {method!r}, unknown to this dermkit "
+                         f"({', '.join(sorted(METHODS))}); upgrade dermkit")
+    return METHODS[method].load(folder, device=device)
+
+
+# ------------------------------------------------------------------------------ helpers for methods
+
+
+def write_model_folder(folder: str | os.PathLike, tensors: dict[str, Any], card: dict[str, Any]) -> Path:
+    """Atomically (re)write a model folder: ``model.safetensors`` + ``model.json``.
+
+    Written into ``FOLDER.partial`` and swapped into place, so a reader never sees a half-written
+    model, and a folder that already holds other files (an open_clip model) keeps them.
+    """
+    import shutil
+
+    from dermkit.engine.loop import replace_dir
+    from dermkit.io import write_json
+    from dermkit.models.checkpoint import FORMAT, MODEL_CARD, MODEL_WEIGHTS, save_tensors
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if folder.is_dir():
+        shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns(MODEL_WEIGHTS, MODEL_CARD))
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_tensors(tmp / MODEL_WEIGHTS, tensors, metadata={"format": FORMAT})
+    write_json(tmp / MODEL_CARD, {"format": FORMAT, "format_version": 1, **card})
+    replace_dir(tmp, folder)
+    return folder
+
+
+def portable_spec(spec: str) -> str:
+    """A model spec as saved in a model folder: local folders as absolute paths, others as given."""
+    from dermkit.models.specs import parse_spec
+
+    ref = parse_spec(spec)
+    if ref.kind in ("folder", "local-dir") and Path(ref.path).expanduser().exists():
+        return str(Path(ref.path).expanduser().resolve())
+    return spec
+
+
+def load_base_encoder(spec: str, fingerprint: str | None, folder: str | os.PathLike, device: str = "cpu",
+                      relative_to: str | os.PathLike | None = None):
+    """The frozen encoder a saved head was trained on, checked by fingerprint.
+
+    ``spec`` ``"."`` means the model folder itself (a CLIP folder that also holds its zero-shot
+    head). A missing or changed base model is a clear ModelError naming ``model.json``.
+    """
+    from dermkit.models.encoders import load_encoder
+
+    folder = Path(folder)
+    source = str(folder) if spec == "." else spec
+    try:
+        enc = load_encoder(source, device=device)
+    except ModelError as exc:
+        raise ModelError(f"{folder} was trained on the base model {spec!r}, which cannot be loaded ({exc}). "
+                         f"Put the base model back there, or edit base_model in {folder / 'model.json'} to where "
+                         "it is now.") from exc
+    if fingerprint and enc.fingerprint != fingerprint:
+        raise ModelError(f"the base model at {source} has changed since {folder} was trained (fingerprint "
+                         f"{enc.fingerprint} != {fingerprint}); the saved head only fits the original weights")
+    return enc
+
+
+# ------------------------------------------------------------------------------ predictors on frozen encoders
+
+
+class EncoderHeadPredictor(Predictor):
+    """A frozen encoder + a head on its L2-normalised image embeddings (read from the feature cache).
+
+    Subclasses implement :meth:`head` (embeddings -> probabilities). ``card`` names the encoder
+    (``base_model``: spec, or ``"."`` for the model folder itself) and its ``base_fingerprint``.
+    """
+
+    def __init__(self, enc, card: dict, cache_dir=None, batch_size: int = 64, num_workers: int = 2):
+        super().__init__(card)
+        self.enc = enc
+        self.cache_dir, self.batch_size, self.num_workers = cache_dir, batch_size, num_workers
+
+    def head(self, features: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """As :meth:`Predictor.save`; a head whose encoder is its own folder (``base_model: "."``, a
+        trained CLIP model) takes the encoder's open_clip files along to the new folder."""
+        folder = Path(folder)
+        if self.card.get("base_model") == "." and not (folder / "open_clip_config.json").is_file():
+            from dermkit.models.encoders import save_open_clip_folder
+
+            save_open_clip_folder(self.enc.module, folder, self.enc.model_cfg, self.enc.preprocess_cfg)
+        return super().save(folder)
+
+    def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
+        from dermkit.engine.features import extract_features
+
+        feats = extract_features(self.enc, [Path(p) for p in paths], cache_dir=self.cache_dir,
+                                 batch_size=self.batch_size, num_workers=self.num_workers, progress=progress)
+        return self.head(feats)
+
+    @staticmethod
+    def read(folder, device: str = "auto"):
+        """``(encoder, card, tensors)`` of a saved encoder-head folder, the encoder checked by fingerprint."""
+        from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
+
+        card = read_model_card(folder)
+        enc = load_base_encoder(card["base_model"], card.get("base_fingerprint"), folder,
+                                device="cpu" if device == "auto" else device)
+        return enc, card, load_tensors(Path(folder) / MODEL_WEIGHTS)
+
+
+class ClassEmbeddingPredictor(EncoderHeadPredictor):
+    """Zero-shot head: softmax of ``logit_scale * cosine(image, class embedding)``."""
+
+    method = "zeroshot"
+
+    def __init__(self, enc, class_emb, card: dict, **kwargs):
+        super().__init__(enc, card, **kwargs)
+        self.class_emb = class_emb.float().cpu()
+        self.logit_scale = float(card.get("logit_scale") or enc.logit_scale)
+
+    def _state(self):
+        return {"class_embeddings": self.class_emb}, self.card
+
+    def head(self, features: np.ndarray) -> np.ndarray:
+        from dermkit.models.text import zeroshot_proba
+
+        return zeroshot_proba(features, self.class_emb, self.logit_scale)
+
+    @classmethod
+    def from_folder(cls, folder, device: str = "auto"):
+        enc, card, tensors = cls.read(folder, device)
+        return cls(enc, tensors["class_embeddings"], card)
