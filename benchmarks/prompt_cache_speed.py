@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/prompt_cache_speed.py [--model runs/dermkit_clip/model]
         [--data derm7pt] [--task melanoma_vs_rest] [--variant cgcoop] [--epochs 5] [--threads N]
 
-Runs :func:`dermkit.methods.prompt_learning.train_prompts` twice with one config (default: the
+Runs a ``method: prompt_learning`` config (:func:`dermkit.run`) twice with one config (default: the
 full method, CgCoOp + IFT, on Derm7pt melanoma vs rest), ``cache: true`` and ``cache: false``,
 same seed, same batches. Both decode the images once; the uncached run then pushes every training
 image through the frozen part of the image tower in every step (what the seed's training loop
@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from dermkit.methods.prompt_learning import PromptConfig, train_prompts
+import dermkit
 
 
 def main() -> None:
@@ -55,11 +55,11 @@ def main() -> None:
         save_open_clip_folder(enc.module, out / "base", enc.model_cfg, enc.preprocess_cfg)
     results = {}
     for cache in (True, False):
-        cfg = PromptConfig.from_dict({"model": str(out / "base") if random else args.model, "data": args.data,
-                                      "task": args.task, "variant": args.variant,
-                                      "ift": not args.no_ift, "cache": cache, "epochs": args.epochs, "patience": None})
+        cfg = {"method": "prompt_learning", "model": str(out / "base") if random else args.model, "data": args.data,
+               "task": args.task, "variant": args.variant, "ift": not args.no_ift, "cache": cache,
+               "epochs": args.epochs, "patience": None}
         started = time.perf_counter()
-        summary = train_prompts(cfg, out / ("cached" if cache else "uncached"), progress=False)
+        summary = dermkit.run(cfg, out / ("cached" if cache else "uncached"), force=True, progress=False)
         wall = time.perf_counter() - started
         history = pd.read_csv(out / ("cached" if cache else "uncached") / "history.csv")
         results[cache] = {"sec_per_epoch": float(history["train_seconds"].median()), "train_wall": wall,

@@ -17,7 +17,7 @@ import time
 import torch
 
 from dermkit.engine.loop import cpu_has_bf16
-from dermkit.methods.supervised import freeze_all_but_last
+from dermkit.models.freeze import train_only_last
 from dermkit.models.registry import create_classifier
 
 
@@ -70,7 +70,7 @@ def main() -> None:
             cl = train_speed(fresh(), size, 32, True, False)
             bf = float("nan") if args.skip_bf16 else train_speed(fresh(), size, 32, True, True)
             partial = fresh()
-            freeze_all_but_last(partial, args.train_last)
+            train_only_last(partial, args.train_last)
             frozen = train_speed(partial, size, 32, True, False)
             inf32 = infer_speed(fresh(), size, 128, False)
             inf16 = float("nan") if args.skip_bf16 else infer_speed(fresh(), size, 128, True)

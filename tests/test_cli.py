@@ -81,13 +81,13 @@ def test_data_split_writes_grouped_splits(tiny_dataset, capsys):
 
 
 def test_model_round_trip_same_predictions(model_dir, tiny_dataset):
-    from dermkit.predictor import Predictor
+    from dermkit.methods.supervised import Supervised
 
     paths = sorted((tiny_dataset / "images").glob("*.jpg"))[:5]
-    a = Predictor.load(model_dir, precision="fp32").predict_paths(paths)
+    a = Supervised().load(model_dir, precision="fp32").predict_paths(paths)
     model, card = load_model(model_dir)
     save_model(model_dir.parent / "again", model, card)
-    b = Predictor.load(model_dir.parent / "again", precision="fp32").predict_paths(paths)
+    b = Supervised().load(model_dir.parent / "again", precision="fp32").predict_paths(paths)
     np.testing.assert_allclose(a, b, atol=1e-6)
     assert a.shape == (5, 3) and np.allclose(a.sum(1), 1)
 

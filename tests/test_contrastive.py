@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from dermkit.engine.loop import EngineConfig
-from dermkit.methods.contrastive import ClipTrainConfig, soft_clip_loss, train_clip
+from dermkit.experiment import run_experiment
+from dermkit.methods.contrastive import soft_clip_loss
 
 
 def test_soft_clip_loss_matches_clip_loss_for_distinct_captions():
@@ -37,15 +37,16 @@ def test_identical_captions_are_not_negatives():
 
 
 def test_clip_train_tiny_end_to_end(tiny_dataset, tmp_path):
-    from dermkit.methods.zeroshot import zeroshot_predict
+    import dermkit
     from dermkit.models.encoders import load_encoder
 
-    cfg = ClipTrainConfig(data=[str(tiny_dataset)], image_size=32, batch_size=16, num_workers=0,
-                          val_per_dataset=18, train_image_last=2, train_text_last=1,
-                          engine=EngineConfig(epochs=2, lr=1e-3, precision="fp32", warmup_epochs=0.5,
-                                              select_metric="zeroshot_balanced_accuracy"))
+    cfg = {"method": "contrastive", "train_data": [str(tiny_dataset)], "data": str(tiny_dataset), "eval_data": [],
+           "image_size": 32, "batch_size": 16, "num_workers": 0, "val_per_dataset": 18, "train_image_last": 2,
+           "train_text_last": 1, "n_bootstrap": 20,
+           "engine": {"epochs": 2, "lr": 1e-3, "precision": "fp32", "warmup_epochs": 0.5,
+                      "select_metric": "zeroshot_balanced_accuracy"}}
     out = tmp_path / "clip"
-    summary = train_clip(cfg, out, progress=False)
+    summary = run_experiment(cfg, out, progress=False)
     assert summary["epochs_run"] == 2 and summary["pairs"] == 48
     assert (out / "model" / "open_clip_config.json").is_file()
     assert (out / "model" / "open_clip_model.safetensors").is_file()
@@ -57,10 +58,10 @@ def test_clip_train_tiny_end_to_end(tiny_dataset, tmp_path):
     stem = [k for k in init if "conv_stem" in k][0]
     assert torch.equal(init[stem], final[stem])
     assert any(not torch.equal(init[k], final[k]) for k in init if k.startswith("visual.head"))
-    # The saved model is a normal registry model: zero-shot runs on it.
-    enc = load_encoder(out / "model")
-    preds = zeroshot_predict(enc, tiny_dataset, "test", cache_dir=tmp_path / "cache", num_workers=0, progress=False)
-    assert len(preds) == 18
+    # The saved model is a normal registry model, and its folder is also a zero-shot classifier.
+    assert load_encoder(out / "model").has_text
+    preds = dermkit.load_predictor(out / "model").predict_split(tiny_dataset, "test", progress=False)
+    assert len(preds) == 18 and summary["test"]["macro_auc"] is not None
 
 
 def test_trimming_padding_keeps_text_embeddings(tmp_path):

@@ -29,6 +29,13 @@ from dermkit.data.multimodal import (
 )
 from dermkit.errors import ConfigError, DataError, ModelError
 
+
+def run_config(raw: dict, out, resume: bool = False, progress: bool = False) -> dict:
+    from dermkit.experiment import run_experiment
+
+    return run_experiment({"method": "fusion", **raw}, out, resume=resume, progress=progress)
+
+
 torch.set_num_threads(1)
 
 
@@ -186,7 +193,7 @@ def test_fusion_net_masks_missing_modalities():
 def test_fusion_run_predictor_and_cli(tmp_path, clip_folder, capsys):
     from dermkit.cli import main
     from dermkit.experiment import run_experiment
-    from dermkit.predictor import Predictor
+    from dermkit.methods.base import load_predictor
 
     root = _paired(tmp_path)
     raw = {"method": "fusion", **_config(root, clip_folder, tmp_path, use_clinical=True, use_meta=True,
@@ -202,7 +209,7 @@ def test_fusion_run_predictor_and_cli(tmp_path, clip_folder, capsys):
     card = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
     assert card["method"] == "fusion" and card["modalities"] == ["derm", "clin", "meta"]
 
-    predictor = Predictor.load(tmp_path / "run" / "model", device="cpu")
+    predictor = load_predictor(tmp_path / "run" / "model", device="cpu")
     preds = predictor.predict_split(load_card(root), "test", progress=False)
     assert len(preds) == 18 and {"prob:bcc", "prob:mel", "prob:nv", "group"} <= set(preds.columns)
     image = root / "images" / "mel_test_00.jpg"
@@ -232,7 +239,8 @@ def test_fusion_run_predictor_and_cli(tmp_path, clip_folder, capsys):
 
 
 def test_fusion_concat_text_meta_regression_thickness(tmp_path, clip_folder):
-    from dermkit.methods.fusion import FusionPredictor, load_predictor, run_config
+    from dermkit.methods.base import load_predictor
+    from dermkit.methods.fusion import FusionPredictor
 
     root = _paired(tmp_path, thickness="regression")
     summary = run_config(_config(root, clip_folder, tmp_path, use_meta=True, meta_encoder="text", epochs=2,
@@ -247,7 +255,7 @@ def test_fusion_concat_text_meta_regression_thickness(tmp_path, clip_folder):
 
 
 def test_config_errors(tmp_path, clip_folder):
-    from dermkit.methods.fusion import FusionConfig, run_config
+    from dermkit.methods.fusion import FusionConfig
 
     plain = make_dataset(tmp_path, name="plain")
     with pytest.raises(ConfigError, match="use_clinical: true but dataset plain has no clinical"):
@@ -256,7 +264,7 @@ def test_config_errors(tmp_path, clip_folder):
         FusionConfig(use_derm=False).validate()
     with pytest.raises(ConfigError, match="must divide"):
         FusionConfig(hidden=30, num_heads=4).validate()
-    with pytest.raises(ConfigError, match="unknown config keys"):
+    with pytest.raises(ConfigError, match="unknown key"):
         FusionConfig.from_dict({"use_clinic": True})
 
 
@@ -325,7 +333,6 @@ def test_pad_real_rows_exclude_biopsed_and_unk():
 @requires_shared_data
 def test_fusion_end_to_end_on_real_derm7pt_cases(tmp_path, clip_folder):
     """A few dozen real Derm7pt cases (copied to tmp_path), tiny CLIP, 2 epochs: the whole pipeline."""
-    from dermkit.methods.fusion import run_config
 
     src = SHARED_DATA / "derm7pt"
     table = pd.read_csv(src / "metadata.csv", dtype=str, keep_default_na=False, na_values=[""])

@@ -130,7 +130,8 @@ def test_dermkit_rank_on_the_panderm2_folder(panderm_folder, tmp_path, capsys):
     folder, _ = panderm_folder
     image = tmp_path / "lesion.png"
     _image(2).save(image)
-    code = main(["rank", "--model", str(folder), str(image), "--texts", *TEXTS, "--json"])
+    with pytest.warns(UserWarning, match="pretrain_path"):
+        code = main(["rank", "--model", str(folder), str(image), "--texts", *TEXTS, "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
     result = json.loads(out)

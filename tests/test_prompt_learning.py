@@ -17,16 +17,20 @@ import yaml
 from conftest import CLIP_CFG, CLIP_PREPROCESS
 from dermkit.engine.loop import EngineConfig
 from dermkit.errors import ConfigError, ModelError
+from dermkit.experiment import run_experiment
+from dermkit.methods.base import load_predictor
 from dermkit.methods.prompt_learning import (
     ImageTail,
     PromptConfig,
     PromptModel,
     clinical_prompts,
     guidance_loss,
-    load_predictor,
-    train_prompts,
 )
 from dermkit.models.encoders import load_encoder, save_open_clip_folder
+
+
+def train_prompts(config: PromptConfig, out, resume: bool = False, progress: bool = False) -> dict:
+    return run_experiment({"method": "prompt_learning", **config.to_dict()}, out, resume=resume, progress=progress)
 
 CLINICAL = {"classes": {
     "other": ["a bluish or reddish lesion.", "a benign lesion with regular colour."],
@@ -165,7 +169,6 @@ def test_cached_and_uncached_training_give_the_same_model(clip_folder, tiny_data
 def test_end_to_end_run_predict_evaluate_and_transfer(clip_folder, tiny_dataset, tmp_path, capsys):
     from dermkit.cli import main
     from dermkit.experiment import run_suite
-    from dermkit.predictor import Predictor
 
     clinical = _clinical_file(tmp_path)
     common = {"method": "prompt_learning", "data": str(tiny_dataset), "task": "binary:mel", "model": str(clip_folder),
@@ -190,11 +193,11 @@ def test_end_to_end_run_predict_evaluate_and_transfer(clip_folder, tiny_dataset,
     run_suite(configs, tmp_path / "suite", progress=False)
     assert (tmp_path / "suite" / "full" / "summary.json").stat().st_mtime == mtime
 
-    # The model folder loads like any other model: Predictor.load dispatches on model.json.
+    # The model folder loads like any other model: load_predictor dispatches on model.json.
     folder = tmp_path / "suite" / "full" / "model"
     card = json.loads((folder / "model.json").read_text())
     assert card["method"] == "prompt_learning" and card["classes"] == ["other", "mel"]
-    predictor = Predictor.load(folder)
+    predictor = load_predictor(folder)
     from dermkit.data import load_card
     preds = predictor.predict_split(load_card(tiny_dataset), "test", progress=False)
     saved = __import__("pandas").read_csv(tmp_path / "suite" / "full" / "eval" / "test" / "predictions.csv")
@@ -241,7 +244,7 @@ def test_resume_continues_and_changed_base_is_refused(clip_folder, tiny_dataset,
 def test_config_errors(clip_folder, tiny_dataset, tmp_path):
     with pytest.raises(ConfigError, match="variant"):
         train_prompts(_config(clip_folder, data=str(tiny_dataset), variant="maple"), tmp_path / "x", progress=False)
-    with pytest.raises(ConfigError, match="unknown config keys"):
+    with pytest.raises(ConfigError, match="unknown key"):
         PromptConfig.from_dict({"n_context": 4})
     with pytest.raises(ConfigError, match="is not a class"):
         train_prompts(_config(clip_folder, data=str(tiny_dataset), task="binary:melanoma"), tmp_path / "y", progress=False)

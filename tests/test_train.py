@@ -8,20 +8,26 @@ import numpy as np
 import pytest
 import torch
 
-from dermkit.engine.loop import EngineConfig, lr_factor
+import dermkit
+from dermkit.engine.loop import lr_factor
+from dermkit.engine.losses import WeightedCrossEntropy, class_weights
 from dermkit.errors import ConfigError
-from dermkit.methods.supervised import TrainConfig, class_weights, freeze_all_but_last, train_classifier
+from dermkit.experiment import run_experiment
+from dermkit.methods.supervised import TrainConfig
 from dermkit.models.checkpoint import load_tensors
+from dermkit.models.freeze import train_only_last
 from dermkit.models.registry import create_classifier
-from dermkit.predictor import Predictor
 
 
-def tiny_config(data, epochs=3, **engine) -> TrainConfig:
+def tiny_config(data, epochs=3, **engine) -> dict:
     # resnet18 at 32 px is the cheapest real timm network; fp32 keeps the comparison exact.
-    return TrainConfig(
-        data=str(data), model="resnet18", image_size=32, batch_size=8, num_workers=0, n_bootstrap=50,
-        augment="light", engine=EngineConfig(epochs=epochs, lr=3e-3, precision="fp32", warmup_epochs=0.5, **engine),
-    )
+    return {"method": "supervised", "data": str(data), "model": "resnet18", "image_size": 32, "batch_size": 8,
+            "num_workers": 0, "n_bootstrap": 50, "augment": "light",
+            "engine": {"epochs": epochs, "lr": 3e-3, "precision": "fp32", "warmup_epochs": 0.5, **engine}}
+
+
+def train_classifier(config: dict, out, resume=False, progress=False) -> dict:
+    return run_experiment(config, out, resume=resume, progress=progress)
 
 
 def test_lr_schedule_warms_up_then_decays_to_floor():
@@ -38,8 +44,6 @@ def test_class_weights_are_inverse_frequency():
 
 
 def test_weighted_loss_weights_samples_not_smoothing():
-    from dermkit.methods.supervised import WeightedCrossEntropy
-
     logits = torch.zeros(4, 3)
     target = torch.tensor([0, 0, 0, 1])
     loss = WeightedCrossEntropy(torch.tensor([0.5, 2.0, 9.0]), label_smoothing=0.1)(logits, target)
@@ -55,12 +59,12 @@ def test_weighted_loss_weights_samples_not_smoothing():
 
 def test_partial_finetuning_freezes_early_units():
     model = create_classifier("resnet18", 3, pretrained=False)
-    frozen = freeze_all_but_last(model, 2)  # layer4 + fc learn
+    frozen = train_only_last(model, 2)  # layer4 + fc learn
     assert all(not p.requires_grad for unit in frozen for p in unit.parameters())
     assert all(p.requires_grad for p in model.fc.parameters()) and all(p.requires_grad for p in model.layer4.parameters())
     assert not any(p.requires_grad for p in model.layer3.parameters())
     with pytest.raises(ConfigError):
-        freeze_all_but_last(model, 99)
+        train_only_last(model, 99)
 
 
 def test_pretrained_efficientnet_lite_loads_offline():
@@ -89,7 +93,7 @@ def test_train_beats_chance_and_writes_run_folder(tiny_dataset, tmp_path):
     assert metrics["bootstrap"]["grouped"] is True  # the tiny card has a lesion_id group column
 
     # Round trip: the saved model predicts what the run reported.
-    predictor = Predictor.load(out / "model", precision="fp32")
+    predictor = dermkit.load_predictor(out / "model")
     from dermkit.data import load_card
 
     preds = predictor.predict_split(load_card(tiny_dataset), "test", progress=False)
@@ -129,7 +133,7 @@ def test_resume_continues_to_the_same_result(tiny_dataset, tmp_path, monkeypatch
 
 
 def test_unknown_config_key_is_reported():
-    with pytest.raises(ConfigError, match="unknown config keys.*lerning_rate"):
+    with pytest.raises(ConfigError, match="unknown key.*lerning_rate"):
         TrainConfig.from_dict({"lerning_rate": 0.1})
 
 
@@ -139,8 +143,13 @@ def test_shipped_configs_parse_and_match_benchmark():
 
     from dermkit.methods.supervised import benchmark_config
 
+    from dermkit.experiment import check_configs, load_config
+
     root = Path(__file__).resolve().parents[1] / "configs"
-    for path in root.glob("*.yaml"):
-        TrainConfig.from_dict(yaml.safe_load(path.read_text())).validate()
-    shipped = TrainConfig.from_dict(yaml.safe_load((root / "benchmark_lite0_ham10000.yaml").read_text()))
-    assert shipped.to_dict() == benchmark_config().to_dict()
+    shipped = sorted(root.glob("**/*.yaml"))
+    assert all(yaml.safe_load(p.read_text()).get("method") for p in shipped)  # one dialect: every config names its method
+    assert len(check_configs(shipped)) == len(shipped)
+    raw = {k: v for k, v in load_config(root / "supervised" / "benchmark_lite0_ham10000.yaml").items()
+           if k not in ("method", "name", "_source")}
+    bench = {k: v for k, v in benchmark_config().items() if k not in ("method", "name")}
+    assert TrainConfig.from_dict(raw).to_dict() == TrainConfig.from_dict(bench).to_dict()

@@ -92,7 +92,7 @@ def test_default_names_drop_duplicates(tiny_card):
 
 # ------------------------------------------------------------------ zero-shot
 def test_prompt_ensemble_equals_manual_average(clip):
-    from dermkit.methods.zeroshot import class_embeddings
+    from dermkit.models.text import class_embeddings
 
     prompts = {"a": ["a photo of a cat.", "a cat"], "b": ["a dog", "dog picture", "a photo of a dog."]}
     emb = class_embeddings(clip, prompts)
@@ -108,9 +108,10 @@ def test_prompt_ensemble_equals_manual_average(clip):
 
 def test_zeroshot_predictions_format(clip, tiny_card, tmp_path):
     from dermkit.evaluate import read_predictions
-    from dermkit.methods.zeroshot import zeroshot_predict
+    from dermkit.methods.zeroshot import zeroshot_classifier
 
-    preds = zeroshot_predict(clip, tiny_card, "test", cache_dir=tmp_path, num_workers=0, progress=False)
+    predictor = zeroshot_classifier(clip, tiny_card, cache_dir=tmp_path, num_workers=0)
+    preds = predictor.predict_split(tiny_card, "test", progress=False)
     assert len(preds) == 18
     assert list(preds.columns) == ["image", "target", "prediction", "prob:bcc", "prob:mel", "prob:nv", "group"]
     proba = preds[["prob:bcc", "prob:mel", "prob:nv"]].to_numpy()
@@ -118,8 +119,7 @@ def test_zeroshot_predictions_format(clip, tiny_card, tmp_path):
     assert (preds["prediction"] == np.array(["bcc", "mel", "nv"])[proba.argmax(1)]).all()
     read_predictions(preds)  # valid for the evaluation layer
     with pytest.raises(DataError, match="no prompt texts"):
-        zeroshot_predict(clip, tiny_card, "test", prompts={"bcc": ["x"], "mel": ["y"]}, cache_dir=tmp_path,
-                         progress=False)
+        zeroshot_classifier(clip, tiny_card, prompts={"bcc": ["x"], "mel": ["y"]}, cache_dir=tmp_path)
 
 
 def test_zeroshot_command(clip_folder, tiny_dataset, tmp_path, capsys, monkeypatch):
@@ -129,7 +129,7 @@ def test_zeroshot_command(clip_folder, tiny_dataset, tmp_path, capsys, monkeypat
                              "--n-bootstrap", "20"], capsys)
     assert code == 0, err
     for name in ("metrics.json", "predictions.csv", "report.md", "report.html", "prompts.json",
-                 "positive_vs_rest.json"):
+                 "positive_vs_rest.json", "model/model.json"):
         assert (out / "tiny" / name).is_file(), name
     table = pd.read_csv(out / "zeroshot_table.csv")
     assert table.loc[0, "dataset"] == "tiny" and table.loc[0, "n"] == 18 and table.loc[0, "classes"] == 3
@@ -143,11 +143,12 @@ def test_zeroshot_command(clip_folder, tiny_dataset, tmp_path, capsys, monkeypat
 
 
 def test_zeroshot_refuses_image_only_encoder(tiny_dataset, tmp_path, capsys, monkeypatch):
-    from dermkit.methods.zeroshot import zeroshot_predict
+    from dermkit.data import load_card
+    from dermkit.methods.zeroshot import zeroshot_classifier
     from dermkit.models.encoders import load_encoder
 
     with pytest.raises(ModelError, match="text encoder"):
-        zeroshot_predict(load_encoder("timm:resnet18@random"), tiny_dataset, progress=False)
+        zeroshot_classifier(load_encoder("timm:resnet18@random"), load_card(tiny_dataset))
     monkeypatch.setenv("DERMKIT_CACHE", str(tmp_path / "cache"))
     code, _, err = run(["zeroshot", "--model", "timm:resnet18@random", "--data", tiny_dataset, "--out", tmp_path / "o"],
                        capsys)
@@ -183,7 +184,8 @@ def test_probe_matches_sklearn_and_round_trips(tmp_path):
     ref = LogisticRegression(C=probe.C, class_weight="balanced", max_iter=1000).fit(z, y[::2])
     assert np.allclose(probe.predict_proba(x[1::2]), ref.predict_proba((x[1::2] - probe.mean) / probe.scale),
                        atol=2e-3)  # warm-started lbfgs stops within its tolerance, not at the same point
-    loaded = LinearProbe.load(probe.save(tmp_path / "probe"))
+    t = {k: v.numpy() for k, v in probe.tensors().items()}  # what a probe model folder stores
+    loaded = LinearProbe(probe.classes, t["coef"], t["intercept"], t["mean"], t["scale"], probe.C)
     assert np.allclose(loaded.predict_proba(x), probe.predict_proba(x)) and loaded.classes == ["a", "b", "c"]
     # Binary training data inside a 3-class problem: the absent class gets probability 0.
     two = fit_probe(x[:60], y[:60], x[:60], y[:60], ["a", "b", "c"], Cs=[1.0])
@@ -205,9 +207,15 @@ def test_probe_command_beats_chance(tiny_dataset, tmp_path, capsys, monkeypatch)
     assert full["balanced_accuracy_mean"] > 0.6  # colour classes, chance = 1/3
     runs = pd.read_csv(out / "tiny" / "runs.csv")
     assert len(runs) == 3 and runs["C"].isin(np.logspace(-3, 3, 7)).all()
-    for name in ("metrics.json", "predictions.csv", "report.html", "probe/probe.safetensors", "probe/probe.json"):
+    for name in ("metrics.json", "predictions.csv", "report.html", "model/model.safetensors", "model/model.json"):
         assert (out / "tiny" / name).is_file(), name
     assert "±" in (out / "probe_table.md").read_text()
+    # The full-data probe is a classifier folder like any other: it reproduces the report's predictions.
+    import dermkit
+
+    preds = dermkit.load_predictor(out / "tiny" / "model").predict_split(tiny_dataset, "test", progress=False)
+    saved = pd.read_csv(out / "tiny" / "predictions.csv")
+    np.testing.assert_allclose(preds.filter(like="prob:").to_numpy(), saved.filter(like="prob:").to_numpy(), atol=1e-6)
     code, _, err = run(["probe", "--model", "timm:resnet18@random", "--data", tiny_dataset, "--out", out,
                         "--fractions", "0,1"], capsys)
     assert code == 2 and "fraction" in err

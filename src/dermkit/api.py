@@ -107,12 +107,9 @@ def load_dataset(name_or_folder: str | os.PathLike, task: str | None = None):
 def evaluate(predictions: pd.DataFrame | str | os.PathLike, out: str | os.PathLike | None = None,
              n_bootstrap: int = 1000, seed: int = 0, title: str | None = None):
     """Metrics with bootstrap CIs for a predictions table (or CSV); saved as a report in ``out``."""
-    from dermkit.evaluate import evaluate as _evaluate
+    from dermkit.evaluate import evaluate_and_save
 
-    report = _evaluate(predictions, n_bootstrap=n_bootstrap, seed=seed, title=title or "dermkit evaluation")
-    if out is not None:
-        report.save(out)
-    return report
+    return evaluate_and_save(predictions, out=out, n_bootstrap=n_bootstrap, seed=seed, title=title)
 
 
 def run(config: dict[str, Any] | str | os.PathLike, out: str | os.PathLike, resume: bool = False,

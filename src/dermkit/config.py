@@ -14,6 +14,7 @@ import types
 import typing
 from typing import Any, TypeVar, Union
 
+from dermkit.engine.loop import EngineConfig
 from dermkit.errors import ConfigError
 
 T = TypeVar("T")
@@ -23,8 +24,6 @@ __all__ = ["config_from_dict", "config_to_dict", "check_types"]
 
 def config_from_dict(cls: type[T], raw: dict[str, Any], where: str = "config") -> T:
     """``cls(**raw)`` with engine keys routed to ``engine``, unknown keys refused, types checked."""
-    from dermkit.engine.loop import EngineConfig
-
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping of keys, got {type(raw).__name__}")
     raw = dict(raw or {})

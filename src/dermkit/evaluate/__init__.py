@@ -9,6 +9,9 @@ Typical use::
 ``plots`` (matplotlib) is imported only when figures are drawn.
 """
 
+import sys
+import types
+
 from .bootstrap import bootstrap_ci, bootstrap_metrics, percentile_ci, resample_indices
 from .metrics import (
     ECE_BINS,
@@ -22,6 +25,29 @@ from .metrics import (
 )
 from .report import Report, evaluate, read_predictions
 
+
+def evaluate_and_save(predictions, out=None, n_bootstrap: int = 1000, seed: int = 0, title: str | None = None,
+                      groups=None) -> Report:
+    """:func:`evaluate` a predictions table (or CSV), saving the report in ``out`` when given.
+
+    This is ``dermkit.evaluate(...)`` of the public API. Because ``dermkit.evaluate`` is also this
+    package's name, the package itself is callable with the same arguments, so the call works
+    whichever of the two the attribute ``dermkit.evaluate`` holds.
+    """
+    report = evaluate(predictions, groups=groups, n_bootstrap=n_bootstrap, seed=seed,
+                      title=title or "dermkit evaluation")
+    if out is not None:
+        report.save(out)
+    return report
+
+
+class _CallablePackage(types.ModuleType):
+    def __call__(self, *args, **kwargs) -> Report:
+        return evaluate_and_save(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
+
 __all__ = [
     "ECE_BINS",
     "HEADLINE_METRICS",
@@ -32,6 +58,7 @@ __all__ = [
     "brier_score",
     "classification_metrics",
     "evaluate",
+    "evaluate_and_save",
     "expected_calibration_error",
     "percentile_ci",
     "rank_auc",

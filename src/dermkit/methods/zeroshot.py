@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -59,8 +59,11 @@ class ZeroShotPredictor(ClassEmbeddingPredictor):
 
 
 def _card_prompts(card: DatasetCard, prompts) -> dict[str, list[str]]:
+    """Class -> texts: given as a mapping, or from a prompt file / the card's prompts."""
     from dermkit.data.prompts import prompt_spec
 
+    if isinstance(prompts, Mapping):
+        return {c: list(v) for c, v in prompts.items()}
     return prompt_spec(card, prompts).texts()
 
 

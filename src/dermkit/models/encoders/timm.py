@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from dermkit.models.encoders.base import EncoderWrapper
 from dermkit.models.specs import ModelRef
 
@@ -57,7 +59,12 @@ def load_timm(ref: ModelRef, source: str, weights: str | os.PathLike | None = No
 
     from dermkit.models.timm_weights import create_timm_model
 
-    model, resolved = create_timm_model(ref, weights=weights, num_classes=0)
+    # A frozen encoder is identified by its weights: `timm:ARCH@random` is the *same* random init on
+    # every load (seeded, outside the caller's RNG stream), so features are cached and a probe or
+    # zero-shot head trained on it loads again. Classifiers trained from scratch are seeded by their run.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model, resolved = create_timm_model(ref, weights=weights, num_classes=0)
     data_cfg = resolve_model_data_config(model)
     # timm's eval transform (resize to size / crop_pct, center crop), after a conversion to RGB
     # that timm's own pipeline leaves to the caller (grey or RGBA files would break it).
