@@ -141,6 +141,14 @@ def test_efficientnet_lite0_same_imagenet_features_in_classifier_and_encoder():
     random_body = _pre_logits(create_classifier("timm:tf_efficientnet_lite0", 7, pretrained=False), x)
     assert (random_body - from_classifier).abs().max().item() > 1e-2
     assert classifier.get_classifier().out_features == 7
+    # fusion's image encoder (what `image_encoder: timm:tf_efficientnet_lite0` loads) and the linear
+    # probe's encoder are the same weights: one string, one model, identical fingerprints.
+    from dermkit.methods.fusion import load_image_encoder
+
+    fusion_enc = load_image_encoder("timm:tf_efficientnet_lite0")
+    with torch.no_grad():
+        assert (fusion_enc.encode_image(x, normalize=False) - from_classifier).abs().max().item() < 1e-5
+    assert fusion_enc.fingerprint == enc.fingerprint
 
 
 def _fake_hf_cache(root: Path, repo: str, state: dict[str, torch.Tensor], commit: str = "0123abcd") -> Path:
