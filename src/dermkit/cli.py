@@ -236,7 +236,7 @@ def evaluate_cmd(
 def predict(
     images: list[Path] = typer.Argument(..., help="Image files (JPEG/PNG/...)."),
     model: Path = typer.Option(..., help="Model folder of any method (RUN/model)."),
-    top_k: int = typer.Option(3, help="How many classes to show per image."),
+    top_k: int = typer.Option(3, min=1, help="How many classes to show per image (>= 1)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     clinical: Optional[list[Path]] = typer.Option(
         None, "--clinical", help="Fusion models: clinical image of each case (repeat once per image, in order)."),
@@ -262,7 +262,7 @@ def predict(
     proba = predictor.predict_paths(images)
     results = []
     for path, p in zip(images, proba):
-        order = p.argsort()[::-1][: max(1, top_k)]
+        order = p.argsort()[::-1][:top_k]
         results.append({"image": str(path), "top": [{"class": predictor.classes[i], "probability": round(float(p[i]), 6)}
                                                     for i in order]})
     if hasattr(predictor, "predict_details"):  # e.g. a thickness, the modalities a fusion model used

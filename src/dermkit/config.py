@@ -32,7 +32,7 @@ def config_from_dict(cls: type[T], raw: dict[str, Any], where: str = "config") -
     if not has_engine:
         unknown = set(raw) - own
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known keys: {', '.join(sorted(own))}")
+            raise ConfigError(_unknown(where, unknown, own))
         check_types(cls, raw, where)
         return cls(**raw)
     engine_fields = {f.name for f in dataclasses.fields(EngineConfig)}
@@ -45,11 +45,18 @@ def config_from_dict(cls: type[T], raw: dict[str, Any], where: str = "config") -
             engine_raw[key] = raw.pop(key)
     unknown = (set(raw) - own) | (set(engine_raw) - engine_fields)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known keys: "
-                          f"{', '.join(sorted(own | engine_fields))}")
+        raise ConfigError(_unknown(where, unknown, own | engine_fields))
     check_types(cls, raw, where)
     check_types(EngineConfig, engine_raw, where)
     return cls(**raw, engine=EngineConfig(**engine_raw))
+
+
+def _unknown(where: str, unknown: set[str], known: set[str]) -> str:
+    import difflib
+
+    hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, n=1)) else repr(k)
+             for k in sorted(unknown)]
+    return f"{where}: unknown key(s) {', '.join(hints)}; known keys: {', '.join(sorted(known))}"
 
 
 def config_to_dict(config) -> dict[str, Any]:

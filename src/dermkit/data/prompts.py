@@ -161,8 +161,11 @@ def prompt_spec(card: DatasetCard | str | os.PathLike, path: str | os.PathLike |
         path = Path(path).expanduser()
         if not path.is_file():
             raise DataError(f"prompt file {path} not found; pass a YAML file with templates: and/or classes:")
-        layers.append((_check_layer(_parse(path.read_text(encoding="utf-8"), str(path)), card, str(path), True),
-                       str(path)))
+        given = _parse(path.read_text(encoding="utf-8"), str(path))
+        if not given:
+            raise DataError(f"prompt file {path} is empty, so it would change nothing (the packaged prompts would be "
+                            "used silently); give templates: and/or classes: {class: [names...]}, or drop --prompts")
+        layers.append((_check_layer(given, card, str(path), True), str(path)))
     templates: list[str] = []
     modality = "clinical" if card.modality == "clinical" else "dermoscopy"
     names = default_class_names(card)

@@ -252,7 +252,8 @@ class Engine:
         if resume and self.load_checkpoint():
             print(f"resuming after epoch {self.state.epoch} (best {cfg.select_metric}={self.state.best_score})")
         elif resume:
-            print(f"no checkpoint in {self.checkpoint_path.parent}; starting from scratch")
+            raise ConfigError(f"--resume: no checkpoint in {self.checkpoint_path.parent} (the run stopped before its "
+                              "first epoch ended); start it again without --resume, with --force to overwrite")
         if self._stopped_early():
             return self.state
 

@@ -41,6 +41,23 @@ HEADLINE_METRICS = (
     "ece",
     "brier",
 )
+#: Metrics computed from the decided class (the ``prediction`` column / ``y_pred``), by label.
+LABEL_METRICS = (
+    "accuracy",
+    "balanced accuracy",
+    "macro/weighted F1",
+    "Cohen's kappa",
+    "the confusion matrix",
+    "per-class sensitivity, specificity, PPV, NPV and F1",
+)
+#: Metrics computed from the probabilities (the ``prob:`` columns / ``proba``), by label.
+PROBABILITY_METRICS = (
+    "AUC (macro and per-class)",
+    "sensitivity at fixed specificity",
+    "ECE (of the argmax decision)",
+    "Brier score",
+    "log loss",
+)
 # FPR limits such as 1 - 0.90 are not exact in binary floating point (0.09999999999999998); the
 # tolerance lets an operating point with exactly 10% false positives count as specificity 0.90.
 _FPR_TOL = 1e-9
@@ -196,6 +213,65 @@ def classification_metrics(
             y_true == 1, proba[:, 1], specificities
         )
     return metrics
+
+
+def is_undefined(value) -> bool:
+    """True for a metric value that is undefined on the data: ``None``, NaN or infinite."""
+    if value is None:
+        return True
+    try:
+        return not np.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def class_coverage_warning(y_true, y_pred, classes: Sequence[str], metrics: dict) -> str | None:
+    """Warning for classes absent from ``y_true``; ``None`` when every class occurs.
+
+    Names the absent classes, the metrics that are undefined (NaN here, null in metrics.json)
+    and the averages taken over fewer classes than the task has (macro AUC, balanced accuracy,
+    macro F1). ``metrics`` is the dict from :func:`classification_metrics`.
+    """
+    classes = [str(c) for c in classes]
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    support = np.bincount(y_true, minlength=len(classes))
+    absent = [name for name, count in zip(classes, support) if count == 0]
+    if not absent:
+        return None
+    present = [name for name, count in zip(classes, support) if count > 0]
+    quoted = ", ".join(repr(c) for c in absent)
+    undefined = [key for key in (*HEADLINE_METRICS, "log_loss") if is_undefined(metrics.get(key))]
+    sens = metrics.get("sensitivity_at_specificity")
+    if sens and all(is_undefined(v) for v in sens.values()):
+        undefined.append("sensitivity_at_specificity")
+    parts = [
+        f"{len(absent)} of the {len(classes)} classes never occur in the targets: {quoted} "
+        f"(present: {', '.join(repr(c) for c in present)})."
+    ]
+    if len(present) == 1:
+        parts.append(
+            f"Only {present[0]!r} occurs, so AUC and every other metric that needs both "
+            "positives and negatives of a class is undefined."
+        )
+    parts.append(f"Per-class sensitivity and AUC of {quoted} are undefined.")
+    fewer = []
+    if len(classes) > 2 and not is_undefined(metrics.get("macro_auc")):
+        fewer.append(f"macro_auc is the mean one-vs-rest AUC over the {len(present)} present "
+                     "classes only")
+    fewer.append(f"balanced_accuracy is the mean sensitivity over the {len(present)} present "
+                 "class(es) only")
+    in_f1 = len(set(y_true.tolist()) | set(y_pred.tolist()))
+    if in_f1 < len(classes):
+        fewer.append(f"macro_f1 averages over the {in_f1} classes that occur in the targets or "
+                     "predictions")
+    parts.append("Computed over fewer classes than the task has: " + "; ".join(fewer) + ".")
+    if undefined:
+        parts.append(f"Undefined (null in metrics.json, n/a in the reports): "
+                     f"{', '.join(undefined)}.")
+    parts.append("These numbers are not comparable with an evaluation over all classes; "
+                 "evaluate on a set that contains every class for the full metrics.")
+    return " ".join(parts)
 
 
 def binary_auc(positive, scores) -> float:

@@ -14,7 +14,7 @@ import base64
 import html
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,14 @@ import pandas as pd
 from .. import io
 from ..errors import DataError, DermkitError
 from .bootstrap import bootstrap_metrics, group_codes
-from .metrics import HEADLINE_METRICS, classification_metrics
+from .metrics import (
+    HEADLINE_METRICS,
+    LABEL_METRICS,
+    PROBABILITY_METRICS,
+    class_coverage_warning,
+    classification_metrics,
+    is_undefined,
+)
 
 PROB_PREFIX = "prob:"
 REQUIRED_COLUMNS = ("image", "target", "prediction")
@@ -55,29 +62,90 @@ _PER_CLASS = ("sensitivity", "specificity", "ppv", "npv", "f1", "auc")
 # ------------------------------------------------------------------------------ reading
 
 
+#: Cell texts read as a missing value in the ``image``, ``target``, ``prediction`` and ``group``
+#: columns (and the ``prob:`` columns): pandas' default NA strings plus a few common placeholders.
+#: Matched after stripping surrounding whitespace and ignoring letter case, so "NA", "na",
+#: "NULL", "None" and "n/a" are all missing. A class may not be named like one of them.
+MISSING_TOKENS = frozenset({
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null", "none", "-", "--", "?",
+})
+_MISSING_FOLDED = frozenset(token.casefold() for token in MISSING_TOKENS)
+#: ``DataFrame.attrs`` key under which ``read_predictions`` leaves its warnings for ``evaluate``.
+WARNINGS_ATTR = "dermkit_warnings"
+# Disagreements between the prediction column and argmax(prob) tolerated without a warning.
+_DISAGREE_FRACTION, _DISAGREE_MIN = 0.01, 2
+_SHOW = 3  # rows/ids quoted in a message
+
+
+def is_missing(value: Any) -> bool:
+    """True for ``None``, NaN/NA and any text in :data:`MISSING_TOKENS` (see there)."""
+    if value is None:
+        return True
+    if not isinstance(value, str):
+        try:
+            if pd.isna(value):
+                return True
+        except (TypeError, ValueError):
+            return False
+    return str(value).strip().casefold() in _MISSING_FOLDED
+
+
+def _missing_mask(values) -> np.ndarray:
+    return np.array([is_missing(v) for v in values], dtype=bool)
+
+
+def _fold(text: str) -> str:
+    """Key under which two spellings differ only in letter case or whitespace."""
+    return " ".join(str(text).split()).casefold()
+
+
+def _num(value: Any) -> str:
+    """A number as plain text (never ``np.float64(...)``)."""
+    return repr(float(value))
+
+
 def class_names(frame: pd.DataFrame) -> list[str]:
     """Class names in column order, from the ``prob:<class>`` columns."""
     return [c[len(PROB_PREFIX):] for c in frame.columns if str(c).startswith(PROB_PREFIX)]
 
 
-def read_predictions(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
+def read_predictions(
+    source: str | os.PathLike | pd.DataFrame, allow_duplicates: bool = False
+) -> pd.DataFrame:
     """Load and validate a predictions CSV or DataFrame; returns a clean copy.
 
     The result has string ``image``/``target``/``prediction`` (and ``group``) columns and float
     ``prob:`` columns. Any problem raises ``DataError`` naming the column, the row (1-based CSV
     line number, or image id for a DataFrame) and how to fix it.
+
+    * Surrounding whitespace of column names, class names (``prob: akiec ``), targets,
+      predictions and group ids is stripped; a warning says so when anything changed. A target or
+      prediction that matches a class only up to letter case (``AKIEC`` for ``prob:akiec``) is
+      refused: the spelling is ambiguous, so fix the column.
+    * Missing values (:data:`MISSING_TOKENS`: empty, ``NA``, ``NaN``, ``null``...) are refused in
+      ``image``, ``target``, ``prediction`` and the ``prob:`` columns. A row with a missing
+      ``group`` is its own bootstrap cluster (its image id becomes its group id; a warning says so).
+    * A repeated ``image`` id is refused (the row would be counted twice) unless
+      ``allow_duplicates=True``, for tables whose repeated ids really are distinct cases.
+
+    Warnings are returned in ``result.attrs[WARNINGS_ATTR]`` (a list of strings), which
+    ``evaluate`` copies into ``Report.warnings``.
     """
+    warnings: list[str] = []
     if isinstance(source, pd.DataFrame):
         frame = source.reset_index(drop=True).copy()
         where, from_csv = "predictions table", False
+        warnings += [str(w) for w in source.attrs.get(WARNINGS_ATTR, ())]
     else:
         path = Path(source)
         where, from_csv = str(path), True
         if not path.is_file():
-            raise DataError(f"{path}: predictions file not found")
+            raise DataError(f"{path}: predictions file not found; check the path (a CSV with "
+                            "columns image, target, prediction, prob:<class>...)")
         try:
-            # Everything as text: we parse numbers ourselves for exact float round-trips and so
-            # that a class literally named "NA" is not turned into a missing value.
+            # Everything as text: we parse numbers ourselves for exact float round-trips, and
+            # missing-value tokens are recognised by is_missing (MISSING_TOKENS), column by column.
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         except pd.errors.EmptyDataError:
             raise DataError(
@@ -85,15 +153,38 @@ def read_predictions(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
                 "'image,target,prediction,prob:<class>,...' and one row per image"
             ) from None
         except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: not a readable CSV file ({exc})") from None
+            raise DataError(f"{path}: not a readable CSV file ({exc}); save the predictions as a "
+                            "UTF-8, comma-separated CSV") from None
     frame.columns = [str(c) for c in frame.columns]
+
+    # -- columns
+    stripped_names = [_strip_column(c) for c in frame.columns]
+    renamed = [f"{a!r} -> {b!r}" for a, b in zip(frame.columns, stripped_names) if a != b]
+    clashes = pd.Series(stripped_names)[pd.Series(stripped_names).duplicated()].tolist()
+    if clashes:
+        same = [c for c, s in zip(frame.columns, stripped_names) if s == clashes[0]]
+        raise DataError(
+            f"{where}: columns {', '.join(repr(c) for c in same)} differ only in surrounding "
+            f"whitespace, so both name {clashes[0]!r}; keep one of them"
+        )
+    frame.columns = stripped_names
 
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
+        header = ",".join(frame.columns)
+        for sep, sep_name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
+            if from_csv and len(frame.columns) <= 2 and sep in header:
+                raise DataError(
+                    f"{where}: the header line looks {sep_name}-separated ({header[:80]!r}); "
+                    "dermkit reads comma-separated CSV: re-save the file with ',' as the delimiter "
+                    "(e.g. pandas DataFrame.to_csv(path, index=False), or 'CSV (comma delimited)' "
+                    "in a spreadsheet)"
+                )
         raise DataError(
             f"{where}: missing required column(s) {', '.join(repr(c) for c in missing)}; "
             f"found {list(frame.columns)}. A predictions table needs 'image', 'target', "
-            f"'prediction' and one '{PROB_PREFIX}<class>' column per class."
+            f"'prediction' and one '{PROB_PREFIX}<class>' column per class; rename or add the "
+            "missing column(s)."
         )
     prob_columns = [c for c in frame.columns if c.startswith(PROB_PREFIX)]
     classes = class_names(frame)
@@ -102,46 +193,125 @@ def read_predictions(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
             f"{where}: found {len(prob_columns)} probability column(s) {prob_columns}; need one "
             f"'{PROB_PREFIX}<class>' column per class and at least 2 classes"
         )
-    if any(not c.strip() for c in classes):
-        raise DataError(f"{where}: a probability column is named '{PROB_PREFIX}' without a class")
+    if any(not c for c in classes):
+        raise DataError(f"{where}: a probability column is named '{PROB_PREFIX}' without a class; "
+                        f"name it '{PROB_PREFIX}<class>'")
+    for column, name in zip(prob_columns, classes):
+        if is_missing(name):
+            raise DataError(
+                f"{where}: column {column!r} names the class {name!r}, which reads as a missing "
+                "value in CSV files (see dermkit.evaluate.report.MISSING_TOKENS); rename the "
+                "class (the column and its targets/predictions), e.g. to 'not_applicable'"
+            )
+    folded: dict[str, str] = {}
+    for column, name in zip(prob_columns, classes):
+        other = folded.setdefault(_fold(name), column)
+        if other != column:
+            raise DataError(
+                f"{where}: columns {other!r} and {column!r} name classes that differ only in "
+                "letter case/whitespace, which makes targets and predictions ambiguous; rename "
+                "one of the classes or merge the columns"
+            )
+    if renamed:
+        warnings.append(
+            "Stripped surrounding whitespace from column name(s): " + ", ".join(renamed[:_SHOW])
+            + (f" and {len(renamed) - _SHOW} more" if len(renamed) > _SHOW else "") + "."
+        )
     if len(frame) == 0:
-        raise DataError(f"{where}: no prediction rows (the table has only a header)")
+        raise DataError(f"{where}: no prediction rows (the table has only a header); write one "
+                        "row per evaluated image below the header")
 
-    images = frame["image"].astype(str).to_numpy()
+    # -- rows
+    image_missing = _missing_mask(frame["image"].to_numpy(dtype=object))
+    images = np.array([str(v) for v in frame["image"].to_numpy(dtype=object)], dtype=object)
 
     def locate(i: int) -> str:
         row = f"line {i + 2}" if from_csv else f"row {i + 1}"  # line 1 of a CSV is the header
-        return f"{row} (image {images[i]!r})"
+        return f"{row} (image {str(images[i])!r})"
+
+    def rows_text(rows) -> str:
+        rows = [int(r) for r in rows]
+        shown = ", ".join(locate(i) for i in rows[:_SHOW])
+        return shown + (f" and {len(rows) - _SHOW} more row(s)" if len(rows) > _SHOW else "")
 
     def fail(rows: np.ndarray, problem: str, fix: str) -> None:
-        more = f" (and {len(rows) - 1} more row(s))" if len(rows) > 1 else ""
-        raise DataError(f"{where}: {problem} at {locate(int(rows[0]))}{more}; {fix}")
+        raise DataError(f"{where}: {problem} at {rows_text(rows)}; {fix}")
 
-    empty = np.flatnonzero(np.char.strip(images.astype(str)) == "")
-    if len(empty):
-        fail(empty, "empty 'image' id", "give every row the image id or path it was predicted on")
+    if image_missing.any():
+        fail(np.flatnonzero(image_missing), "missing 'image' id (empty or a missing-value token)",
+             "give every row the image id or path it was predicted on")
 
-    out = pd.DataFrame({"image": images})
-    known = set(classes)
-    for column in ("target", "prediction"):
-        values = frame[column].astype(str).to_numpy()
-        bad = np.flatnonzero(~np.isin(values, list(known)))
-        if len(bad):
-            fail(
-                bad,
-                f"{column} {values[bad[0]]!r} is not one of the classes {classes}",
-                f"fix the label or add a '{PROB_PREFIX}{values[bad[0]]}' probability column "
-                "(classes come from the prob: columns)",
+    keys = pd.Series([i.strip() for i in images])
+    repeated = keys.duplicated(keep=False).to_numpy()
+    if repeated.any():
+        first = keys[repeated].iloc[0]
+        rows = np.flatnonzero((keys == first).to_numpy())
+        n_ids = int(keys[repeated].nunique())
+        extra = int(repeated.sum()) - n_ids
+        lines = ", ".join(locate(i).split(" (")[0] for i in rows[:8])
+        summary = (f"{n_ids} image id(s) occur more than once ({extra} extra row(s) of "
+                   f"{len(keys)}); the first, {str(first)!r}, is on {lines}")
+        if not allow_duplicates:
+            raise DataError(
+                f"{where}: {summary}. Each row must be one case, or duplicated rows are counted "
+                "twice in every metric. Remove the duplicate rows (e.g. pandas "
+                "drop_duplicates('image')), or, if they really are distinct cases that share an "
+                "image id, pass allow_duplicates=True (CLI: --allow-duplicates)"
             )
-        out[column] = values
+        warnings.append(f"Repeated image ids: {summary}. They are evaluated as distinct cases "
+                        "because duplicates were allowed (allow_duplicates=True).")
+
+    out = pd.DataFrame({"image": images.astype(str)})
+    known = {name: column for name, column in zip(classes, prob_columns)}
+    by_fold = {_fold(name): name for name in classes}
+    for column in ("target", "prediction"):
+        raw = frame[column].to_numpy(dtype=object)
+        absent = _missing_mask(raw)
+        if absent.any():
+            what = (
+                "every row needs its true class: fill it in, or drop the rows without ground "
+                "truth before evaluating" if column == "target"
+                else "fill in the decided class (the argmax of the prob: columns unless a "
+                "decision threshold was applied)"
+            )
+            fail(np.flatnonzero(absent), f"missing {column} (empty or a missing-value token "
+                 f"such as {str(raw[np.flatnonzero(absent)[0]]).strip()!r})", what)
+        text = [str(v) for v in raw]
+        values = np.array([v.strip() for v in text], dtype=object)
+        changed = np.flatnonzero(np.array([a != b for a, b in zip(text, values)], dtype=bool))
+        bad = np.flatnonzero(~np.isin(values, list(known)))
+        variants = [i for i in bad if _fold(values[i]) in by_fold]
+        if variants:
+            value = str(values[variants[0]])
+            same = [i for i in bad if values[i] == value]
+            right = by_fold[_fold(value)]
+            fail(np.array(same),
+                 f"{column} {value!r} differs only in letter case/whitespace from the class "
+                 f"{right!r} (column {known[right]!r})",
+                 f"classes are case-sensitive: normalise the {column} column to the spelling of "
+                 f"the {PROB_PREFIX} columns (here {right!r}), or rename the column if "
+                 f"{value!r} is the intended spelling")
+        if len(bad):
+            value = str(values[bad[0]])
+            fail(bad, f"{column} {value!r} is not one of the classes {classes}",
+                 f"fix the label or add a '{PROB_PREFIX}{value}' probability column "
+                 "(classes come from the prob: columns)")
+        if len(changed):
+            i = int(changed[0])
+            warnings.append(
+                f"Stripped surrounding whitespace from {len(changed)} {column} value(s) "
+                f"(first at {locate(i)}: {text[i]!r} -> {str(values[i])!r}); they were matched "
+                "to the classes after stripping."
+            )
+        out[column] = values.astype(str)
 
     proba = np.empty((len(frame), len(classes)))
     for k, column in enumerate(prob_columns):
         values, unparsable = _parse_floats(frame[column])
         if len(unparsable):
-            raw = frame[column].to_numpy()[unparsable[0]]
-            fail(unparsable, f"column {column!r} has a non-numeric value {raw!r}",
-                 "write probabilities as plain numbers in [0, 1]")
+            raw = frame[column].to_numpy(dtype=object)[unparsable[0]]
+            fail(unparsable, f"column {column!r} has a non-numeric value {str(raw)!r}",
+                 "write probabilities as plain numbers in [0, 1] with '.' as the decimal point")
         nan = np.flatnonzero(np.isnan(values))
         if len(nan):
             fail(nan, f"column {column!r} is missing/NaN",
@@ -149,33 +319,69 @@ def read_predictions(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
                  "or drop the row")
         bad = np.flatnonzero(~np.isfinite(values) | (values < 0) | (values > 1))
         if len(bad):
-            fail(bad, f"column {column!r} has {values[bad[0]]!r}, outside [0, 1]",
+            fail(bad, f"column {column!r} has {_num(values[bad[0]])}, outside [0, 1]",
                  "write probabilities (apply softmax to logits), not raw scores")
         proba[:, k] = values
     sums = proba.sum(axis=1)
     bad = np.flatnonzero(np.abs(sums - 1.0) > _SUM_TOLERANCE)
     if len(bad):
-        fail(bad, f"probabilities sum to {sums[bad[0]]:.4f} instead of 1",
-             "write one softmax distribution over all classes per image")
-    for k, column in enumerate(prob_columns):
-        out[column] = proba[:, k]
+        fail(bad, f"probabilities sum to {float(sums[bad[0]]):.4f} instead of 1 (tolerance "
+             f"{_SUM_TOLERANCE})", "write one softmax distribution over all classes per image")
+    for k, name in enumerate(classes):
+        out[PROB_PREFIX + name] = proba[:, k]
 
     if "group" in frame.columns:
-        groups = frame["group"]
-        blank = np.flatnonzero(groups.isna().to_numpy() | (groups.astype(str).str.strip() == ""))
-        if len(blank):
-            fail(blank, "empty 'group' id",
-                 "give every image its lesion/patient id, or drop the 'group' column")
-        out["group"] = groups.astype(str).to_numpy()
+        groups, notes = _normalise_groups(frame["group"].to_numpy(dtype=object), images,
+                                          locate)
+        warnings += notes
+        out["group"] = groups
     # Keep any extra columns (e.g. dataset, split) for the user; they do not affect metrics.
     for column in frame.columns:
         if column not in out.columns:
             out[column] = frame[column].to_numpy()
+    out.attrs[WARNINGS_ATTR] = list(dict.fromkeys(warnings))
     return out
 
 
+def _strip_column(name: str) -> str:
+    name = name.strip()
+    if name.startswith(PROB_PREFIX):
+        return PROB_PREFIX + name[len(PROB_PREFIX):].strip()
+    return name
+
+
+def _normalise_groups(values, images, locate) -> tuple[list[str], list[str]]:
+    """Group ids as stripped text; a missing id becomes the row's own cluster (its image id)."""
+    missing = _missing_mask(values)
+    text = ["" if m else str(v) for v, m in zip(values, missing)]
+    groups = [t.strip() for t in text]
+    notes = []
+    changed = [i for i, (a, b) in enumerate(zip(text, groups)) if a != b]
+    if changed:
+        i = changed[0]
+        notes.append(f"Stripped surrounding whitespace from {len(changed)} group id(s) (first at "
+                     f"{locate(i)}: {text[i]!r} -> {groups[i]!r}).")
+    rows = np.flatnonzero(missing)
+    if len(rows):
+        real = {g for g, m in zip(groups, missing) if not m}
+        for i in rows:
+            own = str(images[i]).strip()
+            while own in real:  # never join an existing group by accident
+                own = f"{own} (no group)"
+            groups[i] = own
+        shown = ", ".join(locate(int(i)) for i in rows[:_SHOW])
+        more = f" and {len(rows) - _SHOW} more" if len(rows) > _SHOW else ""
+        notes.append(
+            f"{len(rows)} row(s) have no group id (empty or a missing-value token such as "
+            f"'NA'), e.g. {shown}{more}: each is resampled by the bootstrap as its own cluster "
+            "(its image id is its group id), not pooled into one group. Fill in their "
+            "lesion/patient ids if several images of one lesion are among them."
+        )
+    return groups, notes
+
+
 def _parse_floats(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Float values of a column and the positions of unparsable cells (empty cells -> NaN)."""
+    """Float values of a column and the positions of unparsable cells (missing cells -> NaN)."""
     if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype):
         return column.to_numpy(dtype=float, na_value=np.nan), np.zeros(0, dtype=np.int64)
     values = np.empty(len(column))
@@ -185,7 +391,7 @@ def _parse_floats(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
             values[i] = np.nan
             continue
         text = str(cell).strip()
-        if text == "":
+        if is_missing(text):
             values[i] = np.nan
             continue
         try:
@@ -216,17 +422,33 @@ def evaluate(
     seed: int = 0,
     title: str = "Evaluation report",
     level: float = 0.95,
+    allow_duplicates: bool = False,
 ) -> Report:
     """Metrics with bootstrap CIs for a predictions table (path or DataFrame).
 
     ``groups`` (one lesion/patient id per row) switches to the cluster bootstrap; by default the
-    table's ``group`` column is used when present. Label metrics use the ``prediction`` column,
-    probability metrics (AUC, ECE, Brier, log loss) the ``prob:`` columns.
+    table's ``group`` column is used when present. A missing group id (see ``MISSING_TOKENS``)
+    makes that row its own cluster. Label metrics (:data:`LABEL_METRICS`) use the ``prediction``
+    column, probability metrics (:data:`PROBABILITY_METRICS`: AUC, sensitivity at specificity,
+    ECE, Brier, log loss) the ``prob:`` columns. ``allow_duplicates`` is passed to
+    :func:`read_predictions` (repeated image ids are refused by default).
+
+    ``Report.warnings`` collects what the numbers need read with: whitespace that was stripped,
+    rows without a group, allowed duplicates, a ``prediction`` column that disagrees with the
+    probabilities, and classes absent from the targets (undefined or fewer-class metrics).
     """
-    frame = read_predictions(preds)
+    frame = read_predictions(preds, allow_duplicates=allow_duplicates)
+    warnings = list(frame.attrs.get(WARNINGS_ATTR, ()))
     if groups is not None:
-        group_codes(groups, len(frame))  # validates length and missing ids
-        frame["group"] = [str(g) for g in np.asarray(groups, dtype=object)]
+        values = np.asarray(groups, dtype=object)
+        if values.shape != (len(frame),):
+            group_codes(values, len(frame))  # raises the length error
+        images = frame["image"].to_numpy(dtype=object)
+        ids, notes = _normalise_groups(values, images,
+                                       lambda i: f"row {i + 1} (image {str(images[i])!r})")
+        warnings += [n.replace("group id(s)", "id(s) in groups=", 1) if n.startswith("Stripped")
+                     else n for n in notes]
+        frame["group"] = ids
     valid_n = isinstance(n_bootstrap, (int, np.integer)) and not isinstance(n_bootstrap, bool)
     if not valid_n or n_bootstrap < 0:
         raise DermkitError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")
@@ -234,6 +456,12 @@ def evaluate(
     classes, y_true, proba, y_pred = prediction_arrays(frame)
 
     metrics = classification_metrics(y_true, proba, classes, y_pred)
+    disagreement = _prediction_warning(frame, proba, y_pred)
+    if disagreement:
+        warnings.append(disagreement)
+    coverage = class_coverage_warning(y_true, y_pred, classes, metrics)
+    if coverage:
+        warnings.append(coverage)
     group_values = frame["group"].to_numpy() if grouped else None
     if n_bootstrap > 0:
         ci = bootstrap_metrics(y_true, proba, y_pred, group_values, n=int(n_bootstrap),
@@ -251,7 +479,30 @@ def evaluate(
         "grouped": grouped,
         "n_groups": int(frame["group"].nunique()) if grouped else None,
     }
-    return Report(metrics=metrics, predictions=frame, title=title)
+    frame.attrs[WARNINGS_ATTR] = list(dict.fromkeys(warnings))
+    return Report(metrics=metrics, predictions=frame, title=title,
+                  warnings=list(dict.fromkeys(warnings)))
+
+
+def _prediction_warning(frame: pd.DataFrame, proba: np.ndarray, y_pred: np.ndarray) -> str | None:
+    """Warning when the prediction column is not the argmax of the probabilities on > 1% rows."""
+    n = len(y_pred)
+    chosen = proba[np.arange(n), y_pred]
+    # A tie for the maximum counts as agreement: either class is an argmax.
+    disagree = np.flatnonzero(chosen < proba.max(axis=1) - 1e-12)
+    if len(disagree) < _DISAGREE_MIN or len(disagree) <= _DISAGREE_FRACTION * n:
+        return None
+    ids = ", ".join(repr(str(i)) for i in frame["image"].to_numpy()[disagree[:5]])
+    more = f" and {len(disagree) - 5} more" if len(disagree) > 5 else ""
+    return (
+        f"The 'prediction' column disagrees with the argmax of the {PROB_PREFIX} columns on "
+        f"{len(disagree)} of {n} rows ({len(disagree) / n:.1%}), e.g. image(s) {ids}{more}. "
+        f"Label metrics use the prediction column: {', '.join(LABEL_METRICS)}. Probability "
+        f"metrics use the {PROB_PREFIX} columns: {', '.join(PROBABILITY_METRICS)}. The two "
+        "groups of numbers therefore describe different decisions. Check that both columns come "
+        f"from the same model and that the {PROB_PREFIX} columns are in the right class order; "
+        "if a decision threshold was applied on purpose, this is expected."
+    )
 
 
 # ------------------------------------------------------------------------------ reporting

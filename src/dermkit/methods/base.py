@@ -221,7 +221,10 @@ class Method:
         """The validated config dataclass for ``raw`` (without ``method``/``name``)."""
         config = self.config_class.from_dict(raw, where) if _takes_where(self.config_class) else \
             self.config_class.from_dict(raw)
-        config.validate()
+        try:
+            config.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         return config
 
     def fit(self, config, run) -> Predictor:
