@@ -125,3 +125,16 @@ def test_check_names_the_file_and_key_and_writes_nothing(bad, message, tmp_path,
     assert message in err and "bad.yaml" in err and "Traceback" not in err
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_train_and_run_read_the_same_config_file(tiny_dataset, tmp_path):
+    config = {"method": "supervised", **{k: _fill(v, tiny_dataset, None) for k, v in METHODS["supervised"].tiny_config.items()}}
+    path = tmp_path / "sup.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "a"), "--seed", "3"]) == 0
+    assert main(["run", str(tmp_path / "a" / "config.yaml"), "--out", str(tmp_path / "b")]) == 0  # the snapshot runs
+    a = json.loads((tmp_path / "a" / "summary.json").read_text())
+    b = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert a["method"] == b["method"] == "supervised"
+    assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["engine"]["seed"] == 3
+    assert a["test"] == pytest.approx(b["test"])  # same config, same seed: the same run
