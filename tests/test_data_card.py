@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -297,3 +299,143 @@ def test_real_cards_load(name):
         assert col in card.table.columns, col
     for split in ("train", "val", "test"):
         assert len(card.rows(split)) > 0
+
+
+# ------------------------------------------------------- spellings, missing tokens, delimiters
+def _rewrite(root, fn, **to_csv):
+    df = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
+    df = fn(df) if fn is not None else df
+    df.to_csv(root / "metadata.csv", index=False, **to_csv)
+    return df
+
+
+def test_case_variants_without_class_list_are_refused(tmp_path):
+    root = make_dataset(tmp_path, write_yaml=False)
+
+    def fn(df):
+        df.loc[df.index[df["diagnosis"] == "mel"][:2], "diagnosis"] = "Mel"
+        return df
+
+    df = _rewrite(root, fn)
+    lines = [i + 2 for i in df.index[df["diagnosis"] == "Mel"]]
+    card = load_card(root)
+    with pytest.raises(DataError) as err:
+        card.classes
+    msg = str(err.value)
+    assert "metadata.csv" in msg and "column 'diagnosis'" in msg
+    assert f"'Mel' (lines {lines[0]}, {lines[1]})" in msg and "'mel' (lines" in msg
+    assert "differ only by case" in msg
+    assert "use one spelling" in msg and "dataset.yaml" in msg
+    with pytest.raises(DataError, match="differ only by case"):
+        card.labels(card.rows("train"))
+
+
+def test_whitespace_variants_are_one_class_and_split(tmp_path):
+    root = make_dataset(tmp_path, write_yaml=False)
+
+    def fn(df):
+        df.loc[0, "diagnosis"] = "bcc "
+        df.loc[1, "diagnosis"] = "  bcc"
+        df.loc[2, "split"] = " train "
+        return df
+
+    _rewrite(root, fn)
+    card = load_card(root)
+    assert card.classes == list(TINY_CLASSES)
+    assert card.table.loc[0, "diagnosis"] == "bcc" and card.table.loc[2, "split"] == "train"
+    assert len(card.rows("train")) == 3 * 16
+    assert (card.labels(card.rows("train")) >= 0).all()
+
+
+def test_case_variant_of_listed_class_names_the_class(tiny_card):
+    df = tiny_card.rows("val").copy()
+    df.loc[df.index[0], "diagnosis"] = "NV"
+    with pytest.raises(DataError) as err:
+        tiny_card.labels(df)
+    msg = str(err.value)
+    assert "differs only by case from the class 'nv'" in msg
+    assert f"line {int(df['csv_line'].iloc[0])}, column 'diagnosis'" in msg
+
+
+@pytest.mark.parametrize("token", ["NA", "null", "None", "NaN", "N/A", "-", "?", " NA "])
+def test_missing_group_tokens_are_own_groups(tiny_dataset, token):
+    from dermkit.data.split import effective_groups, row_groups
+
+    def fn(df):
+        df.loc[df.index[df["split"] == "train"][:4], "lesion_id"] = token
+        df.loc[0, "sex"] = "NA"  # other columns keep their value (no missing_values in the card)
+        return df
+
+    _rewrite(tiny_dataset, fn)
+    card = load_card(tiny_dataset)
+    rows = card.rows("train")
+    assert rows["lesion_id"].isna().sum() == 4
+    assert card.missing_tokens["lesion_id"].str.strip().eq(token.strip()).all()
+    groups = row_groups(rows, card.group_column)
+    assert len(set(groups[:4])) == 4  # each row its own group, never one "NA" group
+    keys = effective_groups(card.table, card.group_column)
+    assert keys.iloc[:4].nunique() == 4
+    assert card.table.loc[0, "sex"] == "NA"
+
+
+@pytest.mark.parametrize("token", ["NA", "null", "n/a", "-"])
+def test_missing_diagnosis_token_is_an_empty_diagnosis(tiny_dataset, token):
+    _rewrite(tiny_dataset, lambda df: df.assign(diagnosis=df["diagnosis"].where(df.index != 0, token)))
+    card = load_card(tiny_dataset)
+    assert pd.isna(card.table.loc[0, "diagnosis"])
+    with pytest.raises(DataError, match=rf"line 2, column 'diagnosis': empty diagnosis \('{re.escape(token)}' means missing\)"):
+        card.labels(card.table)
+
+
+def test_card_missing_values_apply_to_key_columns(tiny_dataset):
+    path = tiny_dataset / "dataset.yaml"
+    spec = yaml.safe_load(path.read_text())
+    spec["missing_values"] = ["unknown"]
+    path.write_text(yaml.safe_dump(spec))
+    _rewrite(tiny_dataset, lambda df: df.assign(lesion_id=df["lesion_id"].where(df.index > 1, "unknown")))
+    card = load_card(tiny_dataset)
+    assert card.table["lesion_id"].iloc[:2].isna().all()
+
+
+@pytest.mark.parametrize("sep, name", [(";", "semicolon"), ("\t", "tab"), ("|", "pipe")])
+def test_other_delimiters_are_read(tiny_dataset, sep, name):
+    _rewrite(tiny_dataset, None, sep=sep)
+    card = load_card(tiny_dataset)
+    assert card.csv_delimiter == sep
+    assert list(card.table.columns) == ["image", "label", "diagnosis", "split", "lesion_id", "age", "sex"]
+    assert card.classes == list(TINY_CLASSES) and len(card.rows("test")) == 18
+
+
+def test_comma_csv_with_semicolons_in_values_stays_comma(tiny_dataset):
+    _rewrite(tiny_dataset, lambda df: df.assign(sex="a;b;c"))
+    card = load_card(tiny_dataset)
+    assert card.csv_delimiter == "," and card.table["sex"].iloc[0] == "a;b;c"
+
+
+def test_bom_is_ignored(tiny_dataset):
+    text = (tiny_dataset / "metadata.csv").read_text(encoding="utf-8")
+    (tiny_dataset / "metadata.csv").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert load_card(tiny_dataset).table.columns[0] == "image"
+
+
+def test_repeated_header_column_is_refused(tiny_dataset):
+    lines = (tiny_dataset / "metadata.csv").read_text().splitlines()
+    lines = [line + "," + line.split(",")[2] for line in lines]  # a second diagnosis column
+    (tiny_dataset / "metadata.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        load_card(tiny_dataset).table
+    msg = str(err.value)
+    assert "metadata.csv line 1 (header)" in msg and "'diagnosis' in columns 3, 8" in msg
+    assert "keep one column" in msg
+
+
+def test_image_path_remembers_its_csv_line(tiny_dataset):
+    _rewrite(tiny_dataset, lambda df: df.assign(image=df["image"].where(df.index != 4, "../secret.jpg")))
+    card = load_card(tiny_dataset)
+    rel = card.table["image"].iloc[3]
+    path = card.image_path(rel)
+    assert path == card.root / rel
+    assert path.source == "csv"
+    assert path.where == f"{card.metadata_csv} line 5, column 'image' ({rel!r})"
+    with pytest.raises(DataError, match=r"line 6, column 'image'.*leaves the dataset folder"):
+        card.image_path("../secret.jpg")

@@ -316,6 +316,84 @@ def test_duplicate_image_rows(tiny_dataset):
     assert "lines 9, 86" in problem.message
 
 
+def test_case_variant_of_listed_class(tiny_dataset):
+    line = _set(tiny_dataset, 30, "diagnosis", "Mel")
+    result = _check(tiny_dataset, check_images=False)
+    problem = _assert_reported(result, "case_variant", line)
+    assert "differs only by case from the class 'mel'" in problem.message
+    assert problem.column == "diagnosis" and "column 'diagnosis'" in problem.message
+    assert "'unknown_diagnosis'" not in str(result.counts())
+
+
+def test_case_variants_without_class_list(tmp_path):
+    root = make_dataset(tmp_path, write_yaml=False)
+    a = _set(root, 30, "diagnosis", "Mel")
+    b = _set(root, 31, "diagnosis", "MEL")
+    result = _check(root, check_images=False)
+    problem = _assert_reported(result, "case_variant", a)
+    assert f"'Mel' (line {a})" in problem.message and f"'MEL' (line {b})" in problem.message
+    assert "'mel' (lines" in problem.message and "2 classes" not in problem.message
+    assert "dataset.yaml" in problem.fix
+    # One error per class name; the variant rows are not reported again (unknown, label).
+    assert result.counts() == {"case_variant": 1}
+
+
+def test_surrounding_spaces_are_accepted(tmp_path):
+    root = make_dataset(tmp_path, write_yaml=False)
+    _set(root, 30, "diagnosis", " mel")
+    _set(root, 31, "diagnosis", "mel  ")
+    _set(root, 32, "split", "train ")
+    result = _check(root, check_images=False)
+    assert result.ok and result.problems == [], result.format()
+
+
+@pytest.mark.parametrize("token", ["NA", "null", "None", "?"])
+def test_missing_group_ids_are_never_pooled(tiny_dataset, token):
+    df = load_card(tiny_dataset).table
+    rows = [df.index[df["split"] == s][0] for s in ("train", "val", "test")]
+    for row in rows:
+        _set(tiny_dataset, row, "lesion_id", token)
+    result = _check(tiny_dataset, check_images=False)
+    assert result.ok, result.format()  # not one "NA" lesion spread over three splits
+    problem = _assert_reported(result, "missing_group", rows[0] + 2, severity="warning")
+    assert f"'{token}' means missing" in problem.message and "own" in problem.message
+
+
+@pytest.mark.parametrize("token", ["NA", "null", "-"])
+def test_missing_diagnosis_token(tiny_dataset, token):
+    line = _set(tiny_dataset, 10, "diagnosis", token)
+    result = _check(tiny_dataset, check_images=False)
+    problem = _assert_reported(result, "missing_value", line)
+    assert f"'{token}' means missing" in problem.message
+    assert "unknown_diagnosis" not in result.counts()
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_other_delimiter_is_read_with_a_warning(tiny_dataset, sep):
+    df = pd.read_csv(tiny_dataset / "metadata.csv", dtype=str)
+    df.to_csv(tiny_dataset / "metadata.csv", index=False, sep=sep)
+    result = _check(tiny_dataset, check_images=False)
+    assert result.ok, result.format()
+    problem = _assert_reported(result, "csv_delimiter", 1, severity="warning")
+    assert f"read with {sep!r}" in problem.message
+
+
+def test_semicolon_csv_reports_only_really_missing_columns(tiny_dataset):
+    df = pd.read_csv(tiny_dataset / "metadata.csv", dtype=str).drop(columns=["split"])
+    df.to_csv(tiny_dataset / "metadata.csv", index=False, sep=";")
+    result = _check(tiny_dataset, check_images=False)
+    missing = [p.column for p in result.problems if p.kind == "missing_column"]
+    assert missing == ["split"]
+
+
+def test_header_without_rows(tiny_dataset):
+    (tiny_dataset / "metadata.csv").write_text("image,label,diagnosis,split,lesion_id,age,sex\n")
+    result = _check(tiny_dataset)
+    problem = _assert_reported(result, "no_rows", 2)
+    assert "header" in problem.message
+    assert "empty_split" not in result.counts()
+
+
 # ------------------------------------------------------------------------------- warnings
 def test_small_class_warning(tmp_path):
     root = make_dataset(tmp_path, counts={"train": 8, "val": 3, "test": 5})
@@ -411,6 +489,47 @@ def test_open_image_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 16 * 16)  # > 2x the limit: Pillow raises
     with pytest.raises(DataError, match="too large to decode safely"):
         open_image(tmp_path / "ok.jpg")
+
+
+def test_open_image_wording_follows_where_the_path_came_from(tiny_card, tmp_path):
+    from dermkit.data.images import command_line_path
+
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("not an image")
+    # A plain path (Python API, `dermkit predict`): neutral wording, nothing about a CSV row.
+    with pytest.raises(DataError) as err:
+        open_image(fake)
+    text = str(err.value)
+    assert str(fake) in text and "not an image file" in text
+    assert "metadata.csv" not in text and "row" not in text
+    assert "fix the path or convert the image" in text
+    for path, kw in ((command_line_path(fake), {}), (fake, {"source": "command line"})):
+        with pytest.raises(DataError) as err:
+            open_image(path, **kw)
+        text = str(err.value)
+        assert f"the file {fake} given on the command line" in text
+        assert "fix the path or convert the image" in text and "metadata.csv" not in text
+    with pytest.raises(DataError, match="given on the command line: image file not found; fix the path"):
+        open_image(command_line_path(tmp_path / "missing.jpg"))
+    # A path from the card: the metadata.csv line and column, and the CSV fix.
+    rel = tiny_card.table["image"][4]
+    (tiny_card.root / rel).write_text("not an image either")
+    with pytest.raises(DataError) as err:
+        open_image(tiny_card.image_path(rel))
+    text = str(err.value)
+    assert f"metadata.csv line 6, column 'image' ({rel!r})" in text
+    assert "fix the path in metadata.csv, or remove the row" in text
+    (tiny_card.root / rel).unlink()
+    with pytest.raises(DataError, match="line 6, column 'image'.*not found.*fix the path in metadata.csv or remove the row"):
+        open_image(tiny_card.image_path(rel))
+
+
+def test_image_path_keeps_its_origin_through_pickling(tiny_card):
+    import pickle
+
+    path = tiny_card.image_path(tiny_card.table["image"][0])
+    again = pickle.loads(pickle.dumps(path))
+    assert again == path and again.where == path.where and again.source == "csv"
 
 
 def test_open_image_fully_loaded(tiny_card):

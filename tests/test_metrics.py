@@ -306,3 +306,39 @@ def test_binary_bootstrap_includes_sensitivity_at_specificity():
     for key, value in m["sensitivity_at_specificity"].items():
         interval = ci[f"sensitivity_at_specificity_{key}"]
         assert interval["low"] <= value <= interval["high"]
+
+
+def test_class_coverage_warning_names_absent_classes_and_affected_metrics():
+    from dermkit.evaluate.metrics import class_coverage_warning, is_undefined
+
+    y_true = np.array([0, 0, 1, 1, 2, 2])  # class "d" never occurs
+    proba = np.full((6, 4), 0.1)
+    proba[np.arange(6), y_true] = 0.7
+    classes = ["a", "b", "c", "d"]
+    m = classification_metrics(y_true, proba, classes)
+    text = class_coverage_warning(y_true, proba.argmax(1), classes, m)
+    assert "1 of the 4 classes never occur in the targets: 'd'" in text
+    assert "macro_auc is the mean one-vs-rest AUC over the 3 present classes only" in text
+    assert "balanced_accuracy" in text and "macro_f1 averages over the 3 classes" in text
+    assert class_coverage_warning(np.arange(4), np.arange(4), classes,
+                                  classification_metrics(np.arange(4), np.eye(4), classes)) is None
+
+    single = classification_metrics(np.zeros(3, int), np.tile([0.8, 0.2], (3, 1)), ["x", "y"])
+    text = class_coverage_warning(np.zeros(3, int), np.zeros(3, int), ["x", "y"], single)
+    assert "Only 'x' occurs" in text and "'y'" in text
+    assert "Undefined (null in metrics.json, n/a in the reports): macro_auc, cohen_kappa" in text
+    assert "sensitivity_at_specificity" in text
+    assert is_undefined(single["macro_auc"]) and is_undefined(None) and not is_undefined(0.0)
+
+
+def test_label_and_probability_metric_lists_are_disjoint():
+    from dermkit.evaluate.metrics import LABEL_METRICS, PROBABILITY_METRICS
+
+    assert "accuracy" in LABEL_METRICS and "log loss" in PROBABILITY_METRICS
+    assert not set(LABEL_METRICS) & set(PROBABILITY_METRICS)
+
+
+def test_messages_show_plain_numbers_and_names():
+    with pytest.raises(DermkitError) as err:
+        classification_metrics(np.array([0]), np.ones((1, 1)), np.array(["only"]))
+    assert "np." not in str(err.value) and "['only']" in str(err.value)

@@ -249,3 +249,73 @@ def test_long_class_names_are_rotated():
     labels = ax.get_xticklabels()
     assert all(label.get_rotation() == 45 for label in labels)
     assert all(len(label.get_text()) <= 28 for label in labels)
+
+
+# ------------------------------------------------------------------- warnings and undefined values
+
+
+def test_clean_report_has_empty_warnings_in_json(saved):
+    report, out = saved
+    metrics = strict_json((out / "metrics.json").read_text())
+    assert metrics["warnings"] == [] and report.warnings == []
+    assert list(metrics)[:3] == ["n", "classes", "warnings"]
+    assert "warnings" not in report.metrics  # the in-memory metrics keep their old shape
+    assert "**Warning:**" not in (out / "report.md").read_text()
+
+
+def test_warnings_are_shown_first_in_every_rendering(tmp_path):
+    frame = make_predictions(80, seed=5)
+    proba = frame[[f"prob:{c}" for c in CLASSES]].to_numpy()
+    frame["prediction"] = [CLASSES[i] for i in proba.argmin(axis=1)]
+    report = evaluate(frame, n_bootstrap=10)
+    assert len(report.warnings) == 1 and "disagrees with the argmax" in report.warnings[0]
+    report.save(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert md.index("> **Warning:** The 'prediction' column") < md.index("- Samples:")
+    html_text = (tmp_path / "report.html").read_text()
+    assert html_text.index("<p class='warning'>") < html_text.index("Samples:")
+    assert strict_json((tmp_path / "metrics.json").read_text())["warnings"] == report.warnings
+
+
+def test_format_metric_prints_undefined_as_na():
+    from dermkit.evaluate.report import format_ci, format_metric
+
+    for value in (None, float("nan"), np.float64("nan"), float("inf")):
+        assert format_metric(value) == "n/a"
+    assert format_metric(np.float64(-0.1), 3) == "-0.100" and format_metric(np.int64(7)) == "7"
+    assert format_ci({"low": float("nan"), "high": float("nan"), "level": 0.95}) == "n/a"
+    assert format_ci(None) == "n/a"
+    assert format_ci({"low": 0.5, "high": 0.75}) == "0.5000 \u2013 0.7500"
+
+
+def test_messages_print_plain_numbers():
+    frame = make_predictions(10)
+    frame.loc[1, "prob:MEL"] = np.float64(-0.1)
+    with pytest.raises(DermkitError) as err:
+        read_predictions(frame)
+    assert "has -0.1, outside [0, 1]" in str(err.value) and "np." not in str(err.value)
+
+
+def test_explicit_groups_with_missing_ids_are_own_clusters():
+    frame = make_predictions(60, seed=2)
+    groups = [None, np.nan, "NA", " "] + [f"g{i // 2}" for i in range(56)]
+    report = evaluate(frame, groups=groups, n_bootstrap=0)
+    assert report.metrics["bootstrap"]["n_groups"] == 4 + 28
+    assert any("4 row(s) have no group id" in w for w in report.warnings)
+
+
+def test_frame_warnings_survive_read_then_evaluate(tmp_path):
+    frame = make_predictions(30)
+    frame.loc[2, "target"] = frame.loc[2, "target"] + "  "
+    path = write(tmp_path, frame)
+    direct = evaluate(path, n_bootstrap=0)
+    via_frame = evaluate(read_predictions(path), n_bootstrap=0)  # what the CLI does
+    assert direct.warnings == via_frame.warnings
+    assert direct.warnings[0].startswith(f"{path}: Stripped surrounding whitespace")
+    assert "line 4" in direct.warnings[0]
+
+
+def test_bad_n_bootstrap_message_is_plain():
+    with pytest.raises(DermkitError) as err:
+        evaluate(make_predictions(20), n_bootstrap=np.float64(1.5))
+    assert "got 1.5" in str(err.value) and "np." not in str(err.value)

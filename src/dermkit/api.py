@@ -105,11 +105,14 @@ def load_dataset(name_or_folder: str | os.PathLike, task: str | None = None):
 
 
 def evaluate(predictions: pd.DataFrame | str | os.PathLike, out: str | os.PathLike | None = None,
-             n_bootstrap: int = 1000, seed: int = 0, title: str | None = None):
-    """Metrics with bootstrap CIs for a predictions table (or CSV); saved as a report in ``out``."""
+             n_bootstrap: int = 1000, seed: int = 0, title: str | None = None, allow_duplicates: bool = False):
+    """Metrics with bootstrap CIs for a predictions table (or CSV); saved as a report in ``out``.
+
+    ``report.warnings`` lists what a reader must know (e.g. classes absent from the targets)."""
     from dermkit.evaluate import evaluate_and_save
 
-    return evaluate_and_save(predictions, out=out, n_bootstrap=n_bootstrap, seed=seed, title=title)
+    return evaluate_and_save(predictions, out=out, n_bootstrap=n_bootstrap, seed=seed, title=title,
+                             allow_duplicates=allow_duplicates)
 
 
 def run(config: dict[str, Any] | str | os.PathLike, out: str | os.PathLike, resume: bool = False,

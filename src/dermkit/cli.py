@@ -203,14 +203,24 @@ def evaluate_cmd(
     split: str = typer.Option("test", help="Split to evaluate (with --model)."),
     n_bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% CIs."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
+    allow_duplicates: bool = typer.Option(False, "--allow-duplicates", help="Evaluate rows that share an image id "
+                                          "as distinct cases (refused by default: usually a copy-paste error)."),
 ) -> None:
-    """Metrics with bootstrap CIs, plots and reports, from a predictions CSV or a model run over a split."""
+    """Metrics with bootstrap CIs, plots and reports, from a predictions CSV or a model run over a split.
+
+    Refused (exit 2, naming the row and the fix): repeated image ids, missing targets, targets or
+    classes that differ only by case, prob: columns that are not probabilities. Warned (in the
+    output, metrics.json and the report): a prediction column that disagrees with the
+    probabilities, classes absent from the targets, stripped whitespace, missing group ids.
+    """
+    from rich.markup import escape
+
     from dermkit.errors import ConfigError
     from dermkit.evaluate import evaluate, read_predictions
+    from dermkit.evaluate.report import format_ci, format_metric
 
-    groups = None
     if predictions is not None and model is None:
-        preds = read_predictions(predictions)
+        preds = read_predictions(predictions, allow_duplicates=allow_duplicates)
         title = f"{predictions.name}"
     elif model is not None and data is not None and predictions is None:
         from dermkit.api import load_dataset, load_predictor
@@ -221,14 +231,14 @@ def evaluate_cmd(
         title = f"{predictor.name} on {card.name} ({split} split)"
     else:
         raise ConfigError("give either --predictions P.csv, or --model DIR with --data DATASET")
-    report = evaluate(preds, groups=groups, n_bootstrap=n_bootstrap, seed=seed, title=title)
+    report = evaluate(preds, n_bootstrap=n_bootstrap, seed=seed, title=title, allow_duplicates=allow_duplicates)
     folder = report.save(out)
+    for warning in report.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     m = report.metrics
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc"):
-        ci = m.get("ci", {}).get(key) or {}
-        value = m.get(key)
-        ci_text = f" [{ci['low']:.3f}, {ci['high']:.3f}]" if ci.get("low") is not None else ""
-        console.print(f"{key:>18}: {'n/a' if value is None else f'{value:.4f}'}{ci_text}")
+        ci = format_ci(m.get("ci", {}).get(key), 3, "[{low}, {high}]")
+        console.print(f"{key:>18}: {format_metric(m.get(key))}" + ("" if ci == "n/a" else f" {ci}"))
     console.print(f"report: {folder}/report.html")
 
 

@@ -13,6 +13,7 @@ of the folder are refused even then.
 
 from __future__ import annotations
 
+import csv
 import difflib
 import os
 from importlib import resources
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dermkit.data.images import PathResolver
+from dermkit.data.images import PathResolver, SymlinkEscape, csv_image_path
 from dermkit.errors import DataError
 
 __all__ = [
@@ -35,6 +36,10 @@ __all__ = [
     "SPLITS",
     "METADATA_TYPES",
     "REQUIRED_COLUMNS",
+    "MISSING_TOKENS",
+    "read_metadata",
+    "spelling_key",
+    "spelling_difference",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -66,6 +71,11 @@ CARD_KEYS = (
 _MERGED_KEYS = ("class_names", "synonyms", "metadata_columns")
 BOOLEAN_TRUE = frozenset({"1", "1.0", "true", "t", "yes", "y"})
 BOOLEAN_FALSE = frozenset({"0", "0.0", "false", "f", "no", "n"})
+# Cells meaning "unknown" in the key columns (diagnosis, label, split, the group column), on top
+# of the card's missing_values: read as missing, never as a class, a split or one shared group.
+MISSING_TOKENS = frozenset({"", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "none", "-", "?"})
+DELIMITERS = (",", ";", "\t", "|")
+DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
 def data_root() -> Path:
@@ -244,11 +254,32 @@ def csv_lines(df: pd.DataFrame) -> pd.Series:
     return pd.Series(np.asarray(df.index, dtype=np.int64) + 2, index=df.index)
 
 
+def spelling_key(value) -> str:
+    """``value`` without case and with runs of spaces collapsed: spellings of one class name
+    that differ only by case or spacing ("Melanoma", "melanoma", "melanoma  ") share a key."""
+    return " ".join(str(value).split()).casefold()
+
+
+def spelling_difference(*names) -> str:
+    """"case" when ``names`` differ only by case, else "case or spacing"."""
+    return "case" if len({str(n).casefold() for n in names}) == 1 else "case or spacing"
+
+
+def _fmt_lines(lines, limit: int = 8) -> str:
+    lines = [int(x) for x in lines]
+    word = "line" if len(lines) == 1 else "lines"
+    head = ", ".join(str(x) for x in lines[:limit])
+    return f"{word} {head}" + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
+
+
 class DatasetCard:
     """A dataset folder plus its card (class list, names, synonyms, grouping, metadata types).
 
     Build one with :func:`load_card`. ``table`` is read lazily, once, with every cell kept as a
-    string (empty cells are NaN) so image paths and ids are never mangled into numbers.
+    string (empty cells are NaN) so image paths and ids are never mangled into numbers. In the key
+    columns (diagnosis, label, split and the group column) surrounding spaces are removed and
+    the missing-value tokens (:data:`MISSING_TOKENS` plus the card's ``missing_values``) become
+    NaN, so "NA" is never a class, a split or one lesion shared by unrelated rows.
 
     Card keys (``dataset.yaml``): name, description, modality, classes, class_names, synonyms,
     group_column, metadata_columns, required_metadata, second_view_column, positive_class,
@@ -280,6 +311,11 @@ class DatasetCard:
         self._metadata_columns: dict = dict(spec.get("metadata_columns") or {})
         self._table: pd.DataFrame | None = None
         self._resolver: PathResolver | None = None
+        self._image_lines: dict[str, tuple[int, str]] | None = None
+        # Set when the table is read: the CSV delimiter, and per key column the original
+        # missing-value tokens (e.g. 'NA') of the cells that were read as missing.
+        self._csv_delimiter: str = ","
+        self._missing_tokens: dict[str, pd.Series] = {}
 
     def __repr__(self) -> str:
         return f"DatasetCard(name={self.name!r}, root={str(self.root)!r})"
@@ -291,29 +327,116 @@ class DatasetCard:
 
     @property
     def table(self) -> pd.DataFrame:
-        """metadata.csv as a DataFrame of strings (NaN = empty cell), read on first use."""
+        """metadata.csv as a DataFrame of strings (NaN = empty cell), read on first use.
+
+        The delimiter (comma, semicolon, tab or pipe) is detected (:attr:`csv_delimiter`); key
+        columns are normalised (see the class docstring).
+        """
         if self._table is None:
-            self._table = read_metadata(self.metadata_csv)
+            table, self._csv_delimiter = _read_csv(self.metadata_csv)
+            self._table = self._normalise(table)
         return self._table
+
+    @property
+    def csv_delimiter(self) -> str:
+        """The delimiter metadata.csv is written with ("," unless it uses ";", tab or "|")."""
+        self.table  # noqa: B018 - reads the file once
+        return self._csv_delimiter
+
+    @property
+    def missing_tokens(self) -> dict[str, pd.Series]:
+        """Per key column, the original text (e.g. ``'NA'``) of the cells read as missing,
+        indexed like :attr:`table`; columns without such cells are absent."""
+        self.table  # noqa: B018
+        return self._missing_tokens
+
+    @property
+    def key_columns(self) -> list[str]:
+        """Columns whose cells are stripped and whose missing-value tokens become NaN."""
+        cols = ["diagnosis", "label", "split"]
+        if self.group_column and self.group_column not in cols:
+            cols.append(self.group_column)
+        return cols
+
+    def _normalise(self, table: pd.DataFrame) -> pd.DataFrame:
+        tokens = set(MISSING_TOKENS) | {str(v).strip() for v in self.missing_values}
+        self._missing_tokens = {}
+        for col in self.key_columns:
+            if col not in table.columns:
+                continue
+            raw = table[col]
+            text = raw.str.strip()
+            missing = text.isin(tokens) & raw.notna()
+            if missing.any():
+                self._missing_tokens[col] = raw[missing]
+            table[col] = text.mask(missing)
+        return table
 
     def reload(self) -> None:
         """Forget the cached table and resolved folders (after files changed on disk)."""
         self._table = None
         self._resolver = None
+        self._image_lines = None
 
     # ---------------------------------------------------------------- classes
     @property
     def classes(self) -> list[str]:
-        """Ordered class list: from the card, else the sorted unique ``diagnosis`` values."""
+        """Ordered class list: from the card, else the sorted unique ``diagnosis`` values.
+
+        Without a class list in the card, diagnoses that differ only by case or spacing
+        ("Melanoma" and "melanoma") are refused (DataError naming both spellings and their CSV
+        lines) instead of becoming two classes.
+        """
         if self._classes is not None:
             return list(self._classes)
+        variants = self.spelling_variants()
+        if variants:
+            raise DataError("; ".join(self.variants_message(v) for v in variants))
+        return self.table_classes()
+
+    def table_classes(self) -> list[str]:
+        """Sorted unique ``diagnosis`` values of metadata.csv (the class list when the card has none)."""
         table = self.table
         if "diagnosis" not in table.columns:
             raise DataError(
-                f"{self.metadata_csv}: no 'diagnosis' column, so the class list is unknown; "
-                "add a diagnosis column (class name per image)"
+                f"{self.metadata_csv} line 1 (header): no 'diagnosis' column, so the class list is "
+                "unknown; add a diagnosis column (class name per image)"
             )
         return sorted(str(v) for v in table["diagnosis"].dropna().unique())
+
+    def spelling_variants(self) -> list[dict[str, list[int]]]:
+        """Diagnoses of metadata.csv that differ only by case or spacing, as one
+        ``{spelling: [csv lines]}`` per class name (most frequent spelling first); empty if none."""
+        if "diagnosis" not in self.table.columns:
+            return []
+        diag = self.table["diagnosis"].dropna()
+        lines = csv_lines(self.table).loc[diag.index]
+        groups: dict[str, dict[str, list[int]]] = {}
+        for value, line in zip(diag.tolist(), lines.tolist()):
+            groups.setdefault(spelling_key(value), {}).setdefault(value, []).append(int(line))
+        out = []
+        for spellings in groups.values():
+            if len(spellings) > 1:
+                out.append(dict(sorted(spellings.items(), key=lambda kv: (-len(kv[1]), kv[1][0]))))
+        return out
+
+    def variants_message(self, spellings: dict[str, list[int]]) -> str:
+        """Message for one group of :meth:`spelling_variants` (file, lines, column and the fix)."""
+        names = list(spellings)
+        what = spelling_difference(*names)
+        listed = " and ".join(f"{n!r} ({_fmt_lines(spellings[n])})" for n in names)
+        return (
+            f"{self.metadata_csv}, column 'diagnosis': {listed} differ only by {what}, so they would "
+            f"become {len(names)} classes; use one spelling (e.g. {names[0]!r}) on every line, or "
+            "list the classes in dataset.yaml (classes: [...]) to fix the class names"
+        )
+
+    def class_spelling(self, value) -> str | None:
+        """The class that ``value`` matches except for case or spacing, or None."""
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return None
+        key = spelling_key(value)
+        return next((c for c in self.classes if spelling_key(c) == key), None)
 
     @property
     def num_classes(self) -> int:
@@ -415,11 +538,23 @@ class DatasetCard:
             values = df["diagnosis"][bad]
             line, value = int(lines.iloc[0]), values.iloc[0]
             more = f" (and {int(bad.sum()) - 1} more rows)" if bad.sum() > 1 else ""
-            what = "empty diagnosis" if pd.isna(value) else f"unknown diagnosis {value!r}"
+            if pd.isna(value):
+                token = self.missing_tokens.get("diagnosis", pd.Series(dtype=object)).get(values.index[0])
+                what = "empty diagnosis" + (f" ({token!r} means missing)" if token is not None else "")
+                hint = ""
+            else:
+                match = self.class_spelling(value)
+                what = f"unknown diagnosis {value!r}"
+                if match is not None:
+                    what = (
+                        f"diagnosis {value!r} differs only by {spelling_difference(value, match)} "
+                        f"from the class {match!r}"
+                    )
+                hint = self._suggest(value)
             raise DataError(
-                f"{self.metadata_csv} line {line}: {what}{more}; known classes: "
-                f"{', '.join(classes)}{'' if pd.isna(value) else self._suggest(value)}. Fix the "
-                "value, or add the class to 'classes' in dataset.yaml"
+                f"{self.metadata_csv} line {line}, column 'diagnosis': {what}{more}; known classes: "
+                f"{', '.join(classes)}{hint}. Fix the value (exact spelling and case), or add the "
+                "class to 'classes' in dataset.yaml"
             )
         return codes.to_numpy(dtype=np.int64)
 
@@ -439,11 +574,37 @@ class DatasetCard:
 
         Same as :func:`~dermkit.data.resolve_image_path` (DataError for absolute paths, ``..``
         escapes and, unless :attr:`follow_symlinks`, symlinks pointing outside), with the folder
-        resolution cached.
+        resolution cached; those errors name the metadata.csv line.
+
+        The path is an :class:`~dermkit.data.images.ImagePath` that remembers its metadata.csv
+        line and column, so an image error raised later (``open_image``) names them and suggests
+        fixing the path in metadata.csv or removing the row.
         """
         if self._resolver is None:
             self._resolver = PathResolver(self.root, follow_symlinks=self._follow_symlinks)
-        return self._resolver(rel)
+        where = self._where(rel)
+        try:
+            path = self._resolver(rel)
+        except SymlinkEscape as exc:
+            raise SymlinkEscape(f"{where}: {exc}", exc.link, exc.target) from None
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        return csv_image_path(path, where)
+
+    def _where(self, rel) -> str:
+        """``".../metadata.csv line N, column 'image' ('rel')"`` for an image path of the table."""
+        if self._image_lines is None:
+            found: dict[str, tuple[int, str]] = {}
+            cols = [c for c in ("image", self.second_view_column) if c and c in self.table.columns]
+            for col in cols:
+                values = self.table[col].dropna()
+                for value, line in zip(values.tolist(), csv_lines(self.table).loc[values.index].tolist()):
+                    found.setdefault(str(value), (int(line), col))
+            self._image_lines = found
+        hit = self._image_lines.get(str(rel))
+        if hit is None:
+            return f"{self.metadata_csv} ({rel!r})"
+        return f"{self.metadata_csv} line {hit[0]}, column '{hit[1]}' ({rel!r})"
 
     def to_dict(self) -> dict:
         """The card as plain data (for config snapshots and reports)."""
@@ -481,28 +642,79 @@ def infer_type(values: pd.Series) -> str:
     return "categorical"
 
 
-def read_metadata(path: Path) -> pd.DataFrame:
-    """Read a metadata.csv keeping every cell as a string; DataError for unreadable CSVs."""
+def detect_delimiter(path: Path) -> str:
+    """The delimiter of a CSV file: comma, semicolon, tab or pipe.
+
+    ``csv.Sniffer`` looks at the first lines; the answer must split the header into at least as
+    many columns as any other candidate (the header splits best on its real delimiter), ties go
+    to the sniffed one, then to the comma.
+    """
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+            sample = fh.read(65536)
+    except OSError:
+        return ","
+    lines = sample.splitlines()[:20]
+    if not lines:
+        return ","
+    try:
+        sniffed = csv.Sniffer().sniff("\n".join(lines), delimiters="".join(DELIMITERS)).delimiter
+    except csv.Error:
+        sniffed = None
+
+    def width(delimiter: str) -> int:
+        return len(next(csv.reader([lines[0]], delimiter=delimiter), []))
+
+    return max(DELIMITERS, key=lambda d: (width(d), d == sniffed, d == ","))
+
+
+def _read_csv(path: Path) -> tuple[pd.DataFrame, str]:
+    """metadata.csv as strings plus its delimiter; DataError (file, line, fix) when unreadable."""
+    delimiter = detect_delimiter(path)
     try:
         df = pd.read_csv(
-            path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig"
+            path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig", sep=delimiter
         )
     except FileNotFoundError:
         raise DataError(f"{path} not found; a dataset folder needs a metadata.csv") from None
     except pd.errors.EmptyDataError:
         raise DataError(
-            f"{path} is empty; it needs a header line (image,diagnosis,split,...) and one row per image"
+            f"{path} line 1: the file is empty; write a header line (image,diagnosis,split,...) "
+            "and one row per image"
         ) from None
     except pd.errors.ParserError as exc:
         raise DataError(
-            f"{path}: cannot parse the CSV ({str(exc).strip()}); check that line for extra commas "
-            "(quote values that contain commas)"
+            f"{path}: cannot parse the CSV ({str(exc).strip()}); check that line for extra "
+            f"{DELIMITER_NAMES[delimiter]}s (quote values that contain them)"
         ) from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text ({exc.reason}); save it as UTF-8 CSV") from None
+    # pandas renames a repeated header name to "name.1": find repeats in the header itself.
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        header = [c.strip() for c in next(csv.reader(fh, delimiter=delimiter), [])]
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        where = "; ".join(
+            f"{c!r} in columns {', '.join(str(i + 1) for i, h in enumerate(header) if h == c)}"
+            for c in repeated
+        )
+        raise DataError(
+            f"{path} line 1 (header): repeated column name {where}; keep one column of each name "
+            "(delete or rename the others)"
+        )
     # Stray spaces in the header ("image, diagnosis") would hide required columns.
     df.columns = [str(c).strip() for c in df.columns]
-    return df
+    return df, delimiter
+
+
+def read_metadata(path: Path) -> pd.DataFrame:
+    """Read a metadata.csv keeping every cell as a string; DataError for unreadable CSVs.
+
+    The delimiter (comma, semicolon, tab or pipe) is detected; a byte-order mark is ignored; a
+    header naming one column twice is refused. Cells are not normalised here (see
+    :attr:`DatasetCard.table`).
+    """
+    return _read_csv(Path(path))[0]
 
 
 def _locate(source: str | os.PathLike) -> Path:

@@ -4,6 +4,13 @@ Every image dermkit reads goes through :func:`resolve_image_path` (a CSV row can
 read a file outside the dataset folder) and :func:`open_image` (a broken, truncated or
 decompression-bomb file becomes a :class:`~dermkit.errors.DataError` that names the file and
 says what to do, instead of a PIL traceback deep inside a data loader).
+
+The fix an image error suggests depends on where the path came from. A plain path gets the
+neutral wording ("X: ...; fix the path or convert the image"). An :class:`ImagePath`
+(what :meth:`DatasetCard.image_path <dermkit.data.card.DatasetCard.image_path>` returns) names
+its metadata.csv line and column and suggests fixing the path in metadata.csv or removing the
+row; :func:`command_line_path` marks a path typed on the command line ("the file X given on the
+command line").
 """
 
 from __future__ import annotations
@@ -26,6 +33,10 @@ __all__ = [
     "ImageProblem",
     "IMAGE_FIXES",
     "SymlinkEscape",
+    "ImagePath",
+    "command_line_path",
+    "as_path",
+    "FILE_FIXES",
 ]
 
 FOLLOW_SYMLINKS_HINT = (
@@ -142,28 +153,97 @@ class PathResolver:
         return None
 
 
+# Where a path came from decides how an image error is worded (see ImagePath).
+SOURCE_CSV = "csv"
+SOURCE_COMMAND_LINE = "command line"
+
+
+class ImagePath(type(Path())):
+    """A :class:`~pathlib.Path` that remembers where it was named, for error messages.
+
+    ``source`` is ``"csv"`` (a metadata.csv cell; ``where`` then reads like
+    ``".../metadata.csv line 7, column 'image' ('images/a.jpg')"``) or ``"command line"``; a
+    plain ``Path`` (or a path derived from this one, e.g. ``.parent``) has neither and gets the
+    neutral wording. It compares, hashes and sorts like the plain path. Code that re-wraps paths
+    with ``Path(p)`` drops the origin; use :func:`as_path` to keep it.
+    """
+
+    source: str | None = None
+    where: str | None = None
+
+    def __reduce__(self):  # keep the origin across pickling (DataLoader workers, deepcopy)
+        return (_image_path, (os.fspath(self), self.source, self.where))
+
+
+def _image_path(path, source: str | None, where: str | None) -> ImagePath:
+    out = ImagePath(path)
+    out.source, out.where = source, where
+    return out
+
+
+def csv_image_path(path, where: str) -> ImagePath:
+    """``path`` as an :class:`ImagePath` listed in metadata.csv at ``where`` (file, line, column)."""
+    return _image_path(path, SOURCE_CSV, where)
+
+
+def command_line_path(path) -> ImagePath:
+    """``path`` as an :class:`ImagePath` given on the command line (errors say so)."""
+    return _image_path(path, SOURCE_COMMAND_LINE, None)
+
+
+def as_path(path) -> Path:
+    """``Path(path)``, except that a Path (an :class:`ImagePath` included) is returned as is."""
+    return path if isinstance(path, Path) else Path(path)
+
+
 class ImageProblem(DataError):
     """An image that cannot be used; ``kind`` is missing_image / unreadable_image /
-    truncated_image / decompression_bomb and ``fix`` says what to do."""
+    truncated_image / decompression_bomb, ``detail`` what is wrong, ``fix`` what to do (worded
+    for where the path came from: ``source`` "csv", "command line" or None, see
+    :class:`ImagePath`), ``where`` the metadata.csv line and column when known."""
 
-    def __init__(self, kind: str, path: Path, detail: str, fix: str):
+    def __init__(self, kind: str, path: Path, detail: str, fix: str, source: str | None = None,
+                 where: str | None = None):
         self.kind, self.path, self.detail, self.fix = kind, Path(path), detail, fix
-        super().__init__(f"{path}: {detail}; {fix}")
+        self.source, self.where = source, where
+        if source == SOURCE_CSV:
+            head = f"{where}: {detail} ({path})" if where else f"{path} (listed in metadata.csv): {detail}"
+        elif source == SOURCE_COMMAND_LINE:
+            head = f"the file {path} given on the command line: {detail}"
+        else:
+            head = f"{path}: {detail}"
+        super().__init__(f"{head}; {fix}")
 
 
+# Fixes for a path from metadata.csv (check_dataset, card-driven training and evaluation).
 IMAGE_FIXES = {
     "missing_image": "check that the path in metadata.csv is relative to the dataset folder "
-    "and that the file was copied, or remove the row",
-    "unreadable_image": "re-export the file as JPEG or PNG, or remove the row",
+    "and that the file was copied; fix the path in metadata.csv or remove the row",
+    "unreadable_image": "re-export the file as JPEG or PNG, fix the path in metadata.csv, or "
+    "remove the row",
     "truncated_image": "the file is cut short (interrupted copy/download?); copy it again "
     "from the source, or remove the row",
     "decompression_bomb": "downscale the image (e.g. longer side <= 4096 px) or remove the row; "
     "raise PIL.Image.MAX_IMAGE_PIXELS only if you trust the file",
 }
+# Fixes for any other path (given on the command line or passed to open_image in Python).
+FILE_FIXES = {
+    "missing_image": "fix the path (a relative path starts at the current folder) or copy the "
+    "file there",
+    "unreadable_image": "fix the path or convert the image to JPEG or PNG",
+    "truncated_image": "the file is cut short (interrupted copy/download?); copy it again from "
+    "the source or convert the image again",
+    "decompression_bomb": "downscale the image (e.g. longer side <= 4096 px); raise "
+    "PIL.Image.MAX_IMAGE_PIXELS only if you trust the file",
+}
 
 
-def _problem(kind: str, path: Path, detail: str) -> ImageProblem:
-    return ImageProblem(kind, path, detail, IMAGE_FIXES[kind])
+def _problem(kind: str, path: Path, detail: str, source: str | None = None,
+             where: str | None = None) -> ImageProblem:
+    source = source or getattr(path, "source", None)
+    where = where or getattr(path, "where", None)
+    fixes = IMAGE_FIXES if source == SOURCE_CSV else FILE_FIXES
+    return ImageProblem(kind, path, detail, fixes[kind], source, where)
 
 
 def read_image_bytes(path: Path) -> bytes:
@@ -243,14 +323,23 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
+def open_image(path: str | os.PathLike, source: str | None = None, where: str | None = None) -> Image.Image:
     """Open ``path`` as a fully decoded RGB image, or raise a ``DataError`` that says why not.
 
     Errors (all :class:`ImageProblem`, a ``DataError``): missing file, not an image / corrupt,
     truncated file, decompression bomb (more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels).
     RGBA, L, P, CMYK... are converted to RGB; EXIF orientation is applied.
+
+    The message's wording follows where the path came from: ``source="command line"`` ("the
+    file X given on the command line ...; fix the path or convert the image"), ``source="csv"``
+    with ``where`` (".../metadata.csv line 7, column 'image'"; fix the path in metadata.csv or
+    remove the row). Both default to the path's own (an :class:`ImagePath`, as returned by
+    ``DatasetCard.image_path``); a plain path gets the neutral wording ("X: ...; fix the path or convert the image").
     """
-    path = Path(path)
+    if source is not None or where is not None:
+        path = _image_path(path, source or getattr(path, "source", None), where or getattr(path, "where", None))
+    else:
+        path = as_path(path)
     data = read_image_bytes(path)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -25,10 +25,13 @@ from PIL import Image
 from dermkit.data.card import (
     BOOLEAN_FALSE,
     BOOLEAN_TRUE,
+    DELIMITER_NAMES,
     REQUIRED_COLUMNS,
     SPLITS,
     DatasetCard,
     load_card,
+    spelling_difference,
+    spelling_key,
 )
 from dermkit.data.images import (
     IMAGE_FIXES,
@@ -173,6 +176,11 @@ def _fmt_lines(lines) -> str:
     return head + (f" and {len(lines) - _LIST_LINES} more" if len(lines) > _LIST_LINES else "")
 
 
+def _fmt_lines_word(lines) -> str:
+    lines = list(lines)
+    return f"line{'s' if len(lines) != 1 else ''} {_fmt_lines(lines)}"
+
+
 def _norm_rel(rel: str) -> str:
     return posixpath.normpath(rel.replace("\\", "/"))
 
@@ -193,8 +201,34 @@ class _Checker:
             Problem(kind, message, fix, None if csv_line is None else int(csv_line), column, severity)
         )
 
-    def at(self, idx) -> str:
-        return f"{self.csv} line {int(self.line[idx])}"
+    def at(self, idx, column: str | None = None) -> str:
+        where = f"{self.csv} line {int(self.line[idx])}"
+        return where if column is None else f"{where}, column '{column}'"
+
+    # ---------------------------------------------------------------------- the file itself
+    def file_format(self):
+        delimiter = self.card.csv_delimiter
+        if delimiter != ",":
+            name = DELIMITER_NAMES.get(delimiter, repr(delimiter))
+            self.add(
+                "csv_delimiter",
+                f"{self.csv} is {name}-separated; read with {delimiter!r} (detected from the header, line 1)",
+                "nothing to do; save it comma-separated if other tools must read it "
+                "(`dermkit data split` rewrites it comma-separated)",
+                csv_line=1,
+                severity="warning",
+            )
+
+    def no_rows(self) -> bool:
+        if len(self.table):
+            return False
+        self.add(
+            "no_rows",
+            f"{self.csv} line 2: no rows after the header (line 1); the dataset has no images",
+            "add one row per image below the header (image,diagnosis,split,...)",
+            csv_line=2,
+        )
+        return True
 
     # ------------------------------------------------------------------ columns and values
     def required_columns(self):
@@ -210,14 +244,36 @@ class _Checker:
                 )
 
     def missing_values(self, col: str):
+        tokens = self.card.missing_tokens.get(col, pd.Series(dtype=object))
         for idx in self.table.index[self.table[col].isna()]:
+            token = tokens.get(idx)
             self.add(
                 "missing_value",
-                f"{self.at(idx)}: '{col}' is empty",
+                f"{self.at(idx, col)}: '{col}' is empty"
+                + (f" ({token!r} means missing)" if token is not None else ""),
                 f"fill in '{col}' on that line or delete the row",
                 self.line[idx],
                 col,
             )
+
+    def spelling_variants(self) -> list[str]:
+        """Diagnoses that differ only by case/spacing, when the card lists no classes: one error
+        per class name. Returns the class list to check the rest with (the most frequent
+        spelling of each name), so the variant rows are not reported again as unknown."""
+        variants = self.card.spelling_variants()
+        for spellings in variants:
+            first = min(line for lines in list(spellings.values())[1:] for line in lines)
+            self.add(
+                "case_variant",
+                self.card.variants_message(spellings).replace(f"{self.card.metadata_csv}", self.csv, 1),
+                f"write {next(iter(spellings))!r} on every line (or the spelling you prefer), or list "
+                "the classes in dataset.yaml (classes: [...])",
+                first,
+                "diagnosis",
+            )
+        keys = {spelling_key(next(iter(v))) for v in variants}
+        classes = [c for c in self.card.table_classes() if spelling_key(c) not in keys]
+        return sorted(classes + [next(iter(v)) for v in variants])
 
     def card_consistency(self, classes):
         card = self.card
@@ -241,17 +297,36 @@ class _Checker:
                     column=key,
                 )
 
-    def diagnoses(self, classes) -> pd.Series:
-        """Report unknown diagnoses; return the class index per row (NaN when unknown/empty)."""
+    def diagnoses(self, classes, case_reported: bool = False) -> pd.Series:
+        """Report unknown diagnoses; return the class index per row (NaN when unknown/empty).
+
+        ``case_reported``: spellings that differ from a class only by case were already reported
+        (:meth:`spelling_variants`), so they are skipped here."""
         index = {c: i for i, c in enumerate(classes)}
         diag = self.table["diagnosis"]
         codes = diag.map(index)
         unknown = codes.isna() & diag.notna()
+        by_key = {spelling_key(c): c for c in classes}
         for idx in self.table.index[unknown]:
             value = diag[idx]
+            match = by_key.get(spelling_key(value))
+            if match is not None:
+                if case_reported:
+                    continue
+                what = spelling_difference(value, match)
+                self.add(
+                    "case_variant",
+                    f"{self.at(idx, 'diagnosis')}: diagnosis {value!r} differs only by {what} from "
+                    f"the class {match!r}",
+                    f"write {match!r} exactly as in the class list (classes: "
+                    f"{', '.join(classes)}); class names are case-sensitive",
+                    self.line[idx],
+                    "diagnosis",
+                )
+                continue
             self.add(
                 "unknown_diagnosis",
-                f"{self.at(idx)}: unknown diagnosis {value!r}{self.card._suggest(value)}; known "
+                f"{self.at(idx, 'diagnosis')}: unknown diagnosis {value!r}{self.card._suggest(value)}; known "
                 f"classes: {', '.join(classes)}",
                 "use one of the known classes (exact spelling and case), or add the class to "
                 "'classes' in dataset.yaml",
@@ -278,7 +353,7 @@ class _Checker:
                 detail = f"label {got} ({name}) disagrees with diagnosis"
             self.add(
                 "label_mismatch",
-                f"{self.at(idx)}: {detail} {self.table['diagnosis'][idx]!r}, which is class {want}",
+                f"{self.at(idx, 'label')}: {detail} {self.table['diagnosis'][idx]!r}, which is class {want}",
                 f"set label to {want} (index of the diagnosis in classes: "
                 f"{', '.join(f'{i}={c}' for i, c in enumerate(classes))}) or delete the label "
                 "column (it is derived from diagnosis)",
@@ -292,7 +367,7 @@ class _Checker:
         for idx in self.table.index[bad]:
             self.add(
                 "invalid_split",
-                f"{self.at(idx)}: split {split[idx]!r} is not train, val or test",
+                f"{self.at(idx, 'split')}: split {split[idx]!r} is not train, val or test",
                 "use train, val or test (lower case, no spaces); `dermkit data split --force` "
                 "re-creates the split column",
                 self.line[idx],
@@ -355,7 +430,7 @@ class _Checker:
                 except DataError as exc:
                     self.add(
                         "unsafe_path",
-                        f"{self.at(idx)}: {exc}",
+                        f"{self.at(idx, col)}: {exc}",
                         "use a path relative to the dataset folder that stays inside it (no "
                         "absolute path, no '..' that climbs out of it)",
                         self.line[idx],
@@ -365,7 +440,7 @@ class _Checker:
             lines = [self.line[idx] for idx, _ in hits]
             if len(hits) == 1:
                 idx, exc = hits[0]
-                message = f"{self.at(idx)}: {exc}"
+                message = f"{self.at(idx, col)}: {exc}"
             else:
                 where = f"{self.csv} lines {_fmt_lines(lines)}"
                 name = link.relative_to(self.card.root).as_posix() if link is not None else "a symlink"
@@ -380,7 +455,13 @@ class _Checker:
     def image_problem(self, key, path: Path, problem: ImageProblem):
         idx, col = key
         rel = self.table[col][idx]
-        self.add(problem.kind, f"{self.at(idx)}: {col} {rel!r}: {problem.detail}", problem.fix, self.line[idx], col)
+        self.add(
+            problem.kind,
+            f"{self.at(idx, col)}: {col} {rel!r}: {problem.detail}",
+            IMAGE_FIXES[problem.kind],  # the metadata.csv wording, whatever the path object said
+            self.line[idx],
+            col,
+        )
 
     def files_exist(self, paths: dict):
         for key, path in paths.items():
@@ -404,6 +485,21 @@ class _Checker:
                 column=col,
             )
             return
+        empty = self.table.index[self.table[col].isna()]
+        if len(empty):
+            tokens = sorted(set(map(str, self.card.missing_tokens.get(col, pd.Series(dtype=object)))))
+            said = f" ({' and '.join(map(repr, tokens))} {'means' if len(tokens) == 1 else 'mean'} missing)" if tokens else ""
+            self.add(
+                "missing_group",
+                f"{self.csv} {_fmt_lines_word(self.line[empty])}, column '{col}': no {col}{said} "
+                f"in {len(empty)} row{'s' if len(empty) != 1 else ''}; each such row counts as its "
+                "own lesion/patient (splits, leakage check, grouped bootstrap)",
+                f"fill in '{col}' where rows show the same lesion/patient; rows left empty are "
+                "treated as independent",
+                self.line[empty[0]],
+                col,
+                severity="warning",
+            )
         frame = self.table[[col, "split"]].dropna()
         frame = frame[frame["split"].isin(SPLITS)]
         nsplits = frame.groupby(col, sort=False)["split"].nunique()
@@ -689,7 +785,13 @@ def check_dataset(
     in ``duplicate_column``, or byte-identical files when ``check_images``). With
     ``check_images`` every image (and second view) is also read, hashed (BLAKE2b) and fully
     decoded in ``threads`` threads to find unreadable, truncated and decompression-bomb files.
-    Warnings: classes with < 5 images in a split, metadata columns > 50% empty, and similar.
+    Also errors: diagnoses differing only by case/spacing (from each other when the card lists
+    no classes, ``case_variant``; or from a listed class) and a header without rows. Warnings:
+    classes with < 5 images in a split, metadata columns > 50% empty, rows without a group id
+    (each its own group), a metadata.csv not separated by commas (read anyway), and similar.
+
+    Key columns are read as :attr:`DatasetCard.table` normalises them: surrounding spaces are
+    dropped and "NA", "null", "None", "-", ... (plus the card's ``missing_values``) are missing.
 
     ``follow_symlinks`` (default: the card's ``follow_symlinks``, false unless dataset.yaml sets
     it) allows image paths that lead out of the folder through a symlink, for this check only.
@@ -698,22 +800,29 @@ def check_dataset(
     card = load_card(card)
     c = _Checker(card, follow_symlinks)
     table = c.table
+    c.file_format()
     c.required_columns()
     has = set(table.columns)
+    empty = c.no_rows()
     for col in REQUIRED_COLUMNS:
         if col in has:
             c.missing_values(col)
 
-    try:
-        classes = card.classes
-    except DataError:
-        classes = []
+    if card._classes is None and "diagnosis" in has:
+        # Classes come from the table: spellings differing only by case are one error each,
+        # and every spelling counts as a class for the rest of the check (no unknown noise).
+        classes = c.spelling_variants()
+    else:
+        try:
+            classes = card.classes
+        except DataError:
+            classes = []
     c.card_consistency(classes)
     if "diagnosis" in has:
-        codes = c.diagnoses(classes)
+        codes = c.diagnoses(classes, case_reported=card._classes is None)
         if "label" in has:
             c.labels(codes, classes)
-    if "split" in has:
+    if "split" in has and not empty:
         c.splits()
 
     images_checked = 0

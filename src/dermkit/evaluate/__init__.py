@@ -16,18 +16,21 @@ from .bootstrap import bootstrap_ci, bootstrap_metrics, percentile_ci, resample_
 from .metrics import (
     ECE_BINS,
     HEADLINE_METRICS,
+    LABEL_METRICS,
+    PROBABILITY_METRICS,
     SPECIFICITIES,
     brier_score,
+    class_coverage_warning,
     classification_metrics,
     expected_calibration_error,
     rank_auc,
     sensitivity_at_specificity,
 )
-from .report import Report, evaluate, read_predictions
+from .report import MISSING_TOKENS, Report, evaluate, format_ci, format_metric, is_missing, read_predictions
 
 
 def evaluate_and_save(predictions, out=None, n_bootstrap: int = 1000, seed: int = 0, title: str | None = None,
-                      groups=None) -> Report:
+                      groups=None, allow_duplicates: bool = False) -> Report:
     """:func:`evaluate` a predictions table (or CSV), saving the report in ``out`` when given.
 
     This is ``dermkit.evaluate(...)`` of the public API. Because ``dermkit.evaluate`` is also this
@@ -35,7 +38,7 @@ def evaluate_and_save(predictions, out=None, n_bootstrap: int = 1000, seed: int 
     whichever of the two the attribute ``dermkit.evaluate`` holds.
     """
     report = evaluate(predictions, groups=groups, n_bootstrap=n_bootstrap, seed=seed,
-                      title=title or "dermkit evaluation")
+                      title=title or "dermkit evaluation", allow_duplicates=allow_duplicates)
     if out is not None:
         report.save(out)
     return report
@@ -51,6 +54,13 @@ sys.modules[__name__].__class__ = _CallablePackage
 __all__ = [
     "ECE_BINS",
     "HEADLINE_METRICS",
+    "LABEL_METRICS",
+    "MISSING_TOKENS",
+    "PROBABILITY_METRICS",
+    "class_coverage_warning",
+    "format_ci",
+    "format_metric",
+    "is_missing",
     "SPECIFICITIES",
     "Report",
     "bootstrap_ci",

@@ -8,7 +8,9 @@ Conventions used throughout ``dermkit.evaluate``:
   differ from ``argmax(proba)`` when a decision threshold was applied. Probability metrics (AUC,
   ECE, Brier, log loss) use ``proba``; ECE scores the argmax decision (its standard definition).
 * A metric that is undefined on the data (e.g. the AUC of a class absent from ``y_true``) is
-  ``nan``; it never raises and never emits a warning.
+  ``nan``; it never raises and never emits a Python warning. ``class_coverage_warning`` words
+  the report warning for classes absent from ``y_true``; ``LABEL_METRICS`` and
+  ``PROBABILITY_METRICS`` name which metrics use ``y_pred`` and which use ``proba``.
 
 The values come from scikit-learn where it has the metric. The rank/block helpers at the bottom
 compute AUC and sensitivity-at-specificity from per-sample weights, so the bootstrap can evaluate
@@ -90,7 +92,7 @@ def check_arrays(
     y_true, proba, classes: Sequence[str], y_pred=None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate and convert metric inputs; ``y_pred`` defaults to ``argmax(proba)``."""
-    classes = list(classes)
+    classes = [str(c) for c in classes]  # plain str: messages never show np.str_(...)
     n_classes = len(classes)
     if n_classes < 2:
         raise DermkitError(f"need at least 2 classes, got {classes!r}")
@@ -246,8 +248,8 @@ def class_coverage_warning(y_true, y_pred, classes: Sequence[str], metrics: dict
     if sens and all(is_undefined(v) for v in sens.values()):
         undefined.append("sensitivity_at_specificity")
     parts = [
-        f"{len(absent)} of the {len(classes)} classes never occur in the targets: {quoted} "
-        f"(present: {', '.join(repr(c) for c in present)})."
+        (f"{len(absent)} of the {len(classes)} classes never occur in the targets: {quoted} "
+         f"(present: {', '.join(repr(c) for c in present)}).")
     ]
     if len(present) == 1:
         parts.append(

@@ -6,6 +6,12 @@ predictions.csv, report.md, a self-contained report.html and the PNG figures.
 
 Predictions table: ``image``, ``target``, ``prediction`` and one ``prob:<class>`` column per class
 (class order = column order); optional ``group`` (lesion/patient id for the grouped bootstrap).
+Missing values are the texts in ``MISSING_TOKENS`` (empty, NA, NaN, null, None...). Repeated image
+ids are refused unless ``allow_duplicates=True``. What the numbers must be read with (stripped
+whitespace, rows without a group, a prediction column that contradicts the probabilities, classes
+absent from the targets) ends up in ``Report.warnings``: metrics.json ``"warnings"`` and the top of
+report.md/.html. ``format_metric``/``format_ci`` print undefined metrics (null in metrics.json) as
+``n/a``.
 """
 
 from __future__ import annotations
@@ -71,8 +77,10 @@ MISSING_TOKENS = frozenset({
     "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null", "none", "-", "--", "?",
 })
 _MISSING_FOLDED = frozenset(token.casefold() for token in MISSING_TOKENS)
-#: ``DataFrame.attrs`` key under which ``read_predictions`` leaves its warnings for ``evaluate``.
+#: ``DataFrame.attrs`` keys under which ``read_predictions`` leaves its warnings for ``evaluate``
+#: and the CSV file they refer to (None for a DataFrame source).
 WARNINGS_ATTR = "dermkit_warnings"
+SOURCE_ATTR = "dermkit_source"
 # Disagreements between the prediction column and argmax(prob) tolerated without a warning.
 _DISAGREE_FRACTION, _DISAGREE_MIN = 0.01, 2
 _SHOW = 3  # rows/ids quoted in a message
@@ -137,9 +145,11 @@ def read_predictions(
         frame = source.reset_index(drop=True).copy()
         where, from_csv = "predictions table", False
         warnings += [str(w) for w in source.attrs.get(WARNINGS_ATTR, ())]
+        source_file = source.attrs.get(SOURCE_ATTR)
     else:
         path = Path(source)
         where, from_csv = str(path), True
+        source_file = where
         if not path.is_file():
             raise DataError(f"{path}: predictions file not found; check the path (a CSV with "
                             "columns image, target, prediction, prob:<class>...)")
@@ -212,8 +222,11 @@ def read_predictions(
                 "letter case/whitespace, which makes targets and predictions ambiguous; rename "
                 "one of the classes or merge the columns"
             )
+    def warn(text: str) -> None:
+        warnings.append(f"{where}: {text}" if from_csv else text)
+
     if renamed:
-        warnings.append(
+        warn(
             "Stripped surrounding whitespace from column name(s): " + ", ".join(renamed[:_SHOW])
             + (f" and {len(renamed) - _SHOW} more" if len(renamed) > _SHOW else "") + "."
         )
@@ -248,7 +261,9 @@ def read_predictions(
         rows = np.flatnonzero((keys == first).to_numpy())
         n_ids = int(keys[repeated].nunique())
         extra = int(repeated.sum()) - n_ids
-        lines = ", ".join(locate(i).split(" (")[0] for i in rows[:8])
+        numbers = [str(i + 2 if from_csv else i + 1) for i in rows[:8]]
+        lines = ("lines " if from_csv else "rows ") + ", ".join(numbers) + (
+            f" and {len(rows) - 8} more" if len(rows) > 8 else "")
         summary = (f"{n_ids} image id(s) occur more than once ({extra} extra row(s) of "
                    f"{len(keys)}); the first, {str(first)!r}, is on {lines}")
         if not allow_duplicates:
@@ -258,8 +273,9 @@ def read_predictions(
                 "drop_duplicates('image')), or, if they really are distinct cases that share an "
                 "image id, pass allow_duplicates=True (CLI: --allow-duplicates)"
             )
-        warnings.append(f"Repeated image ids: {summary}. They are evaluated as distinct cases "
-                        "because duplicates were allowed (allow_duplicates=True).")
+        if not any("Repeated image ids:" in w for w in warnings):  # not twice
+            warn(f"Repeated image ids: {summary}. They are evaluated as distinct cases "
+                 "because duplicates were allowed (allow_duplicates=True).")
 
     out = pd.DataFrame({"image": images.astype(str)})
     known = {name: column for name, column in zip(classes, prob_columns)}
@@ -298,7 +314,7 @@ def read_predictions(
                  "(classes come from the prob: columns)")
         if len(changed):
             i = int(changed[0])
-            warnings.append(
+            warn(
                 f"Stripped surrounding whitespace from {len(changed)} {column} value(s) "
                 f"(first at {locate(i)}: {text[i]!r} -> {str(values[i])!r}); they were matched "
                 "to the classes after stripping."
@@ -333,13 +349,15 @@ def read_predictions(
     if "group" in frame.columns:
         groups, notes = _normalise_groups(frame["group"].to_numpy(dtype=object), images,
                                           locate)
-        warnings += notes
+        for note in notes:
+            warn(note)
         out["group"] = groups
     # Keep any extra columns (e.g. dataset, split) for the user; they do not affect metrics.
     for column in frame.columns:
         if column not in out.columns:
             out[column] = frame[column].to_numpy()
     out.attrs[WARNINGS_ATTR] = list(dict.fromkeys(warnings))
+    out.attrs[SOURCE_ATTR] = source_file
     return out
 
 
@@ -350,8 +368,9 @@ def _strip_column(name: str) -> str:
     return name
 
 
-def _normalise_groups(values, images, locate) -> tuple[list[str], list[str]]:
-    """Group ids as stripped text; a missing id becomes the row's own cluster (its image id)."""
+def _normalise_groups(values, images, locate, what: str = "group id(s)"):
+    """``(group ids, warnings)``: ids as stripped text, a missing id replaced by the row's own
+    cluster (its image id, made unique against the real ids)."""
     missing = _missing_mask(values)
     text = ["" if m else str(v) for v, m in zip(values, missing)]
     groups = [t.strip() for t in text]
@@ -359,7 +378,7 @@ def _normalise_groups(values, images, locate) -> tuple[list[str], list[str]]:
     changed = [i for i, (a, b) in enumerate(zip(text, groups)) if a != b]
     if changed:
         i = changed[0]
-        notes.append(f"Stripped surrounding whitespace from {len(changed)} group id(s) (first at "
+        notes.append(f"Stripped surrounding whitespace from {len(changed)} {what} (first at "
                      f"{locate(i)}: {text[i]!r} -> {groups[i]!r}).")
     rows = np.flatnonzero(missing)
     if len(rows):
@@ -440,28 +459,29 @@ def evaluate(
     frame = read_predictions(preds, allow_duplicates=allow_duplicates)
     warnings = list(frame.attrs.get(WARNINGS_ATTR, ()))
     if groups is not None:
+        # The explicit ids replace the group column: its warnings no longer apply.
+        warnings = [w for w in warnings if "no group id" not in w and "group id(s)" not in w]
         values = np.asarray(groups, dtype=object)
         if values.shape != (len(frame),):
             group_codes(values, len(frame))  # raises the length error
         images = frame["image"].to_numpy(dtype=object)
         ids, notes = _normalise_groups(values, images,
-                                       lambda i: f"row {i + 1} (image {str(images[i])!r})")
-        warnings += [n.replace("group id(s)", "id(s) in groups=", 1) if n.startswith("Stripped")
-                     else n for n in notes]
+                                       lambda i: f"row {i + 1} (image {str(images[i])!r})",
+                                       "id(s) in groups=")
+        warnings += notes
         frame["group"] = ids
     valid_n = isinstance(n_bootstrap, (int, np.integer)) and not isinstance(n_bootstrap, bool)
     if not valid_n or n_bootstrap < 0:
-        raise DermkitError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")
+        raise DermkitError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap}")
     grouped = "group" in frame.columns
     classes, y_true, proba, y_pred = prediction_arrays(frame)
 
     metrics = classification_metrics(y_true, proba, classes, y_pred)
-    disagreement = _prediction_warning(frame, proba, y_pred)
-    if disagreement:
-        warnings.append(disagreement)
-    coverage = class_coverage_warning(y_true, y_pred, classes, metrics)
-    if coverage:
-        warnings.append(coverage)
+    source_file = frame.attrs.get(SOURCE_ATTR)
+    for note in (_prediction_warning(frame, proba, y_pred),
+                 class_coverage_warning(y_true, y_pred, classes, metrics)):
+        if note:
+            warnings.append(f"{source_file}: {note}" if source_file else note)
     group_values = frame["group"].to_numpy() if grouped else None
     if n_bootstrap > 0:
         ci = bootstrap_metrics(y_true, proba, y_pred, group_values, n=int(n_bootstrap),
@@ -508,18 +528,32 @@ def _prediction_warning(frame: pd.DataFrame, proba: np.ndarray, y_pred: np.ndarr
 # ------------------------------------------------------------------------------ reporting
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+def format_metric(value: Any, digits: int = 4) -> str:
+    """A metric value for people: ``"n/a"`` when undefined (None/NaN/inf), else fixed digits.
+
+    Use it wherever a metric is printed (CLI, tables): an undefined metric is ``null`` in
+    metrics.json and must not print as ``nan``.
+    """
+    if is_undefined(value):
         return "n/a"
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return str(int(value))
     return f"{float(value):.{digits}f}"
 
 
-def _fmt_ci(ci: dict | None) -> str:
-    if not ci or _fmt(ci.get("low")) == "n/a":
+def format_ci(ci: dict | None, digits: int = 4, template: str = "{low} \u2013 {high}") -> str:
+    """A confidence interval ``{"low", "high"}`` as text, ``"n/a"`` when it is undefined."""
+    if not ci or is_undefined(ci.get("low")) or is_undefined(ci.get("high")):
         return "n/a"
-    return f"{_fmt(ci['low'])} \u2013 {_fmt(ci['high'])}"
+    return template.format(low=format_metric(ci["low"], digits),
+                           high=format_metric(ci["high"], digits))
+
+
+_fmt = format_metric
+
+
+def _fmt_ci(ci: dict | None) -> str:
+    return format_ci(ci)
 
 
 @dataclass
@@ -529,10 +563,26 @@ class Report:
     metrics: dict
     predictions: pd.DataFrame
     title: str = "Evaluation report"
+    #: What the numbers must be read with (one sentence or paragraph each, plain text): stripped
+    #: whitespace, rows without a group, allowed duplicates, a prediction column that disagrees
+    #: with the probabilities, classes absent from the targets. Shown at the top of report.md and
+    #: report.html and saved as ``"warnings"`` in metrics.json (``[]`` when there are none).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
         return list(self.metrics["classes"])
+
+    def metrics_json(self) -> dict:
+        """metrics.json content: ``metrics`` with ``"warnings"`` after ``"classes"`` and every
+        undefined value (NaN/inf) as ``None`` (JSON null)."""
+        out = {}
+        for key, value in self.metrics.items():
+            out[key] = value
+            if key == "classes":
+                out["warnings"] = list(self.warnings)
+        out.setdefault("warnings", list(self.warnings))
+        return _json_ready(out)
 
     # -- content shared by the Markdown and HTML renderings
 
@@ -591,8 +641,10 @@ class Report:
             return lines + [""]
 
         m = self.metrics
-        lines = [f"# {self.title}", "",
-                 f"- Samples: {m['n']}",
+        lines = [f"# {self.title}", ""]
+        for warning in self.warnings:
+            lines += [f"> **Warning:** {cell(warning)}", ""]
+        lines += [f"- Samples: {m['n']}",
                  f"- Classes ({len(self.classes)}): {', '.join(self.classes)}", "",
                  self._method_note(), "", "## Headline metrics", ""]
         lines += table(["Metric", "Value", "95% CI"], self._headline_rows())
@@ -634,6 +686,7 @@ class Report:
             f"<title>{esc(self.title)}</title>",
             f"<style>{_CSS}</style></head><body>",
             f"<h1>{esc(self.title)}</h1>",
+            *(f"<p class='warning'><b>Warning:</b> {esc(w)}</p>" for w in self.warnings),
             f"<p>Samples: <b>{m['n']}</b> &middot; Classes ({len(self.classes)}): "
             f"{esc(', '.join(self.classes))}</p>",
             f"<p class='note'>{esc(self._method_note())}</p>",
@@ -681,16 +734,36 @@ class Report:
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write metrics.json, predictions.csv, the PNG figures, report.md and report.html."""
         out = Path(out_dir)
+        # Render before touching the folder, so a failure leaves no half-written report behind.
+        figures = self.figures()
+        metrics = self.metrics_json()
         out.mkdir(parents=True, exist_ok=True)
-        io.write_json(out / "metrics.json", self.metrics)
+        io.write_json(out / "metrics.json", metrics)
         io.write_csv(out / "predictions.csv", self.predictions)
         images = {}
-        for name, fig in self.figures().items():
+        for name, fig in figures.items():
             io.save_figure(out / name, fig)
             images[name] = (out / name).read_bytes()
         io.write_text(out / "report.md", self.to_markdown())
         io.write_text(out / "report.html", self.to_html(images))
         return out
+
+
+def _json_ready(obj: Any) -> Any:
+    """Copy of a metrics structure with NaN/inf as None and numpy scalars as Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_ready(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return None if is_undefined(obj) else float(obj)
+    return obj
 
 
 _CSS = """
@@ -703,6 +776,7 @@ th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
 thead th{background:#eef2f8;text-align:center}
 tbody th{text-align:left;font-weight:600;background:#fafafa}
 .note{color:#555;font-size:.9rem}
+.warning{background:#fff4e5;border-left:4px solid #e08a00;padding:.5rem .8rem}
 figure{margin:1rem 0}
 img{max-width:100%;height:auto;border:1px solid #ddd}
 figcaption{color:#555;font-size:.85rem}
