@@ -255,7 +255,9 @@ def predict(
 ) -> None:
     """Top-k classes with probabilities for each image."""
     from dermkit.api import load_predictor
+    from dermkit.data.images import command_line_path
 
+    images = [command_line_path(p) for p in images]  # errors name the file as given, not a CSV row
     predictor = load_predictor(model)
     if clinical or meta:
         from dermkit.errors import ConfigError

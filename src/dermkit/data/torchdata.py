@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from dermkit.data.images import open_image
+from dermkit.data.images import as_path, open_image
 
 
 class RandomRot90(torch.nn.Module):
@@ -86,7 +86,7 @@ class ImageDataset(Dataset):
         progress: bool = False,
         desc: str = "decoding",
     ):
-        self.paths = [Path(p) for p in paths]
+        self.paths = [as_path(p) for p in paths]
         self.labels = None if labels is None else torch.tensor(np.array(labels), dtype=torch.long)
         self.transform = transform
         self.images = decode_all(self.paths, cache_side, progress=progress, desc=desc)

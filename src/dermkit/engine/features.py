@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dermkit import io
-from dermkit.data.images import open_image, read_image_bytes
+from dermkit.data.images import as_path, open_image, read_image_bytes
 from dermkit.errors import DataError
 
 __all__ = [
@@ -64,7 +64,7 @@ def default_cache_dir() -> Path:
 
 def content_hash(path: str | os.PathLike) -> str:
     """BLAKE2b-128 hex digest of a file's bytes (missing/unreadable file -> DataError)."""
-    return hashlib.blake2b(read_image_bytes(Path(path)), digest_size=16).hexdigest()
+    return hashlib.blake2b(read_image_bytes(as_path(path)), digest_size=16).hexdigest()
 
 
 def _describe_preprocess(preprocess) -> str:
@@ -282,7 +282,7 @@ def extract_features(
     (identical files once) and added as a new shard. ``use_cache=False`` computes everything and
     writes nothing. Unreadable images raise :class:`~dermkit.errors.DataError` naming the file.
     """
-    paths = [Path(p) for p in paths]
+    paths = [as_path(p) for p in paths]
     amp_dtype = _autocast_dtype(_device(enc))
     if not use_cache:
         return _compute(enc, paths, batch_size, num_workers, progress, amp_dtype)

@@ -393,9 +393,10 @@ class EncoderHeadPredictor(Predictor):
         return super().save(folder)
 
     def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
+        from dermkit.data.images import as_path
         from dermkit.engine.features import extract_features
 
-        feats = extract_features(self.enc, [Path(p) for p in paths], cache_dir=self.cache_dir,
+        feats = extract_features(self.enc, [as_path(p) for p in paths], cache_dir=self.cache_dir,
                                  batch_size=self.batch_size, num_workers=self.num_workers, progress=progress)
         return self.head(feats)
 

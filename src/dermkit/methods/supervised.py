@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dermkit.data.images import as_path
 from dermkit.data.torchdata import ImageDataset, eval_transform, train_transform
 from dermkit.engine.batching import drop_last, steps_per_epoch
 from dermkit.engine.loop import EngineConfig, epoch_seed, resolve_device, resolve_precision
@@ -108,7 +109,7 @@ class SupervisedPredictor(Predictor):
         return self.model.state_dict(), self.card
 
     def dataset(self, paths: Sequence[Path], progress: bool = False) -> ImageDataset:
-        return ImageDataset([Path(p) for p in paths], None, self.transform, cache_side=int(self.image_size * 1.15),
+        return ImageDataset([as_path(p) for p in paths], None, self.transform, cache_side=int(self.image_size * 1.15),
                             progress=progress)
 
     def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
