@@ -139,6 +139,23 @@ def test_dermkit_rank_on_the_panderm2_folder(panderm_folder, tmp_path, capsys):
     assert sum(r["probability"] for r in result) == pytest.approx(1, abs=1e-5)
 
 
+def test_dermkit_zeroshot_on_the_panderm2_folder(panderm_folder, tmp_path, capsys, monkeypatch):
+    """`dermkit zeroshot` end to end on the PanDerm-2-configured folder (random weights: no accuracy
+    is asserted, only that the seed's model format runs through dermkit's pipeline and reports)."""
+    from conftest import make_dataset
+    from dermkit.cli import main
+
+    folder, _ = panderm_folder
+    data = make_dataset(tmp_path, counts={"train": 2, "val": 2, "test": 3})
+    monkeypatch.setenv("DERMKIT_CACHE", str(tmp_path / "cache"))
+    with pytest.warns(UserWarning, match="pretrain_path"):
+        code = main(["zeroshot", "--model", str(folder), "--data", str(data), "--out", str(tmp_path / "zs"),
+                     "--n-bootstrap", "10"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "zs" / "tiny" / "metrics.json").read_text())
+    assert metrics["n"] == 9 and (tmp_path / "zs" / "tiny" / "model" / "model.json").is_file()
+
+
 # ------------------------------------------------------------------------------ build errors say what failed
 
 
