@@ -149,7 +149,7 @@ def test_shipped_configs_parse_and_match_benchmark():
     shipped = sorted(root.glob("**/*.yaml"))
     assert all(yaml.safe_load(p.read_text()).get("method") for p in shipped)  # one dialect: every config names its method
     assert len(check_configs(shipped)) == len(shipped)
-    raw = {k: v for k, v in load_config(root / "supervised" / "benchmark_lite0_ham10000.yaml").items()
+    raw = {k: v for k, v in load_config(root / "benchmark_lite0_ham10000.yaml").items()
            if k not in ("method", "name", "_source")}
     bench = {k: v for k, v in benchmark_config().items() if k not in ("method", "name")}
     assert TrainConfig.from_dict(raw).to_dict() == TrainConfig.from_dict(bench).to_dict()
