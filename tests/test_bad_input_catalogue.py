@@ -91,6 +91,8 @@ CASES = [
     ("run-two-configs", lambda w, t: ["run", _yaml(t / "a.yaml", _cfg(w)), _yaml(t / "b.yaml", _cfg(w)),
                                       "--out", str(t / "out")], ["one config", "suite"]),
     ("run-without-out", lambda w, t: ["run", _yaml(t / "c.yaml", _cfg(w))], ["--out"]),
+    ("check-eval-data-other-classes", lambda w, t: ["run", "--check", _yaml(t / "c.yaml", _cfg(
+        w, eval_data=[str(w["other"])]))], ["c.yaml", "eval_data", "classes"]),
     ("check-bad-config", lambda w, t: ["run", "--check", _yaml(t / "c.yaml", _cfg(w, lr="fast"))],
      ["c.yaml", "lr must be a number"]),
     ("suite-duplicate-names", lambda w, t: ["suite", _yaml(t / "a.yaml", _cfg(w, name="x")),

@@ -36,12 +36,11 @@ class ClipTrainConfig(ClassifierConfig):
     """``method: contrastive``: align a CLIP-style model on image-caption pairs.
 
     ``train_data``: datasets whose train splits give the pairs (PH2 stays unseen by default);
-    ``data`` / ``eval_data``: the saved model is also a zero-shot classifier of ``data``'s classes,
-    reported on its test split and on ``eval_data``'s.
+    ``data`` / ``task`` / ``eval_data``: the saved model is also a zero-shot classifier of ``data``'s
+    classes (under ``task``), reported on its test split and on ``eval_data``'s.
     """
 
     data: str = "ham10000"
-    eval_data: list[str] = field(default_factory=lambda: ["ph2"])
     train_data: list[str] = field(default_factory=lambda: list(DEFAULT_DATASETS))
     init: str | None = None  # an open_clip model (folder / hf-hub:) to continue from; None = build dermkit-CLIP
     image_tower: str = "tf_efficientnet_lite0"
