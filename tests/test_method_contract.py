@@ -25,7 +25,7 @@ ALL_METHODS = list_methods()
 
 
 def test_every_method_is_registered_once_with_a_config_and_tiny_config():
-    assert {"supervised", "zeroshot", "linear_probe", "contrastive", "prompt_learning", "fusion"} <= set(ALL_METHODS)
+    assert {"supervised", "zeroshot", "linear_probe", "contrastive", "prompt_learning", "fusion", "sae"} <= set(ALL_METHODS)
     for name in ALL_METHODS:
         method = METHODS[name]
         assert method.name == name and method.description
