@@ -152,6 +152,15 @@ CASES = [
                                               "--texts-file", str(t / "t.txt")], ["t.txt", "not found"]),
     ("rank-bad-model-spec", lambda w, t: ["rank", str(w["image"]), "--model", "hf-hub:only-one-part", "--texts", "a"],
      ["hf-hub:"]),
+    # ---- concepts
+    ("concepts-show-not-a-cbm", lambda w, t: ["concepts", "show", "--model", str(w["model"]), "--data", str(w["data"]),
+                                              "--out", str(t / "out")], ["method: cbm"]),
+    ("concepts-intervene-missing-model", lambda w, t: ["concepts", "intervene", "--model", str(t / "none"), "--data",
+                                                       str(w["data"]), "--zero", "ink", "--out", str(t / "out")],
+     ["none", "model.json"]),
+    ("run-cbm-without-sae", lambda w, t: ["run", _yaml(t / "c.yaml", {"method": "cbm", "data": str(w["data"]),
+                                                                       "sae": str(t / "nosae")}), "--out", str(t / "out")],
+     ["nosae"]),
     # ---- data
     ("data-check-missing-folder", lambda w, t: ["data", "check", str(t / "nowhere")], ["nowhere"]),
     ("data-split-bad-fractions", lambda w, t: ["data", "split", str(w["data"]), "--train", "0.9", "--out",

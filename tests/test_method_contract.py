@@ -25,7 +25,7 @@ ALL_METHODS = list_methods()
 
 
 def test_every_method_is_registered_once_with_a_config_and_tiny_config():
-    assert {"supervised", "zeroshot", "linear_probe", "contrastive", "prompt_learning", "fusion", "sae"} <= set(ALL_METHODS)
+    assert {"supervised", "zeroshot", "linear_probe", "contrastive", "prompt_learning", "fusion", "sae", "cbm"} <= set(ALL_METHODS)
     for name in ALL_METHODS:
         method = METHODS[name]
         assert method.name == name and method.description
@@ -33,19 +33,34 @@ def test_every_method_is_registered_once_with_a_config_and_tiny_config():
         method.config_class()  # every key has a default
 
 
-def _fill(value, data, clip):
+def _fill(value, data, clip, sae=None):
     if isinstance(value, str):
-        return value.replace("{data}", str(data)).replace("{clip}", str(clip))
+        return value.replace("{data}", str(data)).replace("{clip}", str(clip)).replace("{sae}", str(sae))
     if isinstance(value, list):
-        return [_fill(v, data, clip) for v in value]
+        return [_fill(v, data, clip, sae) for v in value]
     return value
 
 
+@pytest.fixture(scope="module")
+def sae_folder(tmp_path_factory, clip_folder):
+    """A tiny trained SAE (the `sae` method's own tiny config) for methods built on one (`{sae}`)."""
+    from conftest import make_dataset
+
+    root = tmp_path_factory.mktemp("sae")
+    data = make_dataset(root)
+    config = {"method": "sae", **{k: _fill(v, data, clip_folder) for k, v in METHODS["sae"].tiny_config.items()},
+              "cache_dir": str(root / "cache")}
+    dermkit.run(config, out=root / "run", progress=False)
+    return root / "run" / "model"
+
+
 @pytest.mark.parametrize("method", ALL_METHODS)
-def test_method_contract(method, tiny_dataset, clip_folder, tmp_path, monkeypatch, capsys):
+def test_method_contract(method, tiny_dataset, clip_folder, tmp_path, monkeypatch, capsys, request):
     monkeypatch.setenv("DERMKIT_CACHE", str(tmp_path / "cache"))
+    needs_sae = "{sae}" in str(METHODS[method].tiny_config)
+    sae = request.getfixturevalue("sae_folder") if needs_sae else None
     config = {"method": method, "name": f"tiny_{method}",
-              **{k: _fill(v, tiny_dataset, clip_folder) for k, v in METHODS[method].tiny_config.items()}}
+              **{k: _fill(v, tiny_dataset, clip_folder, sae) for k, v in METHODS[method].tiny_config.items()}}
     path = tmp_path / f"{method}.yaml"
     path.write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "run"

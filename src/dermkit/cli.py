@@ -22,6 +22,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Dataset cards: validate a dataset folder, make splits.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+concepts_app = typer.Typer(help="Concept bottlenecks (method: cbm): concept galleries, validity, interventions.",
+                           no_args_is_help=True)
+app.add_typer(concepts_app, name="concepts")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -568,6 +571,63 @@ def rank_cmd(
     for i, ((t, s), p) in enumerate(zip(ranked, probs), 1):
         table.add_row(str(i), t, f"{s:.4f}", f"{p:.3f}")
     console.print(table)
+
+
+# --------------------------------------------------------------------------- concepts
+def _cbm(model: Path):
+    from dermkit.api import load_predictor
+    from dermkit.errors import ConfigError
+
+    predictor = load_predictor(model)
+    if getattr(predictor, "method", None) != "cbm":
+        raise ConfigError(f"{model} is a `{getattr(predictor, 'method', '?')}` model; concepts need a concept "
+                          "bottleneck (a `method: cbm` run's model folder)")
+    return predictor
+
+
+@concepts_app.command("intervene")
+def concepts_intervene(
+    model: Path = typer.Option(..., help="Model folder of a `method: cbm` run."),
+    data: str = typer.Option(..., help="Dataset name or folder (relabelled for the model's task)."),
+    zero: str = typer.Option(..., help="Concepts to switch off, separated by commas: latent ids, concept names of "
+                                       "the model, or text queries matched to its nearest concept (e.g. 'ink,ruler')."),
+    out: Path = typer.Option(..., help="Folder: before/ and after/ reports, intervention.json."),
+    split: str = typer.Option("test", help="Split to evaluate."),
+    n_bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% CIs."),
+) -> None:
+    """Zero the activations of some concepts (e.g. artefacts) and report the metrics before and after."""
+    from dermkit.api import load_dataset
+    from dermkit.methods.cbm import intervene
+
+    predictor = _cbm(model)
+    result = intervene(predictor, load_dataset(data), zero.split(","), out, split=split, n_bootstrap=n_bootstrap)
+    for z in result["zeroed"]:
+        console.print(f"zeroed latent {z['latent']} ({predictor.concept_name(z['latent'])}) for {z['item']!r} "
+                      f"[{z['how']}]")
+    table = Table("metric", "before", "after", title=f"intervention on {data} ({split})")
+    for key in result["before"]:
+        b, a = result["before"][key], result["after"][key]
+        table.add_row(key, "n/a" if b is None else f"{b:.4f}", "n/a" if a is None else f"{a:.4f}")
+    console.print(table)
+    console.print(f"reports: {out}/before, {out}/after")
+
+
+@concepts_app.command("show")
+def concepts_show(
+    model: Path = typer.Option(..., help="Model folder of a `method: cbm` run."),
+    data: str = typer.Option(..., help="Dataset name or folder whose images fill the gallery."),
+    out: Path = typer.Option(..., help="Folder: concepts.html (gallery) and validity.csv."),
+    split: str = typer.Option("test", help="Split whose images are shown."),
+    top: int = typer.Option(8, min=1, help="Top-activating images per concept."),
+    n_bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the validity CIs."),
+) -> None:
+    """An HTML gallery of the model's concepts (top-activating images, name, weight) and, where the
+    dataset annotates concepts (Derm7pt, PH2), each named concept's AUROC against the annotation."""
+    from dermkit.api import load_dataset
+    from dermkit.methods.cbm import concept_gallery
+
+    page = concept_gallery(_cbm(model), load_dataset(data), out, split=split, top=top, n_bootstrap=n_bootstrap)
+    console.print(f"gallery: {page}\nvalidity: {out / 'validity.csv'}")
 
 
 # --------------------------------------------------------------------------- entry point

@@ -228,6 +228,8 @@ def run_experiment(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool
     run = Run(method, config, out_dir, name=name, resume=resume, progress=progress)
     run.card()  # a missing dataset or bad task fails before any file is written
     run.eval_cards()
+    for warning in method.check(config):  # e.g. a model folder that does not exist (yet, for --check)
+        raise ConfigError(f"{where}: {warning}")
     out_dir.mkdir(parents=True, exist_ok=True)
     run.write_config()
     predictor = method.fit(config, run)

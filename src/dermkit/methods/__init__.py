@@ -3,7 +3,16 @@
 Importing this package imports every method module, which fills the registry.
 """
 
-from dermkit.methods import contrastive, fusion, linear_probe, prompt_learning, sae, supervised, zeroshot  # noqa: F401
+from dermkit.methods import (  # noqa: F401  (each module registers its method)
+    cbm,
+    contrastive,
+    fusion,
+    linear_probe,
+    prompt_learning,
+    sae,
+    supervised,
+    zeroshot,
+)
 from dermkit.methods.base import METHODS, Method, Predictions, Predictor, get_method, list_methods, load_predictor
 
 __all__ = ["METHODS", "Method", "Predictions", "Predictor", "get_method", "list_methods", "load_predictor"]

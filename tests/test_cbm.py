@@ -1,0 +1,108 @@
+"""Concept bottleneck (method: cbm): sklearn-equal probabilities, sparse concepts, explanations,
+interventions that change exactly the named columns, gallery and validity files, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import dermkit
+from dermkit.cli import main
+from dermkit.methods.cbm import CBMPredictor, resolve_latents
+
+
+@pytest.fixture(scope="module")
+def cbm(tmp_path_factory, clip_folder):
+    from conftest import make_dataset
+
+    root = tmp_path_factory.mktemp("cbm")
+    data = make_dataset(root)
+    common = {"data": str(data), "num_workers": 0, "cache_dir": str(root / "cache"), "n_bootstrap": 20}
+    dermkit.run({"method": "sae", "model": str(clip_folder), "expansion": 4, "epochs": 30, "batch_size": 64,
+                 "l1": 1e-3, "lr": 2e-3, "Cs": [1.0], **common}, out=root / "sae", progress=False)
+    summary = dermkit.run({"method": "cbm", "sae": str(root / "sae" / "model"), "Cs": [0.1, 0.3, 1.0], **common},
+                          out=root / "cbm", progress=False)
+    return {"data": data, "dir": root / "cbm", "summary": summary, "predictor": dermkit.load_predictor(root / "cbm" / "model")}
+
+
+def _features(p: CBMPredictor, data):
+    from dermkit.engine.features import extract_split_features
+
+    feats, labels, _ = extract_split_features(p.enc, dermkit.load_dataset(data), "test", cache_dir=p.cache_dir,
+                                              num_workers=0, progress=False)
+    return feats, labels
+
+
+def test_probabilities_equal_sklearn_on_the_same_activations(cbm):
+    from sklearn.linear_model import LogisticRegression
+
+    p = cbm["predictor"]
+    feats, _ = _features(p, cbm["data"])
+    a = p.sae.activations(feats).astype(np.float64)
+    z = (a - p.probe.mean) / p.probe.scale
+    sk = LogisticRegression()
+    sk.classes_ = np.arange(len(p.classes))
+    sk.coef_, sk.intercept_ = p.probe.coef, p.probe.intercept
+    np.testing.assert_allclose(p.head(feats), sk.predict_proba(z), atol=1e-10)
+    # L1: only some latents carry weight, and the summary says how many.
+    nonzero = int((np.abs(p.probe.coef) > 0).any(axis=0).sum())
+    assert 0 < nonzero < p.sae.n_latents and cbm["summary"]["nonzero_concepts"] == nonzero
+    assert {c["latent"] for c in p.concepts} == set(np.flatnonzero((np.abs(p.probe.coef) > 0).any(axis=0)).tolist())
+    # Named one-to-one from the vocabulary (the tiny CLIP has a text tower).
+    names = [c["name"] for c in p.concepts]
+    assert all(names) and len(set(names)) == len(names)
+
+
+def test_intervention_changes_exactly_the_named_columns(cbm):
+    p = cbm["predictor"]
+    feats, _ = _features(p, cbm["data"])
+    latents = [c["latent"] for c in p.concepts[:2]]
+    q = p.with_zeroed(latents)
+    before, after = p.activations(feats), q.activations(feats)
+    changed = np.flatnonzero((before != after).any(axis=0))
+    assert set(changed) <= set(latents) and np.all(after[:, latents] == 0)
+    assert p.zeroed == [] and q.zeroed == sorted(latents)
+    # Saved with its intervention, loaded with it.
+    q.save(cbm["dir"] / "intervened")
+    again = dermkit.load_predictor(cbm["dir"] / "intervened")
+    assert again.zeroed == sorted(latents)
+    np.testing.assert_allclose(again.head(feats), q.head(feats), atol=1e-12)
+    by_name = resolve_latents(p, [str(latents[0]), p.concepts[1]["name"]])
+    assert [r["latent"] for r in by_name] == latents
+
+
+def test_explanations_are_the_predicted_class_contributions(cbm):
+    p = cbm["predictor"]
+    feats, _ = _features(p, cbm["data"])
+    explained = p.explain_features(feats[:3], top=100)
+    z = (p.activations(feats[:3]) - p.probe.mean) / p.probe.scale
+    for i, expl in enumerate(explained):
+        c = int(p.head(feats[i:i + 1]).argmax())
+        total = sum(e["contribution"] for e in expl) + p.probe.intercept[c]
+        assert total == pytest.approx(float(z[i] @ p.probe.coef[c] + p.probe.intercept[c]), abs=1e-9)
+        assert [e["contribution"] for e in expl] == sorted((e["contribution"] for e in expl), reverse=True)
+
+
+def test_cli_show_intervene_and_predict(cbm, tmp_path, capsys):
+    model, data = cbm["dir"] / "model", cbm["data"]
+    assert main(["concepts", "show", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "show"),
+                 "--top", "3", "--n-bootstrap", "10"]) == 0
+    assert "<img src='data:image/jpeg;base64," in (tmp_path / "show" / "concepts.html").read_text()
+    assert (tmp_path / "show" / "validity.csv").is_file()
+    name = cbm["predictor"].concepts[0]["name"]
+    assert main(["concepts", "intervene", "--model", str(model), "--data", str(data), "--zero", f"{name},a ruler",
+                 "--out", str(tmp_path / "iv"), "--n-bootstrap", "10"]) == 0
+    result = json.loads((tmp_path / "iv" / "intervention.json").read_text())
+    assert [z["how"].split(" (")[0] for z in result["zeroed"]] == ["concept name", "text query"]
+    assert set(result["before"]) == set(result["after"]) == {"accuracy", "balanced_accuracy", "macro_f1", "macro_auc"}
+    assert (tmp_path / "iv" / "before" / "metrics.json").is_file() and (tmp_path / "iv" / "after" / "report.html").is_file()
+    capsys.readouterr()
+    image = sorted((data / "images").glob("*test*.jpg"))[0]
+    assert main(["predict", str(image), "--model", str(model)]) == 0
+    assert "concepts:" in capsys.readouterr().out
+    # A model that is not a concept bottleneck is refused clearly.
+    assert main(["concepts", "show", "--model", str(model.parent.parent / "sae" / "model"), "--data", str(data),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "method: cbm" in capsys.readouterr().err and not (tmp_path / "x").exists()
