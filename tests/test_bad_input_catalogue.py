@@ -161,6 +161,8 @@ CASES = [
     ("run-cbm-without-sae", lambda w, t: ["run", _yaml(t / "c.yaml", {"method": "cbm", "data": str(w["data"]),
                                                                        "sae": str(t / "nosae")}), "--out", str(t / "out")],
      ["nosae"]),
+    ("concepts-bias-data-bad-artefact", lambda w, t: ["concepts", "bias-data", "--data", str(w["data"]), "--out",
+                                                      str(t / "out"), "--artefact", "glitter"], ["artefact", "glitter"]),
     # ---- data
     ("data-check-missing-folder", lambda w, t: ["data", "check", str(t / "nowhere")], ["nowhere"]),
     ("data-split-bad-fractions", lambda w, t: ["data", "split", str(w["data"]), "--train", "0.9", "--out",

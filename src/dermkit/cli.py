@@ -630,6 +630,23 @@ def concepts_show(
     console.print(f"gallery: {page}\nvalidity: {out / 'validity.csv'}")
 
 
+@concepts_app.command("bias-data")
+def concepts_bias_data(
+    data: str = typer.Option(..., help="Dataset name or folder (with an images/ folder and a positive class)."),
+    out: Path = typer.Option(..., help="Folder for the two biased dataset folders (biased/, biased_test/)."),
+    artefact: str = typer.Option("ink", help="ink (a purple ink mark) | ruler (a ruler bar along one edge)."),
+    fraction: float = typer.Option(0.8, help="Fraction of the positive train/val images (and of the negative "
+                                             "test images in biased_test/) that get the artefact."),
+    seed: int = typer.Option(0, help="Random seed of which images get it and where it is drawn."),
+) -> None:
+    """Build a shortcut on purpose: the artefact drawn on most melanomas of train/val (biased/, test clean)
+    and on most non-melanomas of test (biased_test/). Only edited images are written; the rest link back."""
+    from dermkit.data.artefacts import biased_copies
+
+    biased, biased_test = biased_copies(data, out, kind=artefact, fraction=fraction, seed=seed)
+    console.print(f"wrote {biased} and {biased_test}")
+
+
 # --------------------------------------------------------------------------- entry point
 def _frame_table(frame, title: str) -> Table:
     table = Table(*[str(c) for c in frame.columns], title=title)
