@@ -594,13 +594,15 @@ def concepts_intervene(
     out: Path = typer.Option(..., help="Folder: before/ and after/ reports, intervention.json."),
     split: str = typer.Option("test", help="Split to evaluate."),
     n_bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% CIs."),
+    per_query: int = typer.Option(1, min=1, help="Concepts zeroed per text query (its nearest ones)."),
 ) -> None:
     """Zero the activations of some concepts (e.g. artefacts) and report the metrics before and after."""
     from dermkit.api import load_dataset
     from dermkit.methods.cbm import intervene
 
     predictor = _cbm(model)
-    result = intervene(predictor, load_dataset(data), zero.split(","), out, split=split, n_bootstrap=n_bootstrap)
+    result = intervene(predictor, load_dataset(data), zero.split(","), out, split=split, n_bootstrap=n_bootstrap,
+                       per_query=per_query)
     for z in result["zeroed"]:
         console.print(f"zeroed latent {z['latent']} ({predictor.concept_name(z['latent'])}) for {z['item']!r} "
                       f"[{z['how']}]")

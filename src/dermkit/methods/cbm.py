@@ -220,9 +220,9 @@ class ConceptBottleneck(Method):
 # ------------------------------------------------------------------------------ intervention and gallery
 
 
-def resolve_latents(predictor: CBMPredictor, items: Sequence[str]) -> list[dict]:
+def resolve_latents(predictor: CBMPredictor, items: Sequence[str], per_query: int = 1) -> list[dict]:
     """Latents for ``--zero`` items: an integer (latent id), a concept name of the model, or a text
-    query matched to the nearest of the model's concepts by the text tower."""
+    query matched to the ``per_query`` nearest of the model's concepts by the text tower."""
     out = []
     names = {c["name"]: c["latent"] for c in predictor.concepts if c.get("name")}
     for item in (str(i).strip() for i in items):
@@ -241,21 +241,22 @@ def resolve_latents(predictor: CBMPredictor, items: Sequence[str]) -> list[dict]
             from dermkit.models.text import encode_texts
 
             query = encode_texts(predictor.enc, [item]).numpy()[0]
-            latent, sim = nearest_latents(query, predictor.sae.atoms.numpy(), [c["latent"] for c in predictor.concepts])[0]
-            out.append({"item": item, "latent": latent, "how": f"text query (cosine {sim:.3f})",
-                        "concept": predictor.concept_name(latent)})
+            for latent, sim in nearest_latents(query, predictor.sae.atoms.numpy(),
+                                               [c["latent"] for c in predictor.concepts], k=per_query):
+                out.append({"item": item, "latent": latent, "how": f"text query (cosine {sim:.3f})",
+                            "concept": predictor.concept_name(latent)})
     if not out:
         raise ConfigError("--zero is empty; give latent ids, concept names or text queries separated by commas")
     return out
 
 
 def intervene(predictor: CBMPredictor, card, items: Sequence[str], out_dir, split: str = "test",
-              n_bootstrap: int = 1000, progress: bool = True) -> dict:
+              n_bootstrap: int = 1000, progress: bool = True, per_query: int = 1) -> dict:
     """Metrics before and after zeroing the latents ``items`` name; reports in ``out_dir/before|after``."""
     from dermkit import io
     from dermkit.evaluate import evaluate
 
-    chosen = resolve_latents(predictor, items)
+    chosen = resolve_latents(predictor, items, per_query)
     after = predictor.with_zeroed([c["latent"] for c in chosen])
     result = {"zeroed": chosen, "split": split}
     for key, p in (("before", predictor), ("after", after)):
