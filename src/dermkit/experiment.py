@@ -248,7 +248,8 @@ def check_configs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, list[st
             method, rest, _, where = _split_raw(raw)
             config = method.config(rest, where)
             warnings = method.check(config)
-            if isinstance(getattr(config, "data", None), str):  # the task and eval_data fit the datasets
+            if isinstance(getattr(config, "data", None), str) and not any(
+                    w.startswith(("data:", "eval_data:")) for w in warnings):  # the task and eval_data fit the datasets
                 run = Run(method, config, Path(os.devnull), progress=False)
                 run.card()
                 run.eval_cards()

@@ -244,9 +244,13 @@ class Method:
         from dermkit.models.specs import parse_spec
 
         warnings = []
-        for key in ("data", "eval_data"):
+        for key in ("data", "eval_data", "extra_data"):
             value = getattr(config, key, None)
             for name in [value] if isinstance(value, str) else list(value or []):
+                if (os.sep in str(name) or str(name).startswith(".")) and not Path(name).expanduser().exists():
+                    # a folder another step writes (e.g. `dermkit concepts bias-data`): fine for --check
+                    warnings.append(f"{key}: {name} does not exist yet; it must exist when the run starts")
+                    continue
                 load_card(name)
         specs = config.model_specs() if hasattr(config, "model_specs") else {}
         for key, spec in specs.items():

@@ -176,14 +176,6 @@ class SAEMethod(Method):
     tiny_config = {"data": "{data}", "model": "{clip}", "num_workers": 0, "expansion": 2, "epochs": 5,
                    "batch_size": 64, "l1": 1e-3, "lr": 1e-3, "Cs": [0.1, 1.0], "n_bootstrap": 20}
 
-    def check(self, config: SAEConfig) -> list[str]:
-        from dermkit.data.card import load_card
-
-        warnings_ = super().check(config)
-        for name in config.extra_data:
-            load_card(name)
-        return warnings_
-
     def fit(self, config: SAEConfig, run) -> SAEPredictor:
         from dermkit import io
         from dermkit.engine.features import extract_split_features
