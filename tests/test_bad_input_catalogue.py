@@ -163,6 +163,12 @@ CASES = [
      ["nosae"]),
     ("concepts-bias-data-bad-artefact", lambda w, t: ["concepts", "bias-data", "--data", str(w["data"]), "--out",
                                                       str(t / "out"), "--artefact", "glitter"], ["artefact", "glitter"]),
+    # ---- vqa
+    ("vqa-questions-bad-options", lambda w, t: ["vqa", "questions", "--data", str(w["data"]), "--out",
+                                                str(t / "q.jsonl"), "--options", "emoji"], ["--options", "emoji"]),
+    ("vqa-score-missing-answers", lambda w, t: ["vqa", "score", "--questions", str(t / "q.jsonl"), "--answers",
+                                                str(t / "a.jsonl"), "--data", str(w["data"]), "--out", str(t / "out")],
+     ["q.jsonl", "not found"]),
     # ---- data
     ("data-check-missing-folder", lambda w, t: ["data", "check", str(t / "nowhere")], ["nowhere"]),
     ("data-split-bad-fractions", lambda w, t: ["data", "split", str(w["data"]), "--train", "0.9", "--out",
