@@ -169,6 +169,9 @@ CASES = [
     ("vqa-score-missing-answers", lambda w, t: ["vqa", "score", "--questions", str(t / "q.jsonl"), "--answers",
                                                 str(t / "a.jsonl"), "--data", str(w["data"]), "--out", str(t / "out")],
      ["q.jsonl", "not found"]),
+    ("vqa-run-bad-mode", lambda w, t: ["vqa", "run", "--model", str(w["clip"]), "--questions", str(t / "q.jsonl"),
+                                       "--data", str(w["data"]), "--out", str(t / "a.jsonl"), "--mode", "dream"],
+     ["--mode"]),
     # ---- data
     ("data-check-missing-folder", lambda w, t: ["data", "check", str(t / "nowhere")], ["nowhere"]),
     ("data-split-bad-fractions", lambda w, t: ["data", "split", str(w["data"]), "--train", "0.9", "--out",

@@ -694,10 +694,12 @@ def vqa_score(
 
     card = load_dataset(data)
     table, frame = score_answers(card, questions, answers, aliases)
-    report = evaluate(frame, n_bootstrap=n_bootstrap,
-                      title=f"VQA answers {answers.name} on {card.name} (AUC from hard predictions)")
-    report.warnings.insert(0, "answers carry no probabilities: AUC and calibration come from hard (one-hot) "
-                              "predictions; missing, ambiguous and invalid answers count as wrong")
+    hard = frame.attrs.get("hard", True)
+    report = evaluate(frame, n_bootstrap=n_bootstrap, title=f"VQA answers {answers.name} on {card.name}"
+                      + (" (AUC from hard predictions)" if hard else " (option-likelihood probabilities)"))
+    if hard:
+        report.warnings.insert(0, "answers carry no probabilities: AUC and calibration come from hard (one-hot) "
+                                  "predictions; missing, ambiguous and invalid answers count as wrong")
     report.save(out)
     counts = table["status"].value_counts().to_dict()
     summary = {"n": int(len(table)), "coverage": float((table["status"] == "ok").mean()),
@@ -711,6 +713,40 @@ def vqa_score(
                   f"{summary['accuracy']:.4f}, balanced accuracy {summary['balanced_accuracy']:.4f} "
                   "(unparsed answers count as wrong)")
     console.print(f"report: {out}/report.html, rows: {out}/answers_table.csv")
+
+
+@vqa_app.command("run")
+def vqa_run(
+    model: Path = typer.Option(..., help="A transformers image-text-to-text model folder (llava-hf layout: "
+                                         "config.json, model.safetensors, processor files)."),
+    questions: Path = typer.Option(..., help="The questions file (from `dermkit vqa questions`)."),
+    data: str = typer.Option(..., help="The dataset the questions come from (images are relative to it)."),
+    out: Path = typer.Option(..., help="Answers JSONL (appended; answered question ids are skipped on a rerun)."),
+    mode: str = typer.Option("generate", help="generate (greedy free text) | options (each option scored by its "
+                                              "length-normalised log-likelihood -> class probabilities)."),
+    options: str = typer.Option("codes", help="Options mode: codes | names (as in the questions)."),
+    max_new_tokens: int = typer.Option(32, min=1, help="Generate mode: new tokens per answer."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+) -> None:
+    """Answer closed-ended questions with a generative VLM (resumable); score them with `dermkit vqa score`."""
+    import time
+
+    from dermkit.api import load_dataset
+    from dermkit.data.vqa import read_questions
+    from dermkit.errors import ConfigError
+    from dermkit.models.generative import answer_questions, load_generative
+
+    if mode not in ("generate", "options") or options not in ("codes", "names"):
+        raise ConfigError("--mode must be generate or options, --options codes or names")
+    card = load_dataset(data)
+    qs = read_questions(questions)
+    net, processor = load_generative(model, device=device)
+    labels = [c if options == "codes" else card.class_names.get(c, c) for c in card.classes]
+    started = time.perf_counter()
+    counts = answer_questions(net, processor, qs, card.root, out, mode=mode, options=labels, classes=card.classes,
+                              max_new_tokens=max_new_tokens, model_id=Path(model).name)
+    console.print(f"answered {counts['answered']} (skipped {counts['skipped']} already answered) in "
+                  f"{time.perf_counter() - started:.1f} s -> {out}")
 
 
 # --------------------------------------------------------------------------- entry point

@@ -26,7 +26,8 @@ import yaml
 
 from dermkit.errors import DataError
 
-__all__ = ["DEFAULT_TEMPLATE", "NO_ANSWER", "AnswerParser", "write_questions", "read_answers", "score_answers"]
+__all__ = ["DEFAULT_TEMPLATE", "NO_ANSWER", "AnswerParser", "write_questions", "read_questions", "read_answers",
+           "score_answers"]
 
 DEFAULT_TEMPLATE = "What is the lesion type? Choose one of: {options}."
 NO_ANSWER = "(no valid answer)"
@@ -153,6 +154,11 @@ def _read_jsonl(path: Path, what: str) -> list[dict]:
     return out
 
 
+def read_questions(path: str | os.PathLike) -> list[dict]:
+    """The question records of a questions JSONL (each has question_id, image, text, answer)."""
+    return _read_jsonl(Path(path), "questions")
+
+
 def read_answers(path: str | os.PathLike) -> dict[str, dict]:
     """``question_id -> answer record`` from LLaVA-Med's answer JSONL or a CSV ``question_id,text``."""
     path = Path(path)
@@ -209,6 +215,15 @@ def score_answers(card, questions: str | os.PathLike, answers: str | os.PathLike
     classes = list(card.classes) + [NO_ANSWER]
     pred = table["parsed"].fillna(NO_ANSWER)
     frame = pd.DataFrame({"image": table["question_id"], "target": table["target"], "prediction": pred})
+    records = [given.get(str(q["question_id"])) for q in qs]
+    if records and all(r is not None and isinstance(r.get("probs"), dict) for r in records):
+        # Option-likelihood answers (`dermkit vqa run --mode options`): real probabilities.
+        for c in card.classes:
+            frame[f"prob:{c}"] = [float(r["probs"].get(c, 0.0)) for r in records]
+        frame["prediction"] = [card.classes[i] for i in frame[[f"prob:{c}" for c in card.classes]].to_numpy().argmax(1)]
+        frame.attrs["hard"] = False
+        return table, frame
     for c in classes:
         frame[f"prob:{c}"] = (pred == c).astype(float)
+    frame.attrs["hard"] = True
     return table, frame
