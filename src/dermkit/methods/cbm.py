@@ -26,7 +26,7 @@ import numpy as np
 
 from dermkit.errors import ConfigError, DataError, ModelError
 from dermkit.methods.base import ClassifierConfig, EncoderHeadPredictor, Method, register_method
-from dermkit.models.linear import LinearProbe, fit_probe
+from dermkit.models.linear import LinearProbe, check_probe_settings, fit_probe
 from dermkit.models.sae import SparseAutoencoder
 
 __all__ = ["CBMConfig", "CBMPredictor", "ConceptBottleneck", "load_sae_folder"]
@@ -56,12 +56,9 @@ class CBMConfig(ClassifierConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not self.Cs or any(c <= 0 for c in self.Cs):
-            raise ConfigError("Cs must be a non-empty list of positive numbers")
-        if self.class_weight not in ("balanced", None):
-            raise ConfigError(f"class_weight must be balanced or null, got {self.class_weight!r}")
-        if self.max_iter < 1 or self.encode_batch_size < 1 or self.num_workers < 0:
-            raise ConfigError("max_iter and encode_batch_size must be >= 1, num_workers >= 0")
+        check_probe_settings(self.Cs, self.class_weight, self.max_iter)
+        if self.encode_batch_size < 1 or self.num_workers < 0:
+            raise ConfigError("encode_batch_size must be >= 1, num_workers >= 0")
         if self.vocabulary is not None and not Path(self.vocabulary).expanduser().is_file():
             raise ConfigError(f"vocabulary: {self.vocabulary} not found")
 

@@ -25,7 +25,7 @@ from dermkit import io
 from dermkit.data.card import load_card
 from dermkit.errors import ConfigError, DataError
 from dermkit.methods.base import ClassifierConfig, EncoderHeadPredictor, Method, portable_spec, register_method
-from dermkit.models.linear import DEFAULT_CS, LinearProbe, fit_probe, stratified_subsample
+from dermkit.models.linear import DEFAULT_CS, LinearProbe, check_probe_settings, fit_probe, stratified_subsample
 
 __all__ = [
     "DEFAULT_CS",
@@ -75,12 +75,9 @@ class ProbeConfig(ClassifierConfig):
         super().validate()
         if not 0 < self.fraction <= 1:
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
-        if not self.Cs or any(c <= 0 for c in self.Cs):
-            raise ConfigError("Cs must be a non-empty list of positive numbers")
-        if self.class_weight not in ("balanced", None):
-            raise ConfigError(f"class_weight must be balanced or null, got {self.class_weight!r}")
-        if self.max_iter < 1 or self.batch_size < 1 or self.num_workers < 0:
-            raise ConfigError("max_iter and batch_size must be >= 1, num_workers >= 0")
+        check_probe_settings(self.Cs, self.class_weight, self.max_iter)
+        if self.batch_size < 1 or self.num_workers < 0:
+            raise ConfigError("batch_size must be >= 1, num_workers >= 0")
 
 
 class ProbePredictor(EncoderHeadPredictor):

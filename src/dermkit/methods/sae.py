@@ -35,7 +35,7 @@ import torch
 
 from dermkit.errors import ConfigError, ModelError
 from dermkit.methods.base import ClassifierConfig, EncoderHeadPredictor, Method, portable_spec, register_method
-from dermkit.models.linear import DEFAULT_CS, LinearProbe, fit_probe
+from dermkit.models.linear import DEFAULT_CS, LinearProbe, check_probe_settings, fit_probe
 from dermkit.models.sae import SparseAutoencoder, check_train_config, sae_metrics, train_sae
 
 __all__ = ["SAEConfig", "SAEPredictor", "SAEMethod"]
@@ -86,12 +86,9 @@ class SAEConfig(ClassifierConfig):
             raise ConfigError("epochs must be >= 1 unless init_sae names an SAE to use as it is")
         if self.init_sae is not None and not Path(self.init_sae).expanduser().is_file():
             raise ConfigError(f"init_sae: {self.init_sae} not found; give a .safetensors SAE state dict")
-        if not self.Cs or any(c <= 0 for c in self.Cs):
-            raise ConfigError("Cs must be a non-empty list of positive numbers")
-        if self.class_weight not in ("balanced", None):
-            raise ConfigError(f"class_weight must be balanced or null, got {self.class_weight!r}")
-        if self.max_iter < 1 or self.encode_batch_size < 1 or self.num_workers < 0:
-            raise ConfigError("max_iter and encode_batch_size must be >= 1, num_workers >= 0")
+        check_probe_settings(self.Cs, self.class_weight, self.max_iter)
+        if self.encode_batch_size < 1 or self.num_workers < 0:
+            raise ConfigError("encode_batch_size must be >= 1, num_workers >= 0")
 
 
 # ------------------------------------------------------------------------------ predictor

@@ -18,7 +18,7 @@ import torch
 
 from dermkit.errors import ConfigError, DataError
 
-__all__ = ["DEFAULT_CS", "LinearProbe", "fit_probe", "stratified_subsample"]
+__all__ = ["DEFAULT_CS", "LinearProbe", "check_probe_settings", "fit_probe", "stratified_subsample"]
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-3, 3, 7))
 _TENSORS = ("coef", "intercept", "mean", "scale")
@@ -83,6 +83,16 @@ def _from_sklearn(model, n_classes: int, classes: Sequence[str], mean, scale, C:
     return LinearProbe(list(classes), coef, intercept, np.asarray(mean, float), np.asarray(scale, float), C)
 
 
+def check_probe_settings(Cs, class_weight, max_iter: int) -> None:
+    """ConfigError unless the settings of :func:`fit_probe` are usable (what configs validate)."""
+    if not Cs or any(c <= 0 for c in Cs):
+        raise ConfigError("Cs must be a non-empty list of positive numbers")
+    if class_weight not in ("balanced", None):
+        raise ConfigError(f"class_weight must be balanced or null, got {class_weight!r}")
+    if max_iter < 1:
+        raise ConfigError(f"max_iter must be >= 1, got {max_iter}")
+
+
 def fit_probe(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -105,8 +115,7 @@ def fit_probe(
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
 
-    if class_weight not in ("balanced", None):
-        raise ConfigError(f"class_weight must be 'balanced' or None, got {class_weight!r}")
+    check_probe_settings(Cs, class_weight, max_iter)
     if penalty not in ("l1", "l2"):
         raise ConfigError(f"penalty must be l1 or l2, got {penalty!r}")
     if len(np.unique(y_train)) < 2:
