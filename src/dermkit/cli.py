@@ -763,6 +763,21 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _register_command_modules() -> None:
+    """Every ``dermkit.commands`` module adds its commands (see that package's docstring)."""
+    import importlib
+    import pkgutil
+
+    from dermkit import commands
+
+    groups = {"data": data_app, "vqa": vqa_app, "concepts": concepts_app}
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"dermkit.commands.{info.name}").register(app, groups)
+
+
+_register_command_modules()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors print one clear message and exit 2, never a traceback.
 
