@@ -1,0 +1,114 @@
+"""dermkit vqa: generative VLMs as closed-ended VQA classifiers (questions, runs, LoRA, honest scoring)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+vqa_app = typer.Typer(help="Generative VLMs as closed-ended VQA classifiers: questions, answers from a local "
+                           "model (free text or option probabilities), LoRA fine-tuning, honest answer scoring.",
+                      no_args_is_help=True)
+console = Console()
+
+
+def register(app: typer.Typer, groups: dict) -> None:
+    app.add_typer(vqa_app, name="vqa")
+
+
+@vqa_app.command("questions")
+def vqa_questions(
+    data: str = typer.Option(..., help="Dataset name or folder."),
+    out: Path = typer.Option(..., help="Question file to write (JSONL: question_id, image, text, answer)."),
+    split: str = typer.Option("test", help="Split to ask about."),
+    options: str = typer.Option("codes", help="codes (akiec, bcc, ...) | names (readable class names)."),
+    template: str = typer.Option("What is the lesion type? Choose one of: {options}.",
+                                 help="Question text; {options} is replaced by the list of classes."),
+) -> None:
+    """Closed-ended questions in LLaVA-Med's format, one per image; images relative to the dataset folder."""
+    from dermkit.api import load_dataset
+    from dermkit.data.vqa import write_questions
+
+    card = load_dataset(data)
+    path = write_questions(card, split, out, options=options, template=template)
+    console.print(f"wrote {len(card.rows(split))} questions to {path} (images relative to {card.root})")
+
+
+@vqa_app.command("score")
+def vqa_score(
+    questions: Path = typer.Option(..., help="The questions file (from `dermkit vqa questions`)."),
+    answers: Path = typer.Option(..., help="Answers: LLaVA-Med answer JSONL (question_id, text, ...) or CSV "
+                                           "question_id,text."),
+    data: str = typer.Option(..., help="The dataset the questions come from (its classes, names and synonyms)."),
+    out: Path = typer.Option(..., help="Folder: answers_table.csv (raw -> parsed -> why), vqa.json, the report."),
+    aliases: Optional[Path] = typer.Option(None, help="YAML {class: [more aliases]} added to the packaged ones."),
+    n_bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% CIs."),
+) -> None:
+    """Parse free-text answers to classes (synonyms, plurals, abbreviations, negations) and evaluate them.
+
+    No answer is dropped: missing, ambiguous (two classes) and invalid (no class) answers count as
+    wrong, and the coverage is reported. Answers carry no probabilities, so AUC comes from hard
+    (one-hot) predictions; the report says so.
+    """
+    from dermkit import io
+    from dermkit.api import load_dataset
+    from dermkit.data.vqa import score_answers
+    from dermkit.evaluate import evaluate
+
+    card = load_dataset(data)
+    table, frame = score_answers(card, questions, answers, aliases)
+    hard = frame.attrs.get("hard", True)
+    report = evaluate(frame, n_bootstrap=n_bootstrap, title=f"VQA answers {answers.name} on {card.name}"
+                      + (" (AUC from hard predictions)" if hard else " (option-likelihood probabilities)"))
+    if hard:
+        report.warnings.insert(0, "answers carry no probabilities: AUC and calibration come from hard (one-hot) "
+                                  "predictions; missing, ambiguous and invalid answers count as wrong")
+    report.save(out)
+    counts = table["status"].value_counts().to_dict()
+    summary = {"n": int(len(table)), "coverage": float((table["status"] == "ok").mean()),
+               "status": {k: int(v) for k, v in counts.items()},
+               "accuracy": float(table["correct"].mean()), "balanced_accuracy": report.metrics["balanced_accuracy"],
+               "macro_f1": report.metrics["macro_f1"], "macro_auc_from_hard_predictions": report.metrics["macro_auc"],
+               "answers": str(answers), "questions": str(questions)}
+    io.write_csv(out / "answers_table.csv", table)
+    io.write_json(out / "vqa.json", summary)
+    console.print(f"{summary['n']} questions, coverage {summary['coverage']:.1%} ({summary['status']}); accuracy "
+                  f"{summary['accuracy']:.4f}, balanced accuracy {summary['balanced_accuracy']:.4f} "
+                  "(unparsed answers count as wrong)")
+    console.print(f"report: {out}/report.html, rows: {out}/answers_table.csv")
+
+
+@vqa_app.command("run")
+def vqa_run(
+    model: Path = typer.Option(..., help="A transformers image-text-to-text model folder (llava-hf layout: "
+                                         "config.json, model.safetensors, processor files)."),
+    questions: Path = typer.Option(..., help="The questions file (from `dermkit vqa questions`)."),
+    data: str = typer.Option(..., help="The dataset the questions come from (images are relative to it)."),
+    out: Path = typer.Option(..., help="Answers JSONL (appended; answered question ids are skipped on a rerun)."),
+    mode: str = typer.Option("generate", help="generate (greedy free text) | options (each option scored by its "
+                                              "length-normalised log-likelihood -> class probabilities)."),
+    options: str = typer.Option("codes", help="Options mode: codes | names (as in the questions)."),
+    max_new_tokens: int = typer.Option(32, min=1, help="Generate mode: new tokens per answer."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+) -> None:
+    """Answer closed-ended questions with a generative VLM (resumable); score them with `dermkit vqa score`."""
+    import time
+
+    from dermkit.api import load_dataset
+    from dermkit.data.vqa import read_questions
+    from dermkit.errors import ConfigError
+    from dermkit.models.generative import answer_questions, load_generative
+
+    if mode not in ("generate", "options") or options not in ("codes", "names"):
+        raise ConfigError("--mode must be generate or options, --options codes or names")
+    card = load_dataset(data)
+    qs = read_questions(questions)
+    net, processor = load_generative(model, device=device)
+    labels = [c if options == "codes" else card.class_names.get(c, c) for c in card.classes]
+    started = time.perf_counter()
+    counts = answer_questions(net, processor, qs, card.root, out, mode=mode, options=labels, classes=card.classes,
+                              max_new_tokens=max_new_tokens, model_id=Path(model).name)
+    console.print(f"answered {counts['answered']} (skipped {counts['skipped']} already answered) in "
+                  f"{time.perf_counter() - started:.1f} s -> {out}")
