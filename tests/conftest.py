@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -164,4 +165,43 @@ def clip_folder(tmp_path_factory):
     model = open_clip.CLIP(**CLIP_CFG)
     folder = tmp_path_factory.mktemp("clip") / "tiny-clip"
     save_open_clip_folder(model, folder, CLIP_CFG, CLIP_PREPROCESS)
+    return folder
+
+
+# ------------------------------------------------------------------------------ a tiny generative VLM
+LLAVA_WORDS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "USER:", "ASSISTANT:", "what", "is", "the", "lesion",
+               "type", "choose", "one", "of", "bcc", "mel", "nv", "a", ",", ".", "?", ":"]
+LLAVA_TEMPLATE = ("{% for m in messages %}{{ 'USER: ' if m['role']=='user' else 'ASSISTANT: ' }}"
+                  "{% for c in m['content'] %}{% if c['type']=='image' %}<image> {% else %}{{ c['text'] }} {% endif %}"
+                  "{% endfor %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def vlm_folder(tmp_path_factory):
+    """A tiny random LLaVA (llama text model, 2 layers, hidden 32; tiny CLIP vision tower) saved in the
+    llava-hf layout with its processor: a word-level tokenizer knowing the tiny dataset's class codes."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+
+    vocab = {w: i for i, w in enumerate(LLAVA_WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                        unk_token="<unk>", additional_special_tokens=["<image>"])
+    processor = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 30},
+                                                                  crop_size={"height": 30, "width": 30}),
+                               tokenizer=tokenizer, patch_size=6, vision_feature_select_strategy="default",
+                               chat_template=LLAVA_TEMPLATE, num_additional_image_tokens=1)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=30, patch_size=6, projection_dim=32)
+    text = LlamaConfig(vocab_size=len(LLAVA_WORDS) + 1, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, pad_token_id=0,
+                       bos_token_id=1, eos_token_id=2)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=vocab["<image>"],
+                         vision_feature_select_strategy="default", vision_feature_layer=-1, image_seq_length=25)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("llava") / "tiny-llava"
+    LlavaForConditionalGeneration(config).eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
     return folder

@@ -25,7 +25,8 @@ ALL_METHODS = list_methods()
 
 
 def test_every_method_is_registered_once_with_a_config_and_tiny_config():
-    assert {"supervised", "zeroshot", "linear_probe", "contrastive", "prompt_learning", "fusion", "sae", "cbm"} <= set(ALL_METHODS)
+    assert {"supervised", "zeroshot", "linear_probe", "contrastive", "prompt_learning", "fusion", "sae", "cbm",
+            "vqa"} <= set(ALL_METHODS)
     for name in ALL_METHODS:
         method = METHODS[name]
         assert method.name == name and method.description
@@ -33,11 +34,12 @@ def test_every_method_is_registered_once_with_a_config_and_tiny_config():
         method.config_class()  # every key has a default
 
 
-def _fill(value, data, clip, sae=None):
+def _fill(value, data, clip, sae=None, vlm=None):
     if isinstance(value, str):
-        return value.replace("{data}", str(data)).replace("{clip}", str(clip)).replace("{sae}", str(sae))
+        return (value.replace("{data}", str(data)).replace("{clip}", str(clip)).replace("{sae}", str(sae))
+                .replace("{vlm}", str(vlm)))
     if isinstance(value, list):
-        return [_fill(v, data, clip, sae) for v in value]
+        return [_fill(v, data, clip, sae, vlm) for v in value]
     return value
 
 
@@ -59,8 +61,9 @@ def test_method_contract(method, tiny_dataset, clip_folder, tmp_path, monkeypatc
     monkeypatch.setenv("DERMKIT_CACHE", str(tmp_path / "cache"))
     needs_sae = "{sae}" in str(METHODS[method].tiny_config)
     sae = request.getfixturevalue("sae_folder") if needs_sae else None
+    vlm = request.getfixturevalue("vlm_folder") if "{vlm}" in str(METHODS[method].tiny_config) else None
     config = {"method": method, "name": f"tiny_{method}",
-              **{k: _fill(v, tiny_dataset, clip_folder, sae) for k, v in METHODS[method].tiny_config.items()}}
+              **{k: _fill(v, tiny_dataset, clip_folder, sae, vlm) for k, v in METHODS[method].tiny_config.items()}}
     path = tmp_path / f"{method}.yaml"
     path.write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "run"

@@ -9,42 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import LLAVA_WORDS as WORDS
+
 from dermkit.cli import main
-
-WORDS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "USER:", "ASSISTANT:", "what", "is", "the", "lesion", "type",
-         "choose", "one", "of", "bcc", "mel", "nv", "a", ",", ".", "?", ":"]
-TEMPLATE = ("{% for m in messages %}{{ 'USER: ' if m['role']=='user' else 'ASSISTANT: ' }}{% for c in m['content'] %}"
-            "{% if c['type']=='image' %}<image> {% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}"
-            "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
-
-
-@pytest.fixture(scope="module")
-def tiny_llava(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
-
-    vocab = {w: i for i, w in enumerate(WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                        unk_token="<unk>", additional_special_tokens=["<image>"])
-    processor = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 30},
-                                                                  crop_size={"height": 30, "width": 30}),
-                               tokenizer=tokenizer, patch_size=6, vision_feature_select_strategy="default",
-                               chat_template=TEMPLATE, num_additional_image_tokens=1)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=30, patch_size=6, projection_dim=32)
-    text = LlamaConfig(vocab_size=len(WORDS) + 1, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, pad_token_id=0,
-                       bos_token_id=1, eos_token_id=2)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=vocab["<image>"],
-                         vision_feature_select_strategy="default", vision_feature_layer=-1, image_seq_length=25)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("llava") / "tiny-llava"
-    LlavaForConditionalGeneration(config).eval().save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
 
 
 def _questions(tiny_dataset, tmp_path, n=4):
@@ -56,42 +23,42 @@ def _questions(tiny_dataset, tmp_path, n=4):
     return q
 
 
-def test_generate_resume_and_score(tiny_llava, tiny_dataset, tmp_path):
+def test_generate_resume_and_score(vlm_folder, tiny_dataset, tmp_path):
     q = _questions(tiny_dataset, tmp_path)
     a = tmp_path / "a.jsonl"
-    assert main(["vqa", "run", "--model", str(tiny_llava), "--questions", str(q), "--data", str(tiny_dataset),
+    assert main(["vqa", "run", "--model", str(vlm_folder), "--questions", str(q), "--data", str(tiny_dataset),
                  "--out", str(a), "--max-new-tokens", "4"]) == 0
     answers = [json.loads(line) for line in a.read_text().splitlines()]
     assert len(answers) == 4 and all(isinstance(x["text"], str) for x in answers)
     # Greedy decoding is deterministic: the same model gives the same text (the round trip of the folder).
     from dermkit.models.generative import answer_questions, load_generative
 
-    model, processor = load_generative(tiny_llava)
+    model, processor = load_generative(vlm_folder)
     again = tmp_path / "again.jsonl"
     answer_questions(model, processor, [json.loads(x) for x in q.read_text().splitlines()], tiny_dataset, again,
                      max_new_tokens=4, model_id="tiny-llava", progress=False)
     assert [json.loads(x)["text"] for x in again.read_text().splitlines()] == [x["text"] for x in answers]
     # Resume: nothing is answered twice.
-    assert main(["vqa", "run", "--model", str(tiny_llava), "--questions", str(q), "--data", str(tiny_dataset),
+    assert main(["vqa", "run", "--model", str(vlm_folder), "--questions", str(q), "--data", str(tiny_dataset),
                  "--out", str(a)]) == 0
     assert len(a.read_text().splitlines()) == 4
     assert main(["vqa", "score", "--questions", str(q), "--answers", str(a), "--data", str(tiny_dataset),
                  "--out", str(tmp_path / "scored"), "--n-bootstrap", "10"]) == 0
 
 
-def test_option_probabilities_sum_to_one_and_match_a_hand_computation(tiny_llava, tiny_dataset, tmp_path):
+def test_option_probabilities_sum_to_one_and_match_a_hand_computation(vlm_folder, tiny_dataset, tmp_path):
     from dermkit.data.images import open_image
     from dermkit.models.generative import _prompt, load_generative
 
     q = _questions(tiny_dataset, tmp_path, n=3)
     a = tmp_path / "a.jsonl"
-    assert main(["vqa", "run", "--model", str(tiny_llava), "--questions", str(q), "--data", str(tiny_dataset),
+    assert main(["vqa", "run", "--model", str(vlm_folder), "--questions", str(q), "--data", str(tiny_dataset),
                  "--out", str(a), "--mode", "options"]) == 0
     first = json.loads(a.read_text().splitlines()[0])
     probs = first["probs"]
     assert set(probs) == {"bcc", "mel", "nv"} and sum(probs.values()) == pytest.approx(1, abs=1e-6)
     # By hand: one forward pass over prompt + option, mean log-prob of the option token, softmax.
-    model, processor = load_generative(tiny_llava)
+    model, processor = load_generative(vlm_folder)
     question = json.loads(q.read_text().splitlines()[0])
     inputs = processor(images=open_image(tiny_dataset / question["image"]), text=_prompt(processor, question["text"]),
                        return_tensors="pt")

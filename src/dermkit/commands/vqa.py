@@ -91,13 +91,15 @@ def vqa_run(
                                               "length-normalised log-likelihood -> class probabilities)."),
     options: str = typer.Option("codes", help="Options mode: codes | names (as in the questions)."),
     max_new_tokens: int = typer.Option(32, min=1, help="Generate mode: new tokens per answer."),
+    adapter: Optional[Path] = typer.Option(None, help="A LoRA adapter to apply: RUN/adapter of `dermkit vqa lora` "
+                                                      "(or any peft folder with adapter_model.safetensors)."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
 ) -> None:
     """Answer closed-ended questions with a generative VLM (resumable); score them with `dermkit vqa score`."""
     import time
 
     from dermkit.api import load_dataset
-    from dermkit.data.vqa import read_questions
+    from dermkit.data.vqa import option_labels, read_questions
     from dermkit.errors import ConfigError
     from dermkit.models.generative import answer_questions, load_generative
 
@@ -105,10 +107,84 @@ def vqa_run(
         raise ConfigError("--mode must be generate or options, --options codes or names")
     card = load_dataset(data)
     qs = read_questions(questions)
-    net, processor = load_generative(model, device=device)
-    labels = [c if options == "codes" else card.class_names.get(c, c) for c in card.classes]
+    net, processor = load_generative(model, device=device, adapter=adapter)
+    labels = option_labels(card, options)
     started = time.perf_counter()
+    model_id = Path(model).name + (f"+{Path(adapter).name}" if adapter else "")
     counts = answer_questions(net, processor, qs, card.root, out, mode=mode, options=labels, classes=card.classes,
-                              max_new_tokens=max_new_tokens, model_id=Path(model).name)
+                              max_new_tokens=max_new_tokens, model_id=model_id)
     console.print(f"answered {counts['answered']} (skipped {counts['skipped']} already answered) in "
                   f"{time.perf_counter() - started:.1f} s -> {out}")
+
+
+@vqa_app.command("lora")
+def vqa_lora(
+    model: Path = typer.Option(..., help="A transformers image-text-to-text model folder (llava-hf layout)."),
+    data: str = typer.Option(..., help="Dataset name or folder: trains on its train split, selects on val."),
+    out: Path = typer.Option(..., help="Run folder: instructions_*.jsonl, checkpoints/, model/, adapter/, eval/."),
+    options: str = typer.Option("codes", help="Answers as codes (akiec, ...) or names (readable class names)."),
+    template: str = typer.Option("What is the lesion type? Choose one of: {options}.",
+                                 help="Question text; {options} is replaced by the list of classes."),
+    epochs: int = typer.Option(3, min=1, help="Training epochs."),
+    lr: float = typer.Option(2e-4, help="Peak learning rate of the adapter (AdamW, warm-up + cosine)."),
+    batch_size: int = typer.Option(4, min=1, help="Question-answer pairs per step."),
+    grad_accum: int = typer.Option(1, min=1, help="Steps accumulated per optimizer step."),
+    rank: int = typer.Option(8, min=1, help="LoRA rank."),
+    alpha: float = typer.Option(16.0, help="LoRA alpha (the update is scaled by alpha / rank)."),
+    targets: str = typer.Option(",".join(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                          "down_proj")),
+                                help="Language-model linear layers that get adapters (comma-separated)."),
+    tune_projector: bool = typer.Option(False, "--tune-projector", help="Also train the multimodal projector."),
+    tune_vision: bool = typer.Option(False, "--tune-vision", help="Also train the vision tower (memory!)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (autocast)."),
+    n_bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the test report's 95% CIs."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a run already in --out."),
+) -> None:
+    """LoRA fine-tuning of a generative VLM on a dataset's closed-ended questions (method: vqa, lora: true).
+
+    Writes the instruction JSONL (question -> answer) from the card, trains peft adapters on the
+    language model in the one engine (checkpoints, exact --resume, history.csv), selects the epoch
+    by val answer loss, saves the adapter as safetensors (RUN/adapter) and reports option-likelihood
+    probabilities on the test split. Use the adapter with `dermkit vqa run --adapter RUN/adapter`.
+    """
+    from dermkit.experiment import run_experiment
+    from dermkit.models.generative import memory_estimate
+
+    layers = [t.strip() for t in targets.split(",") if t.strip()]
+    estimate = memory_estimate(model, dtype_bytes=4 if device in ("cpu",) or precision == "fp32" else 2,
+                               lora_rank=rank, targets=layers)
+    console.print(_estimate_text(estimate))
+    config = {"method": "vqa", "name": out.name, "model": str(model), "data": data, "options": options,
+              "template": template, "lora": True, "lora_rank": rank, "lora_alpha": alpha, "lora_targets": layers,
+              "tune_projector": tune_projector, "tune_vision": tune_vision, "batch_size": batch_size,
+              "epochs": epochs, "lr": lr, "grad_accum": grad_accum, "device": device, "precision": precision,
+              "n_bootstrap": n_bootstrap}
+    summary = run_experiment(config, out, resume=resume, force=force)
+    test = summary.get("test") or {}
+    console.print(f"adapter: {summary.get('adapter')} ({summary.get('trainable_parameters')} trainable parameters); "
+                  f"test balanced accuracy {test.get('balanced_accuracy', float('nan')):.4f}, macro-AUC "
+                  f"{test.get('macro_auc', float('nan')):.4f} (option probabilities); report: {summary.get('report')}")
+
+
+@vqa_app.command("estimate")
+def vqa_estimate(
+    model: Path = typer.Option(..., help="A transformers model folder; only its config.json is read."),
+    dtype_bytes: int = typer.Option(2, min=1, max=4, help="Bytes per weight: 2 (bf16/fp16), 4 (fp32)."),
+    rank: int = typer.Option(8, min=1, help="LoRA rank for the training estimate."),
+) -> None:
+    """Memory a model needs for `vqa run` and `vqa lora`, from its config alone (nothing is loaded)."""
+    from dermkit.models.generative import memory_estimate
+
+    console.print(_estimate_text(memory_estimate(model, dtype_bytes=dtype_bytes, lora_rank=rank)))
+
+
+def _estimate_text(e: dict) -> str:
+    text = (f"model: {e['parameters'] / 1e9:.2f} B parameters, weights {e['weights_gib']:.2f} GiB at "
+            f"{e['dtype_bytes']} bytes each")
+    if "lora_parameters" in e:
+        text += (f"; LoRA: {e['lora_parameters'] / 1e6:.2f} M adapter parameters, about "
+                 f"{e['lora_training_gib']:.2f} GiB for weights + adapter + its gradients and AdamW state "
+                 "(activations extra; they grow with batch size)")
+    return text

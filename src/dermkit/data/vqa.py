@@ -26,8 +26,8 @@ import yaml
 
 from dermkit.errors import DataError
 
-__all__ = ["DEFAULT_TEMPLATE", "NO_ANSWER", "AnswerParser", "write_questions", "read_questions", "read_answers",
-           "score_answers"]
+__all__ = ["DEFAULT_TEMPLATE", "NO_ANSWER", "AnswerParser", "option_labels", "question_records", "write_questions",
+           "write_instructions", "read_questions", "read_answers", "score_answers"]
 
 DEFAULT_TEMPLATE = "What is the lesion type? Choose one of: {options}."
 NO_ANSWER = "(no valid answer)"
@@ -115,25 +115,50 @@ def _packaged_aliases() -> dict[str, list[str]]:
     return {str(k): [str(v) for v in vs] for k, vs in (yaml.safe_load(text) or {}).items()}
 
 
+def option_labels(card, options: str = "codes") -> list[str]:
+    """The answer options, one per class of ``card``: class codes or readable names."""
+    if options not in ("codes", "names"):
+        raise DataError(f"--options must be codes or names, got {options!r}")
+    return [c if options == "codes" else card.class_names.get(c, c) for c in card.classes]
+
+
+def question_records(card, split: str, options: str = "codes", template: str = DEFAULT_TEMPLATE) -> list[dict]:
+    """One closed-ended question per image of ``split``: ``question_id``, ``image`` (relative to
+    the dataset folder), ``text`` and ``answer`` (the class code or name)."""
+    if "{options}" not in template:
+        raise DataError("the question template must contain {options} where the answer options go")
+    labels = dict(zip(card.classes, option_labels(card, options)))
+    rows = card.rows(split)
+    if not len(rows):
+        raise DataError(f"split {split!r} of {card.name} has no rows")
+    text = template.format(options=", ".join(labels.values()))
+    records = [{"question_id": str(Path(str(img)).stem), "image": str(img), "text": text, "answer": labels[diag]}
+               for img, diag in zip(rows["image"], rows["diagnosis"])]
+    if len({r["question_id"] for r in records}) != len(records):
+        records = [{**r, "question_id": str(i)} for i, r in enumerate(records)]
+    return records
+
+
 def write_questions(card, split: str, out: str | os.PathLike, options: str = "codes",
                     template: str = DEFAULT_TEMPLATE) -> Path:
     """LLaVA-Med-style question JSONL for one split (the answer is the class code or name)."""
     from dermkit.io import write_text
 
-    if options not in ("codes", "names"):
-        raise DataError(f"--options must be codes or names, got {options!r}")
-    if "{options}" not in template:
-        raise DataError("the question template must contain {options} where the answer options go")
-    rows = card.rows(split)
-    if not len(rows):
-        raise DataError(f"split {split!r} of {card.name} has no rows")
-    label = (lambda c: c) if options == "codes" else (lambda c: card.class_names.get(c, c))
-    text = template.format(options=", ".join(label(c) for c in card.classes))
-    lines = [json.dumps({"question_id": str(Path(str(img)).stem), "image": str(img), "text": text,
-                         "answer": label(diag)}) for img, diag in zip(rows["image"], rows["diagnosis"])]
-    ids = [json.loads(line)["question_id"] for line in lines]
-    if len(set(ids)) != len(ids):
-        lines = [json.dumps({**json.loads(line), "question_id": str(i)}) for i, line in enumerate(lines)]
+    records = question_records(card, split, options, template)
+    return write_text(out, "\n".join(json.dumps(r) for r in records) + "\n")
+
+
+def write_instructions(card, split: str, out: str | os.PathLike, options: str = "codes",
+                       template: str = DEFAULT_TEMPLATE) -> Path:
+    """Instruction-tuning JSONL (question -> answer) in LLaVA's conversation format (``id``,
+    ``image``, ``conversations``: human with ``<image>``, gpt with the answer), plus the question
+    fields, so the same file feeds LLaVA's own training scripts."""
+    from dermkit.io import write_text
+
+    lines = []
+    for r in question_records(card, split, options, template):
+        conv = [{"from": "human", "value": "<image>\n" + r["text"]}, {"from": "gpt", "value": r["answer"]}]
+        lines.append(json.dumps({"id": r["question_id"], **r, "conversations": conv}))
     return write_text(out, "\n".join(lines) + "\n")
 
 

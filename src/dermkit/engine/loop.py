@@ -179,7 +179,7 @@ class Engine:
         return self.out_dir / CHECKPOINT_DIR / "last.safetensors"
 
     def save_checkpoint(self) -> None:
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors = {f"model.{k}": v for k, v in self._model_state().items()}
         opt = self.optimizer.state_dict()
         for pid, pstate in opt["state"].items():
             for name, value in pstate.items():
@@ -205,8 +205,13 @@ class Engine:
             raise ModelError(f"{meta_path} is corrupt ({exc}); delete {self.checkpoint_path.parent} to start over") from exc
         tensors = load_tensors(self.checkpoint_path)
         model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        expected = set(self._model_state())
+        if set(model_state) != expected:
+            wrong = sorted(set(model_state) ^ expected)[:3]
+            raise ModelError(f"checkpoint {self.checkpoint_path} does not fit this model (keys differ, e.g. {wrong}); "
+                             f"delete {self.checkpoint_path.parent} to start over")
         try:
-            self.model.load_state_dict(model_state, strict=True)
+            self.model.load_state_dict(model_state, strict=not hasattr(self.model, "checkpoint_state_dict"))
         except RuntimeError as exc:
             raise ModelError(f"checkpoint {self.checkpoint_path} does not fit this model: {exc}") from exc
         opt_state: dict[int, dict[str, torch.Tensor]] = {}
@@ -219,6 +224,12 @@ class Engine:
             self.scaler.update(float(tensors["scaler.scale"]))
         self.state = LoopState(**meta["loop"])
         return True
+
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds of the model: everything, or what the model says is its own
+        (``checkpoint_state_dict()``, e.g. only the LoRA adapter of a frozen 7B model)."""
+        own = getattr(self.model, "checkpoint_state_dict", None)
+        return own() if own is not None else self.model.state_dict()
 
     # ----------------------------------------------------------------- the loop
     def fit(

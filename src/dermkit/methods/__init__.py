@@ -11,6 +11,7 @@ from dermkit.methods import (  # noqa: F401  (each module registers its method)
     prompt_learning,
     sae,
     supervised,
+    vqa,
     zeroshot,
 )
 from dermkit.methods.base import METHODS, Method, Predictions, Predictor, get_method, list_methods, load_predictor
