@@ -51,6 +51,9 @@ class EngineConfig:
     channels_last: bool = True
     seed: int = 0
     max_steps_per_epoch: int | None = None  # for smoke tests and quick sweeps
+    ema: float | None = None  # decay of an exponential moving average of the weights (timm ModelEmaV3), e.g.
+    # 0.999; the average is what is validated, selected and saved. None: no EMA.
+    ema_warmup: bool = True  # ramp the decay up over the first steps (timm's warm-up), so early EMA is not stale
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -73,6 +76,8 @@ class EngineConfig:
             raise ConfigError("max_steps_per_epoch must be >= 1 (or null)")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ConfigError("max_grad_norm must be > 0 (or null: no clipping)")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ConfigError(f"ema must be a decay in (0, 1) such as 0.999 (or null: no EMA), got {self.ema}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -162,6 +167,16 @@ class Engine:
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.state = LoopState()
+        self.ema = None
+        if config.ema is not None:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=config.ema, use_warmup=config.ema_warmup)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated, selected and saved: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     # ----------------------------------------------------------------- precision helpers
     def autocast(self):
@@ -185,6 +200,8 @@ class Engine:
             for name, value in pstate.items():
                 tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
         tensors["scaler.scale"] = torch.tensor(self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
+        if self.ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items()})
         meta = {
             "loop": asdict(self.state),
             "param_groups": [{k: v for k, v in g.items()} for g in opt["param_groups"]],
@@ -214,6 +231,12 @@ class Engine:
             self.model.load_state_dict(model_state, strict=not hasattr(self.model, "checkpoint_state_dict"))
         except RuntimeError as exc:
             raise ModelError(f"checkpoint {self.checkpoint_path} does not fit this model: {exc}") from exc
+        if self.ema is not None:
+            ema_state = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+            if not ema_state:
+                raise ModelError(f"checkpoint {self.checkpoint_path} has no EMA weights but the run asks for ema; "
+                                 "resume with the config the run started with")
+            self.ema.module.load_state_dict(ema_state, strict=True)
         opt_state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
             if key.startswith("optim."):
@@ -298,14 +321,14 @@ class Engine:
                 train_seconds = time.perf_counter() - start
 
                 self.model.eval()
-                metrics = validate_fn(self.model)
+                metrics = validate_fn(self.eval_model)
                 if cfg.select_metric not in metrics:
                     raise ConfigError(f"select metric {cfg.select_metric!r} not among validation metrics {sorted(metrics)}")
                 score = float(metrics[cfg.select_metric])
                 improved = self._is_better(score)
                 if improved:
                     self.state.best_score, self.state.best_epoch, self.state.bad_epochs = score, epoch + 1, 0
-                    on_best(self.model, metrics)
+                    on_best(self.eval_model, metrics)
                 else:
                     self.state.bad_epochs += 1
                 row = {
@@ -348,6 +371,8 @@ class Engine:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.state.step)
 
     def _is_better(self, score: float) -> bool:
         if math.isnan(score):
