@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dermkit import io
+from dermkit.engine import distributed
 from dermkit.data.images import as_path, open_image, read_image_bytes
 from dermkit.errors import DataError
 
@@ -279,8 +280,8 @@ def extract_features(
 
     Images whose (encoder, preprocessing, precision, file bytes) were embedded before are read
     from the cache in ``cache_dir`` (default :func:`default_cache_dir`); the rest are computed
-    (identical files once) and added as a new shard. ``use_cache=False`` computes everything and
-    writes nothing. Unreadable images raise :class:`~dermkit.errors.DataError` naming the file.
+    (identical files once) and added as a new shard; in a distributed run each process computes its
+    share. ``use_cache=False`` computes everything and writes nothing. Unreadable images raise :class:`~dermkit.errors.DataError` naming the file.
     """
     paths = [as_path(p) for p in paths]
     amp_dtype = _autocast_dtype(_device(enc))
@@ -288,15 +289,23 @@ def extract_features(
         return _compute(enc, paths, batch_size, num_workers, progress, amp_dtype)
     hashes = [content_hash(p) for p in paths]
     cache = FeatureCache(cache_dir if cache_dir is not None else default_cache_dir(), cache_key(enc))
+    distributed.barrier()  # every process sees the same cache before the work is shared out
     index = cache.index()
     missing: dict[str, Path] = {}
     for h, p in zip(hashes, paths):
         if h not in index and h not in missing:
             missing[h] = p
     if missing:
-        todo = list(missing)
-        computed = _compute(enc, [missing[h] for h in todo], batch_size, num_workers, progress, amp_dtype)
-        cache.write(todo, computed)
+        # Under torch.distributed each process encodes its own contiguous share and adds it as
+        # its own shard; after the barrier every process reads all of them from the cache.
+        todo = list(missing)[distributed.local_slice(len(missing))]
+        if todo:
+            computed = _compute(enc, [missing[h] for h in todo], batch_size, num_workers,
+                                progress and distributed.is_main(), amp_dtype)
+            cache.write(todo, computed)
+        if distributed.world_size() > 1:
+            distributed.barrier()
+            cache._index = None  # re-read: the other processes' shards are there now
     if not paths:
         return np.zeros((0, cache.dim or int(getattr(enc, "embed_dim", 0))), dtype=np.float32)
     return cache.read(hashes)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dermkit.engine import distributed
 from dermkit.errors import ConfigError, ModelError
 from dermkit.io import write_csv, write_json
 from dermkit.models.checkpoint import load_tensors, save_tensors
@@ -147,13 +149,21 @@ class Engine:
         self.config = config
         self.out_dir = Path(out_dir)
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            self.device = torch.device("cuda", distributed.local_rank())  # one GPU per process
+        self.distributed = distributed.init_from_env(self.device)
         self.amp_dtype = resolve_precision(config.precision, self.device)
-        self.model = model.to(self.device)
+        # ``module``: the model itself (what the loss sees, what is saved, validated, averaged). In a
+        # distributed run ``fit`` wraps module + loss in DDP (``model``), so gradients are averaged
+        # across processes whatever the loss calls (forward, encode_image, a prompt learner...).
+        self.module = model.to(self.device)
         if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.progress = progress
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.model = self.module
+        self.main = distributed.is_main()
+        self.progress = progress and self.main
         # A model may ask for per-part learning rates: lr_scales() -> [(parameters, multiplier of lr)].
-        parts = self.model.lr_scales() if hasattr(self.model, "lr_scales") else [(self.model.parameters(), 1.0)]
+        parts = self.module.lr_scales() if hasattr(self.module, "lr_scales") else [(self.module.parameters(), 1.0)]
         groups = []
         for part, scale in parts:
             params = [p for p in part if p.requires_grad]
@@ -171,12 +181,12 @@ class Engine:
         if config.ema is not None:
             from timm.utils import ModelEmaV3
 
-            self.ema = ModelEmaV3(self.model, decay=config.ema, use_warmup=config.ema_warmup)
+            self.ema = ModelEmaV3(self.module, decay=config.ema, use_warmup=config.ema_warmup)
 
     @property
     def eval_model(self) -> nn.Module:
         """The weights that are validated, selected and saved: the EMA when there is one."""
-        return self.ema.module if self.ema is not None else self.model
+        return self.ema.module if self.ema is not None else self.module
 
     # ----------------------------------------------------------------- precision helpers
     def autocast(self):
@@ -194,6 +204,12 @@ class Engine:
         return self.out_dir / CHECKPOINT_DIR / "last.safetensors"
 
     def save_checkpoint(self) -> None:
+        """Rank 0 writes; every rank waits until the checkpoint is complete."""
+        if self.main:
+            self._write_checkpoint()
+        distributed.barrier()
+
+    def _write_checkpoint(self) -> None:
         tensors = {f"model.{k}": v for k, v in self._model_state().items()}
         opt = self.optimizer.state_dict()
         for pid, pstate in opt["state"].items():
@@ -228,7 +244,7 @@ class Engine:
             raise ModelError(f"checkpoint {self.checkpoint_path} does not fit this model (keys differ, e.g. {wrong}); "
                              f"delete {self.checkpoint_path.parent} to start over")
         try:
-            self.model.load_state_dict(model_state, strict=not hasattr(self.model, "checkpoint_state_dict"))
+            self.module.load_state_dict(model_state, strict=not hasattr(self.module, "checkpoint_state_dict"))
         except RuntimeError as exc:
             raise ModelError(f"checkpoint {self.checkpoint_path} does not fit this model: {exc}") from exc
         if self.ema is not None:
@@ -251,8 +267,8 @@ class Engine:
     def _model_state(self) -> dict[str, torch.Tensor]:
         """What a checkpoint holds of the model: everything, or what the model says is its own
         (``checkpoint_state_dict()``, e.g. only the LoRA adapter of a frozen 7B model)."""
-        own = getattr(self.model, "checkpoint_state_dict", None)
-        return own() if own is not None else self.model.state_dict()
+        own = getattr(self.module, "checkpoint_state_dict", None)
+        return own() if own is not None else self.module.state_dict()
 
     # ----------------------------------------------------------------- the loop
     def fit(
@@ -291,7 +307,17 @@ class Engine:
         if self._stopped_early():
             return self.state
 
-        writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
+        compute_loss = loss_fn
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(_LossModule(self.module, loss_fn), device_ids=[self.device.index]
+                                                 if self.device.type == "cuda" else None)
+
+            def compute_loss(_, batch):
+                return self.model(batch)
+
+        writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard")) if self.main else None
         try:
             for epoch in range(self.state.epoch, cfg.epochs):
                 seed_everything(epoch_seed(cfg.seed, epoch))
@@ -302,38 +328,48 @@ class Engine:
                 for i, batch in enumerate(make_train_batches(epoch)):
                     if i >= steps_per_epoch:
                         break
-                    with self.autocast():
-                        loss = loss_fn(self.model, batch)
-                    if not torch.isfinite(loss):
-                        raise ModelError(
-                            f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; lower --lr or use --precision fp32"
-                        )
-                    self.scaler.scale(loss / cfg.grad_accum).backward()
-                    last_in_epoch = i + 1 == steps_per_epoch
-                    if (i + 1) % cfg.grad_accum == 0 or last_in_epoch:
+                    step_now = (i + 1) % cfg.grad_accum == 0 or i + 1 == steps_per_epoch
+                    n_global = batch_size_fn(batch) if batch_size_fn else None
+                    batch = self._local(batch)
+                    with self._sync(step_now), self.autocast():
+                        loss = compute_loss(self.module, batch)
+                        if not torch.isfinite(loss):
+                            raise ModelError(f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; lower --lr "
+                                             "or use --precision fp32")
+                        # DDP averages gradients over processes; weighting each process's mean loss by
+                        # its share of the global batch makes that average the global batch mean.
+                        share = (batch_size_fn(batch) * distributed.world_size() / n_global
+                                 if self.distributed and n_global else 1.0)
+                        self.scaler.scale(loss * share / cfg.grad_accum).backward()
+                    if step_now:
                         self._optimizer_step(lr_factor(self.state.step, total_steps, warmup_steps, cfg.min_lr_ratio))
-                    loss_sum += loss.item()
+                    loss_sum += loss.item() * share
                     n_batches += 1
-                    seen += batch_size_fn(batch) if batch_size_fn else 0
+                    seen += n_global or 0
                     bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
                     bar.update(1)
                 bar.close()
                 train_seconds = time.perf_counter() - start
+                train_loss = distributed.all_reduce_mean(loss_sum / max(1, n_batches))
 
+                # Rank 0 validates (on the unwrapped model or its EMA) and decides; every rank
+                # takes its metrics, so selection and early stopping agree everywhere.
                 self.model.eval()
-                metrics = validate_fn(self.eval_model)
+                metrics = validate_fn(self.eval_model) if self.main else None
+                metrics = distributed.broadcast_object(metrics)
                 if cfg.select_metric not in metrics:
                     raise ConfigError(f"select metric {cfg.select_metric!r} not among validation metrics {sorted(metrics)}")
                 score = float(metrics[cfg.select_metric])
                 improved = self._is_better(score)
                 if improved:
                     self.state.best_score, self.state.best_epoch, self.state.bad_epochs = score, epoch + 1, 0
-                    on_best(self.eval_model, metrics)
+                    if self.main:
+                        on_best(self.eval_model, metrics)
                 else:
                     self.state.bad_epochs += 1
                 row = {
                     "epoch": epoch + 1,
-                    "train_loss": loss_sum / max(1, n_batches),
+                    "train_loss": train_loss,
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "train_seconds": round(train_seconds, 2),
                     "train_images_per_second": round(seen / train_seconds, 2) if seen else None,
@@ -342,22 +378,34 @@ class Engine:
                 }
                 self.state.history.append(row)
                 self.state.epoch = epoch + 1
-                for key, value in row.items():
-                    if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
-                        writer.add_scalar(key.replace("val_", "val/").replace("train_", "train/"), value, epoch + 1)
-                writer.flush()
-                self._write_history()
+                if self.main:
+                    for key, value in row.items():
+                        if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
+                            writer.add_scalar(key.replace("val_", "val/").replace("train_", "train/"), value, epoch + 1)
+                    writer.flush()
+                    self._write_history()
                 self.save_checkpoint()
-                print(
-                    f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}, "
-                    f"val {cfg.select_metric} {score:.4f}{' (best)' if improved else ''}, {train_seconds:.0f}s"
-                )
+                if self.main:
+                    print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}, "
+                          f"val {cfg.select_metric} {score:.4f}{' (best)' if improved else ''}, {train_seconds:.0f}s")
                 if self._stopped_early():
-                    print(f"early stopping: no improvement for {self.state.bad_epochs} epochs")
+                    if self.main:
+                        print(f"early stopping: no improvement for {self.state.bad_epochs} epochs")
                     break
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
         return self.state
+
+    def _local(self, batch):
+        """This process's rows of a global batch (the whole batch on one process)."""
+        return distributed.local_rows(batch) if self.distributed else batch
+
+    def _sync(self, step_now: bool):
+        """DDP's ``no_sync`` on accumulation steps: gradients are averaged once, at the optimizer step."""
+        import contextlib
+
+        return self.model.no_sync() if self.distributed and not step_now else contextlib.nullcontext()
 
     def _optimizer_step(self, factor: float) -> None:
         for group in self.optimizer.param_groups:
@@ -372,7 +420,7 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         if self.ema is not None:
-            self.ema.update(self.model, step=self.state.step)
+            self.ema.update(self.module, step=self.state.step)
 
     def _is_better(self, score: float) -> bool:
         if math.isnan(score):
@@ -390,6 +438,17 @@ class Engine:
         import pandas as pd
 
         write_csv(self.out_dir / "history.csv", pd.DataFrame(self.state.history))
+
+
+class _LossModule(nn.Module):
+    """``loss_fn(module, batch)`` as a module's forward, so DDP can wrap any method's loss."""
+
+    def __init__(self, module: nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.module, self.loss_fn = module, loss_fn
+
+    def forward(self, batch):
+        return self.loss_fn(self.module, batch)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
