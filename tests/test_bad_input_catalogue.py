@@ -43,6 +43,14 @@ def _yaml(path: Path, content) -> str:
     return str(path)
 
 
+def _reversed(w, t) -> str:
+    """The finished run's test predictions in reverse order (other cases row by row)."""
+    import pandas as pd
+
+    pd.read_csv(w["run"] / "eval" / "test" / "predictions.csv").iloc[::-1].to_csv(t / "rev.csv", index=False)
+    return str(t / "rev.csv")
+
+
 def _cfg(w, **kw):
     base = {"method": "supervised", "data": str(w["data"]), "model": "resnet18", "image_size": 32, "epochs": 1,
             "num_workers": 0}
@@ -100,6 +108,20 @@ CASES = [
      ["share the name", "x"]),
     ("suite-one-bad-config", lambda w, t: ["suite", _yaml(t / "a.yaml", _cfg(w)), _yaml(t / "b.yaml", _cfg(w, lr=0)),
                                            "--out", str(t / "out")], ["b.yaml", "lr must be > 0"]),
+    # ---- dermkit compare / evaluate --subgroups / suite --baseline
+    ("compare-missing-csv", lambda w, t: ["compare", str(t / "a.csv"), str(t / "b.csv"), "--out", str(t / "out")],
+     ["a.csv", "not found"]),
+    ("compare-other-cases", lambda w, t: ["compare", str(w["run"]), _reversed(w, t), "--out", str(t / "out")],
+     ["row 1 differs", "image id"]),
+    ("evaluate-subgroups-unknown-column", lambda w, t: ["evaluate", "--predictions",
+                                                        str(w["run"] / "eval" / "test" / "predictions.csv"), "--data",
+                                                        str(w["data"]), "--subgroups", "skin", "--out", str(t / "out")],
+     ["--subgroups", "skin", "no metadata column"]),
+    ("evaluate-bins-without-subgroups", lambda w, t: ["evaluate", "--predictions",
+                                                      str(w["run"] / "eval" / "test" / "predictions.csv"), "--bins",
+                                                      "age:30", "--out", str(t / "out")], ["--bins", "--subgroups"]),
+    ("suite-unknown-baseline", lambda w, t: ["suite", _yaml(t / "c.yaml", _cfg(w)), "--out", str(t / "out"),
+                                             "--baseline", "nope"], ["--baseline", "nope"]),
     # ---- dermkit train / clip-train (the same configs through their own commands)
     ("train-config-of-other-method", lambda w, t: ["train", "--config", _yaml(t / "c.yaml", {"method": "zeroshot"}),
                                                    "--out", str(t / "out")], ["method: zeroshot", "dermkit run"]),

@@ -202,12 +202,21 @@ def evaluate_cmd(
     out: Path = typer.Option(..., help="Report folder: metrics.json, predictions.csv, report.md/.html, PNG plots."),
     predictions: Optional[Path] = typer.Option(None, help="CSV with image, target, prediction, prob:<class>... columns."),
     model: Optional[Path] = typer.Option(None, help="Model folder of any method (RUN/model from `dermkit run`/`train`)."),
-    data: Optional[str] = typer.Option(None, help="Dataset name or folder (with --model); relabelled for the model's task."),
+    data: Optional[str] = typer.Option(None, help="Dataset name or folder: with --model, the images to predict "
+                                                  "(relabelled for the model's task); with --predictions, only the "
+                                                  "metadata for --subgroups (rows linked by image)."),
     split: str = typer.Option("test", help="Split to evaluate (with --model)."),
     n_bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% CIs."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
     allow_duplicates: bool = typer.Option(False, "--allow-duplicates", help="Evaluate rows that share an image id "
                                           "as distinct cases (refused by default: usually a copy-paste error)."),
+    subgroups: Optional[str] = typer.Option(None, help="Metadata columns separated by commas, e.g. "
+                                            "sex,age_band,localization,fitzpatrick: per-subgroup n, balanced accuracy, "
+                                            "macro AUC and melanoma sensitivity with CIs, the worst-minus-best gap and "
+                                            "a forest plot. NAME_band cuts a numeric column into bands (age: <30, [30, 45), "
+                                            "[45, 60), [60, 75), >=75 by default). Columns come from the CSV or --data."),
+    bins: Optional[list[str]] = typer.Option(None, "--bins", help="Cut points of a numeric subgroup column, "
+                                             "COLUMN:EDGE,EDGE,... (repeatable), e.g. --bins age:40,60."),
 ) -> None:
     """Metrics with bootstrap CIs, plots and reports, from a predictions CSV or a model run over a split.
 
@@ -221,10 +230,20 @@ def evaluate_cmd(
     from dermkit.errors import ConfigError
     from dermkit.evaluate import evaluate, read_predictions
     from dermkit.evaluate.report import format_ci, format_metric
+    from dermkit.evaluate.subgroups import parse_bins, parse_subgroups
 
+    attributes = parse_subgroups(subgroups) if subgroups is not None else []
+    bin_edges = parse_bins(bins)
+    if bin_edges and not attributes:
+        raise ConfigError("--bins cuts the columns named in --subgroups; add --subgroups (e.g. --subgroups age_band)")
+    card = None
     if predictions is not None and model is None:
         preds = read_predictions(predictions, allow_duplicates=allow_duplicates)
         title = f"{predictions.name}"
+        if data is not None:
+            from dermkit.api import load_dataset
+
+            card = load_dataset(data)
     elif model is not None and data is not None and predictions is None:
         from dermkit.api import load_dataset, load_predictor
 
@@ -234,7 +253,14 @@ def evaluate_cmd(
         title = f"{predictor.name} on {card.name} ({split} split)"
     else:
         raise ConfigError("give either --predictions P.csv, or --model DIR with --data DATASET")
-    report = evaluate(preds, n_bootstrap=n_bootstrap, seed=seed, title=title, allow_duplicates=allow_duplicates)
+    metadata = None
+    if card is not None and attributes:
+        metadata = card.table.copy()
+        metadata.attrs["source"] = str(card.metadata_csv)  # named when a predicted image is not in it
+    report = evaluate(preds, n_bootstrap=n_bootstrap, seed=seed, title=title, allow_duplicates=allow_duplicates,
+                      subgroups=attributes or None, bins=bin_edges,
+                      metadata=metadata,
+                      missing_values=card.missing_values if card is not None else ())
     folder = report.save(out)
     for warning in report.warnings:
         err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
@@ -242,6 +268,17 @@ def evaluate_cmd(
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc"):
         ci = format_ci(m.get("ci", {}).get(key), 3, "[{low}, {high}]")
         console.print(f"{key:>18}: {format_metric(m.get(key))}" + ("" if ci == "n/a" else f" {ci}"))
+    sel = m.get("selective") or {}
+    if sel:
+        console.print(f"{'AURC':>18}: {format_metric(sel['aurc'])} (risk-coverage, lower is better)")
+    for attribute in (m.get("subgroups") or {}).get("attributes", []):
+        gap = attribute["gaps"]["balanced_accuracy"]
+        ci = format_ci(gap["ci"], 3, "[{low}, {high}]")
+        console.print(f"{'BACC gap ' + attribute['attribute']:>18}: " + (
+            "n/a (fewer than two subgroups large enough)" if gap["worst"] is None else
+            f"{format_metric(gap['gap'], 3)} {ci} ({escape(str(gap['worst']))} vs {escape(str(gap['best']))})"))
+    if m.get("subgroups"):
+        console.print(f"subgroups: {folder}/subgroups.csv, {folder}/subgroups_forest.png")
     console.print(f"report: {folder}/report.html")
 
 
@@ -346,14 +383,30 @@ def suite_cmd(
     out: Path = typer.Option(..., help="Suite folder: one sub-folder per config + suite.md/.csv/.json."),
     rerun: bool = typer.Option(False, "--rerun", help="Rerun configs that already have a summary.json."),
     epochs: Optional[int] = typer.Option(None, help="Override every config's epochs (e.g. a quick smoke run)."),
+    subgroups: Optional[str] = typer.Option(None, help="Metadata columns separated by commas (e.g. sex,age_band): "
+                                            "adds each run's worst-minus-best balanced-accuracy gap with its CI; full "
+                                            "tables and forest plots in OUT/<run>/subgroups/."),
+    bins: Optional[list[str]] = typer.Option(None, "--bins", help="Cut points of a numeric subgroup column, "
+                                             "COLUMN:EDGE,EDGE,... (repeatable), e.g. --bins age:40,60."),
+    baseline: Optional[str] = typer.Option(None, help="A run of the suite (its name) or a run folder: adds every "
+                                           "run's paired comparison with it (ΔBACC, ΔAUC with CI and p, DeLong and "
+                                           "McNemar p); details in OUT/<run>/compare_vs_<baseline>/."),
+    n_bootstrap: int = typer.Option(1000, min=1, help="Bootstrap resamples for --subgroups and --baseline."),
 ) -> None:
     """Run several configs (ablations) and print one comparison table (ACC, BACC, F1, AUC with 95% CIs).
 
     Finished runs are reused and interrupted ones resume, so the same command continues a suite.
     """
+    from dermkit.errors import ConfigError
+    from dermkit.evaluate.subgroups import parse_bins, parse_subgroups
     from dermkit.experiment import run_suite
 
-    table = run_suite(configs, out, rerun=rerun, overrides={"epochs": epochs} if epochs else None)
+    attributes = parse_subgroups(subgroups) if subgroups is not None else None
+    bin_edges = parse_bins(bins)
+    if bin_edges and not attributes:
+        raise ConfigError("--bins cuts the columns named in --subgroups; add --subgroups (e.g. --subgroups age_band)")
+    table = run_suite(configs, out, rerun=rerun, overrides={"epochs": epochs} if epochs else None,
+                      subgroups=attributes, bins=bin_edges, baseline=baseline, n_bootstrap=n_bootstrap)
     _print_frame(table, f"suite ({len(table)} runs), metrics in %, 95% CI")
     console.print(f"table: {out / 'suite.md'}")
 

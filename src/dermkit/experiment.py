@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import yaml
 
+from dermkit.engine import distributed
 from dermkit.errors import ConfigError, DermkitError
 from dermkit.io import write_csv, write_json, write_text
 from dermkit.methods.base import Method, Predictor, get_method
@@ -124,7 +125,9 @@ class Run:
         return write_text(self.out_dir / "config.yaml", yaml.safe_dump(snapshot, sort_keys=False))
 
     def save_best(self, predictor: Predictor) -> Path:
-        """Write the selected model (atomically replacing the previous best)."""
+        """Write the selected model (atomically replacing the previous best); rank 0 alone."""
+        if distributed.rank() != 0:
+            return self.model_dir
         return predictor.save(self.model_dir)
 
     # -- training
@@ -230,9 +233,14 @@ def run_experiment(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool
     run.eval_cards()
     for warning in method.check(config):  # e.g. a model folder that does not exist (yet, for --check)
         raise ConfigError(f"{where}: {warning}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run.write_config()
+    main = distributed.rank() == 0  # under torchrun every process trains; rank 0 alone writes
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run.write_config()
     predictor = method.fit(config, run)
+    distributed.shutdown()  # training is over: rank 0 reports alone
+    if not main:
+        return {}
     if predictor is not None:
         run.report(predictor)
     return run.finish(predictor)
@@ -261,12 +269,20 @@ def check_configs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, list[st
 
 
 def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, rerun: bool = False,
-              progress: bool = True, overrides: dict[str, Any] | None = None) -> pd.DataFrame:
+              progress: bool = True, overrides: dict[str, Any] | None = None, subgroups: Sequence[str] | None = None,
+              bins: dict | None = None, baseline: str | None = None, n_bootstrap: int = 1000) -> pd.DataFrame:
     """Run every config into ``out_dir/<name>/`` and write the comparison table.
 
     A config whose folder already has ``summary.json`` is not rerun (so an interrupted suite
     continues where it stopped) unless ``rerun``; an interrupted run inside it resumes from its
     last checkpoint. ``overrides`` (e.g. ``{"epochs": 1}``) apply to every config.
+
+    ``subgroups`` (metadata columns, see :mod:`dermkit.evaluate.subgroups`; ``bins`` = cut points)
+    adds per attribute the worst-minus-best balanced-accuracy gap (CI) of each run's test report,
+    with the full tables in ``<name>/subgroups/``. ``baseline`` (a run name of the suite or a run
+    folder) adds the paired comparison of every run against it (ΔBACC, ΔAUC with paired bootstrap
+    CI and p, DeLong's and McNemar's p; ``<name>/compare_vs_<baseline>/``); a run on other test
+    cases gets ``n/a`` and the reason is printed.
     """
     out_dir = Path(out_dir)
     raws = [load_config(p) for p in configs]
@@ -279,6 +295,16 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     for raw in raws:  # every config must be valid before hours of work start
         method, rest, _, where = _split_raw({**raw, **(overrides or {})})
         method.config(rest, where)
+    base_dir = None
+    if baseline is not None:
+        from dermkit.evaluate.compare import predictions_path
+
+        base_dir = out_dir / baseline if baseline in names else Path(baseline)
+        if baseline not in names and not base_dir.exists():
+            raise ConfigError(f"--baseline {baseline!r} is neither a run of this suite ({', '.join(names)}) nor a "
+                              "run folder or predictions CSV; give one of them")
+        if baseline not in names:
+            predictions_path(base_dir)  # a folder without predictions fails before the runs
     summaries = []
     for raw in raws:
         run_dir = out_dir / raw["name"]
@@ -289,18 +315,65 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         resume = (run_dir / "checkpoints" / "last.safetensors").is_file() and not rerun
         summaries.append(run_experiment({**raw, **(overrides or {})}, run_dir, resume=resume, progress=progress,
                                         force=True))
-    table = suite_table(summaries)
+    extra: dict[str, dict[str, str]] = {}
+    base_csv = predictions_path(base_dir) if base_dir is not None else None
+    for raw, summary in zip(raws, summaries):
+        cells = extra.setdefault(summary.get("name"), {})
+        report = summary.get("report")
+        if subgroups:
+            from dermkit.data import load_card
+            from dermkit.evaluate import read_predictions
+            from dermkit.evaluate.subgroups import (attach_metadata, save_subgroups, subgroup_analysis,
+                                                    subgroup_labels, suite_columns)
+
+            try:
+                if not report or not isinstance(raw.get("data"), str):
+                    raise DermkitError("the run has no test report on a dataset card")
+                card = load_card(raw["data"])
+                frame = read_predictions(Path(report) / "predictions.csv")
+                labels, how = subgroup_labels(attach_metadata(frame, card.table, str(card.metadata_csv)), subgroups,
+                                              bins, missing_values=card.missing_values)
+                result = subgroup_analysis(frame, labels, how, n_bootstrap=n_bootstrap)
+                save_subgroups(result, out_dir / raw["name"] / "subgroups", title=raw["name"])
+                cells.update(suite_columns(result))
+            except DermkitError as exc:  # e.g. a dataset without that column: the other runs still get theirs
+                if progress:
+                    print(f"{raw['name']}: no subgroup table: {exc}")
+                cells.update({f"ΔBACC {a}": "n/a" for a in subgroups})
+        if base_dir is not None:
+            from dermkit.evaluate.compare import compare_predictions, save_comparison
+            from dermkit.evaluate.compare import suite_columns as compare_columns
+
+            label = Path(baseline).name
+            if raw["name"] == baseline or (report and base_csv.resolve() == predictions_path(report).resolve()):
+                cells[f"ΔBACC vs {label}"] = "baseline"
+                continue
+            try:
+                if not report:
+                    raise DermkitError("the run has no test report")
+                result = compare_predictions(base_csv, predictions_path(report),
+                                             n_bootstrap=n_bootstrap, names=(label, raw["name"]))
+            except DermkitError as exc:
+                if progress:
+                    print(f"{raw['name']}: no comparison with {label}: {exc}")
+                cells[f"ΔBACC vs {label}"] = "n/a"
+                continue
+            save_comparison(result, out_dir / raw["name"] / f"compare_vs_{label}")
+            cells.update(compare_columns(result, label))
+    table = suite_table(summaries, extra)
     write_csv(out_dir / "suite.csv", table)
     write_text(out_dir / "suite.md", suite_markdown(table))
     write_json(out_dir / "suite.json", summaries)
     return table
 
 
-def suite_table(summaries: Sequence[dict]) -> pd.DataFrame:
+def suite_table(summaries: Sequence[dict], extra: dict[str, dict[str, str]] | None = None) -> pd.DataFrame:
     """One row per run: name, data, task, ACC/BACC/F1/AUC in % with 95% CIs, plus extra columns.
 
     A summary may add ``table_extra`` (column -> text) for method-specific figures (e.g. the
-    thickness head's MAE), shown after the standard metrics.
+    thickness head's MAE), shown after the standard metrics. ``extra`` (run name -> column ->
+    text: subgroup gaps, comparison with a baseline) adds columns to each run's own row (not to
+    its transfer rows).
     """
     from dermkit.evaluate.tables import percent_ci
 
@@ -315,6 +388,8 @@ def suite_table(summaries: Sequence[dict]) -> pd.DataFrame:
         for key in TABLE_METRICS:
             row[HEADERS[key]] = percent_ci((s.get("test") or {}).get(key), (s.get("test_ci") or {}).get(key))
         row.update(s.get("table_extra") or {})
+        if not s.get("is_transfer"):
+            row.update((extra or {}).get(s.get("name"), {}))
         rows.append(row)
     return pd.DataFrame(rows)
 

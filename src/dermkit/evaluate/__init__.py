@@ -13,6 +13,8 @@ import sys
 import types
 
 from .bootstrap import bootstrap_ci, bootstrap_metrics, percentile_ci, resample_indices
+from .calibration import apply_temperature, calibration_report, fit_temperature
+from .compare import compare_predictions, delong_test, mcnemar_test
 from .metrics import (
     ECE_BINS,
     HEADLINE_METRICS,
@@ -24,9 +26,12 @@ from .metrics import (
     classification_metrics,
     expected_calibration_error,
     rank_auc,
+    melanoma_index,
     sensitivity_at_specificity,
 )
 from .report import MISSING_TOKENS, Report, evaluate, format_ci, format_metric, is_missing, read_predictions
+from .selective import risk_coverage, selective_metrics
+from .subgroups import subgroup_analysis, subgroup_labels
 
 
 def evaluate_and_save(predictions, out=None, n_bootstrap: int = 1000, seed: int = 0, title: str | None = None,
@@ -53,6 +58,17 @@ sys.modules[__name__].__class__ = _CallablePackage
 
 __all__ = [
     "ECE_BINS",
+    "apply_temperature",
+    "calibration_report",
+    "compare_predictions",
+    "delong_test",
+    "fit_temperature",
+    "mcnemar_test",
+    "melanoma_index",
+    "risk_coverage",
+    "selective_metrics",
+    "subgroup_analysis",
+    "subgroup_labels",
     "HEADLINE_METRICS",
     "LABEL_METRICS",
     "MISSING_TOKENS",

@@ -88,6 +88,26 @@ def specificity_key(specificity: float) -> str:
     return f"{specificity:.2f}"
 
 
+#: Class names read as melanoma (compared case-insensitively): HAM10000/ISIC ``mel``, PAD ``MEL``,
+#: PH2/Derm7pt/ISIC 2017 ``melanoma``.
+MELANOMA_NAMES = ("mel", "melanoma", "malignant melanoma")
+
+
+def melanoma_index(classes: Sequence[str], positive_class: str | None = None) -> int | None:
+    """Index of the melanoma class in ``classes``, or None when there is none.
+
+    ``positive_class`` (a card's ``positive_class``, melanoma in every packaged card) wins when it
+    is one of the classes; otherwise the first class named like :data:`MELANOMA_NAMES`.
+    """
+    classes = [str(c) for c in classes]
+    if positive_class is not None and str(positive_class) in classes:
+        return classes.index(str(positive_class))
+    for i, name in enumerate(classes):
+        if " ".join(name.split()).casefold() in MELANOMA_NAMES:
+            return i
+    return None
+
+
 def check_arrays(
     y_true, proba, classes: Sequence[str], y_pred=None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Evaluation figures: confusion matrices, one-vs-rest ROC curves, reliability diagram.
+"""Evaluation figures: confusion matrices, ROC curves, reliability diagrams, risk-coverage, forest plots.
 
 Each ``plot_*`` function returns a ``matplotlib.figure.Figure``; ``Report.save`` writes them with
 ``dermkit.io.save_figure``. Figures are built with the object-oriented API (``Figure`` directly,
@@ -127,6 +127,29 @@ def plot_reliability(
     Top: accuracy per confidence bin (bars) against the diagonal of perfect calibration, with the
     gap to the bin's mean confidence hatched. Bottom: number of samples per bin.
     """
+    fig = Figure(figsize=(6.5, 7.5))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    _draw_reliability(top, bottom, y_true, proba, n_bins, title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability_pair(
+    y_true, proba_before, proba_after, n_bins: int = ECE_BINS, temperature: float | None = None
+) -> Figure:
+    """Two reliability diagrams side by side: before and after recalibration (same bins)."""
+    fig = Figure(figsize=(12, 7.5))
+    axes = fig.subplots(2, 2, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    after = "After temperature scaling" + (f" (T = {temperature:.3f})" if temperature else "")
+    for column, proba, label in ((0, proba_before, "Before"), (1, proba_after, after)):
+        ece = expected_calibration_error(y_true, proba, n_bins)
+        _draw_reliability(axes[0, column], axes[1, column], y_true, proba, n_bins,
+                          f"{label}: ECE = {ece:.4f}")
+    fig.tight_layout()
+    return fig
+
+
+def _draw_reliability(top, bottom, y_true, proba, n_bins: int, title: str | None) -> None:
     table = reliability_table(y_true, proba, n_bins)
     ece = expected_calibration_error(y_true, proba, n_bins)
     edges = table["edges"]
@@ -134,8 +157,6 @@ def plot_reliability(
     width = edges[1] - edges[0]
     filled = table["count"] > 0
 
-    fig = Figure(figsize=(6.5, 7.5))
-    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     accuracy = table["accuracy"][filled]
     confidence = table["confidence"][filled]
     top.bar(centres[filled], accuracy, width=width, color="#4c72b0", edgecolor="black",
@@ -155,5 +176,69 @@ def plot_reliability(
     bottom.set_xlabel("Confidence (max predicted probability)")
     bottom.set_ylabel("Count")
     bottom.grid(alpha=0.3)
+
+
+def plot_risk_coverage(curve: dict, title: str | None = None) -> Figure:
+    """Risk (error rate of the accepted cases) against coverage, abstaining on low confidence.
+
+    ``curve`` is :func:`dermkit.evaluate.selective.risk_coverage`'s result; the marked points are
+    the reported coverages, the dotted line the error rate without abstention.
+    """
+    fig = Figure(figsize=(6.5, 5))
+    ax = fig.add_subplot()
+    coverage, risk = np.asarray(curve["coverage"]), np.asarray(curve["risk"])
+    ax.plot(coverage, risk, color="#4c72b0", lw=1.8, label=f"Risk-coverage (AURC {curve['aurc']:.4f})")
+    ax.axhline(risk[-1], ls=":", color="grey", lw=1, label=f"No abstention (error {risk[-1]:.3f})")
+    for point in curve.get("points", []):
+        ax.plot(point["coverage"], 1 - point["accuracy"], "o", color="#c44e52")
+        ax.annotate(f"{point['coverage']:.0%}", (point["coverage"], 1 - point["accuracy"]),
+                    textcoords="offset points", xytext=(-10, 8), fontsize="small")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, max(0.05, float(np.nanmax(risk)) * 1.1))
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("Coverage (fraction of cases the model decides)")
+    ax.set_ylabel("Risk (error rate of the decided cases)")
+    ax.set_title(title or "Selective prediction: abstain on the lowest max probability")
+    ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_forest(rows: Sequence[dict], metrics: Sequence[tuple[str, str]], overall: dict | None = None,
+                title: str | None = None) -> Figure:
+    """Forest plot: one row per subgroup, one panel per metric, point estimate with its 95% CI.
+
+    ``rows`` are dicts with ``attribute``, ``level``, ``n``, ``flag`` (text, empty when the
+    subgroup is large enough) and per metric ``key``, ``key_low``, ``key_high`` and optionally
+    ``key_flag`` (default: ``flag``); ``metrics`` is ``[(key, label)]``; ``overall`` ``{key:
+    value}`` draws a vertical reference line. Flagged estimates are drawn hollow and grey, and a
+    row whose ``flag`` is set gets "(few)" after its label.
+    """
+    n_rows = len(rows)
+    fig = Figure(figsize=(3.6 * len(metrics) + 2.8, max(2.5, 0.32 * n_rows + 1.4)))
+    axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    ypos = np.arange(n_rows)[::-1]
+    labels = [f"{short_label(r['attribute'], 16)}: {short_label(r['level'], 18)} (n={r['n']})"
+              + (" (few)" if r.get("flag") else "") for r in rows]
+    for ax, (key, label) in zip(axes, metrics):
+        for y, r in zip(ypos, rows):
+            value, low, high = (r.get(key), r.get(f"{key}_low"), r.get(f"{key}_high"))
+            if value is None or not np.isfinite(value):
+                continue
+            flagged = bool(r.get(f"{key}_flag", r.get("flag")))
+            colour = "#8c8c8c" if flagged else "#4c72b0"
+            if low is not None and high is not None and np.isfinite(low) and np.isfinite(high):
+                ax.plot([low, high], [y, y], color=colour, lw=1.4)
+            ax.plot(value, y, "o", color=colour, mfc="white" if flagged else colour)
+        if overall and overall.get(key) is not None and np.isfinite(overall[key]):
+            ax.axvline(overall[key], ls="--", color="#c44e52", lw=1, label="Overall")
+            ax.legend(loc="lower right", fontsize="x-small")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_title(label, fontsize="medium")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks(ypos, labels=labels, fontsize="small")
+    axes[0].set_ylim(-0.7, n_rows - 0.3)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -22,7 +22,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,7 +49,10 @@ FIGURES = {
     "confusion_matrix_normalized.png": "Confusion matrix (row-normalised)",
     "roc.png": "ROC curves",
     "reliability.png": "Reliability diagram",
+    "risk_coverage.png": "Risk-coverage curve (selective prediction)",
 }
+#: Written only when the report has subgroups.
+SUBGROUP_FIGURE = ("subgroups_forest.png", "Subgroup forest plot (95% CIs; hollow = too few cases)")
 
 _LABELS = {
     "accuracy": "Accuracy",
@@ -442,6 +445,10 @@ def evaluate(
     title: str = "Evaluation report",
     level: float = 0.95,
     allow_duplicates: bool = False,
+    subgroups: Sequence[str] | None = None,
+    bins: Mapping[str, Sequence[float]] | None = None,
+    metadata: pd.DataFrame | None = None,
+    missing_values: Sequence[str] = (),
 ) -> Report:
     """Metrics with bootstrap CIs for a predictions table (path or DataFrame).
 
@@ -455,6 +462,13 @@ def evaluate(
     ``Report.warnings`` collects what the numbers need read with: whitespace that was stripped,
     rows without a group, allowed duplicates, a ``prediction`` column that disagrees with the
     probabilities, and classes absent from the targets (undefined or fewer-class metrics).
+
+    Every report has ``metrics["selective"]`` (risk-coverage AURC, accuracy and melanoma
+    sensitivity at 80/90/95% coverage, with CIs; see :mod:`dermkit.evaluate.selective`).
+    ``subgroups`` (metadata columns such as ``["sex", "age_band"]``; see
+    :mod:`dermkit.evaluate.subgroups`, ``bins`` = cut points per numeric column) adds
+    ``metrics["subgroups"]``; the columns come from the table itself or from ``metadata`` (a
+    dataset's metadata table, joined on ``image``; ``missing_values`` = its extra missing tokens).
     """
     frame = read_predictions(preds, allow_duplicates=allow_duplicates)
     warnings = list(frame.attrs.get(WARNINGS_ATTR, ()))
@@ -492,6 +506,17 @@ def evaluate(
         ]
         ci = {name: {"low": float("nan"), "high": float("nan"), "level": level} for name in names}
     metrics["ci"] = ci
+    from .selective import selective_with_ci
+
+    metrics["selective"] = selective_with_ci(y_true, proba, y_pred, classes, groups=group_values,
+                                             n_bootstrap=int(n_bootstrap), seed=seed, level=level)
+    if subgroups:
+        from .subgroups import attach_metadata, subgroup_analysis, subgroup_labels
+
+        table = attach_metadata(frame, metadata) if metadata is not None else frame
+        labels, how = subgroup_labels(table, list(subgroups), bins, missing_values=missing_values)
+        metrics["subgroups"] = subgroup_analysis(frame, labels, how, n_bootstrap=int(n_bootstrap), seed=seed,
+                                                 level=level)
     metrics["bootstrap"] = {
         "n": int(n_bootstrap),
         "seed": seed,
@@ -554,6 +579,12 @@ _fmt = format_metric
 
 def _fmt_ci(ci: dict | None) -> str:
     return format_ci(ci)
+
+
+def _fmt_ci_value(value, ci: dict | None) -> str:
+    """``0.812 (0.734 – 0.891)``; the bare value when the CI is undefined."""
+    interval = format_ci(ci, 3)
+    return _fmt(value, 3) + ("" if interval == "n/a" else f" ({interval})")
 
 
 @dataclass
@@ -626,6 +657,64 @@ class Report:
             "Brier and log loss use the predicted probabilities."
         )
 
+    def _selective_rows(self) -> list[list[str]]:
+        sel = self.metrics.get("selective")
+        if not sel:
+            return []
+        ci = sel.get("ci", {})
+        rows = []
+        for key, point in sel["at_coverage"].items():
+            mel = "melanoma_sensitivity" in point
+            rows.append([f"{float(key):.0%}", str(point["n_decided"]), _fmt(point["accuracy"]),
+                         _fmt_ci(ci.get(f"accuracy_at_{key}")),
+                         _fmt(point["melanoma_sensitivity"]) if mel else "n/a",
+                         _fmt_ci(ci.get(f"melanoma_sensitivity_at_{key}")) if mel else "n/a",
+                         _fmt(point["melanomas_deferred"]) if mel else "n/a"])
+        rows.append(["100%", str(self.metrics["n"]), _fmt(1 - sel["error_rate"]), "\u2014", "", "", ""])
+        return rows
+
+    def _selective_note(self) -> str:
+        sel = self.metrics["selective"]
+        mel = sel.get("melanoma_class")
+        return (f"Area under the risk-coverage curve (AURC, lower is better): {_fmt(sel['aurc'])} "
+                f"(95% CI {_fmt_ci(sel.get('ci', {}).get('aurc'))}). At each coverage the model decides the "
+                "most confident cases (max predicted probability) and defers the rest; accuracy is over the "
+                "decided cases. "
+                + (f"Melanoma (class {mel!r}) sensitivity is over the decided melanomas; 'melanomas deferred' "
+                   "is the fraction of all melanomas the model abstained on." if mel else
+                   "No class is named melanoma (mel/melanoma), so no melanoma sensitivity."))
+
+    def _subgroups_html(self, table) -> list[str]:
+        from .subgroups import SUBGROUP_METRICS, subgroups_markdown
+
+        esc = html.escape
+        sub = self.metrics["subgroups"]
+        note = subgroups_markdown(sub).split("\n")[2]
+
+        def cells(entry):
+            return [_fmt_ci_value(entry["metrics"][k], entry["ci"][k]) for k in SUBGROUP_METRICS]
+
+        rows = [["overall", "all", sub["overall"]["n"], sub["overall"]["n_melanoma"], *cells(sub["overall"]), ""]]
+        gaps = []
+        for a in sub["attributes"]:
+            rows += [[a["attribute"], lv["level"], lv["n"], lv["n_melanoma"], *cells(lv), "; ".join(lv["flags"])]
+                     for lv in a["levels"]]
+            for key, g in a["gaps"].items():
+                gaps.append([a["attribute"], SUBGROUP_METRICS[key],
+                             "n/a" if g["worst"] is None else _fmt_ci_value(g["gap"], g["ci"]),
+                             "" if g["worst"] is None else f"{g['worst']} vs {g['best']}",
+                             _fmt(g["p"]) if g["worst"] is not None else g.get("note", "")])
+        return ["<h2>Subgroups</h2>", f"<p class='note'>{esc(note)}</p>",
+                table(["Attribute", "Subgroup", "n", "Melanomas", *SUBGROUP_METRICS.values(), "Flag"], rows),
+                "<h3>Worst minus best subgroup</h3>",
+                table(["Attribute", "Metric", "Gap (95% CI)", "Worst vs best", "p"], gaps)]
+
+    def _figure_names(self) -> dict[str, str]:
+        names = dict(FIGURES)
+        if self.metrics.get("subgroups"):
+            names[SUBGROUP_FIGURE[0]] = SUBGROUP_FIGURE[1]
+        return names
+
     # -- renderings
 
     def to_markdown(self) -> str:
@@ -659,8 +748,18 @@ class Report:
         lines += table(["True \\ Predicted", *self.classes],
                        [[name, *map(str, row)] for name, row in
                         zip(self.classes, m["confusion_matrix"])])
+        selective = self._selective_rows()
+        if selective:
+            lines += ["## Selective prediction (abstain on the lowest maximum probability)", "",
+                      self._selective_note(), ""]
+            lines += table(["Coverage", "Decided", "Accuracy", "95% CI", "Melanoma sensitivity", "95% CI",
+                            "Melanomas deferred"], selective)
+        if m.get("subgroups"):
+            from .subgroups import subgroups_markdown
+
+            lines += [subgroups_markdown(m["subgroups"]), ""]
         lines += ["## Figures", ""]
-        lines += [f"![{alt}]({name})\n" for name, alt in FIGURES.items()]
+        lines += [f"![{alt}]({name})\n" for name, alt in self._figure_names().items()]
         return "\n".join(lines)
 
     def to_html(self, images: dict[str, bytes] | None = None) -> str:
@@ -706,9 +805,17 @@ class Report:
             "<h2>Confusion matrix (rows = true class, columns = predicted class)</h2>",
             table(["True \\ Predicted", *self.classes],
                   [[name, *row] for name, row in zip(self.classes, m["confusion_matrix"])]),
-            "<h2>Figures</h2>",
         ]
-        for name, alt in FIGURES.items():
+        selective = self._selective_rows()
+        if selective:
+            parts += ["<h2>Selective prediction (abstain on the lowest maximum probability)</h2>",
+                      f"<p class='note'>{esc(self._selective_note())}</p>",
+                      table(["Coverage", "Decided", "Accuracy", "95% CI", "Melanoma sensitivity", "95% CI",
+                             "Melanomas deferred"], selective)]
+        if m.get("subgroups"):
+            parts += self._subgroups_html(table)
+        parts.append("<h2>Figures</h2>")
+        for name, alt in self._figure_names().items():
             if images and name in images:
                 data = base64.b64encode(images[name]).decode("ascii")
                 parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{esc(alt)}'>"
@@ -729,7 +836,22 @@ class Report:
             ),
             "roc.png": plots.plot_roc_curves(y_true, proba, classes),
             "reliability.png": plots.plot_reliability(y_true, proba),
+            **self._extra_figures(),
         }
+
+    def _extra_figures(self) -> dict:
+        from . import plots
+        from .selective import risk_coverage
+
+        classes, y_true, proba, y_pred = prediction_arrays(self.predictions)
+        curve = risk_coverage(y_true, proba, y_pred)
+        curve["points"] = list((self.metrics.get("selective") or {}).get("at_coverage", {}).values())
+        out = {"risk_coverage.png": plots.plot_risk_coverage(curve)}
+        if self.metrics.get("subgroups"):
+            from .subgroups import forest_figure
+
+            out[SUBGROUP_FIGURE[0]] = forest_figure(self.metrics["subgroups"], self.title)
+        return out
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write metrics.json, predictions.csv, the PNG figures, report.md and report.html."""
@@ -744,6 +866,11 @@ class Report:
         for name, fig in figures.items():
             io.save_figure(out / name, fig)
             images[name] = (out / name).read_bytes()
+        if self.metrics.get("subgroups"):
+            from .subgroups import gap_table, subgroup_table
+
+            io.write_csv(out / "subgroups.csv", subgroup_table(self.metrics["subgroups"]))
+            io.write_csv(out / "subgroup_gaps.csv", gap_table(self.metrics["subgroups"]))
         io.write_text(out / "report.md", self.to_markdown())
         io.write_text(out / "report.html", self.to_html(images))
         return out
