@@ -108,6 +108,17 @@ CASES = [
      ["share the name", "x"]),
     ("suite-one-bad-config", lambda w, t: ["suite", _yaml(t / "a.yaml", _cfg(w)), _yaml(t / "b.yaml", _cfg(w, lr=0)),
                                            "--out", str(t / "out")], ["b.yaml", "lr must be > 0"]),
+    # ---- dermkit data import / fetch
+    ("data-import-unknown-kind", lambda w, t: ["data", "import", "isic2019", "--from", str(w["data"]), "--out",
+                                               str(t / "out")], ["isic2019", "ham10000, isic2017"]),
+    ("data-import-not-the-release", lambda w, t: ["data", "import", "ham10000", "--from", str(w["data"]), "--out",
+                                                  str(t / "out")], ["HAM10000_metadata", "official release"]),
+    ("data-import-missing-from", lambda w, t: ["data", "import", "folder", "--from", str(t / "nope"), "--out",
+                                               str(t / "out")], ["nope", "no such file or folder"]),
+    ("data-fetch-no-licence", lambda w, t: ["data", "fetch", "pad_ufes20", "--cache", str(t / "cache")],
+     ["--accept-licence", "CC BY 4.0"]),
+    ("data-fetch-registration", lambda w, t: ["data", "fetch", "derm7pt"],
+     ["derm.cs.sfu.ca", "dermkit data import derm7pt"]),
     # ---- dermkit compare / evaluate --subgroups / suite --baseline
     ("compare-missing-csv", lambda w, t: ["compare", str(t / "a.csv"), str(t / "b.csv"), "--out", str(t / "out")],
      ["a.csv", "not found"]),

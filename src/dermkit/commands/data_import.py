@@ -1,0 +1,139 @@
+"""dermkit data import / data fetch: official dataset releases (and any class folders or CSV) -> dataset cards."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+_KINDS_HELP = "ham10000, isic2017, isic2018, ph2, derm7pt, pad_ufes20, folder (one subfolder per class) or csv."
+
+
+def register(app: typer.Typer, groups: dict) -> None:
+    groups["data"].command("import")(data_import)
+    groups["data"].command("fetch")(data_fetch)
+
+
+def _report(result) -> None:
+    from rich.table import Table
+
+    summary = result.check.summary.reset_index()
+    table = Table(title=f"{result.name}: images per class and split")
+    for col in summary.columns:
+        table.add_column(str(col), justify="left" if col == summary.columns[0] else "right")
+    for row in summary.itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+    for note in result.notes:
+        console.print(f"- {note}")
+    console.print(f"- split: {result.split_source}")
+    for p in result.check.warnings:
+        err_console.print(f"warning [{p.kind}] {p.message}", highlight=False, markup=False)
+    for p in result.check.errors:  # only the official split's own leaks get this far (see the notes)
+        err_console.print(f"official split [{p.kind}] {p.message}", highlight=False, markup=False)
+    checked = ("`dermkit data check` passed" if result.check.ok else
+               f"`dermkit data check` reports {len(result.check.errors)} leak(s) of the official split")
+    console.print(f"[green]ok[/green]: card written to {result.root} (metadata.csv + dataset.yaml), {checked}; "
+                  f"use --data {result.root}")
+
+
+def data_import(
+    kind: str = typer.Argument(..., help=f"What to import: {_KINDS_HELP}"),
+    source: Path = typer.Option(..., "--from", help="The release as downloaded: its folder or official zip (for "
+                                                    "csv: the CSV file)."),
+    out: Path = typer.Option(..., help="Folder to write the dataset card to (metadata.csv, dataset.yaml, images/); "
+                                       "must be new or empty unless --force."),
+    split: str = typer.Option("official", help="official: keep the release's split where it has one (ISIC 2017/2018, "
+                                               "Derm7pt), else a grouped stratified split; grouped: always make one "
+                                               "(the official one stays in official_split)."),
+    seed: int = typer.Option(0, help="Seed of the grouped stratified split (same seed, same split)."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (after the new card passed "
+                                                      "its check)."),
+    copy: bool = typer.Option(False, "--copy", help="Copy images from a release folder instead of hard-linking them."),
+    images: bool = typer.Option(True, "--images/--no-images", help="Decode every image in the final data check."),
+    name: Optional[str] = typer.Option(None, help="folder/csv: the card's name (default: the folder/CSV name)."),
+    image_column: Optional[str] = typer.Option(None, help="csv: column with image paths (relative to --image-root)."),
+    label_column: Optional[str] = typer.Option(None, help="csv: column with the class of each image."),
+    image_root: Optional[Path] = typer.Option(None, help="csv: folder the image paths are relative to (default: the "
+                                                         "CSV's folder)."),
+    group_column: Optional[str] = typer.Option(None, help="csv: lesion/patient id column; its rows stay in one split."),
+    split_column: Optional[str] = typer.Option(None, help="csv: column with train/val/test per row (else dermkit "
+                                                          "makes the split)."),
+) -> None:
+    """Import an official dataset release (or class folders, or any CSV) as a checked dataset card.
+
+    Reads the official metadata in the official layout, maps its columns and codes to the packaged
+    card's, keeps the official split where one exists, writes metadata.csv + dataset.yaml and runs
+    the full `dermkit data check`; the card appears in --out only when the check passes.
+    """
+    from dermkit.data.releases import KINDS, RELEASES, import_csv, import_folder, import_release
+    from dermkit.errors import DataError
+
+    common = dict(seed=seed, force=force, link=not copy, check_images=images, progress=sys.stderr.isatty())
+    csv_only = {"--image-column": image_column, "--label-column": label_column, "--image-root": image_root,
+                "--group-column": group_column, "--split-column": split_column}
+    if kind not in KINDS:
+        raise DataError(f"unknown kind {kind!r} for `data import`; use one of {', '.join(KINDS)}")
+    if kind != "csv":
+        given = [k for k, v in csv_only.items() if v is not None]
+        if given:
+            raise DataError(f"{', '.join(given)} only apply to `data import csv`")
+    if kind in RELEASES:
+        if name is not None:
+            raise DataError(f"--name only applies to `data import folder` and `data import csv`; {kind} keeps its name")
+        result = import_release(kind, source, out, split=split, **common)
+    elif kind == "folder":
+        result = import_folder(source, out, name=name, **common)
+    else:
+        if image_column is None or label_column is None:
+            raise DataError("`data import csv` needs --image-column and --label-column (the CSV's image-path and "
+                            "class columns)")
+        result = import_csv(source, out, image_column=image_column, label_column=label_column, image_root=image_root,
+                            group_column=group_column, split_column=split_column, name=name, **common)
+    _report(result)
+
+
+def data_fetch(
+    name: str = typer.Argument(..., help="Release to download: ham10000, isic2017, isic2018, pad_ufes20, ph2 "
+                                         "(derm7pt needs a registration: the command says where)."),
+    out: Optional[Path] = typer.Option(None, help="Import the verified download as a dataset card into this folder."),
+    cache: Optional[Path] = typer.Option(None, help="Download folder (default $DERMKIT_CACHE/downloads, else "
+                                                    "~/.cache/dermkit/downloads); files land in CACHE/NAME/."),
+    accept_licence: bool = typer.Option(False, "--accept-licence", help="Acknowledge the release's licence and terms "
+                                                                         "(shown otherwise; asked for on a terminal)."),
+    record_checksums: bool = typer.Option(False, "--record-checksums", help="For files whose source publishes no "
+                                          "checksum: download them and record their SHA-256 in CACHE/NAME/SHA256SUMS; "
+                                          "later fetches must match it."),
+    manifest: Optional[Path] = typer.Option(None, help="Another manifest.yaml (a mirror); default: the packaged one."),
+    split: str = typer.Option("official", help="Passed to the import (official | grouped)."),
+    seed: int = typer.Option(0, help="Passed to the import (seed of a grouped split)."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
+) -> None:
+    """Download an official release with checksums (resumable), show its licence, then import it.
+
+    Files are streamed into CACHE/NAME/.partial/, resumed with HTTP range requests after an
+    interruption, verified (size, SHA-256 or the digest the source publishes) and only then moved
+    to CACHE/NAME/; a file that fails verification is deleted.
+    """
+    from dermkit.data.fetch import fetch, licence_text, load_manifest, release_entry
+
+    entry = release_entry(name, load_manifest(manifest))
+    if not accept_licence and entry.get("access") != "registration" and sys.stdin.isatty():
+        console.print(licence_text(name, entry), highlight=False, markup=False)
+        accept_licence = typer.confirm("Do you accept these terms?", default=False)
+    result = fetch(name, out, cache=cache, accept_licence=accept_licence, record_checksums=record_checksums,
+                   manifest=manifest, progress=sys.stderr.isatty(),
+                   import_options={"split": split, "seed": seed, "force": force})
+    for path in result.files:
+        console.print(f"verified {path}  sha256 {result.sha256[path.name]}", highlight=False)
+    if result.imported is not None:
+        _report(result.imported)
+    else:
+        console.print(f"downloaded into {result.folder}; import with `dermkit data import {name} --from "
+                      f"{result.folder} --out DIR`")
