@@ -108,6 +108,10 @@ CASES = [
      ["share the name", "x"]),
     ("suite-one-bad-config", lambda w, t: ["suite", _yaml(t / "a.yaml", _cfg(w)), _yaml(t / "b.yaml", _cfg(w, lr=0)),
                                            "--out", str(t / "out")], ["b.yaml", "lr must be > 0"]),
+    # ---- dermkit serve / predict --explain
+    ("serve-no-model-folder", lambda w, t: ["serve", "--model", str(t)], ["model.json"]),
+    ("serve-pickle-model", lambda w, t: ["serve", "--model", str(w["root"] / "model.pt")], ["pickle", "safetensors"]),
+    ("serve-port-zero", lambda w, t: ["serve", "--model", str(w["model"]), "--port", "0"], ["--port"]),
     # ---- dermkit data import / fetch
     ("data-import-unknown-kind", lambda w, t: ["data", "import", "isic2019", "--from", str(w["data"]), "--out",
                                                str(t / "out")], ["isic2019", "ham10000, isic2017"]),

@@ -10,7 +10,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "dermkit"
 # Upper layers may import lower ones, never the reverse (DESIGN.md, "Layers").
-RANK = {"cli": 6, "commands": 6, "api": 5, "experiment": 4, "methods": 3}
+RANK = {"cli": 6, "commands": 6, "api": 5, "serve": 5, "experiment": 4, "methods": 3}
 LOWER = ("data", "engine", "models", "evaluate", "errors", "io", "config")
 
 

@@ -107,6 +107,15 @@ def test_method_contract(method, tiny_dataset, clip_folder, tmp_path, monkeypatc
     printed = json.loads(capsys.readouterr().out)
     assert printed[0]["top"][0]["class"] in predictor.classes
 
+    # --explain: a Grad-CAM PNG where the model has an image tower to explain, else a clear refusal.
+    heat = tmp_path / "heat.png"
+    code = main(["predict", str(paths[0]), "--model", str(run_dir / "model"), "--json", "--explain", str(heat)])
+    if predictor.saliency_module() is not None:
+        assert code == 0 and heat.is_file() and heat.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert json.loads(capsys.readouterr().out)[0]["explanation"] == str(heat)
+    else:
+        assert code == 2 and "no image tower" in capsys.readouterr().err and not heat.exists()
+
 
 def test_run_refuses_a_finished_run_and_resume_without_a_run(tiny_dataset, clip_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DERMKIT_CACHE", str(tmp_path / "cache"))

@@ -292,8 +292,11 @@ def predict(
         None, "--clinical", help="Fusion models: clinical image of each case (repeat once per image, in order)."),
     meta: Optional[list[str]] = typer.Option(
         None, "--meta", help="Fusion models: metadata KEY=VALUE for all images (repeatable), e.g. --meta age=55."),
+    explain: Optional[Path] = typer.Option(
+        None, "--explain", help="Write a Grad-CAM heat map of the top class over the image (PNG): OUT.png for one "
+                                "image; with several images a folder holding <image>.gradcam.png for each."),
 ) -> None:
-    """Top-k classes with probabilities for each image."""
+    """Top-k classes with probabilities for each image (and, with --explain, where the model looked)."""
     from dermkit.api import load_predictor
     from dermkit.data.images import command_line_path
 
@@ -317,6 +320,21 @@ def predict(
         order = p.argsort()[::-1][:top_k]
         results.append({"image": str(path), "top": [{"class": predictor.classes[i], "probability": round(float(p[i]), 6)}
                                                     for i in order]})
+    if explain is not None:
+        from dermkit.data.images import open_image
+        from dermkit.errors import ModelError
+        from dermkit.models.explain import saliency_map, save_overlay
+
+        saliency = predictor.saliency_module()
+        if saliency is None:
+            raise ModelError(f"--explain: a {predictor.method} model has no image tower that Grad-CAM can explain "
+                             "(supervised, zero-shot, linear-probe and prompt-learning models can)")
+        single = len(images) == 1 and explain.suffix.lower() == ".png"
+        for path, p, r in zip(images, proba, results):
+            image = open_image(path)
+            heat, _ = saliency_map(saliency, image, int(p.argmax()))
+            out = explain if single else explain / f"{Path(path).stem}.gradcam.png"
+            r["explanation"] = str(save_overlay(out, image, heat))
     if hasattr(predictor, "predict_details"):  # e.g. a thickness, the modalities a fusion model used
         for r, extra in zip(results, predictor.predict_details(images)):
             r.update(extra)

@@ -146,6 +146,12 @@ class Predictor:
         """``(tensors, card)`` to save: safetensors-able tensors and a JSON-able card."""
         raise NotImplementedError
 
+    def saliency_module(self):
+        """What Grad-CAM needs to explain a prediction (a :class:`dermkit.models.explain.SaliencyModule`:
+        pixels -> logits module, preprocessing, target layers, ViT token reshape), or None when the
+        model has no image tower to explain (the default; fusion, concept bottlenecks)."""
+        return None
+
     # -- shared
     @property
     def name(self) -> str:
@@ -214,7 +220,8 @@ class Method:
     description: ClassVar[str] = ""
     # The smallest config that exercises the method end to end (seconds on a CPU), used by the
     # method-contract test for every registered method: "{data}" is a small dataset folder,
-    # "{clip}" a small open_clip folder (also a valid image encoder).
+    # "{clip}" a small open_clip folder (also a valid image encoder), "{sae}" a trained SAE folder,
+    # "{vlm}" a small generative VLM folder (llava-hf layout).
     tiny_config: ClassVar[dict[str, Any]] = {}
 
     def config(self, raw: dict[str, Any], where: str = "config"):
@@ -386,6 +393,18 @@ class EncoderHeadPredictor(Predictor):
     def head(self, features: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def saliency_logits(self, embeddings):
+        """:meth:`head` in torch (``(N, D)`` L2-normalised embeddings -> ``(N, C)`` logits), for
+        Grad-CAM; heads that implement it get :meth:`saliency_module` for free."""
+        raise NotImplementedError
+
+    def saliency_module(self):
+        if type(self).saliency_logits is EncoderHeadPredictor.saliency_logits:
+            return None
+        from dermkit.models.explain import encoder_saliency
+
+        return encoder_saliency(self.enc, self.saliency_logits)
+
     def save(self, folder: str | os.PathLike) -> Path:
         """As :meth:`Predictor.save`; a head whose encoder is its own folder (``base_model: "."``, a
         trained CLIP model) takes the encoder's open_clip files along to the new folder."""
@@ -432,6 +451,9 @@ class ClassEmbeddingPredictor(EncoderHeadPredictor):
         from dermkit.models.text import zeroshot_proba
 
         return zeroshot_proba(features, self.class_emb, self.logit_scale)
+
+    def saliency_logits(self, embeddings):
+        return self.logit_scale * embeddings @ self.class_emb.to(embeddings).T
 
     @classmethod
     def from_folder(cls, folder, device: str = "auto"):

@@ -501,6 +501,7 @@ class FusionPredictor(Predictor):
         self.thickness_bins = thickness.get("bins")
         self.thickness_stats = thickness.get("stats")
         self._image_enc = self._text_enc = None
+        self.cache_dir = None  # feature cache of the image views (None: dermkit's default cache)
         self._clinical: list | None = None
         self._meta: list[dict] | dict | None = None
         self._last: tuple | None = None
@@ -560,7 +561,7 @@ class FusionPredictor(Predictor):
         for m in (x for x in self.modalities if x != "meta"):
             paths = views.get(m) or [None] * n
             feats, mask = _image_features(self.image_encoder, [None if p is None else Path(p) for p in paths],
-                                          None, progress)
+                                          self.cache_dir, progress)
             images[m], present[m] = torch.from_numpy(feats), torch.from_numpy(mask)
         meta = None
         if "meta" in self.modalities:

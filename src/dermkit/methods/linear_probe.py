@@ -97,6 +97,13 @@ class ProbePredictor(EncoderHeadPredictor):
     def head(self, features: np.ndarray) -> np.ndarray:
         return self.probe.predict_proba(features)
 
+    def saliency_logits(self, embeddings):
+        import torch
+
+        p = self.probe
+        as_t = lambda a: torch.as_tensor(np.asarray(a)).to(embeddings)  # noqa: E731
+        return ((embeddings - as_t(p.mean)) / as_t(p.scale)) @ as_t(p.coef).T + as_t(p.intercept)
+
 
 def probe_predictor(enc, probe: LinearProbe, spec: str, dataset: str, task=None, negative_name="other skin lesion",
                     **kwargs) -> ProbePredictor:

@@ -411,6 +411,16 @@ class PromptPredictor(Predictor):
     def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
         return _proba(self.model, tail_inputs(self.model, [Path(p) for p in paths], progress=progress, desc="encoding"))
 
+    def saliency_module(self):
+        """Grad-CAM through the whole image tower (its tuned tail included) against the learned prompts."""
+        from dermkit.models.explain import encoder_saliency
+
+        model = self.model
+        with torch.no_grad():
+            text = model.text_features().detach()
+        # The tail's modules are the tower's own, so encode_image already includes the tuned tail.
+        return encoder_saliency(model.enc, lambda emb: model.logit_scale * emb @ text.to(emb.device).T)
+
 
 @register_method
 class PromptLearning(Method):

@@ -116,6 +116,20 @@ class SupervisedPredictor(Predictor):
         return predict_proba(self.model, self.dataset(paths, progress), device=self.device, amp_dtype=self.amp_dtype,
                              progress=progress)
 
+    def saliency_module(self):
+        """Grad-CAM on the classifier itself (last spatial layer of a CNN, last block of a ViT)."""
+        from PIL import Image
+        from torchvision.transforms.v2 import functional as TF
+
+        from dermkit.models.explain import SaliencyModule, target_layers_for
+
+        def preprocess(image):
+            return self.transform(TF.pil_to_tensor(image.convert("RGB")))
+
+        example = preprocess(Image.new("RGB", (self.image_size, self.image_size), (128, 128, 128))).unsqueeze(0)
+        layers, reshape, kind = target_layers_for(self.model, example.to(self.device))
+        return SaliencyModule(self.model, preprocess, layers, reshape, kind)
+
 
 @register_method
 class Supervised(Method):
