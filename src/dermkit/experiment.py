@@ -151,6 +151,22 @@ class Run:
                             selected_on=f"val {engine.config.select_metric}", best_val_score=state.best_score)
         return state
 
+    # -- calibration
+    def calibrate(self, predictor: Predictor) -> Predictor:
+        """``calibrate: temperature``: fit one temperature on the val split by NLL, save it with the
+        model and return the calibrated predictor (the test report then shows before/after)."""
+        from dermkit.evaluate.calibration import fit_temperature
+        from dermkit.evaluate.report import prediction_arrays, read_predictions
+        from dermkit.methods.base import TemperatureScaled
+
+        val = predictor.predict_split(self.card(), "val", progress=self.progress)
+        _, y, proba, _ = prediction_arrays(read_predictions(val))
+        temperature = fit_temperature(proba, y)
+        calibrated = TemperatureScaled(predictor, temperature)
+        self.save_best(calibrated)
+        self.summary["temperature"] = round(float(temperature), 6)
+        return calibrated
+
     # -- reports
     def report(self, predictor: Predictor) -> dict[str, tuple]:
         """Test report of ``predictor`` on the run's task and on every ``eval_data`` test split.
@@ -172,6 +188,8 @@ class Run:
             report = evaluate(preds, n_bootstrap=self.config.n_bootstrap, seed=seed, title=title)
             key = "test" if eval_card is card else eval_card.name
             folder = report.save(self.out_dir / "eval" / ("test" if key == "test" else f"{eval_card.name}_test"))
+            if hasattr(predictor, "temperature") and hasattr(predictor, "inner"):
+                _write_calibration(folder, preds, predictor.temperature, self.config.n_bootstrap, seed)
             reports[key] = (report, folder, preds)
         self.reports = reports
         return reports
@@ -200,6 +218,23 @@ class Run:
         summary["wall_seconds"] = round(time.perf_counter() - self.started, 1)
         write_json(self.out_dir / "summary.json", summary)
         return summary
+
+
+def _write_calibration(folder: Path, preds, temperature: float, n_bootstrap: int, seed: int) -> None:
+    """``calibration.json`` / ``.md`` and the before/after reliability diagram of a calibrated model."""
+    from dermkit import io
+    from dermkit.evaluate.calibration import apply_temperature, calibration_markdown, calibration_report
+    from dermkit.evaluate.report import prediction_arrays, read_predictions
+
+    frame = read_predictions(preds)
+    _, y, after, _ = prediction_arrays(frame)
+    before = apply_temperature(after, 1.0 / temperature)  # the uncalibrated probabilities
+    groups = frame["group"].to_numpy() if "group" in frame.columns else None
+    result, fig = calibration_report(y, before, after, groups, n_bootstrap=max(1, n_bootstrap), seed=seed,
+                                     temperature=temperature)
+    io.write_json(folder / "calibration.json", result)
+    io.write_text(folder / "calibration.md", calibration_markdown(result) + "\n")
+    io.save_figure(folder / "reliability_calibration.png", fig)
 
 
 # ------------------------------------------------------------------------------ entry points
@@ -241,6 +276,8 @@ def run_experiment(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool
     distributed.shutdown()  # training is over: rank 0 reports alone
     if not main:
         return {}
+    if predictor is not None and getattr(config, "calibrate", None) == "temperature":
+        predictor = run.calibrate(predictor)
     if predictor is not None:
         run.report(predictor)
     return run.finish(predictor)

@@ -48,6 +48,7 @@ __all__ = [
     "load_base_encoder",
     "EncoderHeadPredictor",
     "ClassEmbeddingPredictor",
+    "TemperatureScaled",
 ]
 
 METHODS: dict[str, "Method"] = {}
@@ -64,7 +65,9 @@ class ClassifierConfig:
     classes), ``melanoma_vs_rest`` or ``binary:CLASS`` (see :mod:`dermkit.data.tasks`);
     ``negative_name``: readable name of a binary task's negative class; ``eval_data``: more
     datasets whose test splits the selected model is also reported on (transfer tests);
-    ``n_bootstrap``: resamples of the 95% CIs.
+    ``n_bootstrap``: resamples of the 95% CIs; ``calibrate: temperature``: after training, fit one
+    temperature on the val split by NLL and apply it to every prediction of the saved model
+    (:class:`TemperatureScaled`).
     """
 
     data: str = "ham10000"
@@ -72,6 +75,7 @@ class ClassifierConfig:
     negative_name: str = "other skin lesion"
     eval_data: list[str] = field(default_factory=list)
     n_bootstrap: int = 1000
+    calibrate: str | None = None  # None | temperature
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "config"):
@@ -91,6 +95,8 @@ class ClassifierConfig:
             engine.validate()
         if self.n_bootstrap < 0:
             raise ConfigError(f"n_bootstrap must be >= 0, got {self.n_bootstrap}")
+        if self.calibrate not in (None, "", "none", "temperature"):
+            raise ConfigError(f"calibrate must be temperature (or null: none), got {self.calibrate!r}")
         if self.task not in (None, "", "all", "melanoma_vs_rest", "positive_vs_rest") and not str(self.task).startswith("binary:"):
             raise ConfigError(f"task must be all, melanoma_vs_rest or binary:CLASS, got {self.task!r}")
 
@@ -307,11 +313,63 @@ def load_predictor(folder: str | os.PathLike, device: str = "auto") -> Predictor
     from dermkit.models.checkpoint import read_model_card
 
     _import_methods()
-    method = read_model_card(folder).get("method", "supervised")
+    card = read_model_card(folder)
+    method = card.get("method", "supervised")
     if method not in METHODS:
         raise ModelError(f"{folder}: model.json names method {method!r}, unknown to this dermkit "
                          f"({', '.join(sorted(METHODS))}); upgrade dermkit")
-    return METHODS[method].load(folder, device=device)
+    predictor = METHODS[method].load(folder, device=device)
+    temperature = card.get("temperature")
+    if temperature is not None:
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ModelError(f"{folder / 'model.json'}: temperature must be a positive number, got {temperature!r}")
+        predictor = TemperatureScaled(predictor, float(temperature))
+    return predictor
+
+
+class TemperatureScaled(Predictor):
+    """A predictor whose probabilities are recalibrated by one temperature:
+    ``softmax(log p / T)`` (= ``softmax(logits / T)``; the argmax never changes).
+
+    The temperature is fitted on the val split (``calibrate: temperature``) and stored in the model
+    folder's ``model.json``, so :func:`load_predictor` returns the calibrated model. Everything else
+    (saliency maps, details, a fusion model's extra inputs) is the wrapped predictor's.
+    """
+
+    def __init__(self, inner: Predictor, temperature: float):
+        if not temperature > 0:
+            raise ModelError(f"temperature must be > 0, got {temperature}")
+        inner.card["temperature"] = float(temperature)
+        super().__init__(inner.card)
+        self.inner, self.temperature = inner, float(temperature)
+        self.method = inner.method
+
+    def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
+        from dermkit.evaluate.calibration import apply_temperature
+
+        return apply_temperature(self.inner.predict_paths(paths, progress=progress), self.temperature)
+
+    def _predict_rows(self, card, rows: pd.DataFrame, groups, progress: bool) -> Predictions:
+        from dermkit.evaluate.calibration import apply_temperature
+
+        preds = self.inner._predict_rows(card, rows, groups, progress)  # e.g. fusion reads each row's metadata
+        preds.proba = apply_temperature(preds.proba, self.temperature)
+        return preds
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        self.inner.card["temperature"] = self.temperature
+        return self.inner.save(folder)
+
+    def task_card(self, card):
+        return self.inner.task_card(card)
+
+    def saliency_module(self):
+        return self.inner.saliency_module()
+
+    def __getattr__(self, name: str):  # the wrapped predictor's own extras (predict_details, enc, ...)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
 
 # ------------------------------------------------------------------------------ helpers for methods
