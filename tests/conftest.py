@@ -33,6 +33,18 @@ _CACHE: dict[tuple, Path] = {}
 _CACHE_DIR: list[Path] = []
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _onnx_cache(tmp_path_factory):
+    """One ONNX export per tiny model for the whole session (tests point DERMKIT_CACHE elsewhere)."""
+    old = os.environ.get("DERMKIT_ONNX_CACHE")
+    os.environ["DERMKIT_ONNX_CACHE"] = str(tmp_path_factory.mktemp("onnx"))
+    yield
+    if old is None:
+        os.environ.pop("DERMKIT_ONNX_CACHE", None)
+    else:
+        os.environ["DERMKIT_ONNX_CACHE"] = old
+
+
 def make_dataset(
     tmp_path: str | os.PathLike,
     name: str = "tiny",

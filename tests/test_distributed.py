@@ -157,3 +157,27 @@ def test_sharded_extraction_encodes_each_image_once(tmp_path, tiny_dataset, clip
     reference = extract_features(load_encoder(clip_folder), paths, use_cache=False, num_workers=0, progress=False)
     for rank in (0, 1):  # every process gets all the features, in order
         np.testing.assert_allclose(np.load(tmp_path / f"feats-{rank}.npy"), reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["supervised", "prompt_learning"])
+def test_dermkit_run_nproc_2_trains_and_rank_0_alone_writes(method, tiny_dataset, clip_folder, tmp_path, monkeypatch):
+    import yaml
+
+    from dermkit.cli import main
+    from dermkit.methods.base import METHODS
+
+    monkeypatch.setenv("DERMKIT_CACHE", str(tmp_path / "cache"))
+    config = {k: (str(tiny_dataset) if v == "{data}" else str(clip_folder) if v == "{clip}" else v)
+              for k, v in METHODS[method].tiny_config.items()}
+    config.update(method=method, epochs=2, num_workers=0)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--nproc", "2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_run"] == 2 and summary["test"]["balanced_accuracy"] is not None
+    history = json.loads((out / "checkpoints/last.json").read_text())["loop"]["history"]
+    assert len(history) == 2
+    import dermkit
+
+    assert dermkit.load_predictor(out / "model").classes

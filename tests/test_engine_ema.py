@@ -95,3 +95,17 @@ def test_resume_with_ema_is_exact(tmp_path, monkeypatch):
 def test_bad_ema_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="ema"):
         _engine(tmp_path, ema=1.5)
+
+
+def test_layer_decay_gives_earlier_blocks_smaller_learning_rates(tmp_path):
+    import timm
+
+    model = timm.create_model("test_resnet", num_classes=3)
+    config = EngineConfig(epochs=1, lr=0.1, layer_decay=0.5, channels_last=False, precision="fp32", device="cpu")
+    engine = Engine(model, config, tmp_path, progress=False)
+    scales = sorted({g["lr_scale"] for g in engine.optimizer.param_groups})
+    assert scales[-1] == 1.0 and scales[0] < 0.2 and all(b == pytest.approx(a * 2) for a, b in zip(scales, scales[1:]))
+    head = {id(p) for p in model.get_classifier().parameters()}
+    assert all(g["lr_scale"] == 1.0 for g in engine.optimizer.param_groups if {id(p) for p in g["params"]} & head)
+    with pytest.raises(ConfigError, match="layer_decay"):
+        Engine(nn.Linear(2, 2), EngineConfig(layer_decay=0.5, channels_last=False), tmp_path, progress=False)

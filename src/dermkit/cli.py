@@ -27,6 +27,7 @@ concepts_app = typer.Typer(help="Concept bottlenecks (method: cbm): concept gall
 app.add_typer(concepts_app, name="concepts")
 console = Console()
 err_console = Console(stderr=True)
+_ARGV: list[str] = []  # this invocation's arguments (``--nproc`` re-runs them under torchrun)
 
 
 # --------------------------------------------------------------------------- data
@@ -130,6 +131,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint "
                                                         "(uses the run's saved config.yaml)."),
     force: bool = typer.Option(False, "--force", help="Overwrite a finished run in --out."),
+    nproc: int = typer.Option(1, min=1, help="Processes on this machine (torch.distributed through torchrun: one "
+                                             "per GPU, gloo on CPUs); several machines: torchrun -m dermkit ..."),
 ) -> None:
     """Train an image classifier (method: supervised): select on val, report on test (metrics with CIs, plots, HTML).
 
@@ -137,12 +140,32 @@ def train(
     """
     from dermkit.experiment import run_experiment
 
+    if nproc > 1:
+        return _launch(nproc)
     overrides = dict(data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
                      pretrained=pretrained, imbalance=imbalance, train_last=train_last, task=task, eval_data=eval_data,
                      select_metric=select_metric, patience=patience, precision=precision, device=device, seed=seed,
                      num_workers=num_workers)
     raw = _config_for("supervised", out, config, resume, overrides)
     _print_summary(run_experiment(raw, out, resume=resume, force=force))
+
+
+def _launch(nproc: int) -> int:
+    """Re-run this very command on ``nproc`` processes through torchrun (without ``--nproc``)."""
+    from dermkit.engine.distributed import launch
+    from dermkit.errors import ConfigError
+
+    if int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--nproc inside a torchrun process: drop --nproc, torchrun already starts the processes")
+    argv, skip = [], False
+    for arg in _ARGV:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    return launch(nproc, argv)
 
 
 def _config_for(method: str, out: Path, config: Optional[Path], resume: bool, overrides: dict) -> dict:
@@ -179,6 +202,8 @@ def _config_for(method: str, out: Path, config: Optional[Path], resume: bool, ov
 
 
 def _print_summary(summary: dict) -> None:
+    if not summary:  # a torchrun process other than rank 0: rank 0 reports
+        return
     title = f"{summary.get('model')} on {summary.get('dataset')}"
     table = Table("metric (test)", "value", "95% CI", title=title)
     for key, value in (summary.get("test") or {}).items():
@@ -361,6 +386,8 @@ def run_cmd(
     force: bool = typer.Option(False, "--force", help="Overwrite a run already in --out."),
     check: bool = typer.Option(False, "--check", help="Only validate the configs (keys, types, data folders, model "
                                                       "specs); run nothing. Exit 2 naming the file and key on error."),
+    nproc: int = typer.Option(1, min=1, help="Processes on this machine (torch.distributed through torchrun: one "
+                                             "per GPU, gloo on CPUs); several machines: torchrun -m dermkit ..."),
 ) -> None:
     """Run one experiment config with any registered method: train, select on val, report on test."""
     from dermkit.errors import ConfigError
@@ -377,7 +404,11 @@ def run_cmd(
                           "or --check to validate them")
     if out is None:
         raise ConfigError("give the run folder with --out DIR")
+    if nproc > 1:
+        return _launch(nproc)
     summary = run_experiment(load_config(configs[0]), out, resume=resume, force=force)
+    if not summary:  # a torchrun process other than rank 0: rank 0 reports
+        return
     _print_frame(suite_table([summary]), summary["name"])
     if summary.get("report"):
         console.print(f"report: {summary['report']}/report.html")
@@ -756,6 +787,8 @@ def main(argv: list[str] | None = None) -> int:
     click's one-line error (with its "Did you mean" suggestion) and exit 2; a DermkitError prints
     ``error: ...`` and exits 2; Ctrl-C exits 130.
     """
+    global _ARGV
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
     exits, click_errors, aborts = _click_exception_classes()
     try:
         result = app(args=argv, standalone_mode=False)

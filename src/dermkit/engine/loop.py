@@ -56,6 +56,7 @@ class EngineConfig:
     ema: float | None = None  # decay of an exponential moving average of the weights (timm ModelEmaV3), e.g.
     # 0.999; the average is what is validated, selected and saved. None: no EMA.
     ema_warmup: bool = True  # ramp the decay up over the first steps (timm's warm-up), so early EMA is not stale
+    layer_decay: float | None = None  # layer-wise lr decay (timm models): block k of K learns at lr * d^(K-k)
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -78,6 +79,8 @@ class EngineConfig:
             raise ConfigError("max_steps_per_epoch must be >= 1 (or null)")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ConfigError("max_grad_norm must be > 0 (or null: no clipping)")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"layer_decay must be in (0, 1] such as 0.75 (or null), got {self.layer_decay}")
         if self.ema is not None and not 0 < self.ema < 1:
             raise ConfigError(f"ema must be a decay in (0, 1) such as 0.999 (or null: no EMA), got {self.ema}")
 
@@ -162,7 +165,32 @@ class Engine:
         self.model = self.module
         self.main = distributed.is_main()
         self.progress = progress and self.main
-        # A model may ask for per-part learning rates: lr_scales() -> [(parameters, multiplier of lr)].
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.state = LoopState()
+        self.ema = None
+        if config.ema is not None:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.module, decay=config.ema, use_warmup=config.ema_warmup)
+
+    def _param_groups(self) -> list[dict]:
+        """AdamW groups: no weight decay on norms and biases; per-part lr multipliers (``lr_scale``)
+        from ``layer_decay`` (timm's layer-wise decay over the model's blocks) or the model's own
+        ``lr_scales() -> [(parameters, multiplier)]``."""
+        config = self.config
+        if config.layer_decay is not None:
+            from timm.optim import param_groups_layer_decay
+
+            if not hasattr(self.module, "group_matcher"):
+                raise ConfigError("layer_decay needs a timm model (it groups parameters by the model's blocks); "
+                                  "remove layer_decay for this method")
+            groups = param_groups_layer_decay(self.module, weight_decay=config.weight_decay,
+                                              layer_decay=config.layer_decay)
+            groups = [g for g in groups if g["params"]]
+            if not groups:
+                raise ConfigError("the model has no trainable parameters")
+            return groups
         parts = self.module.lr_scales() if hasattr(self.module, "lr_scales") else [(self.module.parameters(), 1.0)]
         groups = []
         for part, scale in parts:
@@ -174,14 +202,7 @@ class Engine:
         groups = [g for g in groups if g["params"]]
         if not groups:
             raise ConfigError("the model has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.state = LoopState()
-        self.ema = None
-        if config.ema is not None:
-            from timm.utils import ModelEmaV3
-
-            self.ema = ModelEmaV3(self.module, decay=config.ema, use_warmup=config.ema_warmup)
+        return groups
 
     @property
     def eval_model(self) -> nn.Module:

@@ -113,8 +113,28 @@ class SupervisedPredictor(Predictor):
                             progress=progress)
 
     def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
-        return predict_proba(self.model, self.dataset(paths, progress), device=self.device, amp_dtype=self.amp_dtype,
-                             progress=progress)
+        dataset = self.dataset(paths, progress)
+        onnx = self._onnx()
+        if onnx is None:
+            return predict_proba(self.model, dataset, device=self.device, amp_dtype=self.amp_dtype, progress=progress)
+        from tqdm.auto import tqdm
+
+        loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=False, num_workers=0)
+        out = [onnx(x) for x, _ in tqdm(loader, desc="predicting", disable=not progress, leave=False)]
+        return np.concatenate(out).astype(np.float64) if out else np.zeros((0, len(self.classes)))
+
+    def _onnx(self):
+        """The frozen classifier (+ softmax) on ONNX Runtime where that is the CPU backend, else None."""
+        if not hasattr(self, "_onnx_fn"):
+            from dermkit.models.encoders.base import model_fingerprint
+            from dermkit.models.onnx import inference_backend, onnx_function
+
+            self._onnx_fn = None
+            if inference_backend(self.device) == "onnx":
+                module = nn.Sequential(self.model, nn.Softmax(dim=1))
+                self._onnx_fn = onnx_function(module, (self.image_size, self.image_size),
+                                              key=f"classifier-{model_fingerprint(self.model)}")
+        return self._onnx_fn
 
     def saliency_module(self):
         """Grad-CAM on the classifier itself (last spatial layer of a CNN, last block of a ViT)."""
