@@ -43,6 +43,12 @@ def _yaml(path: Path, content) -> str:
     return str(path)
 
 
+def _missing_image_copy(w, t) -> str:
+    shutil.copytree(w["data"], t / "broken")
+    (t / "broken" / "images" / "mel_train_03.jpg").unlink()
+    return str(t / "broken")
+
+
 def _reversed(w, t) -> str:
     """The finished run's test predictions in reverse order (other cases row by row)."""
     import pandas as pd
@@ -123,6 +129,11 @@ CASES = [
      ["--accept-licence", "CC BY 4.0"]),
     ("data-fetch-registration", lambda w, t: ["data", "fetch", "derm7pt"],
      ["derm.cs.sfu.ca", "dermkit data import derm7pt"]),
+    ("data-shards-missing-image", lambda w, t: ["data", "shards", _missing_image_copy(w, t), "--out", str(t / "out")],
+     ["line", "column 'image'", "image file not found", "no shards were written"]),
+    ("clip-train-missing-shards", lambda w, t: ["clip-train", "--shards", str(t / "none/{000000..000001}.tar"), "--data",
+                                                str(w["data"]), "--init", str(w["clip"]), "--out", str(t / "out")],
+     ["shards:", "000000.tar", "does not exist"]),
     # ---- dermkit compare / evaluate --subgroups / suite --baseline
     ("compare-missing-csv", lambda w, t: ["compare", str(t / "a.csv"), str(t / "b.csv"), "--out", str(t / "out")],
      ["a.csv", "not found"]),

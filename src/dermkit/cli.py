@@ -525,19 +525,30 @@ def clip_train(
     train_text_last: Optional[int] = typer.Option(None, help="Trainable last layers of an HF text tower."),
     grad_accum: Optional[int] = typer.Option(None, help="Gradient accumulation steps."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
+    shards: Optional[str] = typer.Option(None, help="WebDataset shards to stream the image-caption pairs from (written "
+                                                    "by `dermkit data shards`), e.g. 'DIR/{000000..000123}.tar'; --data "
+                                                    "then only names the val splits that select the model."),
+    shuffle_buffer: Optional[int] = typer.Option(None, help="Samples held by the shard stream's shuffle buffer "
+                                                            "[default: 1000]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Overwrite a finished run in --out."),
+    nproc: int = typer.Option(1, min=1, help="Processes on this machine (torch.distributed through torchrun: one "
+                                             "per GPU, gloo on CPUs); several machines: torchrun -m dermkit ..."),
 ) -> None:
     """Align a CLIP-style model (dermkit-CLIP: EfficientNet-Lite image tower + MiniLM text tower) on
     image-caption pairs; captions come from a `caption` column or are written from metadata.
     Selects the epoch with the best mean zero-shot balanced accuracy on the val splits."""
     from dermkit.experiment import run_experiment
 
+    if nproc > 1:
+        return _launch(nproc)
     overrides = dict(train_data=data, init=init, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
                      train_image_last=train_image_last, train_text_last=train_text_last, grad_accum=grad_accum,
-                     seed=seed)
+                     seed=seed, shards=shards, shuffle_buffer=shuffle_buffer)
     summary = run_experiment(_config_for("contrastive", out, config, resume, overrides), out, resume=resume,
                              force=force)
+    if not summary:  # a torchrun process other than rank 0: rank 0 reports
+        return
     console.print(f"best epoch {summary['best_epoch']}: val zero-shot balanced accuracy "
                   f"{summary['best_val_zeroshot_balanced_accuracy']:.4f}; {summary['wall_seconds'] / 60:.1f} min")
     console.print(f"model: [bold]{summary['clip_model']}[/bold] (use it with --model in zeroshot/probe/retrieve; "

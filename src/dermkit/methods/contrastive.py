@@ -8,10 +8,27 @@ with a learnable temperature, except that pairs whose captions are *identical* c
 positives of each other (metadata captions repeat, and pushing an image away from the very
 caption of its twin teaches nothing). Model selection is by mean zero-shot balanced accuracy on
 the val splits, the number this model exists for. The loop is the one engine (engine/loop.py).
+
+``shards:`` streams the pairs from WebDataset shards (``dermkit data shards``, see
+:mod:`dermkit.data.shards`) instead of decoding the train splits into memory: the epoch's order
+comes from its seed, steps per epoch from the manifests, and each image is augmented with its
+own seed (epoch seed + position), so a sample looks the same whichever process decodes it.
+
+Under torch.distributed (torchrun) the engine gives each process its slice of every global
+batch; the loss gathers the image and text embeddings of all processes with gradients
+(``torch.distributed.nn.functional.all_gather``, as open_clip's ``gather_with_grad``), so the
+in-batch negatives are the whole global batch and every process holds the global loss. The
+global batch must divide evenly over the processes: then the engine's share weighting
+(n_local * world / n_global) is exactly 1, and DDP's average of the per-process gradients (each
+the gradient of the global loss through its own embeddings, summed over processes by the
+gather's backward) is the one-process gradient. Models with BatchNorm in a trained part (the
+EfficientNet tower of dermkit-CLIP with ``train_image_last: null``) still normalise over each
+process's slice, as DDP does without SyncBatchNorm.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +40,7 @@ from torch import nn
 
 from dermkit.data import load_card
 from dermkit.data.torchdata import decode_all, eval_transform, train_transform
+from dermkit.engine import distributed
 from dermkit.engine.loop import EngineConfig, epoch_seed, replace_dir
 from dermkit.errors import ConfigError, DataError
 from dermkit.methods.base import ClassEmbeddingPredictor, ClassifierConfig, Method, register_method
@@ -35,9 +53,12 @@ DEFAULT_DATASETS = ("ham10000", "isic2017", "derm7pt", "pad_ufes20")  # PH2 stay
 class ClipTrainConfig(ClassifierConfig):
     """``method: contrastive``: align a CLIP-style model on image-caption pairs.
 
-    ``train_data``: datasets whose train splits give the pairs (PH2 stays unseen by default);
-    ``data`` / ``task`` / ``eval_data``: the saved model is also a zero-shot classifier of ``data``'s
-    classes (under ``task``), reported on its test split and on ``eval_data``'s.
+    ``train_data``: datasets whose train splits give the pairs (PH2 stays unseen by default) and
+    whose val splits select the model; ``shards``: WebDataset shards (brace patterns such as
+    ``DIR/{000000..000123}.tar`` or a list) to stream the pairs from instead of the train splits
+    (``train_data``'s val splits still select the model); ``shuffle_buffer``: samples held by
+    the stream's shuffle; ``data`` / ``task`` / ``eval_data``: the saved model is also a zero-shot
+    classifier of ``data``'s classes (under ``task``), reported on its test split and on ``eval_data``'s.
     """
 
     data: str = "ham10000"
@@ -52,7 +73,9 @@ class ClipTrainConfig(ClassifierConfig):
     augment: str = "light"
     caption_seed: int = 0
     val_per_dataset: int = 300  # val images per dataset for zero-shot model selection
-    num_workers: int = 1
+    num_workers: int = 1  # data loader processes (with shards: threads decoding the images)
+    shards: list[str] | None = None
+    shuffle_buffer: int = 1000
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(
         epochs=3, lr=5e-4, weight_decay=0.1, warmup_epochs=0.3, select_metric="zeroshot_balanced_accuracy"))
 
@@ -61,6 +84,8 @@ class ClipTrainConfig(ClassifierConfig):
         raw = dict(raw or {})
         if isinstance(raw.get("train_data"), str):  # "ham10000,isic2017" from the command line
             raw["train_data"] = [d.strip() for d in raw["train_data"].split(",") if d.strip()]
+        if isinstance(raw.get("shards"), str):  # one brace pattern (its braces may hold commas: not split)
+            raw["shards"] = [raw["shards"]]
         return super().from_dict(raw, where)
 
     def validate(self) -> None:
@@ -73,6 +98,14 @@ class ClipTrainConfig(ClassifierConfig):
             raise ConfigError(f"augment must be strong, light or none, got {self.augment!r}")
         if self.val_per_dataset < 1 or self.image_size < 16 or self.embed_dim < 1:
             raise ConfigError("val_per_dataset and embed_dim must be >= 1, image_size >= 16")
+        if self.shards is not None and (not self.shards or not all(str(s).strip() for s in self.shards)):
+            raise ConfigError("shards must name shard files or patterns such as 'DIR/{000000..000012}.tar' "
+                              "(or be null to train on train_data's train splits)")
+        if self.shuffle_buffer < 0:
+            raise ConfigError(f"shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+        # Under torchrun (WORLD_SIZE set) the global batch is gathered across the processes: refused
+        # here, before the run folder is written, when it does not split evenly.
+        check_global_batch(self.batch_size, int(os.environ.get("WORLD_SIZE", "1") or 1))
 
     def model_specs(self) -> dict[str, str]:
         return {"init": self.init} if self.init else {}
@@ -110,6 +143,44 @@ def soft_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch
     same = (caption_ids[:, None] == caption_ids[None, :]).float()
     targets = same / same.sum(dim=1, keepdim=True)
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def check_global_batch(batch_size: int, world: int) -> None:
+    """The global batch must split evenly over the processes (see the module docstring)."""
+    if batch_size % world:
+        raise ConfigError(f"batch_size {batch_size} does not split evenly over {world} processes; the contrastive "
+                          f"loss gathers every process's embeddings, so use a multiple of {world} "
+                          f"(e.g. {batch_size - batch_size % world or world})")
+
+
+def gather_global(tensor: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
+    """``tensor`` of every process concatenated in rank order: the global batch (itself on one process).
+
+    ``with_grad``: the gather's backward sends each process the gradients the others computed for
+    its rows (open_clip's ``gather_with_grad``); without it (ids, labels) nothing flows back.
+    """
+    if distributed.world_size() == 1:
+        return tensor
+    import torch.distributed as dist
+
+    if with_grad:
+        import warnings
+
+        from torch.distributed.nn.functional import all_gather
+
+        with warnings.catch_warnings():  # recent torch points to a private replacement; this one still works
+            warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+            return torch.cat(all_gather(tensor))
+    parts = [torch.empty_like(tensor) for _ in range(distributed.world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def global_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor,
+                     caption_ids: torch.Tensor) -> torch.Tensor:
+    """:func:`soft_clip_loss` over the global batch: every process's rows are negatives of every other's."""
+    return soft_clip_loss(gather_global(image_emb), gather_global(text_emb), scale,
+                          gather_global(caption_ids, with_grad=False))
 
 
 def trim_padding(tokens, pad_id: int | None):
@@ -153,6 +224,91 @@ class PairSource:
         return out
 
 
+class _MemoryPairs:
+    """The train splits of ``train_data``, decoded once into memory (global batches of (pixels, row index))."""
+
+    def __init__(self, config: ClipTrainConfig, max_side: int, augment, progress: bool):
+        self.config = config
+        self.source = PairSource(config.train_data, "train")
+        images = decode_all(self.source.paths, max_side, progress=progress, desc="decoding train")
+        self.dataset = _Indexed(images, augment)
+        self.n = len(self.dataset)
+        self.captions: list[str] = []
+        self.caption_ids: list[int] = []
+
+    def batches(self, epoch: int):
+        self.captions = self.source.captions(epoch_seed(self.config.caption_seed, epoch))
+        index = {c: k for k, c in enumerate(dict.fromkeys(self.captions))}  # one id per caption text this epoch
+        self.caption_ids = [index[c] for c in self.captions]
+        generator = torch.Generator().manual_seed(epoch_seed(self.config.engine.seed, epoch))
+        # Contrastive batches must be full (in-batch negatives): always drop the last partial one.
+        return torch.utils.data.DataLoader(self.dataset, batch_size=self.config.batch_size, shuffle=True,
+                                           drop_last=True, generator=generator, num_workers=self.config.num_workers)
+
+    def inputs(self, batch):
+        x, idx = batch
+        rows = idx.tolist()
+        return x, [self.captions[i] for i in rows], torch.tensor([self.caption_ids[i] for i in rows])
+
+    @staticmethod
+    def rows(batch) -> int:
+        return len(batch[1])
+
+    def close(self) -> None:
+        pass
+
+
+class _ShardPairs:
+    """Pairs streamed from WebDataset shards (:class:`dermkit.data.shards.ShardReader`).
+
+    A global batch is ``(augmentation seeds, samples, captions, caption ids)``: raw image bytes, so a
+    process decodes (in threads) and augments only the rows of its slice, each image under its own
+    seed (epoch seed, position), which makes the pixels independent of which process made them.
+    """
+
+    def __init__(self, config: ClipTrainConfig, max_side: int, augment):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from dermkit.data.shards import ShardReader
+
+        self.config, self.max_side, self.augment = config, max_side, augment
+        self.reader = ShardReader(config.shards, shuffle_buffer=config.shuffle_buffer)
+        self.n = len(self.reader)
+        self.pool = ThreadPoolExecutor(max_workers=max(1, config.num_workers))
+
+    def batches(self, epoch: int):
+        seed = epoch_seed(self.config.engine.seed, epoch)
+        chunk: list = []
+        for position, sample in enumerate(self.reader.epoch(seed)):
+            chunk.append(sample)
+            if len(chunk) == self.config.batch_size:  # full batches only (in-batch negatives)
+                captions = [s.caption(epoch) for s in chunk]
+                index = {c: k for k, c in enumerate(dict.fromkeys(captions))}
+                first = position + 1 - len(chunk)
+                seeds = torch.tensor([(seed * 1_000_003 + first + k) % 2**62 for k in range(len(chunk))])
+                yield seeds, chunk, captions, torch.tensor([index[c] for c in captions])
+                chunk = []
+
+    def inputs(self, batch):
+        from dermkit.data.shards import decode_shard_image
+
+        seeds, samples, captions, caption_ids = batch
+        images = list(self.pool.map(lambda s: decode_shard_image(s, self.max_side), samples))
+        pixels = []
+        for seed, image in zip(seeds.tolist(), images):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                pixels.append(self.augment(image))
+        return torch.stack(pixels), list(captions), caption_ids
+
+    @staticmethod
+    def rows(batch) -> int:
+        return len(batch[0])
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False)
+
+
 class _Indexed(torch.utils.data.Dataset):
     def __init__(self, images, transform):
         self.images, self.transform = images, transform
@@ -175,6 +331,17 @@ class Contrastive(Method):
                    "train_image_last": None, "train_text_last": None, "num_workers": 0, "epochs": 1,
                    "val_per_dataset": 12, "n_bootstrap": 20}
 
+    def check(self, config: ClipTrainConfig) -> list[str]:
+        warnings = super().check(config)
+        if config.shards:  # the shards and their manifests exist (a run refuses to start otherwise)
+            from dermkit.data.shards import ShardReader
+
+            try:
+                ShardReader(config.shards, shuffle_buffer=config.shuffle_buffer)
+            except DataError as exc:
+                warnings.append(f"shards: {exc}")
+        return warnings
+
     def fit(self, config: ClipTrainConfig, run):
         from dermkit.data.prompts import load_prompts
         from dermkit.evaluate import classification_metrics
@@ -187,6 +354,7 @@ class Contrastive(Method):
         # The starting model is written once in open_clip's hub layout and loaded back through the
         # registry, so training, saving and later loading all go through the same code path.
         init_dir = out_dir / "init"
+        enc = None
         if config.init is None and not (init_dir / "open_clip_config.json").is_file():
             from dermkit.models.dermkit_clip import build_dermkit_clip
 
@@ -194,20 +362,28 @@ class Contrastive(Method):
             model, model_cfg, preprocess_cfg = build_dermkit_clip(config.image_tower, embed_dim=config.embed_dim)
             preprocess_cfg = {**preprocess_cfg, "size": config.image_size}
             model_cfg["vision_cfg"]["image_size"] = config.image_size
-            save_open_clip_folder(model, init_dir, model_cfg, preprocess_cfg)
-        enc = load_encoder(str(init_dir) if config.init is None else config.init)
+            if distributed.rank() != 0:  # under torchrun rank 0 alone writes init/; the same seed built the
+                # same model here, loaded through a private copy so no process reads a half-written folder
+                import tempfile
+
+                with tempfile.TemporaryDirectory(prefix="dermkit-clip-init-") as tmp:
+                    save_open_clip_folder(model, Path(tmp) / "init", model_cfg, preprocess_cfg)
+                    enc = load_encoder(str(Path(tmp) / "init"))
+            else:
+                save_open_clip_folder(model, init_dir, model_cfg, preprocess_cfg)
+        if enc is None:
+            enc = load_encoder(str(init_dir) if config.init is None else config.init)
         model = enc.module
         model_cfg, preprocess_cfg = enc.model_cfg, enc.preprocess_cfg
         counts = set_trainable(model, config.train_image_last, config.train_text_last)
         print(f"trainable parameters: {counts['trainable']:,} of {counts['total']:,}")
 
         size, mean, std = enc.image_size, enc.mean, enc.std
-        train = PairSource(config.train_data, "train")
-        images = decode_all(train.paths, int(size * 1.15), progress=run.progress, desc="decoding train")
-        train_set = _Indexed(images, train_transform(size, mean, std, config.augment))
-        if len(train_set) < config.batch_size:
-            raise ConfigError(f"batch_size {config.batch_size} is larger than the {len(train_set)} training pairs")
-        epoch_captions: dict[str, list[str]] = {}
+        augment = train_transform(size, mean, std, config.augment)
+        pairs = (_ShardPairs(config, int(size * 1.15), augment) if config.shards else
+                 _MemoryPairs(config, int(size * 1.15), augment, run.progress))
+        if pairs.n < config.batch_size:
+            raise ConfigError(f"batch_size {config.batch_size} is larger than the {pairs.n} training pairs")
 
         # Val: a fixed subset per dataset, preprocessed once.
         val_sets = []
@@ -225,26 +401,16 @@ class Contrastive(Method):
         engine = run.engine(model)
         pad_id = getattr(getattr(getattr(model, "text", None), "config", None), "pad_token_id", None)
 
-        def make_batches(epoch: int):
-            seed = epoch_seed(config.caption_seed, epoch)
-            epoch_captions["list"] = train.captions(seed)
-            generator = torch.Generator().manual_seed(epoch_seed(config.engine.seed, epoch))
-            # Contrastive batches must be full (in-batch negatives): always drop the last partial one.
-            return torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                                               generator=generator, num_workers=config.num_workers)
-
         def loss_fn(model: nn.Module, batch) -> torch.Tensor:
-            x, idx = batch
-            captions = [epoch_captions["list"][i] for i in idx.tolist()]
-            ids = {c: k for k, c in enumerate(dict.fromkeys(captions))}
-            caption_ids = torch.tensor([ids[c] for c in captions], device=engine.device)
+            # ``batch``: this process's rows of a global batch; the loss is over the global batch.
+            x, captions, caption_ids = pairs.inputs(batch)
             tokens = trim_padding(enc.tokenize(captions), pad_id)
             tokens = ({k: v.to(engine.device) for k, v in tokens.items()} if isinstance(tokens, dict)
                       else tokens.to(engine.device))
             image_emb = model.encode_image(engine.to_device(x))
             text_emb = model.encode_text(tokens)
             scale = model.logit_scale.exp().clamp(max=100)
-            return soft_clip_loss(image_emb, text_emb, scale, caption_ids)
+            return global_clip_loss(image_emb, text_emb, scale, caption_ids.to(engine.device))
 
         @torch.inference_mode()
         def validate(model: nn.Module) -> dict[str, float]:
@@ -268,13 +434,19 @@ class Contrastive(Method):
             save_open_clip_folder(model, tmp, model_cfg, preprocess_cfg)
             replace_dir(tmp, run.model_dir)
 
-        state = engine.fit(make_batches, loss_fn, validate, on_best,
-                           steps_per_epoch=len(train_set) // config.batch_size, resume=run.resume,
-                           batch_size_fn=lambda b: len(b[1]))
-        run.summary.update(train_datasets=config.train_data, pairs=len(train_set), best_epoch=state.best_epoch,
+        try:
+            state = engine.fit(pairs.batches, loss_fn, validate, on_best, steps_per_epoch=pairs.n // config.batch_size,
+                               resume=run.resume, batch_size_fn=pairs.rows)
+        finally:
+            pairs.close()
+        if config.shards:
+            run.summary.update(shards=[str(p) for p in pairs.reader.paths])
+        run.summary.update(train_datasets=config.train_data, pairs=pairs.n, best_epoch=state.best_epoch,
                            best_val_zeroshot_balanced_accuracy=state.best_score, best_val_score=state.best_score,
                            selected_on=f"val {config.engine.select_metric}", epochs_run=state.epoch,
                            clip_model=str(run.model_dir), parameters=counts)
+        if not distributed.is_main():  # rank 0 alone writes the model folder and reports
+            return None
         # The selected CLIP folder is also a zero-shot classifier of ``data``'s classes: its class
         # embeddings and model.json sit beside the open_clip files (base model "." = this folder).
         return self.classifier(run.model_dir, run, config)
