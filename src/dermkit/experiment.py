@@ -151,21 +151,28 @@ class Run:
                             selected_on=f"val {engine.config.select_metric}", best_val_score=state.best_score)
         return state
 
-    # -- calibration
-    def calibrate(self, predictor: Predictor) -> Predictor:
-        """``calibrate: temperature``: fit one temperature on the val split by NLL, save it with the
-        model and return the calibrated predictor (the test report then shows before/after)."""
-        from dermkit.evaluate.calibration import fit_temperature
+    # -- recalibration
+    def recalibrate(self, predictor: Predictor) -> Predictor:
+        """``calibrate: temperature`` (one temperature fitted on val by NLL) and/or ``decision:
+        balanced`` (per-class offsets fitted on val for balanced accuracy, after the temperature):
+        saved with the model; returns the recalibrated predictor (the report shows the effect)."""
+        from dermkit.evaluate.calibration import apply_temperature, fit_class_offsets, fit_temperature
         from dermkit.evaluate.report import prediction_arrays, read_predictions
-        from dermkit.methods.base import TemperatureScaled
+        from dermkit.methods.base import Recalibrated
 
         val = predictor.predict_split(self.card(), "val", progress=self.progress)
         _, y, proba, _ = prediction_arrays(read_predictions(val))
-        temperature = fit_temperature(proba, y)
-        calibrated = TemperatureScaled(predictor, temperature)
-        self.save_best(calibrated)
-        self.summary["temperature"] = round(float(temperature), 6)
-        return calibrated
+        temperature = offsets = None
+        if getattr(self.config, "calibrate", None) == "temperature":
+            temperature = fit_temperature(proba, y)
+            proba = apply_temperature(proba, temperature)
+            self.summary["temperature"] = round(float(temperature), 6)
+        if getattr(self.config, "decision", None) == "balanced":
+            offsets = fit_class_offsets(proba, y)
+            self.summary["class_offsets"] = dict(zip(predictor.classes, map(float, offsets)))
+        recalibrated = Recalibrated(predictor, temperature, offsets)
+        self.save_best(recalibrated)
+        return recalibrated
 
     # -- reports
     def report(self, predictor: Predictor) -> dict[str, tuple]:
@@ -188,8 +195,8 @@ class Run:
             report = evaluate(preds, n_bootstrap=self.config.n_bootstrap, seed=seed, title=title)
             key = "test" if eval_card is card else eval_card.name
             folder = report.save(self.out_dir / "eval" / ("test" if key == "test" else f"{eval_card.name}_test"))
-            if hasattr(predictor, "temperature") and hasattr(predictor, "inner"):
-                _write_calibration(folder, preds, predictor.temperature, self.config.n_bootstrap, seed)
+            if getattr(predictor, "temperature", None) and hasattr(predictor, "inner"):
+                _write_calibration(folder, preds, predictor, self.config.n_bootstrap, seed)
             reports[key] = (report, folder, preds)
         self.reports = reports
         return reports
@@ -220,15 +227,18 @@ class Run:
         return summary
 
 
-def _write_calibration(folder: Path, preds, temperature: float, n_bootstrap: int, seed: int) -> None:
-    """``calibration.json`` / ``.md`` and the before/after reliability diagram of a calibrated model."""
+def _write_calibration(folder: Path, preds, predictor, n_bootstrap: int, seed: int) -> None:
+    """``calibration.json`` / ``.md`` and the before/after reliability diagram of a model recalibrated
+    by a temperature (its offsets, if any, count as part of "after")."""
     from dermkit import io
-    from dermkit.evaluate.calibration import apply_temperature, calibration_markdown, calibration_report
+    from dermkit.evaluate.calibration import apply_offsets, apply_temperature, calibration_markdown, calibration_report
     from dermkit.evaluate.report import prediction_arrays, read_predictions
 
     frame = read_predictions(preds)
     _, y, after, _ = prediction_arrays(frame)
-    before = apply_temperature(after, 1.0 / temperature)  # the uncalibrated probabilities
+    temperature = predictor.temperature
+    unshifted = after if predictor.offsets is None else apply_offsets(after, -predictor.offsets)
+    before = apply_temperature(unshifted, 1.0 / temperature)  # the uncalibrated probabilities
     groups = frame["group"].to_numpy() if "group" in frame.columns else None
     result, fig = calibration_report(y, before, after, groups, n_bootstrap=max(1, n_bootstrap), seed=seed,
                                      temperature=temperature)
@@ -276,8 +286,9 @@ def run_experiment(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool
     distributed.shutdown()  # training is over: rank 0 reports alone
     if not main:
         return {}
-    if predictor is not None and getattr(config, "calibrate", None) == "temperature":
-        predictor = run.calibrate(predictor)
+    if predictor is not None and (getattr(config, "calibrate", None) == "temperature"
+                                  or getattr(config, "decision", None) == "balanced"):
+        predictor = run.recalibrate(predictor)
     if predictor is not None:
         run.report(predictor)
     return run.finish(predictor)

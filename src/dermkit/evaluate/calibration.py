@@ -25,7 +25,7 @@ from ..errors import DataError
 from .bootstrap import percentile_ci, resample_indices, resample_weights
 from .metrics import ECE_BINS, brier_per_sample, calibration_terms, quiet
 
-__all__ = ["CALIBRATION_METRICS", "TEMPERATURE_BOUNDS", "apply_temperature", "calibration_metrics",
+__all__ = ["CALIBRATION_METRICS", "TEMPERATURE_BOUNDS", "apply_offsets", "apply_temperature", "fit_class_offsets", "calibration_metrics",
            "calibration_report", "calibration_markdown", "fit_temperature", "nll"]
 
 #: Search interval of the temperature.
@@ -91,6 +91,49 @@ def apply_temperature(proba, temperature: float) -> np.ndarray:
     with np.errstate(divide="ignore"):
         logp = np.log(proba)  # log 0 = -inf stays a probability of 0 after any temperature
     return softmax(logp / float(temperature), axis=1)
+
+
+def apply_offsets(proba, offsets) -> np.ndarray:
+    """``softmax(log(proba) + b)``: class ``k``'s score shifted by ``b[k]`` in log space (a decision
+    threshold per class; ``b = 0`` leaves the probabilities unchanged)."""
+    from scipy.special import softmax
+
+    proba = np.asarray(proba, dtype=float)
+    offsets = np.asarray(offsets, dtype=float)
+    if offsets.shape != (proba.shape[1],) or not np.isfinite(offsets).all():
+        raise DataError(f"class offsets must be {proba.shape[1]} finite numbers, got {offsets.tolist()}")
+    with np.errstate(divide="ignore"):
+        return softmax(np.log(proba) + offsets, axis=1)
+
+
+def _balanced_accuracy(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    recalls = [np.mean(pred[y == k] == k) for k in range(n_classes) if np.any(y == k)]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def fit_class_offsets(proba, y, grid: Sequence[float] = tuple(np.linspace(-3, 3, 61)), rounds: int = 3) -> np.ndarray:
+    """Per-class log offsets ``b`` (``b[0] = 0``) that maximise the balanced accuracy of
+    ``argmax(log p + b)`` on ``(proba, y)``: coordinate ascent over ``grid``, ``rounds`` sweeps,
+    ties kept at the smaller offset change. Fit on the validation split, never on the test split."""
+    proba = np.asarray(proba, dtype=float)
+    y = _check_labels(np.asarray(y), proba.shape[0], proba.shape[1])
+    n_classes = proba.shape[1]
+    with np.errstate(divide="ignore"):
+        logp = np.log(np.clip(proba, _EPS, None))
+    offsets = np.zeros(n_classes)
+    best = _balanced_accuracy(y, (logp + offsets).argmax(1), n_classes)
+    for _ in range(rounds):
+        changed = False
+        for k in range(1, n_classes):  # b[0] = 0: only differences between classes matter
+            for value in sorted(grid, key=lambda v: abs(v - offsets[k])):
+                trial = offsets.copy()
+                trial[k] = value
+                score = _balanced_accuracy(y, (logp + trial).argmax(1), n_classes)
+                if score > best + 1e-12:
+                    best, offsets, changed = score, trial, True
+        if not changed:
+            break
+    return offsets
 
 
 def nll(y, proba) -> np.ndarray:

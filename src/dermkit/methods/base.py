@@ -48,7 +48,7 @@ __all__ = [
     "load_base_encoder",
     "EncoderHeadPredictor",
     "ClassEmbeddingPredictor",
-    "TemperatureScaled",
+    "Recalibrated",
 ]
 
 METHODS: dict[str, "Method"] = {}
@@ -66,8 +66,9 @@ class ClassifierConfig:
     ``negative_name``: readable name of a binary task's negative class; ``eval_data``: more
     datasets whose test splits the selected model is also reported on (transfer tests);
     ``n_bootstrap``: resamples of the 95% CIs; ``calibrate: temperature``: after training, fit one
-    temperature on the val split by NLL and apply it to every prediction of the saved model
-    (:class:`TemperatureScaled`).
+    temperature on the val split by NLL; ``decision: balanced``: fit per-class decision offsets on
+    the val split for balanced accuracy; both are applied to every prediction of the saved model
+    (:class:`Recalibrated`).
     """
 
     data: str = "ham10000"
@@ -76,6 +77,7 @@ class ClassifierConfig:
     eval_data: list[str] = field(default_factory=list)
     n_bootstrap: int = 1000
     calibrate: str | None = None  # None | temperature
+    decision: str | None = None  # None | balanced (per-class thresholds tuned on val for balanced accuracy)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "config"):
@@ -97,6 +99,9 @@ class ClassifierConfig:
             raise ConfigError(f"n_bootstrap must be >= 0, got {self.n_bootstrap}")
         if self.calibrate not in (None, "", "none", "temperature"):
             raise ConfigError(f"calibrate must be temperature (or null: none), got {self.calibrate!r}")
+        if self.decision not in (None, "", "none", "argmax", "balanced"):
+            raise ConfigError(f"decision must be balanced (thresholds tuned on val) or null (argmax), got "
+                              f"{self.decision!r}")
         if self.task not in (None, "", "all", "melanoma_vs_rest", "positive_vs_rest") and not str(self.task).startswith("binary:"):
             raise ConfigError(f"task must be all, melanoma_vs_rest or binary:CLASS, got {self.task!r}")
 
@@ -319,45 +324,57 @@ def load_predictor(folder: str | os.PathLike, device: str = "auto") -> Predictor
         raise ModelError(f"{folder}: model.json names method {method!r}, unknown to this dermkit "
                          f"({', '.join(sorted(METHODS))}); upgrade dermkit")
     predictor = METHODS[method].load(folder, device=device)
-    temperature = card.get("temperature")
-    if temperature is not None:
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise ModelError(f"{folder / 'model.json'}: temperature must be a positive number, got {temperature!r}")
-        predictor = TemperatureScaled(predictor, float(temperature))
+    temperature, offsets = card.get("temperature"), card.get("class_offsets")
+    if temperature is not None or offsets is not None:
+        try:
+            predictor = Recalibrated(predictor, temperature, offsets)
+        except (ModelError, TypeError, ValueError) as exc:
+            raise ModelError(f"{Path(folder) / 'model.json'}: {exc}") from None
     return predictor
 
 
-class TemperatureScaled(Predictor):
-    """A predictor whose probabilities are recalibrated by one temperature:
-    ``softmax(log p / T)`` (= ``softmax(logits / T)``; the argmax never changes).
-
-    The temperature is fitted on the val split (``calibrate: temperature``) and stored in the model
-    folder's ``model.json``, so :func:`load_predictor` returns the calibrated model. Everything else
-    (saliency maps, details, a fusion model's extra inputs) is the wrapped predictor's.
+class Recalibrated(Predictor):
+    """A predictor whose probabilities are recalibrated after training, in log space:
+    ``softmax(log p / T + b)``: one temperature ``T`` (``calibrate: temperature``, fitted on val by
+    NLL; the argmax never changes) and per-class offsets ``b`` (``decision: balanced``, fitted on val
+    for balanced accuracy: decision thresholds). Both are stored in the model folder's ``model.json``
+    (``temperature``, ``class_offsets``), so :func:`load_predictor` returns the recalibrated model.
+    Everything else (saliency maps, details, a fusion model's extra inputs) is the wrapped predictor's.
     """
 
-    def __init__(self, inner: Predictor, temperature: float):
-        if not temperature > 0:
-            raise ModelError(f"temperature must be > 0, got {temperature}")
-        inner.card["temperature"] = float(temperature)
+    def __init__(self, inner: Predictor, temperature: float | None = None, offsets: Sequence[float] | None = None):
+        if temperature is not None and not (np.isfinite(temperature) and temperature > 0):
+            raise ModelError(f"temperature must be a positive number, got {temperature}")
+        if offsets is not None and len(offsets) != len(inner.classes):
+            raise ModelError(f"class_offsets must have one number per class ({len(inner.classes)}), got {len(offsets)}")
+        inner.card["temperature"] = None if temperature is None else float(temperature)
+        inner.card["class_offsets"] = None if offsets is None else [float(b) for b in offsets]
         super().__init__(inner.card)
-        self.inner, self.temperature = inner, float(temperature)
+        self.inner = inner
+        self.temperature = None if temperature is None else float(temperature)
+        self.offsets = None if offsets is None else np.asarray(offsets, dtype=float)
         self.method = inner.method
 
-    def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
-        from dermkit.evaluate.calibration import apply_temperature
+    def recalibrate(self, proba: np.ndarray) -> np.ndarray:
+        from dermkit.evaluate.calibration import apply_offsets, apply_temperature
 
-        return apply_temperature(self.inner.predict_paths(paths, progress=progress), self.temperature)
+        if self.temperature is not None:
+            proba = apply_temperature(proba, self.temperature)
+        if self.offsets is not None:
+            proba = apply_offsets(proba, self.offsets)
+        return proba
+
+    def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
+        return self.recalibrate(self.inner.predict_paths(paths, progress=progress))
 
     def _predict_rows(self, card, rows: pd.DataFrame, groups, progress: bool) -> Predictions:
-        from dermkit.evaluate.calibration import apply_temperature
-
         preds = self.inner._predict_rows(card, rows, groups, progress)  # e.g. fusion reads each row's metadata
-        preds.proba = apply_temperature(preds.proba, self.temperature)
+        preds.proba = self.recalibrate(preds.proba)
         return preds
 
     def save(self, folder: str | os.PathLike) -> Path:
         self.inner.card["temperature"] = self.temperature
+        self.inner.card["class_offsets"] = None if self.offsets is None else self.offsets.tolist()
         return self.inner.save(folder)
 
     def task_card(self, card):
