@@ -114,6 +114,13 @@ CASES = [
      ["share the name", "x"]),
     ("suite-one-bad-config", lambda w, t: ["suite", _yaml(t / "a.yaml", _cfg(w)), _yaml(t / "b.yaml", _cfg(w, lr=0)),
                                            "--out", str(t / "out")], ["b.yaml", "lr must be > 0"]),
+    ("run-bad-tta", lambda w, t: _run(w, t, tta="rot90"), ["tta must be one of", "flip_rot"]),
+    ("run-bad-randaugment", lambda w, t: _run(w, t, randaugment="rand-q3"), ["randaugment 'rand-q3'", "rand-m9-mstd0.5"]),
+    ("run-negative-mixup", lambda w, t: _run(w, t, mixup=-0.1), ["mixup must be an alpha"]),
+    ("run-thickness-mixup", lambda w, t: _run(w, t, thickness="ordinal", mixup=0.2), ["mixup/cutmix", "thickness"]),
+    ("run-thickness-no-column", lambda w, t: _run(w, t, thickness="ordinal"),
+     ["thickness_column 'breslow_ordinal'", "metadata.csv"]),
+    ("run-bad-decision", lambda w, t: _run(w, t, decision="youden"), ["decision must be balanced"]),
     # ---- dermkit serve / predict --explain
     ("serve-no-model-folder", lambda w, t: ["serve", "--model", str(t)], ["model.json"]),
     ("serve-pickle-model", lambda w, t: ["serve", "--model", str(w["root"] / "model.pt")], ["pickle", "safetensors"]),
@@ -161,6 +168,8 @@ CASES = [
                                                         "--out", str(t / "out")], ["method: supervised", "dermkit run"]),
     # ---- predict / evaluate
     ("predict-missing-image", lambda w, t: ["predict", str(t / "gone.jpg"), "--model", str(w["model"])], ["gone.jpg"]),
+    ("predict-tta-on-zeroshot", lambda w, t: ["predict", str(w["image"]), "--model", str(w["model"]), "--tta", "flip"],
+     ["--tta", "no test-time augmentation"]),
     ("predict-text-file", lambda w, t: ["predict", str(w["root"] / "notes.txt"), "--model", str(w["model"])],
      ["notes.txt"]),
     ("predict-no-model-folder", lambda w, t: ["predict", str(w["image"]), "--model", str(t)],

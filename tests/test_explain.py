@@ -171,9 +171,14 @@ def test_saliency_module_computes_the_predictors_own_probabilities(method, tmp_p
 
     from dermkit.engine.loop import resolve_precision
 
-    # the precision the predictor ran in: feature extraction and the supervised predictor use the
-    # engine's "auto" rule (bf16 autocast on CPUs with native bf16); prompt learning runs in fp32
-    amp = (getattr(predictor, "amp_dtype", None) if method == "supervised" else
+    from dermkit.models.onnx import inference_backend
+
+    # the precision the predictor ran in: on ONNX Runtime (the CPU default) fp32; on PyTorch, feature
+    # extraction and the supervised predictor use the engine's "auto" rule (bf16 autocast on CPUs
+    # with native bf16); prompt learning runs in fp32
+    torch_backend = inference_backend("cpu") == "torch"
+    amp = (None if not torch_backend and method in ("supervised", "zeroshot", "linear_probe") else
+           getattr(predictor, "amp_dtype", None) if method == "supervised" else
            resolve_precision("auto", torch.device("cpu")) if method in ("zeroshot", "linear_probe") else None)
     for path, row in zip(paths, expected):
         image = open_image(path)

@@ -150,6 +150,16 @@ def train(
     _print_summary(run_experiment(raw, out, resume=resume, force=force))
 
 
+def _set_tta(predictor, tta: Optional[str]) -> None:
+    if tta is None:
+        return
+    from dermkit.errors import ConfigError
+
+    if not hasattr(predictor, "set_tta"):
+        raise ConfigError(f"--tta: a {predictor.method} model has no test-time augmentation (supervised models do)")
+    predictor.set_tta(tta)
+
+
 def _launch(nproc: int) -> int:
     """Re-run this very command on ``nproc`` processes through torchrun (without ``--nproc``)."""
     from dermkit.engine.distributed import launch
@@ -242,6 +252,8 @@ def evaluate_cmd(
                                             "[45, 60), [60, 75), >=75 by default). Columns come from the CSV or --data."),
     bins: Optional[list[str]] = typer.Option(None, "--bins", help="Cut points of a numeric subgroup column, "
                                              "COLUMN:EDGE,EDGE,... (repeatable), e.g. --bins age:40,60."),
+    tta: Optional[str] = typer.Option(None, help="Test-time augmentation of a supervised model, overriding the one "
+                                                 "saved with it: none | flip (3 views) | flip_rot (8 views)."),
 ) -> None:
     """Metrics with bootstrap CIs, plots and reports, from a predictions CSV or a model run over a split.
 
@@ -274,6 +286,7 @@ def evaluate_cmd(
 
         card = load_dataset(data)
         predictor = load_predictor(model)
+        _set_tta(predictor, tta)
         preds = predictor.predict_split(card, split)
         title = f"{predictor.name} on {card.name} ({split} split)"
     else:
@@ -320,6 +333,8 @@ def predict(
     explain: Optional[Path] = typer.Option(
         None, "--explain", help="Write a Grad-CAM heat map of the top class over the image (PNG): OUT.png for one "
                                 "image; with several images a folder holding <image>.gradcam.png for each."),
+    tta: Optional[str] = typer.Option(None, help="Test-time augmentation of a supervised model, overriding the one "
+                                                 "saved with it: none | flip (3 views) | flip_rot (8 views)."),
 ) -> None:
     """Top-k classes with probabilities for each image (and, with --explain, where the model looked)."""
     from dermkit.api import load_predictor
@@ -327,6 +342,7 @@ def predict(
 
     images = [command_line_path(p) for p in images]  # errors name the file as given, not a CSV row
     predictor = load_predictor(model)
+    _set_tta(predictor, tta)
     if clinical or meta:
         from dermkit.errors import ConfigError
 

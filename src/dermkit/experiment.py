@@ -172,6 +172,7 @@ class Run:
             self.summary["class_offsets"] = dict(zip(predictor.classes, map(float, offsets)))
         recalibrated = Recalibrated(predictor, temperature, offsets)
         self.save_best(recalibrated)
+        self.reports = None  # a method that reported inside fit (fusion) is reported again, recalibrated
         return recalibrated
 
     # -- reports

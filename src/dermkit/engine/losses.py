@@ -22,6 +22,12 @@ class WeightedCrossEntropy(nn.Module):
     torch's ``CrossEntropyLoss(weight=..., label_smoothing=...)`` also multiplies the smoothing
     term by every class's weight, which with HAM10000's 60:1 imbalance pushes all predictions
     towards the rare classes and puts the starting loss far above log(C).
+
+    ``target`` is class indices ``(N,)`` or soft targets ``(N, C)`` (rows summing to 1, e.g.
+    mixup/cutmix's ``lam * onehot(a) + (1 - lam) * onehot(b)``, *before* smoothing): the smoothing
+    is applied here, ``(1 - eps) * target + eps / C`` (what timm's ``mixup_target`` folds in), and
+    a row's weight is its target's mix of class weights (``lam * w[a] + (1 - lam) * w[b]``). A
+    one-hot soft target gives exactly the loss of its index.
     """
 
     def __init__(self, class_weights: torch.Tensor, label_smoothing: float = 0.0):
@@ -30,9 +36,11 @@ class WeightedCrossEntropy(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        soft = target.is_floating_point()
+        target = target.float() if soft else target
         per_sample = nn.functional.cross_entropy(logits.float(), target, reduction="none",
                                                  label_smoothing=self.label_smoothing)
-        w = self.class_weights[target]
+        w = target @ self.class_weights if soft else self.class_weights[target]
         return (per_sample * w).sum() / w.sum().clamp_min(1e-12)
 
 

@@ -49,7 +49,8 @@ from dermkit.engine.losses import classification_criterion
 from dermkit.errors import ConfigError, DataError, ModelError
 from dermkit.io import write_csv
 from dermkit.methods.base import ClassifierConfig, Method, Predictions, Predictor, register_method
-from dermkit.models.fusion import FUSIONS, FusionNet, coral_loss, coral_predict
+from dermkit.models.fusion import FUSIONS, FusionNet
+from dermkit.models.thickness import thickness_loss, thickness_values
 
 __all__ = ["FusionConfig", "Fusion", "load_fusion_predictor", "FusionPredictor",
            "load_image_encoder", "DEFAULT_TEXT_ENCODER"]
@@ -241,19 +242,9 @@ def modality_dropout(present: dict[str, torch.Tensor], p: float, generator: torc
 def _loss(model: FusionNet, batch: dict, criterion, cfg: FusionConfig, thickness_stats: dict | None) -> torch.Tensor:
     out = model(batch["images"], batch["present"], batch["meta"])
     loss = cfg.alpha * criterion(out["logits"], batch["labels"])
-    if model.thickness_kind is not None and cfg.beta > 0:
-        target = batch["thickness"]
-        has = torch.isfinite(target)
-        if has.any():
-            pred = out["thickness"][has].float()
-            if model.thickness_kind == "ordinal":
-                t_loss = coral_loss(pred, target[has].long())
-            else:
-                z = (target[has] - thickness_stats["mean"]) / thickness_stats["std"]
-                t_loss = F.smooth_l1_loss(pred, z.float())
-            loss = loss + cfg.beta * t_loss
-        else:  # keep the graph connected so every parameter gets a (zero) gradient
-            loss = loss + 0.0 * out["thickness"].sum()
+    if model.thickness_kind is not None and cfg.beta > 0:  # averaged over the rows with a target only
+        loss = loss + cfg.beta * thickness_loss(model.thickness_kind, out["thickness"], batch["thickness"],
+                                                thickness_stats)
     return loss
 
 
@@ -278,17 +269,6 @@ def _forward_all(model: FusionNet, split: _Split, device, batch_size: int = 512,
     if thick:
         result["thickness_raw"] = torch.cat(thick).numpy()
     return result
-
-
-def thickness_values(kind: str | None, raw: np.ndarray | None, stats: dict | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(point prediction, expected value): bins for ordinal (predicted, expected bin), mm for regression."""
-    if kind is None or raw is None:
-        return None, None
-    if kind == "ordinal":
-        pred, expected = coral_predict(torch.from_numpy(raw))
-        return pred.numpy().astype(float), expected.numpy().astype(float)
-    mm = np.clip(raw * stats["std"] + stats["mean"], 0.0, None)
-    return mm, mm
 
 
 def _train_fusion(cfg: FusionConfig, run) -> "FusionPredictor":

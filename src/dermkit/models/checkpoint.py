@@ -108,10 +108,19 @@ def load_model(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     folder = Path(folder)
     card = read_model_card(folder)
     model = create_classifier(card["model"], num_classes=len(card["classes"]), pretrained=False)
+    kind = (card.get("thickness") or {}).get("kind")
+    if kind is not None:  # a supervised model with a Breslow thickness head (see models/thickness.py)
+        from dermkit.models.thickness import THICKNESS_KINDS, attach_thickness_head
+
+        if kind not in THICKNESS_KINDS:
+            raise ModelError(f"{folder / MODEL_CARD}: thickness.kind must be one of {', '.join(THICKNESS_KINDS)}, "
+                             f"got {kind!r}")
+        attach_thickness_head(model, kind, len(card["thickness"].get("bins") or []) or 4)
     state = load_tensors(folder / MODEL_WEIGHTS)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"{folder / MODEL_WEIGHTS} does not match architecture {card['model']}: {exc}") from exc
+        head = f" with a {kind} thickness head" if kind else ""
+        raise ModelError(f"{folder / MODEL_WEIGHTS} does not match architecture {card['model']}{head}: {exc}") from exc
     model.eval()
     return model, card
