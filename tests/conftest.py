@@ -12,6 +12,7 @@ datasets are not on this machine.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
@@ -217,3 +218,23 @@ def vlm_folder(tmp_path_factory):
     LlavaForConditionalGeneration(config).eval().save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+# ------------------------------------------------------------------------------ killing a run
+@contextlib.contextmanager
+def killed_after_first_checkpoint():
+    """Inside this block the engine stops (KeyboardInterrupt, as Ctrl-C) right after writing its
+    first checkpoint: how the resume tests kill a run after one epoch."""
+    from dermkit.engine.loop import Engine
+
+    original = Engine.save_checkpoint
+
+    def save_then_die(self):
+        original(self)
+        raise KeyboardInterrupt
+
+    Engine.save_checkpoint = save_then_die
+    try:
+        yield
+    finally:
+        Engine.save_checkpoint = original

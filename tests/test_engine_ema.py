@@ -12,6 +12,7 @@ from torch import nn
 
 from dermkit.engine.loop import Engine, EngineConfig
 from dermkit.errors import ConfigError
+from conftest import killed_after_first_checkpoint
 
 
 def _engine(tmp_path, **kw):
@@ -74,16 +75,8 @@ def test_ema_is_validated_selected_and_equals_a_hand_computation(tmp_path):
 def test_resume_with_ema_is_exact(tmp_path, monkeypatch):
     straight = _engine(tmp_path / "a", ema=0.9)
     _fit(straight, [])
-    original = Engine.save_checkpoint
-
-    def save_then_die(self):
-        original(self)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Engine, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_checkpoint(), pytest.raises(KeyboardInterrupt):
         _fit(_engine(tmp_path / "b", ema=0.9), [])
-    monkeypatch.setattr(Engine, "save_checkpoint", original)
     assert json.loads((tmp_path / "b/checkpoints/last.json").read_text())["loop"]["epoch"] == 1
     resumed = _engine(tmp_path / "b", ema=0.9, epochs=2)
     _fit(resumed, [], resume=True)

@@ -27,6 +27,7 @@ from dermkit.data.shards import (
 )
 from dermkit.engine.loop import epoch_seed
 from dermkit.errors import ConfigError, DataError
+from conftest import killed_after_first_checkpoint
 
 
 def _members(folder):
@@ -301,7 +302,6 @@ def test_a_run_from_shards_killed_after_an_epoch_resumes_to_the_same_weights(tmp
                                                                             shards, monkeypatch):
     """The engine re-runs an interrupted epoch from its start; the stream's order, captions and
     augmentations are functions of (seed, epoch), so the resumed run is the uninterrupted one."""
-    from dermkit.engine.loop import Engine
     from dermkit.experiment import run_experiment
     from dermkit.models.checkpoint import load_tensors
 
@@ -312,16 +312,8 @@ def test_a_run_from_shards_killed_after_an_epoch_resumes_to_the_same_weights(tmp
            "engine": {"epochs": 2, "max_steps_per_epoch": 2, "lr": 1e-3, "precision": "fp32", "warmup_epochs": 0,
                       "channels_last": False, "device": "cpu"}}
     run_experiment(cfg, tmp_path / "whole", progress=False)
-    original = Engine.save_checkpoint
-
-    def save_then_die(self):
-        original(self)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Engine, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_checkpoint(), pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, tmp_path / "killed", progress=False)
-    monkeypatch.setattr(Engine, "save_checkpoint", original)
     run_experiment(cfg, tmp_path / "killed", resume=True, progress=False)
     whole = load_tensors(tmp_path / "whole/checkpoints/last.safetensors")
     resumed = load_tensors(tmp_path / "killed/checkpoints/last.safetensors")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, killed_after_first_checkpoint
 from PIL import Image
 
 import dermkit
@@ -230,24 +230,15 @@ def test_bad_lever_values_are_refused_before_writing(tiny_dataset, tmp_path, cha
 
 
 def test_resume_is_exact_with_every_lever_on(tiny_dataset, tmp_path, monkeypatch):
-    from dermkit.engine.loop import Engine
 
     cfg = _config(tiny_dataset, mixup=0.4, cutmix=1.0, mix_prob=0.8, randaugment="rand-m9-n2-mstd0.5",
                   tta="flip", imbalance="weighted_loss", ema=0.9, layer_decay=0.75, max_steps_per_epoch=3)
     straight = tmp_path / "straight"
     run_experiment(cfg, straight, progress=False)
 
-    original = Engine.save_checkpoint
-
-    def save_then_die(self):
-        original(self)
-        raise KeyboardInterrupt
-
     split = tmp_path / "split"
-    monkeypatch.setattr(Engine, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_checkpoint(), pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, split, progress=False)
-    monkeypatch.setattr(Engine, "save_checkpoint", original)
     assert json.loads((split / "checkpoints/last.json").read_text())["loop"]["epoch"] == 1
     run_experiment(cfg, split, resume=True, progress=False)
 

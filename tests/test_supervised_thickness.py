@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import SHARED_DATA, make_dataset
+from conftest import SHARED_DATA, killed_after_first_checkpoint, make_dataset
 
 import dermkit
 from dermkit.errors import ConfigError, DataError
@@ -254,7 +254,6 @@ def test_model_folders_without_a_head_load_as_before(tmp_path):
 
 
 def test_resume_is_exact_with_the_thickness_head_and_every_lever(tmp_path, monkeypatch):
-    from dermkit.engine.loop import Engine
 
     root = _with_thickness(tmp_path)
     cfg = _config(root, randaugment="rand-m9-n2-mstd0.5", tta="flip_rot", imbalance="balanced_sampler",
@@ -262,17 +261,9 @@ def test_resume_is_exact_with_the_thickness_head_and_every_lever(tmp_path, monke
     straight = tmp_path / "straight"
     run_experiment(cfg, straight, progress=False)
 
-    original = Engine.save_checkpoint
-
-    def save_then_die(self):
-        original(self)
-        raise KeyboardInterrupt
-
     split = tmp_path / "split"
-    monkeypatch.setattr(Engine, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_checkpoint(), pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, split, progress=False)
-    monkeypatch.setattr(Engine, "save_checkpoint", original)
     run_experiment(cfg, split, resume=True, progress=False)
 
     a = load_tensors(straight / "checkpoints/last.safetensors")

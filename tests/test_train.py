@@ -17,6 +17,7 @@ from dermkit.methods.supervised import TrainConfig
 from dermkit.models.checkpoint import load_tensors
 from dermkit.models.freeze import train_only_last
 from dermkit.models.registry import create_classifier
+from conftest import killed_after_first_checkpoint
 
 
 def tiny_config(data, epochs=3, **engine) -> dict:
@@ -102,23 +103,14 @@ def test_train_beats_chance_and_writes_run_folder(tiny_dataset, tmp_path):
 
 
 def test_resume_continues_to_the_same_result(tiny_dataset, tmp_path, monkeypatch):
-    from dermkit.engine.loop import Engine
 
     straight = tmp_path / "straight"
     train_classifier(tiny_config(tiny_dataset, epochs=2), straight, progress=False)
 
     # Kill the second run right after its first checkpoint, then resume it.
-    original = Engine.save_checkpoint
-
-    def save_then_die(self):
-        original(self)
-        raise KeyboardInterrupt
-
     split = tmp_path / "split"
-    monkeypatch.setattr(Engine, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_checkpoint(), pytest.raises(KeyboardInterrupt):
         train_classifier(tiny_config(tiny_dataset, epochs=2), split, progress=False)
-    monkeypatch.setattr(Engine, "save_checkpoint", original)
     assert json.loads((split / "checkpoints/last.json").read_text())["loop"]["epoch"] == 1
     train_classifier(tiny_config(tiny_dataset, epochs=2), split, resume=True, progress=False)
 

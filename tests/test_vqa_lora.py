@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import killed_after_first_checkpoint
+
 import dermkit
 from dermkit.cli import main
 from dermkit.models.checkpoint import load_tensors
@@ -84,19 +86,11 @@ def test_the_adapter_changes_the_model_and_reloads_to_identical_outputs(lora_run
 
 
 def test_resume_is_exact(vlm_folder, tiny_dataset, tmp_path, monkeypatch):
-    from dermkit.engine.loop import Engine
 
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert main(_lora(vlm_folder, tiny_dataset, straight, "--epochs", "2")) == 0
-    original = Engine.save_checkpoint
-
-    def save_then_die(self):
-        original(self)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Engine, "save_checkpoint", save_then_die)
-    assert main(_lora(vlm_folder, tiny_dataset, split, "--epochs", "2")) == 130
-    monkeypatch.setattr(Engine, "save_checkpoint", original)
+    with killed_after_first_checkpoint():
+        assert main(_lora(vlm_folder, tiny_dataset, split, "--epochs", "2")) == 130
     assert json.loads((split / "checkpoints/last.json").read_text())["loop"]["epoch"] == 1
     assert main(_lora(vlm_folder, tiny_dataset, split, "--epochs", "2", "--resume")) == 0
     a = load_tensors(straight / "checkpoints/last.safetensors")
