@@ -25,9 +25,12 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture
-def encoder(clip_folder):
+def encoder(clip_folder, monkeypatch):
+    """The tiny CLIP on the PyTorch backend: these tests count the images the model encodes by
+    wrapping ``encode_image`` (the ONNX Runtime backend is tested in test_onnx.py)."""
     from dermkit.models.encoders import load_encoder
 
+    monkeypatch.setenv("DERMKIT_INFERENCE", "torch")
     return load_encoder(clip_folder)
 
 
