@@ -48,6 +48,7 @@ __all__ = [
     "fusion_meta_columns",
     "view_columns",
     "view_paths",
+    "parse_thickness",
     "thickness_target",
     "build_rows",
     "ORDINAL_BINS",
@@ -295,31 +296,38 @@ def view_paths(card: DatasetCard, rows: pd.DataFrame, modality: str) -> list[Pat
 # ------------------------------------------------------------------------------ thickness
 
 
+def parse_thickness(card: DatasetCard, rows: pd.DataFrame, column: str, kind: str) -> np.ndarray:
+    """``rows[column]`` as thickness targets: mm (``regression``, >= 0) or a Breslow bin
+    (``ordinal``, integer 0-3); empty cells are NaN (no target); anything else is a DataError
+    naming the CSV line."""
+    values = np.full(len(rows), np.nan)
+    raw = rows[column].tolist() if column in rows.columns else [None] * len(rows)
+    for i, v in enumerate(raw):
+        if is_missing(v):
+            continue
+        try:
+            number = float(str(v).strip())
+        except ValueError:
+            number = math.nan
+        valid = math.isfinite(number) and number >= 0
+        if kind == "ordinal":
+            valid = valid and number == int(number) and int(number) < len(ORDINAL_BINS)
+        if not valid:
+            line = int(csv_lines(rows).iloc[i])
+            want = ("a thickness in mm (>= 0)" if kind == "regression"
+                    else f"an integer bin 0-{len(ORDINAL_BINS) - 1} ({', '.join(ORDINAL_BINS)})")
+            raise DataError(f"{card.metadata_csv} line {line}: {column} = {v!r}; expected {want}, "
+                            "or an empty cell where there is none")
+        values[i] = number
+    return values
+
+
 def thickness_target(card: DatasetCard, rows: pd.DataFrame) -> tuple[str | None, np.ndarray]:
     """``(kind, values)``: ``("regression", mm)`` from a ``thickness`` column, else
     ``("ordinal", bin 0-3)`` from ``breslow_ordinal``, else ``(None, all NaN)``. NaN = no target."""
     for column, kind in (("thickness", "regression"), ("breslow_ordinal", "ordinal")):
         if column in card.table.columns:
-            values = np.full(len(rows), np.nan)
-            raw = rows[column].tolist() if column in rows.columns else [None] * len(rows)
-            for i, v in enumerate(raw):
-                if is_missing(v):
-                    continue
-                try:
-                    number = float(str(v).strip())
-                except ValueError:
-                    number = math.nan
-                valid = math.isfinite(number) and number >= 0
-                if kind == "ordinal":
-                    valid = valid and number == int(number) and int(number) < len(ORDINAL_BINS)
-                if not valid:
-                    line = int(csv_lines(rows).iloc[i])
-                    want = ("a thickness in mm (>= 0)" if kind == "regression"
-                            else f"an integer bin 0-{len(ORDINAL_BINS) - 1} ({', '.join(ORDINAL_BINS)})")
-                    raise DataError(f"{card.metadata_csv} line {line}: {column} = {v!r}; expected {want}, "
-                                    "or an empty cell where there is none")
-                values[i] = number
-            return kind, values
+            return kind, parse_thickness(card, rows, column, kind)
     return None, np.full(len(rows), np.nan)
 
 

@@ -158,32 +158,12 @@ def mix_batch(mixer, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> tuple[
 def thickness_targets(card, rows: pd.DataFrame, column: str, kind: str) -> np.ndarray:
     """The thickness target of each row (NaN = none): mm >= 0 (regression) or a Breslow bin
     (ordinal, 0..3); anything else is a DataError naming the CSV line."""
-    from dermkit.data.captions import is_missing
-    from dermkit.data.card import csv_lines
-    from dermkit.data.multimodal import ORDINAL_BINS
+    from dermkit.data.multimodal import parse_thickness
 
     if column not in card.table.columns:
         raise ConfigError(f"thickness_column {column!r} is not a column of {card.metadata_csv}; "
                           f"name the column that holds the {'Breslow bin' if kind == 'ordinal' else 'thickness in mm'}")
-    values = np.full(len(rows), np.nan)
-    lines = csv_lines(rows).to_numpy()
-    for i, v in enumerate(rows[column].tolist()):
-        if is_missing(v):
-            continue
-        try:
-            number = float(str(v).strip())
-        except ValueError:
-            number = math.nan
-        ok = math.isfinite(number) and number >= 0
-        if kind == "ordinal":
-            ok = ok and number == int(number) and int(number) < len(ORDINAL_BINS)
-        if not ok:
-            want = ("a thickness in mm (>= 0)" if kind == "regression"
-                    else f"an integer bin 0-{len(ORDINAL_BINS) - 1} ({', '.join(ORDINAL_BINS)})")
-            raise DataError(f"{card.metadata_csv} line {int(lines[i])}: {column} = {v!r}; expected {want}, "
-                            "or an empty cell where there is none")
-        values[i] = number
-    return values
+    return parse_thickness(card, rows, column, kind)
 
 
 @torch.inference_mode()
