@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,3 +82,118 @@ def test_trimming_padding_keeps_text_embeddings(tmp_path):
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(tokens), model.encode_text(trimmed), atol=1e-5, rtol=1e-5)
+
+
+def test_hard_negatives_are_extra_image_to_text_columns():
+    # Image-to-text: each image picks its caption among 3 captions + 3 negatives; a negative whose
+    # text equals an image's caption (id 3 below) is that image's positive. Text-to-image: unchanged.
+    torch.manual_seed(2)
+    img, txt, neg = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    scale = torch.tensor(4.0)
+    n = torch.nn.functional.normalize
+    logits = scale * n(img, dim=-1) @ n(torch.cat([txt, neg]), dim=-1).T  # 3 x 6
+    targets = torch.tensor([[1.0, 0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0, 0], [0, 0, 0.5, 0, 0, 0.5]])
+    i2t = -(targets * logits.log_softmax(1)).sum(1).mean()
+    t2i = torch.nn.functional.cross_entropy(logits[:, :3].T, torch.arange(3))
+    got = soft_clip_loss(img, txt, scale, torch.tensor([1, 2, 3]), neg, torch.tensor([9, 8, 3]))
+    assert got.item() == pytest.approx((0.5 * (i2t + t2i)).item(), rel=1e-6)
+    # No negatives: the plain loss.
+    assert soft_clip_loss(img, txt, scale, torch.tensor([1, 2, 3])).item() == pytest.approx(
+        0.5 * (torch.nn.functional.cross_entropy(logits[:, :3], torch.arange(3)) + t2i).item(), rel=1e-6)
+
+
+def test_hard_negative_captions_differ_only_in_the_diagnosis(tiny_card):
+    from dermkit.data.captions import captions_for_split, captions_with_negatives
+
+    pairs = captions_with_negatives(tiny_card, "train", seed=4)
+    assert [c for c, _ in pairs] == captions_for_split(tiny_card, "train", seed=4)  # the captions are unchanged
+    rows = tiny_card.rows("train")
+    names = {c: tiny_card.class_names[c] for c in tiny_card.classes}
+    for (caption, negative), true in zip(pairs, rows["diagnosis"]):
+        assert negative is not None and negative != caption
+        assert names[true] in caption or any(s in caption for s in tiny_card.synonyms.get(true, []))
+        assert names[true] not in negative.replace(caption, "")
+        # Removing every class name/synonym leaves the same text: only the diagnosis differs.
+        def strip(text):
+            for cls in tiny_card.classes:
+                for word in sorted([names[cls], *tiny_card.synonyms.get(cls, [])], key=len, reverse=True):
+                    text = text.replace(word, "#").replace(word.capitalize(), "#")
+            return text
+        assert strip(caption).replace("(#)", "").replace(" ", "") == strip(negative).replace("(#)", "").replace(" ", "")
+
+
+def test_class_balanced_pair_weights(tiny_dataset):
+    from dermkit.methods.contrastive import PairSource
+
+    source = PairSource([str(tiny_dataset)], "train")
+    groups, counts = np.unique(source.groups, return_counts=True)
+    w = source.weights(1.0)
+    # power 1: every class equally likely; power 0: every pair equally likely.
+    per_class = {g: w[source.groups == g].sum() for g in groups}
+    assert all(v == pytest.approx(1 / len(groups)) for v in per_class.values())
+    assert np.allclose(source.weights(0.0), 1 / len(source.groups))
+    half = source.weights(0.5)
+    expected = counts ** 0.5 / (counts ** 0.5).sum()
+    assert [half[source.groups == g].sum() for g in groups] == pytest.approx(list(expected))
+    order = source.order(7, 1.0)
+    assert len(order) == len(source.paths) and np.array_equal(order, source.order(7, 1.0))
+
+
+def test_trunk_split_reproduces_encode_image():
+    from dermkit.methods.contrastive import set_trainable, trunk_split
+    from dermkit.models.dermkit_clip import build_dermkit_clip
+
+    torch.manual_seed(0)
+    model, _, _ = build_dermkit_clip(pretrained=False, embed_dim=16)
+    _, frozen = set_trainable(model, 4, 1)
+    prefix, tail = trunk_split(model, frozen)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    cached = prefix(x)
+    assert not cached.requires_grad and cached.shape[-1] == 4  # stride 16: what enters the last 4 units (2 stages + head)
+    with torch.no_grad():
+        torch.testing.assert_close(tail(cached), model.encode_image(x), atol=1e-5, rtol=1e-5)
+    # Gradients reach the trained tail only.
+    tail(cached).sum().backward()
+    assert all(p.grad is None for m in frozen for p in m.parameters())
+    assert model.visual.head.proj.weight.grad is not None
+
+
+def test_cached_balanced_hard_negative_training_resumes_exactly(tiny_dataset, tmp_path):
+    from conftest import killed_after_first_checkpoint
+    from dermkit.models.encoders import load_encoder
+
+    cfg = {"method": "contrastive", "train_data": [str(tiny_dataset)], "data": str(tiny_dataset), "eval_data": [],
+           "image_size": 32, "batch_size": 16, "num_workers": 0, "val_per_dataset": 18, "train_image_last": 3,
+           "train_text_last": 1, "n_bootstrap": 20, "cache_views": 2, "class_balance": 1.0, "hard_negatives": True,
+           "engine": {"epochs": 2, "lr": 1e-3, "precision": "fp32", "warmup_epochs": 0.5,
+                      "select_metric": "zeroshot_balanced_accuracy"}}
+    straight = run_experiment(cfg, tmp_path / "a", progress=False)
+    assert straight["epochs_run"] == 2
+    with killed_after_first_checkpoint(), pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, tmp_path / "b", progress=False)
+    run_experiment(cfg, tmp_path / "b", resume=True, progress=False)
+    a = json.loads((tmp_path / "a/checkpoints/last.json").read_text())["loop"]["history"]
+    b = json.loads((tmp_path / "b/checkpoints/last.json").read_text())["loop"]["history"]
+    assert [h["train_loss"] for h in a] == pytest.approx([h["train_loss"] for h in b], rel=1e-6)
+    wa = load_encoder(tmp_path / "a/model").module.state_dict()
+    wb = load_encoder(tmp_path / "b/model").module.state_dict()
+    for key, value in wa.items():
+        torch.testing.assert_close(wb[key], value, rtol=0, atol=1e-6)
+    # The frozen trunk and its BatchNorm statistics are untouched; the tail learned.
+    init = load_encoder(tmp_path / "a/init").module.state_dict()
+    for key in init:
+        if key.startswith(("visual.trunk.conv_stem", "visual.trunk.bn1.", "visual.trunk.blocks.0.")):
+            assert torch.equal(init[key], wa[key]), key
+    assert any(not torch.equal(init[k], wa[k]) for k in init if k.startswith("visual.head"))
+
+
+@pytest.mark.parametrize("bad, match", [({"cache_views": -1}, "cache_views"), ({"class_balance": 2}, "class_balance"),
+                                        ({"cache_views": 2, "train_image_last": None}, "train_image_last"),
+                                        ({"hard_negatives": True, "shards": ["x/{0..1}.tar"]}, "shards")])
+def test_bad_clip_levers_are_refused(bad, match):
+    from dermkit.errors import ConfigError
+    from dermkit.methods.contrastive import ClipTrainConfig
+
+    with pytest.raises(ConfigError, match=match):
+        ClipTrainConfig.from_dict({"train_data": ["ham10000"], **bad}).validate()

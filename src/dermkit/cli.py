@@ -546,6 +546,13 @@ def clip_train(
                                                     "then only names the val splits that select the model."),
     shuffle_buffer: Optional[int] = typer.Option(None, help="Samples held by the shard stream's shuffle buffer "
                                                             "[default: 1000]."),
+    cache_views: Optional[int] = typer.Option(None, help="Run the frozen part of the image trunk once on this many "
+                                                         "augmented views per image and train from that cache (an "
+                                                         "epoch then costs the trained tail) [default: 0 = off]."),
+    class_balance: Optional[float] = typer.Option(None, help="Draw pairs ~ count(dataset, diagnosis)^-P inside each "
+                                                             "dataset: 0 off, 0.5 inverse square root, 1 balanced."),
+    hard_negatives: Optional[bool] = typer.Option(None, "--hard-negatives/--no-hard-negatives",
+                                                  help="Add each caption with another diagnosis as an extra negative."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Overwrite a finished run in --out."),
     nproc: int = typer.Option(1, min=1, help="Processes on this machine (torch.distributed through torchrun: one "
@@ -560,7 +567,8 @@ def clip_train(
         return _launch(nproc)
     overrides = dict(train_data=data, init=init, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
                      train_image_last=train_image_last, train_text_last=train_text_last, grad_accum=grad_accum,
-                     seed=seed, shards=shards, shuffle_buffer=shuffle_buffer)
+                     seed=seed, shards=shards, shuffle_buffer=shuffle_buffer, cache_views=cache_views,
+                     class_balance=class_balance, hard_negatives=hard_negatives)
     summary = run_experiment(_config_for("contrastive", out, config, resume, overrides), out, resume=resume,
                              force=force)
     if not summary:  # a torchrun process other than rank 0: rank 0 reports

@@ -23,7 +23,8 @@ import pandas as pd
 
 from dermkit.data.card import BOOLEAN_FALSE, BOOLEAN_TRUE, DatasetCard, load_card
 
-__all__ = ["caption_for_row", "captions_for_split", "caption_frame", "is_missing", "metadata_prompt"]
+__all__ = ["caption_for_row", "caption_and_negative", "captions_for_split", "captions_with_negatives", "caption_frame",
+           "is_missing", "metadata_prompt"]
 
 _MISSING = frozenset({"", "nan", "none", "null", "unknown", "unk", "n/a", "na", "not available", "unspecified"})
 
@@ -132,8 +133,11 @@ def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 
-def _diagnosis(r: _Row, card: DatasetCard, rng: np.random.Generator) -> str:
-    cls = r.get("diagnosis")
+def _diagnosis(r: _Row, card: DatasetCard, rng: np.random.Generator, cls: str | None = None) -> str:
+    """The diagnosis phrase (name and a synonym); ``cls`` replaces the row's diagnosis (hard negatives:
+    the row's fine diagnosis is then not used, it belongs to the true class)."""
+    fine = r.get("diagnosis_fine") if cls is None else None
+    cls = r.get("diagnosis") if cls is None else cls
     if cls is None:
         return "a skin lesion"
     name = card.class_names.get(cls, cls) if cls in card.classes else cls
@@ -143,7 +147,6 @@ def _diagnosis(r: _Row, card: DatasetCard, rng: np.random.Generator) -> str:
     synonyms = [s for s in (card.synonyms.get(cls, []) if cls in card.classes else [])
                 if s.casefold() != name.casefold()]
     # Derm7pt's 20-way diagnosis is more specific than the 5 groups.
-    fine = r.get("diagnosis_fine")
     if fine is not None and fine.casefold() not in {name.casefold(), cls.casefold()}:
         synonyms = [fine]
     if not synonyms:
@@ -268,13 +271,31 @@ def caption_for_row(row, card: DatasetCard, rng: np.random.Generator, modality: 
     Uses the row's ``caption`` when present. ``modality`` (dermoscopy/clinical) overrides the
     card's for the wording; by default a ``modality`` column, else the card, decides.
     """
+    return _caption(row, card, rng, modality)[0]
+
+
+def caption_and_negative(row, card: DatasetCard, rng: np.random.Generator, negative_rng: np.random.Generator,
+                         modality: str | None = None) -> tuple[str, str | None]:
+    """The row's caption and a *hard negative*: the same caption (same template, site, patient,
+    findings, history) with the diagnosis replaced by another class of the card, drawn from
+    ``negative_rng`` (so the captions themselves are those of :func:`caption_for_row` for ``rng``).
+    The negative is None for a row with a given ``caption``, no diagnosis, or a one-class card."""
+    return _caption(row, card, rng, modality, negative_rng)
+
+
+def _caption(row, card: DatasetCard, rng: np.random.Generator, modality: str | None,
+             negative_rng: np.random.Generator | None = None) -> tuple[str, str | None]:
     missing = {v.strip().casefold() for v in card.missing_values}
     r = _Row(row, missing)
     given = r.get("caption")
     if given is not None:
-        return given
+        return given, None
     kind = _pick(rng, _MODALITY_WORDS[_modality(r, card, modality)])
     dx = _diagnosis(r, card, rng)
+    negative_dx = None
+    others = [c for c in card.classes if c != r.get("diagnosis")]
+    if negative_rng is not None and others and r.get("diagnosis") is not None:
+        negative_dx = _diagnosis(r, card, negative_rng, cls=_pick(negative_rng, others))
     site = _site(r)
     patient = _patient(r, rng)
     findings = _findings(r, rng)
@@ -282,20 +303,22 @@ def caption_for_row(row, card: DatasetCard, rng: np.random.Generator, modality: 
 
     where = f" on the {site}" if site else ""
     who = f" {'of' if site else 'in'} {patient}" if patient else ""
-    templates: list[Callable[[], str]] = [
-        lambda: f"{_article(kind).capitalize()} {kind} of {dx}{where}{who}.",
-        lambda: f"{dx[:1].upper() + dx[1:]}{where}{who}, {kind}.",
-        lambda: f"{_article(kind).capitalize()} {kind} showing {dx}{where}{who}.",
-        lambda: f"{kind[:1].upper() + kind[1:]}: {dx}{where}" + (f" in {patient}" if patient else "") + ".",
+    templates: list[Callable[[str], str]] = [
+        lambda dx: f"{_article(kind).capitalize()} {kind} of {dx}{where}{who}.",
+        lambda dx: f"{dx[:1].upper() + dx[1:]}{where}{who}, {kind}.",
+        lambda dx: f"{_article(kind).capitalize()} {kind} showing {dx}{where}{who}.",
+        lambda dx: f"{kind[:1].upper() + kind[1:]}: {dx}{where}" + (f" in {patient}" if patient else "") + ".",
     ]
-    sentences = [_pick(rng, templates)()]
+    template = _pick(rng, templates)
+    rest = []
     if findings:
         lead = _pick(rng, ["It shows", "Dermoscopic features:", "Findings:", "The lesion has"])
-        sentences.append(f"{lead} {_join(findings)}.")
+        rest.append(f"{lead} {_join(findings)}.")
     if history:
         text = _join(history)
-        sentences.append(text[:1].upper() + text[1:] + ".")
-    return " ".join(sentences)
+        rest.append(text[:1].upper() + text[1:] + ".")
+    return (" ".join([template(dx), *rest]),
+            None if negative_dx is None else " ".join([template(negative_dx), *rest]))
 
 
 def captions_for_split(
@@ -306,6 +329,16 @@ def captions_for_split(
     ``modality`` defaults to the dataset's prompt file (e.g. dermoscopy for Derm7pt's ``image``
     column even though the card is "mixed"), see :mod:`dermkit.data.prompts`.
     """
+    return [c for c, _ in captions_with_negatives(card, split, seed, modality, negatives=False)]
+
+
+def captions_with_negatives(
+    card: DatasetCard | str | os.PathLike, split: str, seed: int = 0, modality: str | None = None,
+    negatives: bool = True,
+) -> list[tuple[str, str | None]]:
+    """(caption, hard negative) for every row of ``split``: the captions are those of
+    :func:`captions_for_split` for ``seed``; each negative is its caption with another diagnosis
+    (see :func:`caption_and_negative`), drawn from a second generator seeded by ``seed``."""
     from dermkit.data.prompts import prompt_spec
 
     card = load_card(card)
@@ -313,7 +346,8 @@ def captions_for_split(
         modality = prompt_spec(card).modality
     rows = card.rows(split)
     rng = np.random.default_rng(seed)
-    return [caption_for_row(row, card, rng, modality=modality) for _, row in rows.iterrows()]
+    negative_rng = np.random.default_rng([seed, 1]) if negatives else None
+    return [_caption(row, card, rng, modality, negative_rng) for _, row in rows.iterrows()]
 
 
 def caption_frame(card: DatasetCard | str | os.PathLike, split: str, seed: int = 0) -> pd.DataFrame:

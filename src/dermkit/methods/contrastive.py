@@ -9,6 +9,18 @@ positives of each other (metadata captions repeat, and pushing an image away fro
 caption of its twin teaches nothing). Model selection is by mean zero-shot balanced accuracy on
 the val splits, the number this model exists for. The loop is the one engine (engine/loop.py).
 
+Three levers make more epochs worth having on a small CPU (each a config key):
+``cache_views: N`` runs the frozen part of the image trunk once on N augmented views of every
+training image and keeps what enters the trained tail in memory (the prompt-learning trick with
+augmentation kept): an epoch then costs the tail, the text tower and the loss, and each image
+shows one of its N views per epoch (drawn from the epoch seed). ``class_balance: p`` draws each
+epoch's pairs with probability proportional to count(dataset, diagnosis)^-p inside each dataset
+(0 = as they come, 0.5 = inverse square root, 1 = every class of a dataset equally often; each
+dataset keeps its share), so nevi stop dominating the batches. ``hard_negatives: true`` adds, per
+pair, its caption with the diagnosis replaced by another class of the dataset
+(:func:`dermkit.data.captions.caption_and_negative`) as an extra negative column of the image-to-
+text loss: the only way to tell it from the true caption is the diagnosis.
+
 ``shards:`` streams the pairs from WebDataset shards (``dermkit data shards``, see
 :mod:`dermkit.data.shards`) instead of decoding the train splits into memory: the epoch's order
 comes from its seed, steps per epoch from the manifests, and each image is augmented with its
@@ -44,7 +56,7 @@ from dermkit.engine import distributed
 from dermkit.engine.loop import EngineConfig, epoch_seed, replace_dir
 from dermkit.errors import ConfigError, DataError
 from dermkit.methods.base import ClassEmbeddingPredictor, ClassifierConfig, Method, register_method
-from dermkit.models.freeze import freeze, train_only_last, unfreeze
+from dermkit.models.freeze import freeze, set_eval, train_only_last, unfreeze, units
 
 DEFAULT_DATASETS = ("ham10000", "isic2017", "derm7pt", "pad_ufes20")  # PH2 stays unseen: the zero-shot target
 
@@ -76,6 +88,9 @@ class ClipTrainConfig(ClassifierConfig):
     num_workers: int = 1  # data loader processes (with shards: threads decoding the images)
     shards: list[str] | None = None
     shuffle_buffer: int = 1000
+    cache_views: int = 0  # > 0: the frozen image-trunk prefix runs once on this many augmented views per image
+    class_balance: float = 0.0  # pairs drawn with weight count(dataset, diagnosis)^-class_balance (0 = off)
+    hard_negatives: bool = False  # each caption with another diagnosis as an extra negative
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(
         epochs=3, lr=5e-4, weight_decay=0.1, warmup_epochs=0.3, select_metric="zeroshot_balanced_accuracy"))
 
@@ -103,6 +118,17 @@ class ClipTrainConfig(ClassifierConfig):
                               "(or be null to train on train_data's train splits)")
         if self.shuffle_buffer < 0:
             raise ConfigError(f"shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+        if self.cache_views < 0:
+            raise ConfigError(f"cache_views must be >= 0 (0 = no cache), got {self.cache_views}")
+        if not 0 <= self.class_balance <= 1:
+            raise ConfigError(f"class_balance must be in [0, 1] (0 = off, 1 = classes equally often), "
+                              f"got {self.class_balance}")
+        if self.cache_views and self.train_image_last is None:
+            raise ConfigError("cache_views caches the frozen part of the image trunk, but train_image_last is null "
+                              "(the whole tower trains): set train_image_last (e.g. 4) or cache_views: 0")
+        if self.shards and (self.cache_views or self.class_balance or self.hard_negatives):
+            raise ConfigError("cache_views, class_balance and hard_negatives work on the train splits held in "
+                              "memory, not on streamed shards: drop shards or set them to 0/false")
         # Under torchrun (WORLD_SIZE set) the global batch is gathered across the processes: refused
         # here, before the run folder is written, when it does not split evenly.
         check_global_batch(self.batch_size, int(os.environ.get("WORLD_SIZE", "1") or 1))
@@ -111,17 +137,19 @@ class ClipTrainConfig(ClassifierConfig):
         return {"init": self.init} if self.init else {}
 
 
-def set_trainable(model: nn.Module, image_last: int | None, text_last: int | None) -> dict[str, int]:
-    """Freeze a CLIP model except the tails named by the config; returns parameter counts."""
+def set_trainable(model: nn.Module, image_last: int | None, text_last: int | None) -> tuple[dict[str, int], list[nn.Module]]:
+    """Freeze a CLIP model except the tails named by the config; returns parameter counts and the
+    frozen image-trunk units (kept in eval mode while training, so their BatchNorm keeps its statistics)."""
     freeze(model)
     visual, text = getattr(model, "visual", None), getattr(model, "text", None)
     trunk = getattr(visual, "trunk", None)
+    frozen: list[nn.Module] = []
     if image_last is None or trunk is None:
         if visual is not None:
             unfreeze(visual)
     else:
-        train_only_last(trunk, image_last, extra=[m for m in (getattr(visual, "head", None),) if m is not None],
-                        what="train_image_last")
+        frozen = train_only_last(trunk, image_last, extra=[m for m in (getattr(visual, "head", None),) if m is not None],
+                                 what="train_image_last")
     layers = getattr(getattr(getattr(text, "transformer", None), "encoder", None), "layer", None)
     if text is None:  # open_clip's built-in text tower lives on the CLIP module itself
         unfreeze(m for name, m in model.named_children() if name not in ("visual",))
@@ -134,15 +162,26 @@ def set_trainable(model: nn.Module, image_last: int | None, text_last: int | Non
     if isinstance(getattr(model, "logit_scale", None), nn.Parameter):
         model.logit_scale.requires_grad_(True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())}
+    return {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())}, frozen
 
 
-def soft_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor, caption_ids: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE; rows with identical captions share the target mass."""
-    logits = scale * F.normalize(image_emb.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1).T
+def soft_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor, caption_ids: torch.Tensor,
+                   negative_emb: torch.Tensor | None = None, negative_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE; rows with identical captions share the target mass.
+
+    ``negative_emb`` (hard-negative captions, with their caption ids) are extra columns of the
+    image-to-text side only: each image must pick its caption among the batch's captions and
+    negatives (a negative whose text is an image's own caption counts as that image's positive).
+    """
+    image = F.normalize(image_emb.float(), dim=-1)
+    logits = scale * image @ F.normalize(text_emb.float(), dim=-1).T
     same = (caption_ids[:, None] == caption_ids[None, :]).float()
-    targets = same / same.sum(dim=1, keepdim=True)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+    text_to_image = F.cross_entropy(logits.T, same / same.sum(dim=1, keepdim=True))  # ``same`` is symmetric
+    if negative_emb is not None:
+        logits = torch.cat([logits, scale * image @ F.normalize(negative_emb.float(), dim=-1).T], dim=1)
+        same = torch.cat([same, (caption_ids[:, None] == negative_ids[None, :]).float()], dim=1)
+    image_to_text = F.cross_entropy(logits, same / same.sum(dim=1, keepdim=True))
+    return 0.5 * (image_to_text + text_to_image)
 
 
 def check_global_batch(batch_size: int, world: int) -> None:
@@ -177,10 +216,13 @@ def gather_global(tensor: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
 
 
 def global_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor,
-                     caption_ids: torch.Tensor) -> torch.Tensor:
+                     caption_ids: torch.Tensor, negative_emb: torch.Tensor | None = None,
+                     negative_ids: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`soft_clip_loss` over the global batch: every process's rows are negatives of every other's."""
+    if negative_emb is not None:
+        negative_emb, negative_ids = gather_global(negative_emb), gather_global(negative_ids, with_grad=False)
     return soft_clip_loss(gather_global(image_emb), gather_global(text_emb), scale,
-                          gather_global(caption_ids, with_grad=False))
+                          gather_global(caption_ids, with_grad=False), negative_emb, negative_ids)
 
 
 def trim_padding(tokens, pad_id: int | None):
@@ -199,56 +241,130 @@ class PairSource:
     """Image paths of all training pairs plus a caption generator per epoch."""
 
     def __init__(self, datasets: list[str], split: str):
-        from dermkit.data.captions import captions_for_split
-
-        self._captions_for_split = captions_for_split
         self.parts = []  # (card, modality or None, path list)
+        groups: list[str] = []  # "dataset/diagnosis" of every pair (class-balanced sampling)
         for name in datasets:
             card = load_card(name)
             rows = card.rows(split)
+            diagnoses = [f"{card.name}/{d}" for d in rows["diagnosis"].astype(str)]
             self.parts.append((card, None, [card.image_path(p) for p in rows["image"]]))
+            groups += diagnoses
             view = card.second_view_column
             if view and view in rows.columns:
                 ok = rows[view].notna()
                 if ok.all():
                     self.parts.append((card, "clinical", [card.image_path(p) for p in rows[view]]))
+                    groups += diagnoses
         self.split = split
         self.paths = [p for _, _, paths in self.parts for p in paths]
+        self.groups = np.asarray(groups)
         if not self.paths:
             raise DataError(f"no {split} images in {datasets}")
 
-    def captions(self, seed: int) -> list[str]:
-        out: list[str] = []
+    def captions(self, seed: int, negatives: bool = False) -> tuple[list[str], list[str] | None]:
+        """Every pair's caption for ``seed``, and (``negatives``) its hard negative (the caption
+        itself where a row has none, which the loss then counts as a positive)."""
+        from dermkit.data.captions import captions_with_negatives
+
+        captions: list[str] = []
+        others: list[str] = []
         for card, modality, _ in self.parts:
-            out += self._captions_for_split(card, self.split, seed=seed, modality=modality)
-        return out
+            for caption, negative in captions_with_negatives(card, self.split, seed=seed, modality=modality,
+                                                             negatives=negatives):
+                captions.append(caption)
+                others.append(caption if negative is None else negative)
+        return captions, (others if negatives else None)
+
+    def weights(self, power: float) -> np.ndarray:
+        """Sampling probability of every pair: count(dataset, diagnosis)^-power, normalised inside each
+        dataset to that dataset's share of the pairs (so balancing classes never reweights datasets)."""
+        _, inverse, counts = np.unique(self.groups, return_inverse=True, return_counts=True)
+        w = counts[inverse].astype(float) ** -power
+        datasets = np.asarray([g.split("/", 1)[0] for g in self.groups])
+        for name in np.unique(datasets):
+            mask = datasets == name
+            w[mask] *= mask.sum() / w[mask].sum()
+        return w / w.sum()
+
+    def order(self, epoch_seed_: int, power: float) -> np.ndarray:
+        """The epoch's pairs: a permutation (``power`` 0) or as many weighted draws with replacement."""
+        rng = np.random.default_rng(epoch_seed_)
+        n = len(self.paths)
+        return rng.permutation(n) if power == 0 else rng.choice(n, size=n, replace=True, p=self.weights(power))
 
 
 class _MemoryPairs:
-    """The train splits of ``train_data``, decoded once into memory (global batches of (pixels, row index))."""
+    """The train splits of ``train_data``, decoded once into memory (global batches of (pixels, row index)).
 
-    def __init__(self, config: ClipTrainConfig, max_side: int, augment, progress: bool):
+    With ``cache_views`` the frozen trunk prefix runs once on that many augmented views of every
+    image (each view under its own seed, so a rebuilt cache is the same: resume stays exact) and a
+    global batch is (view index, row index): an epoch no longer touches the prefix.
+    """
+
+    def __init__(self, config: ClipTrainConfig, max_side: int, augment, progress: bool, prefix=None, autocast=None):
         self.config = config
         self.source = PairSource(config.train_data, "train")
         images = decode_all(self.source.paths, max_side, progress=progress, desc="decoding train")
+        self.n = len(images)
+        self.cache: torch.Tensor | None = None
+        if config.cache_views:
+            self.cache = self._build_cache(images, augment, prefix, autocast, progress)
+            images = []
         self.dataset = _Indexed(images, augment)
-        self.n = len(self.dataset)
         self.captions: list[str] = []
         self.caption_ids: list[int] = []
+        self.negatives: list[str] | None = None
+        self.negative_ids: list[int] = []
+
+    def _build_cache(self, images, augment, prefix, autocast, progress: bool) -> torch.Tensor:
+        from tqdm.auto import tqdm
+
+        views, n, chunk = self.config.cache_views, len(images), 128
+        cache = None
+        with tqdm(total=views * n, desc=f"caching the frozen image trunk ({views} views)", disable=not progress) as bar:
+            for view in range(views):
+                for start in range(0, n, chunk):
+                    pixels = []
+                    for i in range(start, min(n, start + chunk)):
+                        with torch.random.fork_rng(devices=[]):
+                            torch.manual_seed(epoch_seed(self.config.engine.seed, 1 + view) * 1_000_003 + i)
+                            pixels.append(augment(images[i]))
+                    with torch.inference_mode(), autocast():
+                        out = prefix(torch.stack(pixels)).to("cpu", torch.float16)
+                    if cache is None:
+                        cache = torch.empty((views, n, *out.shape[1:]), dtype=torch.float16)
+                    cache[view, start:start + len(out)] = out
+                    bar.update(len(out))
+        return cache
 
     def batches(self, epoch: int):
-        self.captions = self.source.captions(epoch_seed(self.config.caption_seed, epoch))
-        index = {c: k for k, c in enumerate(dict.fromkeys(self.captions))}  # one id per caption text this epoch
-        self.caption_ids = [index[c] for c in self.captions]
-        generator = torch.Generator().manual_seed(epoch_seed(self.config.engine.seed, epoch))
-        # Contrastive batches must be full (in-batch negatives): always drop the last partial one.
-        return torch.utils.data.DataLoader(self.dataset, batch_size=self.config.batch_size, shuffle=True,
-                                           drop_last=True, generator=generator, num_workers=self.config.num_workers)
+        captions, negatives = self.source.captions(epoch_seed(self.config.caption_seed, epoch),
+                                                   negatives=self.config.hard_negatives)
+        index = {c: k for k, c in enumerate(dict.fromkeys(captions + (negatives or [])))}  # one id per text this epoch
+        self.captions, self.caption_ids = captions, [index[c] for c in captions]
+        self.negatives, self.negative_ids = negatives, [index[c] for c in negatives or []]
+        seed = epoch_seed(self.config.engine.seed, epoch)
+        if self.cache is None and not self.config.class_balance:
+            generator = torch.Generator().manual_seed(seed)
+            # Contrastive batches must be full (in-batch negatives): always drop the last partial one.
+            return torch.utils.data.DataLoader(self.dataset, batch_size=self.config.batch_size, shuffle=True,
+                                               drop_last=True, generator=generator, num_workers=self.config.num_workers)
+        order = torch.from_numpy(self.source.order(seed, self.config.class_balance))
+        if self.cache is None:  # class-balanced draws of decoded images
+            return torch.utils.data.DataLoader(self.dataset, batch_size=self.config.batch_size, sampler=order.tolist(),
+                                               drop_last=True, num_workers=self.config.num_workers)
+        views = torch.from_numpy(np.random.default_rng([seed, 2]).integers(self.config.cache_views, size=len(order)))
+        bs = self.config.batch_size
+        return ((views[i:i + bs], order[i:i + bs]) for i in range(0, len(order) - bs + 1, bs))
 
     def inputs(self, batch):
         x, idx = batch
         rows = idx.tolist()
-        return x, [self.captions[i] for i in rows], torch.tensor([self.caption_ids[i] for i in rows])
+        if self.cache is not None:  # x: the view of each row
+            x = self.cache[x, idx].float()
+        negatives = None if self.negatives is None else (
+            [self.negatives[i] for i in rows], torch.tensor([self.negative_ids[i] for i in rows]))
+        return x, [self.captions[i] for i in rows], torch.tensor([self.caption_ids[i] for i in rows]), negatives
 
     @staticmethod
     def rows(batch) -> int:
@@ -299,7 +415,7 @@ class _ShardPairs:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 pixels.append(self.augment(image))
-        return torch.stack(pixels), list(captions), caption_ids
+        return torch.stack(pixels), list(captions), caption_ids, None
 
     @staticmethod
     def rows(batch) -> int:
@@ -307,6 +423,35 @@ class _ShardPairs:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False)
+
+
+def trunk_split(model: nn.Module, frozen: list[nn.Module]):
+    """(prefix, tail) of a CLIP model's timm image tower at its first trained trunk unit:
+    ``prefix(pixels)`` runs the frozen units (no gradients), ``tail(x)`` the rest of the trunk, its
+    pooling and the projection head, so ``tail(prefix(pixels)) == model.encode_image(pixels)``."""
+    visual = getattr(model, "visual", None)
+    trunk = getattr(visual, "trunk", None)
+    if trunk is None or not hasattr(trunk, "forward_head"):
+        raise ConfigError(f"cache_views needs a timm image tower (visual.trunk), not {type(visual).__name__}; "
+                          "set cache_views: 0")
+    steps = units(trunk, forward_chain=True)
+    frozen_ids = {id(m) for m in frozen}
+    cut = next((k for k, m in enumerate(steps) if id(m) not in frozen_ids and any(True for _ in m.parameters())),
+               len(steps))
+    head_steps, tail_steps = steps[:cut], steps[cut:]
+
+    def prefix(pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels
+        for step in head_steps:
+            x = step(x)
+        return x
+
+    def tail(x: torch.Tensor) -> torch.Tensor:
+        for step in tail_steps:
+            x = step(x)
+        return visual.head(trunk.forward_head(x))
+
+    return torch.no_grad()(prefix), tail
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -375,13 +520,16 @@ class Contrastive(Method):
             enc = load_encoder(str(init_dir) if config.init is None else config.init)
         model = enc.module
         model_cfg, preprocess_cfg = enc.model_cfg, enc.preprocess_cfg
-        counts = set_trainable(model, config.train_image_last, config.train_text_last)
+        counts, frozen = set_trainable(model, config.train_image_last, config.train_text_last)
         print(f"trainable parameters: {counts['trainable']:,} of {counts['total']:,}")
+        engine = run.engine(model)
+        prefix, tail = trunk_split(model, frozen) if config.cache_views else (None, None)
 
         size, mean, std = enc.image_size, enc.mean, enc.std
         augment = train_transform(size, mean, std, config.augment)
         pairs = (_ShardPairs(config, int(size * 1.15), augment) if config.shards else
-                 _MemoryPairs(config, int(size * 1.15), augment, run.progress))
+                 _MemoryPairs(config, int(size * 1.15), augment, run.progress,
+                              prefix=prefix and (lambda px: prefix(engine.to_device(px))), autocast=engine.autocast))
         if pairs.n < config.batch_size:
             raise ConfigError(f"batch_size {config.batch_size} is larger than the {pairs.n} training pairs")
 
@@ -398,19 +546,25 @@ class Contrastive(Method):
             pixels = torch.stack([transform(t) for t in tensors])
             val_sets.append((card, pixels, card.labels(rows), load_prompts(card)))
 
-        engine = run.engine(model)
         pad_id = getattr(getattr(getattr(model, "text", None), "config", None), "pad_token_id", None)
 
-        def loss_fn(model: nn.Module, batch) -> torch.Tensor:
-            # ``batch``: this process's rows of a global batch; the loss is over the global batch.
-            x, captions, caption_ids = pairs.inputs(batch)
+        def encode_text(model: nn.Module, captions: list[str]) -> torch.Tensor:
             tokens = trim_padding(enc.tokenize(captions), pad_id)
             tokens = ({k: v.to(engine.device) for k, v in tokens.items()} if isinstance(tokens, dict)
                       else tokens.to(engine.device))
-            image_emb = model.encode_image(engine.to_device(x))
-            text_emb = model.encode_text(tokens)
+            return model.encode_text(tokens)
+
+        def loss_fn(model: nn.Module, batch) -> torch.Tensor:
+            # ``batch``: this process's rows of a global batch; the loss is over the global batch.
+            x, captions, caption_ids, negatives = pairs.inputs(batch)
+            image_emb = model.encode_image(engine.to_device(x)) if tail is None else tail(engine.to_device(x))
+            if negatives is None:
+                text_emb, negative_emb, negative_ids = encode_text(model, captions), None, None
+            else:  # one text-tower pass for the captions and their hard negatives
+                text_emb, negative_emb = encode_text(model, captions + negatives[0]).split(len(captions))
+                negative_ids = negatives[1].to(engine.device)
             scale = model.logit_scale.exp().clamp(max=100)
-            return global_clip_loss(image_emb, text_emb, scale, caption_ids.to(engine.device))
+            return global_clip_loss(image_emb, text_emb, scale, caption_ids.to(engine.device), negative_emb, negative_ids)
 
         @torch.inference_mode()
         def validate(model: nn.Module) -> dict[str, float]:
@@ -434,8 +588,12 @@ class Contrastive(Method):
             save_open_clip_folder(model, tmp, model_cfg, preprocess_cfg)
             replace_dir(tmp, run.model_dir)
 
+        def batches(epoch: int):
+            set_eval(frozen)  # frozen trunk units keep their BatchNorm statistics (after the engine's train())
+            return pairs.batches(epoch)
+
         try:
-            state = engine.fit(pairs.batches, loss_fn, validate, on_best, steps_per_epoch=pairs.n // config.batch_size,
+            state = engine.fit(batches, loss_fn, validate, on_best, steps_per_epoch=pairs.n // config.batch_size,
                                resume=run.resume, batch_size_fn=pairs.rows)
         finally:
             pairs.close()
