@@ -140,7 +140,8 @@ def test_class_balanced_pair_weights(tiny_dataset):
 
 
 def test_trunk_split_reproduces_encode_image():
-    from dermkit.methods.contrastive import set_trainable, trunk_split
+    from dermkit.methods.contrastive import set_trainable
+    from dermkit.models.split import trunk_split
     from dermkit.models.dermkit_clip import build_dermkit_clip
 
     torch.manual_seed(0)
@@ -159,13 +160,42 @@ def test_trunk_split_reproduces_encode_image():
     assert model.visual.head.proj.weight.grad is not None
 
 
+def test_text_split_reproduces_encode_text():
+    import open_clip
+
+    from dermkit.methods.contrastive import set_trainable, trim_padding
+    from dermkit.models.dermkit_clip import build_dermkit_clip, minilm_folder
+    from dermkit.models.split import text_split
+
+    torch.manual_seed(0)
+    model, _, _ = build_dermkit_clip(pretrained=False, embed_dim=16)
+    set_trainable(model, 4, 2)
+    model.eval()
+    tokenizer = open_clip.tokenizer.HFTokenizer(str(minilm_folder()), context_length=128)
+    tokens = trim_padding(tokenizer(["melanoma on the back of a 60-year-old man, it has grown", "a nevus", "bcc"]),
+                          model.text.config.pad_token_id)
+    prefix, tail = text_split(model, 2)
+    hidden, mask = prefix(tokens)
+    lengths = mask.sum(1).tolist()
+    assert not hidden.requires_grad and lengths[0] == mask.shape[1] > lengths[1] > lengths[2]  # two rows padded
+    with torch.no_grad():
+        torch.testing.assert_close(tail(hidden, mask), model.encode_text(tokens), atol=1e-5, rtol=1e-5)
+        # What sits at padded positions never matters (the cache stores real tokens only).
+        noisy = torch.where(mask[..., None].bool(), hidden, torch.randn_like(hidden))
+        torch.testing.assert_close(tail(noisy, mask), model.encode_text(tokens), atol=1e-5, rtol=1e-5)
+    tail(hidden, mask).sum().backward()
+    layers = model.text.transformer.encoder.layer
+    assert all(p.grad is None for p in layers[0].parameters())
+    assert all(p.grad is not None for p in layers[-1].parameters())
+
+
 def test_cached_balanced_hard_negative_training_resumes_exactly(tiny_dataset, tmp_path):
     from conftest import killed_after_first_checkpoint
     from dermkit.models.encoders import load_encoder
 
     cfg = {"method": "contrastive", "train_data": [str(tiny_dataset)], "data": str(tiny_dataset), "eval_data": [],
            "image_size": 32, "batch_size": 16, "num_workers": 0, "val_per_dataset": 18, "train_image_last": 3,
-           "train_text_last": 1, "n_bootstrap": 20, "cache_views": 2, "class_balance": 1.0, "hard_negatives": True,
+           "train_text_last": 1, "n_bootstrap": 20, "cache_views": 2, "class_balance": 1.0, "hard_negatives": True, "cache_captions": 2,
            "engine": {"epochs": 2, "lr": 1e-3, "precision": "fp32", "warmup_epochs": 0.5,
                       "select_metric": "zeroshot_balanced_accuracy"}}
     straight = run_experiment(cfg, tmp_path / "a", progress=False)
@@ -190,6 +220,8 @@ def test_cached_balanced_hard_negative_training_resumes_exactly(tiny_dataset, tm
 
 @pytest.mark.parametrize("bad, match", [({"cache_views": -1}, "cache_views"), ({"class_balance": 2}, "class_balance"),
                                         ({"cache_views": 2, "train_image_last": None}, "train_image_last"),
+                                        ({"cache_captions": 2, "train_text_last": None}, "train_text_last"),
+                                        ({"cache_captions": -1}, "cache_captions"),
                                         ({"hard_negatives": True, "shards": ["x/{0..1}.tar"]}, "shards")])
 def test_bad_clip_levers_are_refused(bad, match):
     from dermkit.errors import ConfigError

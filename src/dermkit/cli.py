@@ -549,6 +549,9 @@ def clip_train(
     cache_views: Optional[int] = typer.Option(None, help="Run the frozen part of the image trunk once on this many "
                                                          "augmented views per image and train from that cache (an "
                                                          "epoch then costs the trained tail) [default: 0 = off]."),
+    cache_captions: Optional[int] = typer.Option(None, help="Run the frozen layers of the text tower once on this many "
+                                                            "caption draws per pair; epoch e trains on draw e mod K "
+                                                            "[default: 0 = off]."),
     class_balance: Optional[float] = typer.Option(None, help="Draw pairs ~ count(dataset, diagnosis)^-P inside each "
                                                              "dataset: 0 off, 0.5 inverse square root, 1 balanced."),
     hard_negatives: Optional[bool] = typer.Option(None, "--hard-negatives/--no-hard-negatives",
@@ -568,7 +571,7 @@ def clip_train(
     overrides = dict(train_data=data, init=init, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
                      train_image_last=train_image_last, train_text_last=train_text_last, grad_accum=grad_accum,
                      seed=seed, shards=shards, shuffle_buffer=shuffle_buffer, cache_views=cache_views,
-                     class_balance=class_balance, hard_negatives=hard_negatives)
+                     cache_captions=cache_captions, class_balance=class_balance, hard_negatives=hard_negatives)
     summary = run_experiment(_config_for("contrastive", out, config, resume, overrides), out, resume=resume,
                              force=force)
     if not summary:  # a torchrun process other than rank 0: rank 0 reports

@@ -13,7 +13,9 @@ Three levers make more epochs worth having on a small CPU (each a config key):
 ``cache_views: N`` runs the frozen part of the image trunk once on N augmented views of every
 training image and keeps what enters the trained tail in memory (the prompt-learning trick with
 augmentation kept): an epoch then costs the tail, the text tower and the loss, and each image
-shows one of its N views per epoch (drawn from the epoch seed). ``class_balance: p`` draws each
+shows one of its N views per epoch (drawn from the epoch seed). ``cache_captions: K`` does the same for the text tower: its
+frozen layers run once on K caption draws per pair (hard negatives included) and epoch e trains
+on draw e mod K, so a step costs only the trained layers. ``class_balance: p`` draws each
 epoch's pairs with probability proportional to count(dataset, diagnosis)^-p inside each dataset
 (0 = as they come, 0.5 = inverse square root, 1 = every class of a dataset equally often; each
 dataset keeps its share), so nevi stop dominating the batches. ``hard_negatives: true`` adds, per
@@ -54,9 +56,10 @@ from dermkit.data import load_card
 from dermkit.data.torchdata import decode_all, eval_transform, train_transform
 from dermkit.engine import distributed
 from dermkit.engine.loop import EngineConfig, epoch_seed, replace_dir
-from dermkit.errors import ConfigError, DataError
+from dermkit.errors import ConfigError, DataError, ModelError
 from dermkit.methods.base import ClassEmbeddingPredictor, ClassifierConfig, Method, register_method
-from dermkit.models.freeze import freeze, set_eval, train_only_last, unfreeze, units
+from dermkit.models.freeze import freeze, set_eval, train_only_last, unfreeze
+from dermkit.models.split import text_split, trunk_split
 
 DEFAULT_DATASETS = ("ham10000", "isic2017", "derm7pt", "pad_ufes20")  # PH2 stays unseen: the zero-shot target
 
@@ -91,6 +94,7 @@ class ClipTrainConfig(ClassifierConfig):
     cache_views: int = 0  # > 0: the frozen image-trunk prefix runs once on this many augmented views per image
     class_balance: float = 0.0  # pairs drawn with weight count(dataset, diagnosis)^-class_balance (0 = off)
     hard_negatives: bool = False  # each caption with another diagnosis as an extra negative
+    cache_captions: int = 0  # > 0: the frozen text layers run once on this many caption draws (epoch e uses e mod K)
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(
         epochs=3, lr=5e-4, weight_decay=0.1, warmup_epochs=0.3, select_metric="zeroshot_balanced_accuracy"))
 
@@ -126,9 +130,14 @@ class ClipTrainConfig(ClassifierConfig):
         if self.cache_views and self.train_image_last is None:
             raise ConfigError("cache_views caches the frozen part of the image trunk, but train_image_last is null "
                               "(the whole tower trains): set train_image_last (e.g. 4) or cache_views: 0")
-        if self.shards and (self.cache_views or self.class_balance or self.hard_negatives):
-            raise ConfigError("cache_views, class_balance and hard_negatives work on the train splits held in "
-                              "memory, not on streamed shards: drop shards or set them to 0/false")
+        if self.cache_captions < 0:
+            raise ConfigError(f"cache_captions must be >= 0 (0 = no cache), got {self.cache_captions}")
+        if self.cache_captions and self.train_text_last is None:
+            raise ConfigError("cache_captions caches the frozen layers of the text tower, but train_text_last is null "
+                              "(the whole tower trains): set train_text_last (e.g. 2) or cache_captions: 0")
+        if self.shards and (self.cache_views or self.cache_captions or self.class_balance or self.hard_negatives):
+            raise ConfigError("cache_views, cache_captions, class_balance and hard_negatives work on the train splits "
+                              "held in memory, not on streamed shards: drop shards or set them to 0/false")
         # Under torchrun (WORLD_SIZE set) the global batch is gathered across the processes: refused
         # here, before the run folder is written, when it does not split evenly.
         check_global_batch(self.batch_size, int(os.environ.get("WORLD_SIZE", "1") or 1))
@@ -139,7 +148,8 @@ class ClipTrainConfig(ClassifierConfig):
 
 def set_trainable(model: nn.Module, image_last: int | None, text_last: int | None) -> tuple[dict[str, int], list[nn.Module]]:
     """Freeze a CLIP model except the tails named by the config; returns parameter counts and the
-    frozen image-trunk units (kept in eval mode while training, so their BatchNorm keeps its statistics)."""
+    frozen units (kept in eval mode while training: frozen BatchNorm keeps its statistics, frozen
+    text layers run without dropout, exactly what the caches of ``cache_views``/``cache_captions`` hold)."""
     freeze(model)
     visual, text = getattr(model, "visual", None), getattr(model, "text", None)
     trunk = getattr(visual, "trunk", None)
@@ -159,6 +169,9 @@ def set_trainable(model: nn.Module, image_last: int | None, text_last: int | Non
         if not 1 <= text_last <= len(layers):
             raise ConfigError(f"train_text_last must be between 1 and {len(layers)} for this text tower")
         unfreeze(list(layers)[-text_last:] + [m for m in (getattr(text, "proj", None),) if m is not None])
+        # The frozen layers (and the embeddings) run without dropout, as the text cache computes them.
+        frozen += [m for m in (getattr(text.transformer, "embeddings", None),) if m is not None]
+        frozen += list(layers)[: len(layers) - text_last]
     if isinstance(getattr(model, "logit_scale", None), nn.Parameter):
         model.logit_scale.requires_grad_(True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -301,7 +314,8 @@ class _MemoryPairs:
     global batch is (view index, row index): an epoch no longer touches the prefix.
     """
 
-    def __init__(self, config: ClipTrainConfig, max_side: int, augment, progress: bool, prefix=None, autocast=None):
+    def __init__(self, config: ClipTrainConfig, max_side: int, augment, progress: bool, prefix=None, autocast=None,
+                 text_prefix=None):
         self.config = config
         self.source = PairSource(config.train_data, "train")
         images = decode_all(self.source.paths, max_side, progress=progress, desc="decoding train")
@@ -315,6 +329,48 @@ class _MemoryPairs:
         self.caption_ids: list[int] = []
         self.negatives: list[str] | None = None
         self.negative_ids: list[int] = []
+        self.text_cache: list[dict[str, torch.Tensor]] = []
+        self.text_table: dict[str, torch.Tensor] = {}
+        if config.cache_captions:
+            self.text_cache = self._build_text_cache(text_prefix, autocast, progress)
+
+    def _caption_seed(self, epoch: int) -> int:
+        """The caption draw of an epoch: its own, or draw ``epoch mod cache_captions`` from the text cache."""
+        k = self.config.cache_captions
+        return epoch_seed(self.config.caption_seed, epoch % k if k else epoch)
+
+    def _build_text_cache(self, text_prefix, autocast, progress: bool) -> list[dict[str, torch.Tensor]]:
+        """Per caption draw: every distinct caption (and hard negative) -> the frozen text layers' output
+        for its real tokens (fp16), computed in batches of similar length."""
+        from tqdm.auto import tqdm
+
+        draws = []
+        for k in range(self.config.cache_captions):
+            captions, negatives = self.source.captions(self._caption_seed(k), negatives=self.config.hard_negatives)
+            draws.append(list(dict.fromkeys(captions + (negatives or []))))
+        out: list[dict[str, torch.Tensor]] = []
+        with tqdm(total=sum(map(len, draws)), desc=f"caching the frozen text layers ({len(draws)} caption draws)",
+                  disable=not progress) as bar:
+            for texts in draws:
+                table: dict[str, torch.Tensor] = {}
+                for chunk in _length_chunks(texts, 256):
+                    with torch.inference_mode(), autocast():
+                        hidden, mask = text_prefix(chunk)
+                    if bool((mask[:, 1:] > mask[:, :-1]).any()):
+                        raise ModelError("cache_captions needs a tokenizer that pads on the right; set cache_captions: 0")
+                    hidden, lengths = hidden.to("cpu", torch.float16), mask.sum(dim=1).tolist()
+                    for text, h, n in zip(chunk, hidden, lengths):
+                        table[text] = h[: int(n)].clone()
+                    bar.update(len(chunk))
+                out.append(table)
+        return out
+
+    def text_inputs(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden, mask) of ``texts`` from this epoch's caption draw, padded to the longest."""
+        rows = [self.text_table[t] for t in texts]
+        lengths = torch.tensor([len(r) for r in rows])
+        hidden = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).float()
+        return hidden, (torch.arange(hidden.shape[1])[None, :] < lengths[:, None]).long()
 
     def _build_cache(self, images, augment, prefix, autocast, progress: bool) -> torch.Tensor:
         from tqdm.auto import tqdm
@@ -338,8 +394,9 @@ class _MemoryPairs:
         return cache
 
     def batches(self, epoch: int):
-        captions, negatives = self.source.captions(epoch_seed(self.config.caption_seed, epoch),
-                                                   negatives=self.config.hard_negatives)
+        captions, negatives = self.source.captions(self._caption_seed(epoch), negatives=self.config.hard_negatives)
+        if self.text_cache:
+            self.text_table = self.text_cache[epoch % self.config.cache_captions]
         index = {c: k for k, c in enumerate(dict.fromkeys(captions + (negatives or [])))}  # one id per text this epoch
         self.captions, self.caption_ids = captions, [index[c] for c in captions]
         self.negatives, self.negative_ids = negatives, [index[c] for c in negatives or []]
@@ -372,6 +429,13 @@ class _MemoryPairs:
 
     def close(self) -> None:
         pass
+
+
+def _length_chunks(texts: list[str], size: int):
+    """``texts`` in chunks of ``size``, shortest first (by characters: padding follows length)."""
+    ordered = sorted(texts, key=len)
+    for start in range(0, len(ordered), size):
+        yield ordered[start:start + size]
 
 
 class _ShardPairs:
@@ -423,35 +487,6 @@ class _ShardPairs:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False)
-
-
-def trunk_split(model: nn.Module, frozen: list[nn.Module]):
-    """(prefix, tail) of a CLIP model's timm image tower at its first trained trunk unit:
-    ``prefix(pixels)`` runs the frozen units (no gradients), ``tail(x)`` the rest of the trunk, its
-    pooling and the projection head, so ``tail(prefix(pixels)) == model.encode_image(pixels)``."""
-    visual = getattr(model, "visual", None)
-    trunk = getattr(visual, "trunk", None)
-    if trunk is None or not hasattr(trunk, "forward_head"):
-        raise ConfigError(f"cache_views needs a timm image tower (visual.trunk), not {type(visual).__name__}; "
-                          "set cache_views: 0")
-    steps = units(trunk, forward_chain=True)
-    frozen_ids = {id(m) for m in frozen}
-    cut = next((k for k, m in enumerate(steps) if id(m) not in frozen_ids and any(True for _ in m.parameters())),
-               len(steps))
-    head_steps, tail_steps = steps[:cut], steps[cut:]
-
-    def prefix(pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels
-        for step in head_steps:
-            x = step(x)
-        return x
-
-    def tail(x: torch.Tensor) -> torch.Tensor:
-        for step in tail_steps:
-            x = step(x)
-        return visual.head(trunk.forward_head(x))
-
-    return torch.no_grad()(prefix), tail
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -524,12 +559,20 @@ class Contrastive(Method):
         print(f"trainable parameters: {counts['trainable']:,} of {counts['total']:,}")
         engine = run.engine(model)
         prefix, tail = trunk_split(model, frozen) if config.cache_views else (None, None)
+        text_prefix, text_tail = text_split(model, config.train_text_last) if config.cache_captions else (None, None)
+        pad_id = getattr(getattr(getattr(model, "text", None), "config", None), "pad_token_id", None)
+
+        def tokens_on_device(captions: list[str]):
+            tokens = trim_padding(enc.tokenize(captions), pad_id)
+            return ({k: v.to(engine.device) for k, v in tokens.items()} if isinstance(tokens, dict)
+                    else tokens.to(engine.device))
 
         size, mean, std = enc.image_size, enc.mean, enc.std
         augment = train_transform(size, mean, std, config.augment)
         pairs = (_ShardPairs(config, int(size * 1.15), augment) if config.shards else
                  _MemoryPairs(config, int(size * 1.15), augment, run.progress,
-                              prefix=prefix and (lambda px: prefix(engine.to_device(px))), autocast=engine.autocast))
+                              prefix=prefix and (lambda px: prefix(engine.to_device(px))), autocast=engine.autocast,
+                              text_prefix=text_prefix and (lambda texts: text_prefix(tokens_on_device(texts)))))
         if pairs.n < config.batch_size:
             raise ConfigError(f"batch_size {config.batch_size} is larger than the {pairs.n} training pairs")
 
@@ -546,13 +589,11 @@ class Contrastive(Method):
             pixels = torch.stack([transform(t) for t in tensors])
             val_sets.append((card, pixels, card.labels(rows), load_prompts(card)))
 
-        pad_id = getattr(getattr(getattr(model, "text", None), "config", None), "pad_token_id", None)
-
         def encode_text(model: nn.Module, captions: list[str]) -> torch.Tensor:
-            tokens = trim_padding(enc.tokenize(captions), pad_id)
-            tokens = ({k: v.to(engine.device) for k, v in tokens.items()} if isinstance(tokens, dict)
-                      else tokens.to(engine.device))
-            return model.encode_text(tokens)
+            if text_tail is not None:  # the trained layers only, from this epoch's cached caption draw
+                hidden, mask = pairs.text_inputs(captions)
+                return text_tail(hidden.to(engine.device), mask.to(engine.device))
+            return model.encode_text(tokens_on_device(captions))
 
         def loss_fn(model: nn.Module, batch) -> torch.Tensor:
             # ``batch``: this process's rows of a global batch; the loss is over the global batch.
