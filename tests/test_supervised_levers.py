@@ -277,9 +277,19 @@ def test_reference_config_parses_with_every_lever():
     path = ROOT / "configs/supervised/ham10000_reference.yaml"
     raw = yaml.safe_load(path.read_text())
     assert raw.pop("method") == "supervised"
-    config = get_method("supervised").config(raw, str(path))
-    assert config.mixing and config.randaugment and config.tta == "flip_rot"
-    assert config.engine.ema and config.engine.layer_decay
+    method = get_method("supervised")
+    config = method.config(dict(raw), str(path))
+    # the shipped recipe: what the file says is what the run gets
+    assert config.tta == raw["tta"] and config.imbalance == raw["imbalance"]
+    assert config.engine.layer_decay == raw["engine"]["layer_decay"]
+    assert config.mixing == bool(raw["mixup"] or raw["cutmix"])
+    # every lever the file lists is a key of that same config: switching each on still parses
+    levers = dict(raw, mixup=0.2, cutmix=1.0, randaugment="rand-m9-mstd0.5", train_last=7,
+                  model="efficientnet_lite2", imbalance="balanced_sampler", tta="flip",
+                  engine=dict(raw["engine"], ema=0.998, epochs=1))
+    config = method.config(levers, str(path))
+    assert config.mixing and config.randaugment == "rand-m9-mstd0.5" and config.tta == "flip"
+    assert config.engine.ema == 0.998 and config.train_last == 7
 
 
 @pytest.mark.skipif(SHARED_DATA is None, reason="shared datasets not found (set DERMKIT_DATA)")
