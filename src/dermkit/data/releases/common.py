@@ -364,7 +364,8 @@ def _splits(table: pd.DataFrame, release: Release, mode: str, seed: int, group_c
         group_column = None
     # Rows that show byte-identical images are one group too (effective_groups reads duplicate_of).
     groups = effective_groups(table, group_column, "duplicate_of", id_column)
-    table.drop(columns="_group", errors="ignore", inplace=True)
+    if "_group" in table.columns:  # in place: the caller's table leaves as it came
+        del table["_group"]
     split = make_splits(table, "diagnosis", groups, seed=seed)
     by = f", grouped by {group_column}" if group_column and group_column != "_group" else ""
     why = f"grouped stratified split (70/15/15, seed {seed}{by}; identical images kept together)"
