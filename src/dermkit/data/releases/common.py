@@ -364,7 +364,7 @@ def _splits(table: pd.DataFrame, release: Release, mode: str, seed: int, group_c
         group_column = None
     # Rows that show byte-identical images are one group too (effective_groups reads duplicate_of).
     groups = effective_groups(table, group_column, "duplicate_of", id_column)
-    if "_group" in table.columns:  # in place: the caller's table leaves as it came
+    if "_group" in table.columns:  # dropped in place, as it was added above
         del table["_group"]
     split = make_splits(table, "diagnosis", groups, seed=seed)
     by = f", grouped by {group_column}" if group_column and group_column != "_group" else ""
