@@ -45,7 +45,7 @@ def main() -> None:
     from dermkit.data import load_card
     from dermkit.data.captions import captions_with_negatives
     from dermkit.data.torchdata import decode_all, train_transform
-    from dermkit.engine.loop import resolve_device, resolve_precision
+    from dermkit.runtime import resolve_device, resolve_precision
     from dermkit.methods.contrastive import set_trainable, soft_clip_loss, trim_padding
     from dermkit.models.split import text_split, trunk_split
     from dermkit.models.dermkit_clip import build_dermkit_clip, minilm_folder

@@ -32,7 +32,7 @@ import torch
 
 from dermkit.data import load_card, open_image
 from dermkit.engine.features import extract_features
-from dermkit.engine.loop import cpu_has_bf16
+from dermkit.runtime import cpu_has_bf16
 from dermkit.models.encoders import load_encoder
 from dermkit.models.onnx import inference_backend
 

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from dermkit.engine.loop import cpu_has_bf16
+from dermkit.runtime import cpu_has_bf16
 from dermkit.models.freeze import train_only_last
 from dermkit.models.registry import create_classifier
 

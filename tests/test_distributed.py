@@ -14,7 +14,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from dermkit.engine.batching import index_batches
-from dermkit.engine.loop import Engine, EngineConfig, epoch_seed
+from dermkit.engine.loop import Engine, EngineConfig
+from dermkit.runtime import epoch_seed
 from dermkit.models.checkpoint import load_tensors
 
 N, BATCH = 14, 7  # two steps an epoch; 7 rows split 4 + 3 over two processes

@@ -169,7 +169,7 @@ def test_saliency_module_computes_the_predictors_own_probabilities(method, tmp_p
     assert saliency is not None and saliency.kind == kind
     from dermkit.data.images import open_image
 
-    from dermkit.engine.loop import resolve_precision
+    from dermkit.runtime import resolve_precision
 
     from dermkit.models.onnx import inference_backend
 

@@ -193,7 +193,7 @@ def test_fusion_net_masks_missing_modalities():
 def test_fusion_run_predictor_and_cli(tmp_path, clip_folder, capsys):
     from dermkit.cli import main
     from dermkit.experiment import run_experiment
-    from dermkit.methods.base import load_predictor
+    from dermkit.methods import load_predictor
 
     root = _paired(tmp_path)
     raw = {"method": "fusion", **_config(root, clip_folder, tmp_path, use_clinical=True, use_meta=True,
@@ -239,7 +239,7 @@ def test_fusion_run_predictor_and_cli(tmp_path, clip_folder, capsys):
 
 
 def test_fusion_concat_text_meta_regression_thickness(tmp_path, clip_folder):
-    from dermkit.methods.base import load_predictor
+    from dermkit.methods import load_predictor
     from dermkit.methods.fusion import FusionPredictor
 
     root = _paired(tmp_path, thickness="regression")

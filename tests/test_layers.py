@@ -1,68 +1,97 @@
-"""The architecture in DESIGN.md, checked on the source: layers only import downwards, methods never
-import each other, and nothing hides an import cycle inside a function."""
+"""The architecture in DESIGN.md, checked by import-linter on the installed source.
+
+The contracts live in pyproject.toml (``[tool.importlinter]``): ``layers`` (imports only point
+down), ``independence`` (no method imports another) and ``acyclic_siblings`` (no import cycle
+between packages, nor between the modules of one folder). grimp's graph holds every import, those
+inside functions included, so a cycle cannot hide in a function. The second half of this file
+shows, on a throw-away package, that each contract type really fails on what it forbids.
+"""
 
 from __future__ import annotations
 
-import ast
+import os
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "dermkit"
-# Upper layers may import lower ones, never the reverse (DESIGN.md, "Layers").
-RANK = {"cli": 6, "commands": 6, "api": 5, "serve": 5, "experiment": 4, "methods": 3}
-LOWER = ("data", "engine", "models", "evaluate", "errors", "io", "config")
+pytest.importorskip("importlinter")
+from importlinter import cli as linter  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def _module(path: Path) -> str:
-    return ".".join(("dermkit",) + path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+def _lint(config: Path, cwd: Path, extra_path: Path | None = None) -> int:
+    old_cwd, old_path = os.getcwd(), list(sys.path)
+    try:
+        os.chdir(cwd)
+        if extra_path is not None:
+            sys.path.insert(0, str(extra_path))
+        return linter.lint_imports(config_filename=str(config), no_cache=True)
+    finally:
+        os.chdir(old_cwd)
+        sys.path[:] = old_path
 
 
-def _imports(path: Path) -> set[str]:
-    """Every dermkit module imported anywhere in the file (top level and inside functions)."""
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dermkit"):
-            out.add(node.module)
-            out.update(f"{node.module}.{a.name}" for a in node.names)
-        elif isinstance(node, ast.Import):
-            out.update(a.name for a in node.names if a.name.startswith("dermkit"))
-    return out
+def test_dermkit_keeps_its_contracts(capsys):
+    code = _lint(ROOT / "pyproject.toml", ROOT)
+    out = capsys.readouterr().out
+    assert code == 0, out[out.find("Broken contracts"):] if "Broken contracts" in out else out
+    assert "0 broken" in out and "3 kept" in out
 
 
-def _layer(module: str) -> int:
-    part = module.split(".")[1] if "." in module else ""
-    return RANK.get(part, 0)
+def _package(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, body in files.items():
+        path = tmp_path / "src" / "toy" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(body), encoding="utf-8")
+    return tmp_path / "src"
 
 
-FILES = sorted(SRC.rglob("*.py"))
+CONFIG = """
+[tool.importlinter]
+root_package = "toy"
+
+[[tool.importlinter.contracts]]
+name = "layers"
+type = "layers"
+layers = ["toy.high", "toy.low"]
+
+[[tool.importlinter.contracts]]
+name = "acyclic"
+type = "acyclic_siblings"
+ancestors = ["toy"]
+"""
 
 
-@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(SRC)))
-def test_imports_point_down(path):
-    me = _module(path)
-    if me == "dermkit" or me == "dermkit.__main__":
-        return  # the package exports the API; __main__ starts the CLI
-    for target in _imports(path):
-        if target == "dermkit" or not (SRC / Path(*target.split(".")[1:])).exists() and not \
-                (SRC / Path(*target.split(".")[1:])).with_suffix(".py").exists():
-            continue  # a name imported from a module, checked through its module
-        assert _layer(target) <= _layer(me), f"{me} imports {target}, a higher layer"
+def _lint_toy(tmp_path, capsys, files):
+    src = _package(tmp_path, {"__init__.py": "", "high/__init__.py": "", "low/__init__.py": "", **files})
+    (tmp_path / "pyproject.toml").write_text(CONFIG, encoding="utf-8")
+    for name in [m for m in sys.modules if m == "toy" or m.startswith("toy.")]:
+        del sys.modules[name]
+    code = _lint(tmp_path / "pyproject.toml", tmp_path, src)
+    return code, capsys.readouterr().out
 
 
-def test_methods_do_not_import_each_other():
-    methods = {p.stem for p in (SRC / "methods").glob("*.py")} - {"__init__", "base"}
-    for path in (SRC / "methods").glob("*.py"):
-        if path.stem in ("__init__",):
-            continue
-        others = {t.split(".")[2] for t in _imports(path) if t.startswith("dermkit.methods.") and len(t.split(".")) > 2}
-        bad = (others & methods) - {path.stem}
-        assert not bad, f"methods/{path.name} imports methods {sorted(bad)}; move what they share below the methods"
+def test_clean_toy_package_passes(tmp_path, capsys):
+    code, out = _lint_toy(tmp_path, capsys, {"high/a.py": "from toy.low import b\n", "low/b.py": "X = 1\n"})
+    assert code == 0, out
 
 
-def test_lower_layers_never_import_methods_or_above():
-    for path in FILES:
-        me = _module(path)
-        if me.split(".")[1:2] and me.split(".")[1] in LOWER:
-            upper = [t for t in _imports(path) if _layer(t) > 0]
-            assert not upper, f"{me} imports {upper}"
+def test_an_upward_import_inside_a_function_is_caught(tmp_path, capsys):
+    code, out = _lint_toy(tmp_path, capsys, {
+        "high/a.py": "X = 1\n",
+        "low/b.py": "def helper():\n    from toy.high import a\n    return a.X\n",
+    })
+    assert code == 1
+    assert "toy.low.b -> toy.high.a" in out
+
+
+def test_a_cycle_inside_one_folder_hidden_in_functions_is_caught(tmp_path, capsys):
+    code, out = _lint_toy(tmp_path, capsys, {
+        "low/b.py": "def f():\n    from toy.low import c\n    return c\n",
+        "low/c.py": "def g():\n    from toy.low import b\n    return b\n",
+    })
+    assert code == 1
+    assert "No cycles are allowed in toy.low" in out

@@ -19,7 +19,7 @@ import yaml
 import dermkit
 from dermkit.cli import main
 from dermkit.experiment import SUMMARY_KEYS
-from dermkit.methods.base import METHODS, list_methods
+from dermkit.methods import METHODS, list_methods
 
 ALL_METHODS = list_methods()
 

@@ -18,7 +18,7 @@ from conftest import CLIP_CFG, CLIP_PREPROCESS
 from dermkit.engine.loop import EngineConfig
 from dermkit.errors import ConfigError, ModelError
 from dermkit.experiment import run_experiment
-from dermkit.methods.base import load_predictor
+from dermkit.methods import load_predictor
 from dermkit.methods.prompt_learning import (
     ImageTail,
     PromptConfig,

@@ -17,7 +17,7 @@ from torch import nn
 import dermkit
 from dermkit.cli import main
 from dermkit.errors import ConfigError, ModelError
-from dermkit.methods.base import get_method
+from dermkit.methods import get_method
 from dermkit.models.sae import SAETrainConfig, SparseAutoencoder, sae_metrics, train_sae
 
 torch.set_num_threads(1)

@@ -25,7 +25,7 @@ from dermkit.data.shards import (
     expand_shards,
     write_shards,
 )
-from dermkit.engine.loop import epoch_seed
+from dermkit.runtime import epoch_seed
 from dermkit.errors import ConfigError, DataError
 from conftest import killed_after_first_checkpoint
 

@@ -272,7 +272,7 @@ def test_num_workers_keep_mixing_and_randaugment_reproducible(tiny_dataset, tmp_
 
 
 def test_reference_config_parses_with_every_lever():
-    from dermkit.methods.base import get_method
+    from dermkit.methods import get_method
 
     path = ROOT / "configs/supervised/ham10000_reference.yaml"
     raw = yaml.safe_load(path.read_text())

@@ -283,7 +283,7 @@ def test_resume_is_exact_with_the_thickness_head_and_every_lever(tmp_path, monke
 def test_derm7pt_config_parses():
     from pathlib import Path
 
-    from dermkit.methods.base import get_method
+    from dermkit.methods import get_method
 
     path = Path(__file__).resolve().parents[1] / "configs/supervised/derm7pt_melanoma_breslow.yaml"
     raw = yaml.safe_load(path.read_text())

@@ -91,7 +91,7 @@ def load_model(spec: str | os.PathLike, device: str = "cpu") -> Model:
 
 def load_predictor(folder: str | os.PathLike, device: str = "auto"):
     """The :class:`~dermkit.methods.base.Predictor` of any dermkit model folder (``RUN/model``)."""
-    from dermkit.methods.base import load_predictor as _load
+    from dermkit.methods import load_predictor as _load
 
     return _load(folder, device=device)
 
@@ -126,6 +126,6 @@ def run(config: dict[str, Any] | str | os.PathLike, out: str | os.PathLike, resu
 
 def list_methods() -> list[str]:
     """Names of the registered methods (what ``method:`` accepts)."""
-    from dermkit.methods.base import list_methods as _list
+    from dermkit.methods import list_methods as _list
 
     return _list()

@@ -433,7 +433,7 @@ def run_cmd(
 @app.command("methods")
 def methods_cmd() -> None:
     """List the registered methods (the values of `method:` in a config)."""
-    from dermkit.methods.base import METHODS, list_methods
+    from dermkit.methods import METHODS, list_methods
 
     table = Table("method", "config class", "description")
     for name in list_methods():

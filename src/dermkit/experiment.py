@@ -31,7 +31,8 @@ import yaml
 from dermkit.engine import distributed
 from dermkit.errors import ConfigError, DermkitError
 from dermkit.io import write_csv, write_json, write_text
-from dermkit.methods.base import Method, Predictor, get_method
+from dermkit.methods import get_method
+from dermkit.methods.base import Method, Predictor
 
 __all__ = ["Run", "load_config", "run_experiment", "run_suite", "suite_table", "suite_markdown", "check_configs",
            "SUMMARY_KEYS", "TABLE_METRICS"]

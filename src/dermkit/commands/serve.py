@@ -57,7 +57,7 @@ def serve(
                       "(research use only, not a medical device)")
         uvicorn.run(app, host=host, port=port, log_level=log_level)
         return
-    from dermkit.methods.base import load_predictor
+    from dermkit.methods import load_predictor
 
     load_predictor(model, device="cpu")  # check the folder once before starting the workers
     os.environ["DERMKIT_SERVE_CONFIG"] = json.dumps({"model": str(model.resolve()), "device": device,

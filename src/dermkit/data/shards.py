@@ -72,7 +72,7 @@ from dermkit.data.images import (
     decode_image_bytes,
     read_image_bytes,
 )
-from dermkit.engine.loop import epoch_seed
+from dermkit.runtime import epoch_seed
 from dermkit.errors import ConfigError, DataError
 
 __all__ = ["write_shards", "ShardReader", "ShardSample", "read_manifest", "expand_shards", "decode_shard_image",

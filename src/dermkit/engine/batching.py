@@ -27,7 +27,7 @@ def drop_last(n: int, batch_size: int) -> bool:
 
 
 def epoch_order(n: int, seed: int) -> torch.Tensor:
-    """The permutation of ``range(n)`` for one epoch's seed (see ``engine.loop.epoch_seed``)."""
+    """The permutation of ``range(n)`` for one epoch's seed (see ``runtime.epoch_seed``)."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 

@@ -39,6 +39,7 @@ from dermkit import io
 from dermkit.engine import distributed
 from dermkit.data.images import as_path, open_image, read_image_bytes
 from dermkit.errors import DataError
+from dermkit.runtime import resolve_precision
 
 __all__ = [
     "extract_features",
@@ -76,8 +77,6 @@ def _describe_preprocess(preprocess) -> str:
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     # The engine's one rule (precision "auto"): bf16 where native, fp16 on older GPUs, else fp32.
-    from dermkit.engine.loop import resolve_precision
-
     return resolve_precision("auto", device)
 
 

@@ -17,14 +17,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -32,6 +29,7 @@ from dermkit.engine import distributed
 from dermkit.errors import ConfigError, ModelError
 from dermkit.io import write_csv, write_json
 from dermkit.models.checkpoint import load_tensors, save_tensors
+from dermkit.runtime import epoch_seed, resolve_device, resolve_precision, seed_everything
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -83,47 +81,6 @@ class EngineConfig:
             raise ConfigError(f"layer_decay must be in (0, 1] such as 0.75 (or null), got {self.layer_decay}")
         if self.ema is not None and not 0 < self.ema < 1:
             raise ConfigError(f"ema must be a decay in (0, 1) such as 0.999 (or null: no EMA), got {self.ema}")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return device
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for a device (None = full fp32)."""
-    if name == "fp32":
-        return None
-    if name == "fp16":
-        if device.type != "cuda":
-            raise ConfigError("fp16 autocast needs a CUDA device; use bf16 on CPU")
-        return torch.float16
-    if name == "bf16":
-        return torch.bfloat16
-    # auto: bf16 where the hardware has it natively, else fp32 on CPU / fp16 on old GPUs.
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_bf16() else None
-
-
-def cpu_has_bf16() -> bool:
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool((check and check()) or (amx and amx()))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 100_003 + epoch
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
@@ -470,15 +427,3 @@ class _LossModule(nn.Module):
 
     def forward(self, batch):
         return self.loss_fn(self.module, batch)
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a freshly written folder into place so readers never see a half-written one."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)

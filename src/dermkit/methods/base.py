@@ -11,7 +11,7 @@ A method is one file in ``dermkit/methods/`` that registers itself::
         def load(self, folder, device="auto") -> Predictor: ...
 
 ``dermkit run`` / ``dermkit suite`` / ``dermkit.run`` look the method up here by the config's
-``method:``; :func:`load_predictor` looks it up by the ``method`` a model folder's ``model.json``
+``method:``; :func:`dermkit.methods.load_predictor` looks it up by the ``method`` a model folder's ``model.json``
 names, so every method's output loads with ``dermkit predict`` / ``dermkit evaluate --model``.
 The :class:`~dermkit.experiment.Run` handed to ``fit`` owns the bookkeeping (config snapshot,
 best-model save, test and transfer reports, summary.json); a method only trains and predicts.
@@ -40,9 +40,6 @@ __all__ = [
     "Predictions",
     "ClassifierConfig",
     "register_method",
-    "get_method",
-    "list_methods",
-    "load_predictor",
     "write_model_folder",
     "portable_spec",
     "load_base_encoder",
@@ -297,42 +294,6 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def list_methods() -> list[str]:
-    _import_methods()
-    return sorted(METHODS)
-
-
-def get_method(name: str | None, where: str = "config") -> Method:
-    _import_methods()
-    if name not in METHODS:
-        raise ConfigError(f"{where}: method must be one of {', '.join(sorted(METHODS))}, got {name!r}")
-    return METHODS[name]
-
-
-def _import_methods() -> None:
-    import dermkit.methods  # noqa: F401  (its __init__ imports every method module, which registers it)
-
-
-def load_predictor(folder: str | os.PathLike, device: str = "auto") -> Predictor:
-    """The predictor of any dermkit model folder (dispatch on ``model.json["method"]``)."""
-    from dermkit.models.checkpoint import read_model_card
-
-    _import_methods()
-    card = read_model_card(folder)
-    method = card.get("method", "supervised")
-    if method not in METHODS:
-        raise ModelError(f"{folder}: model.json names method {method!r}, unknown to this dermkit "
-                         f"({', '.join(sorted(METHODS))}); upgrade dermkit")
-    predictor = METHODS[method].load(folder, device=device)
-    temperature, offsets = card.get("temperature"), card.get("class_offsets")
-    if temperature is not None or offsets is not None:
-        try:
-            predictor = Recalibrated(predictor, temperature, offsets)
-        except (ModelError, TypeError, ValueError) as exc:
-            raise ModelError(f"{Path(folder) / 'model.json'}: {exc}") from None
-    return predictor
-
-
 class Recalibrated(Predictor):
     """A predictor whose probabilities are recalibrated after training, in log space:
     ``softmax(log p / T + b)``: one temperature ``T`` (``calibrate: temperature``, fitted on val by
@@ -400,7 +361,7 @@ def write_model_folder(folder: str | os.PathLike, tensors: dict[str, Any], card:
     """
     import shutil
 
-    from dermkit.engine.loop import replace_dir
+    from dermkit.io import replace_dir
     from dermkit.io import write_json
     from dermkit.models.checkpoint import FORMAT, MODEL_CARD, MODEL_WEIGHTS, save_tensors
 

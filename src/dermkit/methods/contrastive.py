@@ -55,7 +55,9 @@ from torch import nn
 from dermkit.data import load_card
 from dermkit.data.torchdata import decode_all, eval_transform, train_transform
 from dermkit.engine import distributed
-from dermkit.engine.loop import EngineConfig, epoch_seed, replace_dir
+from dermkit.engine.loop import EngineConfig
+from dermkit.io import replace_dir
+from dermkit.runtime import epoch_seed
 from dermkit.errors import ConfigError, DataError, ModelError
 from dermkit.methods.base import ClassEmbeddingPredictor, ClassifierConfig, Method, register_method
 from dermkit.models.freeze import freeze, set_eval, train_only_last, unfreeze

@@ -44,7 +44,8 @@ from dermkit.data.multimodal import (
     view_columns,
 )
 from dermkit.engine.batching import index_batches, steps_per_epoch
-from dermkit.engine.loop import EngineConfig, epoch_seed, resolve_device
+from dermkit.engine.loop import EngineConfig
+from dermkit.runtime import epoch_seed, resolve_device
 from dermkit.engine.losses import classification_criterion
 from dermkit.errors import ConfigError, DataError, ModelError
 from dermkit.io import write_csv

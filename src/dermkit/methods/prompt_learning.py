@@ -49,7 +49,8 @@ from torch import nn
 
 from dermkit.engine.batching import index_batches, steps_per_epoch
 from dermkit.engine.features import map_images
-from dermkit.engine.loop import EngineConfig, epoch_seed, resolve_device
+from dermkit.engine.loop import EngineConfig
+from dermkit.runtime import epoch_seed, resolve_device
 from dermkit.engine.losses import classification_criterion
 from dermkit.errors import ConfigError, ModelError
 from dermkit.methods.base import ClassifierConfig, Method, Predictor, load_base_encoder, portable_spec, register_method

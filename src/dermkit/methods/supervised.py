@@ -31,7 +31,8 @@ from torch import nn
 from dermkit.data.images import as_path
 from dermkit.data.torchdata import TTA_MODES, ImageDataset, eval_transform, train_transform, tta_views
 from dermkit.engine.batching import drop_last, steps_per_epoch
-from dermkit.engine.loop import EngineConfig, epoch_seed, resolve_device, resolve_precision
+from dermkit.engine.loop import EngineConfig
+from dermkit.runtime import epoch_seed, resolve_device, resolve_precision
 from dermkit.engine.losses import classification_criterion
 from dermkit.errors import ConfigError, DataError
 from dermkit.methods.base import ClassifierConfig, Method, Predictions, Predictor, register_method

@@ -25,7 +25,8 @@ from torch import nn
 
 from dermkit.data.vqa import DEFAULT_TEMPLATE
 from dermkit.engine.batching import index_batches, steps_per_epoch
-from dermkit.engine.loop import EngineConfig, epoch_seed, resolve_device
+from dermkit.engine.loop import EngineConfig
+from dermkit.runtime import epoch_seed, resolve_device
 from dermkit.errors import ConfigError, ModelError
 from dermkit.methods.base import ClassifierConfig, Method, Predictor, register_method
 from dermkit.models.generative import LANGUAGE_LINEAR

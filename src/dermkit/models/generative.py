@@ -240,7 +240,7 @@ def save_adapter(model, folder: str | os.PathLike) -> Path:
     """A peft adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``), written atomically."""
     import shutil
 
-    from dermkit.engine.loop import replace_dir
+    from dermkit.io import replace_dir
 
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".partial")

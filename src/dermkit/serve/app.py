@@ -221,7 +221,7 @@ def create_app(model, limits: ServeLimits | None = None, *, device: str = "auto"
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
 
-    from dermkit.methods.base import Predictor, load_predictor
+    from dermkit.methods import Predictor, load_predictor
 
     limits = limits or ServeLimits()
     if isinstance(model, Predictor):
