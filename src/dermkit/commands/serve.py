@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-console = Console(stderr=True)
+from dermkit.commands.common import err_console
 
 
 def register(app: typer.Typer, groups: dict) -> None:
@@ -39,9 +40,6 @@ def serve(
     Research use only: the page and every answer say that this is not a medical device.
     Example: dermkit serve --model runs/benchmark/model --port 8000, then open http://127.0.0.1:8000
     """
-    import json
-    import os
-
     import uvicorn
 
     from dermkit.serve.uploads import ServeLimits
@@ -53,7 +51,7 @@ def serve(
         from dermkit.serve.app import create_app
 
         app = create_app(model, limits, device=device)  # a bad folder fails here, before binding the port
-        console.print(f"serving {app.state.predictor.name} ({app.state.predictor.method}) on http://{host}:{port} "
+        err_console.print(f"serving {app.state.predictor.name} ({app.state.predictor.method}) on http://{host}:{port} "
                       "(research use only, not a medical device)")
         uvicorn.run(app, host=host, port=port, log_level=log_level)
         return
@@ -62,6 +60,6 @@ def serve(
     load_predictor(model, device="cpu")  # check the folder once before starting the workers
     os.environ["DERMKIT_SERVE_CONFIG"] = json.dumps({"model": str(model.resolve()), "device": device,
                                                      "limits": limits.to_dict()})
-    console.print(f"serving {model} with {workers} worker processes on http://{host}:{port}")
+    err_console.print(f"serving {model} with {workers} worker processes on http://{host}:{port}")
     uvicorn.run("dermkit.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level)

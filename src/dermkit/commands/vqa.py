@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+
+from dermkit import io
+from dermkit.commands.common import console
+from dermkit.errors import ConfigError
 
 vqa_app = typer.Typer(help="Generative VLMs as closed-ended VQA classifiers: questions, answers from a local "
                            "model (free text or option probabilities), LoRA fine-tuning, honest answer scoring.",
                       no_args_is_help=True)
-console = Console()
 
 
 def register(app: typer.Typer, groups: dict) -> None:
@@ -52,7 +55,6 @@ def vqa_score(
     wrong, and the coverage is reported. Answers carry no probabilities, so AUC comes from hard
     (one-hot) predictions; the report says so.
     """
-    from dermkit import io
     from dermkit.api import load_dataset
     from dermkit.data.vqa import score_answers
     from dermkit.evaluate import evaluate
@@ -96,11 +98,8 @@ def vqa_run(
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
 ) -> None:
     """Answer closed-ended questions with a generative VLM (resumable); score them with `dermkit vqa score`."""
-    import time
-
     from dermkit.api import load_dataset
     from dermkit.data.vqa import option_labels, read_questions
-    from dermkit.errors import ConfigError
     from dermkit.models.generative import answer_questions, load_generative
 
     if mode not in ("generate", "options") or options not in ("codes", "names"):

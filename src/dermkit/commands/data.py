@@ -1,4 +1,5 @@
-"""dermkit data import / data fetch: official dataset releases (and any class folders or CSV) -> dataset cards."""
+"""dermkit data: check and split a dataset card, import official releases (and any class folders or CSV)
+as cards, fetch releases, write image-caption pairs as WebDataset shards."""
 
 from __future__ import annotations
 
@@ -7,22 +8,94 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+from dermkit.commands.common import console, err_console
+from dermkit.errors import DataError
 
 _KINDS_HELP = "ham10000, isic2017, isic2018, ph2, derm7pt, pad_ufes20, folder (one subfolder per class) or csv."
 
 
 def register(app: typer.Typer, groups: dict) -> None:
+    groups["data"].command("check")(data_check)
+    groups["data"].command("split")(data_split)
     groups["data"].command("import")(data_import)
     groups["data"].command("fetch")(data_fetch)
+    groups["data"].command("shards")(data_shards)
+
+
+def data_check(
+    dataset: str = typer.Argument(..., help="A known dataset name (ham10000, derm7pt, ph2, isic2017, pad_ufes20; "
+                                            "resolved under $DERMKIT_DATA) or a folder with metadata.csv."),
+    images: bool = typer.Option(True, "--images/--no-images", help="Decode every image (finds missing, truncated, "
+                                                                   "unreadable files and decompression bombs)."),
+    follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Allow image paths that lead out of the "
+                                         "folder through a symlink (e.g. images/ linked to an image store), for "
+                                         "this check; 'follow_symlinks: true' in dataset.yaml allows it always."),
+) -> None:
+    """Validate a dataset folder and print images per class and split, and metadata coverage.
+
+    Exits with status 2 and names the CSV line and the fix for every problem found.
+    """
+    from dermkit.data import check_dataset, load_card
+
+    card = load_card(dataset)
+    result = check_dataset(card, check_images=images, progress=True, follow_symlinks=follow_symlinks or None)
+    console.print(f"[bold]{card.name}[/bold]  {card.root}")
+    console.print(_frame_table(result.summary.reset_index(), "images per class and split"))
+    if result.metadata_coverage is not None and len(result.metadata_coverage):
+        console.print(_frame_table(result.metadata_coverage, "metadata coverage"))
+    errors = [p for p in result.problems if p.severity == "error"]
+    warnings = [p for p in result.problems if p.severity != "error"]
+    for p in warnings:
+        err_console.print(f"[yellow]warning[/yellow] {_problem_text(p)}")
+    for p in errors:
+        err_console.print(f"[red]error[/red] {_problem_text(p)}")
+    if errors:
+        err_console.print(f"[red]{len(errors)} error(s)[/red] in {card.root / 'metadata.csv'}")
+        raise typer.Exit(2)
+    console.print(f"[green]ok[/green]: {len(card.table)} rows, {len(warnings)} warning(s)")
+
+
+def _problem_text(p) -> str:
+    return escape(f"[{p.kind}] {p.message} Fix: {p.fix}")  # messages already name the metadata.csv line
+
+
+def _frame_table(frame, title: str) -> Table:
+    table = Table(*[str(c) for c in frame.columns], title=title)
+    for row in frame.itertuples(index=False):
+        table.add_row(*[_fmt(v) for v in row])
+    return table
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.1f}" if value != int(value) else str(int(value))
+    return str(value)
+
+
+def data_split(
+    dataset: str = typer.Argument(..., help="Dataset folder (or known name) whose metadata.csv gets a 'split' column."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same split."),
+    train: float = typer.Option(0.70, help="Fraction of groups for train."),
+    val: float = typer.Option(0.15, help="Fraction for val."),
+    test: float = typer.Option(0.15, help="Fraction for test."),
+    group_column: Optional[str] = typer.Option(None, help="Column whose rows must stay together (lesion/patient id). "
+                                                          "Default: the card's group column."),
+    out: Optional[Path] = typer.Option(None, help="Write the new CSV here instead of replacing metadata.csv."),
+    force: bool = typer.Option(False, help="Replace an existing non-empty split column."),
+) -> None:
+    """Make stratified, group-aware train/val/test splits (deterministic for a seed)."""
+    from dermkit.data import load_card
+    from dermkit.data.split import write_split
+
+    card = load_card(dataset)
+    path = write_split(card, out_csv=out, seed=seed, fractions=(train, val, test), group=group_column, force=force)
+    console.print(f"wrote splits to {path}")
 
 
 def _report(result) -> None:
-    from rich.table import Table
-
     summary = result.check.summary.reset_index()
     table = Table(title=f"{result.name}: images per class and split")
     for col in summary.columns:
@@ -73,7 +146,6 @@ def data_import(
     the full `dermkit data check`; the card appears in --out only when the check passes.
     """
     from dermkit.data.releases import KINDS, RELEASES, import_csv, import_folder, import_release
-    from dermkit.errors import DataError
 
     common = dict(seed=seed, force=force, link=not copy, check_images=images, progress=sys.stderr.isatty())
     csv_only = {"--image-column": image_column, "--label-column": label_column, "--image-root": image_root,
@@ -137,3 +209,42 @@ def data_fetch(
     else:
         console.print(f"downloaded into {result.folder}; import with `dermkit data import {name} --from "
                       f"{result.folder} --out DIR`")
+
+
+def data_shards(
+    source: str = typer.Argument(..., metavar="CARD_OR_CSV",
+                                 help="A dataset (known name, folder or its metadata.csv: the rows of --split, "
+                                      "captions from a 'caption' column or written from metadata) or a CSV with "
+                                      "'image' (relative to the CSV's folder) and 'caption' columns (every row)."),
+    out: Path = typer.Option(..., help="Folder for the shards (000000.tar, ...) and manifest.json; must be new or "
+                                       "empty unless --force."),
+    split: str = typer.Option("train", help="Split of a dataset card to write (train, val or test)."),
+    maxcount: int = typer.Option(10_000, min=1, help="Most samples per shard."),
+    maxsize_mb: float = typer.Option(1000.0, min=0.001, help="Megabytes per shard: a shard closes once its files "
+                                                            "reach this size (tar headers not counted)."),
+    captions_per_image: int = typer.Option(1, min=1, help="Metadata-caption variants stored per image: variant k "
+                                                          "is the caption the contrastive method draws in epoch k "
+                                                          "(a 'caption' column gives one)."),
+    caption_seed: int = typer.Option(0, help="Seed of the metadata captions (the contrastive method's caption_seed)."),
+    second_view: bool = typer.Option(True, "--second-view/--no-second-view",
+                                     help="Add the card's second view (e.g. Derm7pt's clinical photos) as pairs of "
+                                          "its own, as the contrastive method does."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder (after all shards are "
+                                                      "written)."),
+) -> None:
+    """Write image-caption pairs as WebDataset tar shards (image bytes as stored, caption, typed metadata JSON)
+    for `dermkit clip-train --shards` / `shards:` in a contrastive config.
+
+    Every image is checked first: a missing or unreadable one refuses the card, naming its
+    metadata.csv line, and nothing is written (shards go to a temporary folder renamed at the end).
+    """
+    from dermkit.data.shards import write_shards
+
+    manifest = write_shards(source, out, split=split, maxcount=maxcount, maxsize=maxsize_mb * 1e6,
+                            captions_per_image=captions_per_image, caption_seed=caption_seed,
+                            second_view=second_view, force=force, progress=True)
+    size = sum(s["bytes"] for s in manifest["shards"]) / 1e6
+    console.print(f"wrote {manifest['samples']} image-caption pairs in {len(manifest['shards'])} shards "
+                  f"({size:.1f} MB) to {out}")
+    console.print(f"train on them: dermkit clip-train --shards '{out}/{manifest['pattern']}' --out RUN "
+                  "(or shards: in a contrastive config)", soft_wrap=True)
