@@ -12,7 +12,7 @@ import yaml
 import dermkit.data.card as card_module
 from conftest import SHARED_DATA, TINY_CLASSES, make_dataset, requires_shared_data
 from dermkit.data import DatasetCard, data_root, known_cards, load_card
-from dermkit.data.card import _packaged_spec, _validate_spec
+from dermkit.data.card_schema import packaged_spec, validate_spec
 from dermkit.errors import DataError
 
 KNOWN = ["derm7pt", "ham10000", "isic2017", "pad_ufes20", "ph2"]
@@ -185,7 +185,7 @@ def test_header_spaces_are_ignored(tmp_path):
 def test_known_cards_are_packaged_and_valid():
     assert known_cards() == KNOWN
     for name in KNOWN:
-        spec = _validate_spec(_packaged_spec(name), name)
+        spec = validate_spec(packaged_spec(name), name)
         assert spec["name"] == name
         # The shared data uses the alphabetically sorted class order for `label`.
         assert spec["classes"] == sorted(spec["classes"])
@@ -197,17 +197,17 @@ def test_known_cards_are_packaged_and_valid():
 
 
 def test_packaged_card_contents():
-    ham = _validate_spec(_packaged_spec("ham10000"), "ham")
+    ham = validate_spec(packaged_spec("ham10000"), "ham")
     assert ham["group_column"] == "lesion_id"
     assert "malignant melanoma" in ham["synonyms"]["mel"]
     assert "mole" in ham["synonyms"]["nv"]
     assert {"seborrheic keratosis", "solar lentigo", "lichen planus-like keratosis"} <= set(ham["synonyms"]["bkl"])
     assert "Bowen's disease" in ham["synonyms"]["akiec"]
-    derm = _validate_spec(_packaged_spec("derm7pt"), "derm7pt")
+    derm = validate_spec(packaged_spec("derm7pt"), "derm7pt")
     assert derm["group_column"] == "case_num"
     assert derm["second_view_column"] == "clinic_image"
     assert derm["modality"] == "mixed"
-    pad = _validate_spec(_packaged_spec("pad_ufes20"), "pad")
+    pad = validate_spec(packaged_spec("pad_ufes20"), "pad")
     assert pad["group_column"] == "patient_id" and pad["modality"] == "clinical"
     assert pad["metadata_columns"]["fitspatrick"] == "numeric"
     assert pad["metadata_columns"]["itch"] == "boolean"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dermkit.data.releases.common import Release, Source, line_list, map_codes, read_table, require_columns
+from dermkit.data.metadata_csv import line_list
+from dermkit.data.releases.common import Release, Source, map_codes, read_table, require_columns
 from dermkit.errors import DataError
 
 ARCHIVES = ("release_v0*.zip", "derm7pt*.zip")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from dermkit.data.card import spelling_key
 from dermkit.data.releases.common import IMAGE_EXTENSIONS, Release, Source
 from dermkit.errors import DataError
+from dermkit.values import spelling_key
 
 SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}

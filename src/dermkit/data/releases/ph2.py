@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dermkit.data.releases.common import Release, Source, line_list
+from dermkit.data.metadata_csv import line_list
+from dermkit.data.releases.common import Release, Source
 from dermkit.errors import DataError
 
 ARCHIVES = ("PH2Dataset*.zip",)
