@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from dermkit.data.releases import import_release
 from dermkit.errors import DataError
 from dermkit.io import write_text
 
@@ -379,7 +380,5 @@ def fetch(name: str, out: str | os.PathLike | None = None, *, cache: str | os.Pa
     if out is not None:
         if entry.get("archive_note") and any(p.suffix.lower() == ".rar" for p in paths):
             raise DataError(f"{name}: downloaded and verified into {folder}. {' '.join(str(entry['archive_note']).split())}")
-        from dermkit.data.releases import import_release
-
         result.imported = import_release(name, folder, out, progress=progress, **(import_options or {}))
     return result
