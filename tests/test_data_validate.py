@@ -520,7 +520,8 @@ def test_open_image_wording_follows_where_the_path_came_from(tiny_card, tmp_path
     assert f"metadata.csv line 6, column 'image' ({rel!r})" in text
     assert "fix the path in metadata.csv, or remove the row" in text
     (tiny_card.root / rel).unlink()
-    with pytest.raises(DataError, match="line 6, column 'image'.*not found.*fix the path in metadata.csv or remove the row"):
+    with pytest.raises(DataError,
+                       match="line 6, column 'image'.*not found.*fix the path in metadata.csv or remove the row"):
         open_image(tiny_card.image_path(rel))
 
 

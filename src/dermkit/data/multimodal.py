@@ -138,8 +138,8 @@ class MetadataEncoder:
                 enc.stats[column] = {"missing_rate": float(np.isnan(values).mean()) if len(values) else 0.0}
             else:
                 levels = sorted({v for v in values if v is not None})
-                enc.stats[column] = {"levels": levels,
-                                     "missing_rate": float(np.mean([v is None for v in values])) if len(values) else 0.0}
+                missing_rate = float(np.mean([v is None for v in values])) if len(values) else 0.0
+                enc.stats[column] = {"levels": levels, "missing_rate": missing_rate}
         return enc
 
     def _parse(self, rows: pd.DataFrame, column: str, kind: str, where: str, row_name: str = "line"):

@@ -157,7 +157,7 @@ def _csv_pairs(path: Path) -> list[_Pair]:
     others = [c for c in table.columns if c not in ("image", "caption")]
     types = {c: infer_type(table[c].dropna()) for c in others}
     pairs = []
-    for i, (idx, row) in enumerate(table.iterrows()):
+    for i, (_, row) in enumerate(table.iterrows()):
         where = f"{path} line {int(lines.iloc[i])}, column 'image' ({row['image']!r})"
         try:
             image = resolver(row["image"])

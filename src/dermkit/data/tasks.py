@@ -61,5 +61,6 @@ def derive_task(card: DatasetCard | str, task: str | None, negative: str = NEGAT
     table = card.table.copy()
     table["diagnosis_original"] = table["diagnosis"]
     known = table["diagnosis"].notna()
-    table.loc[known, "diagnosis"] = table.loc[known, "diagnosis"].where(table.loc[known, "diagnosis"] == positive, negative)
+    diagnosis = table.loc[known, "diagnosis"]
+    table.loc[known, "diagnosis"] = diagnosis.where(diagnosis == positive, negative)
     return DatasetCard(card.root, spec, card.sources + (f"task {task}",), table=table)

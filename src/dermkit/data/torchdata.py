@@ -119,7 +119,8 @@ def decode(path: Path, max_side: int | None) -> torch.Tensor:
     return TF.pil_to_tensor(img)
 
 
-def decode_all(paths: Sequence[Path], max_side: int | None, progress: bool = False, desc: str = "decoding") -> list[torch.Tensor]:
+def decode_all(paths: Sequence[Path], max_side: int | None, progress: bool = False,
+               desc: str = "decoding") -> list[torch.Tensor]:
     """Decode many images in threads (PIL releases the GIL while decoding)."""
     from tqdm.auto import tqdm
 

@@ -470,7 +470,8 @@ class _Checker:
         empty = self.table.index[self.table[col].isna()]
         if len(empty):
             tokens = sorted(set(map(str, self.card.missing_tokens.get(col, pd.Series(dtype=object)))))
-            said = f" ({' and '.join(map(repr, tokens))} {'means' if len(tokens) == 1 else 'mean'} missing)" if tokens else ""
+            verb = "means" if len(tokens) == 1 else "mean"
+            said = f" ({' and '.join(map(repr, tokens))} {verb} missing)" if tokens else ""
             self.add(
                 "missing_group",
                 f"{self.csv} {line_list(self.line[empty], _LIST_LINES)}, column '{col}': no {col}{said} "

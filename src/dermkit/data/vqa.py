@@ -107,7 +107,8 @@ class AnswerParser:
         if len(classes) > 1:
             return ParsedAnswer(None, "ambiguous", "names " + " and ".join(classes))
         if negated:
-            return ParsedAnswer(None, "invalid", f"only negated mentions ({', '.join(sorted({a for a, _ in negated}))})")
+            mentions = ", ".join(sorted({a for a, _ in negated}))
+            return ParsedAnswer(None, "invalid", f"only negated mentions ({mentions})")
         return ParsedAnswer(None, "invalid", "names no class")
 
 

@@ -142,6 +142,7 @@ def read(src: Source) -> Release:
                        "was asked for; `official_split` always holds it.",
     }
     counts = table["diagnosis"].value_counts()
-    notes.insert(0, f"read {path.name}: {len(table)} cases (" + ", ".join(f"{counts[c]} {c}" for c in sorted(counts.index)) + ")")
+    per_class = ", ".join(f"{counts[c]} {c}" for c in sorted(counts.index))
+    notes.insert(0, f"read {path.name}: {len(table)} cases ({per_class})")
     return Release(table=table, files=files, card=card, official_split=official,
                    malignant=("basal cell carcinoma", "melanoma"), notes=notes)
