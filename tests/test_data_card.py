@@ -378,8 +378,9 @@ def test_missing_group_tokens_are_own_groups(tiny_dataset, token):
     assert card.table.loc[0, "sex"] == "NA"
 
 
-@pytest.mark.parametrize("token", ["NA", "null", "n/a", "-"])
+@pytest.mark.parametrize("token", ["NA", "null", "n/a", "-", "Null", "NONE", "#N/A", "<NA>", "--"])
 def test_missing_diagnosis_token_is_an_empty_diagnosis(tiny_dataset, token):
+    # dermkit.values.MISSING_TOKENS in any letter case (the same set the predictions table reads)
     _rewrite(tiny_dataset, lambda df: df.assign(diagnosis=df["diagnosis"].where(df.index != 0, token)))
     card = load_card(tiny_dataset)
     assert pd.isna(card.table.loc[0, "diagnosis"])
@@ -396,6 +397,17 @@ def test_card_missing_values_apply_to_key_columns(tiny_dataset):
     _rewrite(tiny_dataset, lambda df: df.assign(lesion_id=df["lesion_id"].where(df.index > 1, "unknown")))
     card = load_card(tiny_dataset)
     assert card.table["lesion_id"].iloc[:2].isna().all()
+
+
+def test_card_missing_values_ignore_letter_case_in_key_columns(tiny_dataset):
+    path = tiny_dataset / "dataset.yaml"
+    spec = yaml.safe_load(path.read_text())
+    spec["missing_values"] = ["Unknown"]
+    path.write_text(yaml.safe_dump(spec))
+    _rewrite(tiny_dataset, lambda df: df.assign(lesion_id=df["lesion_id"].where(df.index > 1, " UNKNOWN")))
+    card = load_card(tiny_dataset)
+    assert card.table["lesion_id"].iloc[:2].isna().all()
+    assert card.missing_tokens["lesion_id"].tolist() == [" UNKNOWN", " UNKNOWN"]
 
 
 @pytest.mark.parametrize("sep, name", [(";", "semicolon"), ("\t", "tab"), ("|", "pipe")])
