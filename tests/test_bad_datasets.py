@@ -24,7 +24,7 @@ from dermkit.data import check_dataset, load_card
 from dermkit.data.split import row_groups
 from dermkit.errors import DataError
 from test_cli import model_dir  # noqa: F401  (fixture: an untrained model folder)
-from test_data_validate import _edit, _set
+from test_data_validate import edit_metadata, set_cell
 
 
 # ------------------------------------------------------------------------------ the catalogue
@@ -44,7 +44,7 @@ class Bad:
 
 def _value(column: str, value, row: int = 10):
     def build(root):
-        return _set(root, row, column, value), column
+        return set_cell(root, row, column, value), column
 
     return build
 
@@ -91,18 +91,18 @@ def _image_file(row: int, content: Callable[[bytes], bytes] | None):
 def _group_leak(root):
     df = load_card(root).table
     rows = df.index[df["lesion_id"] == df["lesion_id"][0]].tolist()
-    _set(root, rows[1], "split", "test")
+    set_cell(root, rows[1], "split", "test")
     return rows[0] + 2, "lesion_id"
 
 
 def _duplicate_row(root):
-    _edit(root, lambda df: pd.concat([df, df.iloc[[7]]], ignore_index=True))
+    edit_metadata(root, lambda df: pd.concat([df, df.iloc[[7]]], ignore_index=True))
     return 3 * 28 + 2, "image"  # the repeated row (the message names lines 9 and 86)
 
 
 def _case_variants(root):
-    _set(root, 31, "diagnosis", "MEL")
-    return _set(root, 30, "diagnosis", "Mel"), "diagnosis"
+    set_cell(root, 31, "diagnosis", "MEL")
+    return set_cell(root, 30, "diagnosis", "Mel"), "diagnosis"
 
 
 BAD = [
@@ -187,10 +187,10 @@ def test_bad_dataset_is_reported_with_line_column_and_fix(case: Bad, tmp_path, c
 
 # ------------------------------------------------------------------- odd-looking but accepted
 def _spaces(root):
-    _set(root, 30, "diagnosis", " mel")
-    _set(root, 31, "diagnosis", "mel  ")
-    _set(root, 0, "diagnosis", "\tbcc")
-    _set(root, 32, "split", " train ")
+    set_cell(root, 30, "diagnosis", " mel")
+    set_cell(root, 31, "diagnosis", "mel  ")
+    set_cell(root, 0, "diagnosis", "\tbcc")
+    set_cell(root, 32, "split", " train ")
 
 
 def _write_with(sep: str):
@@ -237,7 +237,7 @@ def test_missing_group_ids_are_each_their_own_group(token, tmp_path, capsys):
     df = load_card(root).table
     rows = [df.index[df["split"] == s][i] for s in ("train", "val", "test") for i in (0, 2)]
     for row in rows:
-        _set(root, row, "lesion_id", np.nan if token == "" else token)
+        set_cell(root, row, "lesion_id", np.nan if token == "" else token)
     card = load_card(root)
     assert card.table.loc[rows, "lesion_id"].isna().all()
     train = card.rows("train")

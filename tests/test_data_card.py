@@ -12,7 +12,7 @@ import yaml
 import dermkit.data.card as card_module
 from conftest import SHARED_DATA, TINY_CLASSES, make_dataset, requires_shared_data
 from dermkit.data import DatasetCard, data_root, known_cards, load_card
-from dermkit.data.card import _packaged_spec, _validate_spec
+from dermkit.data.card_schema import packaged_spec, validate_spec
 from dermkit.errors import DataError
 
 KNOWN = ["derm7pt", "ham10000", "isic2017", "pad_ufes20", "ph2"]
@@ -167,10 +167,10 @@ def test_unreadable_csv(tmp_path):
     root.mkdir()
     (root / "metadata.csv").write_text("")
     with pytest.raises(DataError, match="is empty"):
-        load_card(root).table
+        load_card(root).table  # noqa: B018 - the read raises
     (root / "metadata.csv").write_text('image,diagnosis,split\n"a.jpg,nv,train\n')
     with pytest.raises(DataError, match="cannot parse"):
-        load_card(root).table
+        load_card(root).table  # noqa: B018 - the read raises
 
 
 def test_header_spaces_are_ignored(tmp_path):
@@ -185,7 +185,7 @@ def test_header_spaces_are_ignored(tmp_path):
 def test_known_cards_are_packaged_and_valid():
     assert known_cards() == KNOWN
     for name in KNOWN:
-        spec = _validate_spec(_packaged_spec(name), name)
+        spec = validate_spec(packaged_spec(name), name)
         assert spec["name"] == name
         # The shared data uses the alphabetically sorted class order for `label`.
         assert spec["classes"] == sorted(spec["classes"])
@@ -197,17 +197,17 @@ def test_known_cards_are_packaged_and_valid():
 
 
 def test_packaged_card_contents():
-    ham = _validate_spec(_packaged_spec("ham10000"), "ham")
+    ham = validate_spec(packaged_spec("ham10000"), "ham")
     assert ham["group_column"] == "lesion_id"
     assert "malignant melanoma" in ham["synonyms"]["mel"]
     assert "mole" in ham["synonyms"]["nv"]
     assert {"seborrheic keratosis", "solar lentigo", "lichen planus-like keratosis"} <= set(ham["synonyms"]["bkl"])
     assert "Bowen's disease" in ham["synonyms"]["akiec"]
-    derm = _validate_spec(_packaged_spec("derm7pt"), "derm7pt")
+    derm = validate_spec(packaged_spec("derm7pt"), "derm7pt")
     assert derm["group_column"] == "case_num"
     assert derm["second_view_column"] == "clinic_image"
     assert derm["modality"] == "mixed"
-    pad = _validate_spec(_packaged_spec("pad_ufes20"), "pad")
+    pad = validate_spec(packaged_spec("pad_ufes20"), "pad")
     assert pad["group_column"] == "patient_id" and pad["modality"] == "clinical"
     assert pad["metadata_columns"]["fitspatrick"] == "numeric"
     assert pad["metadata_columns"]["itch"] == "boolean"
@@ -320,7 +320,7 @@ def test_case_variants_without_class_list_are_refused(tmp_path):
     lines = [i + 2 for i in df.index[df["diagnosis"] == "Mel"]]
     card = load_card(root)
     with pytest.raises(DataError) as err:
-        card.classes
+        card.classes  # noqa: B018 - the read raises
     msg = str(err.value)
     assert "metadata.csv" in msg and "column 'diagnosis'" in msg
     assert f"'Mel' (lines {lines[0]}, {lines[1]})" in msg and "'mel' (lines" in msg
@@ -378,12 +378,14 @@ def test_missing_group_tokens_are_own_groups(tiny_dataset, token):
     assert card.table.loc[0, "sex"] == "NA"
 
 
-@pytest.mark.parametrize("token", ["NA", "null", "n/a", "-"])
+@pytest.mark.parametrize("token", ["NA", "null", "n/a", "-", "Null", "NONE", "#N/A", "<NA>", "--"])
 def test_missing_diagnosis_token_is_an_empty_diagnosis(tiny_dataset, token):
+    # dermkit.values.MISSING_TOKENS in any letter case (the same set the predictions table reads)
     _rewrite(tiny_dataset, lambda df: df.assign(diagnosis=df["diagnosis"].where(df.index != 0, token)))
     card = load_card(tiny_dataset)
     assert pd.isna(card.table.loc[0, "diagnosis"])
-    with pytest.raises(DataError, match=rf"line 2, column 'diagnosis': empty diagnosis \('{re.escape(token)}' means missing\)"):
+    expected = rf"line 2, column 'diagnosis': empty diagnosis \('{re.escape(token)}' means missing\)"
+    with pytest.raises(DataError, match=expected):
         card.labels(card.table)
 
 
@@ -395,6 +397,17 @@ def test_card_missing_values_apply_to_key_columns(tiny_dataset):
     _rewrite(tiny_dataset, lambda df: df.assign(lesion_id=df["lesion_id"].where(df.index > 1, "unknown")))
     card = load_card(tiny_dataset)
     assert card.table["lesion_id"].iloc[:2].isna().all()
+
+
+def test_card_missing_values_ignore_letter_case_in_key_columns(tiny_dataset):
+    path = tiny_dataset / "dataset.yaml"
+    spec = yaml.safe_load(path.read_text())
+    spec["missing_values"] = ["Unknown"]
+    path.write_text(yaml.safe_dump(spec))
+    _rewrite(tiny_dataset, lambda df: df.assign(lesion_id=df["lesion_id"].where(df.index > 1, " UNKNOWN")))
+    card = load_card(tiny_dataset)
+    assert card.table["lesion_id"].iloc[:2].isna().all()
+    assert card.missing_tokens["lesion_id"].tolist() == [" UNKNOWN", " UNKNOWN"]
 
 
 @pytest.mark.parametrize("sep, name", [(";", "semicolon"), ("\t", "tab"), ("|", "pipe")])
@@ -423,7 +436,7 @@ def test_repeated_header_column_is_refused(tiny_dataset):
     lines = [line + "," + line.split(",")[2] for line in lines]  # a second diagnosis column
     (tiny_dataset / "metadata.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError) as err:
-        load_card(tiny_dataset).table
+        load_card(tiny_dataset).table  # noqa: B018 - the read raises
     msg = str(err.value)
     assert "metadata.csv line 1 (header)" in msg and "'diagnosis' in columns 3, 8" in msg
     assert "keep one column" in msg

@@ -19,7 +19,7 @@ from dermkit.errors import DataError
 
 
 # ----------------------------------------------------------------------------- helpers
-def _edit(root, fn):
+def edit_metadata(root, fn):
     """Apply ``fn`` to metadata.csv (as strings) and write it back."""
     df = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False, na_values=[""])
     out = fn(df)
@@ -28,12 +28,13 @@ def _edit(root, fn):
     return df
 
 
-def _set(root, row, column, value):
+def set_cell(root, row, column, value):
+    """Write ``value`` into one cell of metadata.csv; returns the CSV line of that row."""
     def fn(df):
         df.loc[row, column] = value
         return df
 
-    _edit(root, fn)
+    edit_metadata(root, fn)
     return row + 2  # CSV line of that row
 
 
@@ -103,7 +104,7 @@ def test_check_accepts_path_and_progress_bar(tiny_dataset):
 
 
 def test_save_writes_reports(tiny_dataset, tmp_path):
-    line = _set(tiny_dataset, 3, "diagnosis", "unknown")
+    line = set_cell(tiny_dataset, 3, "diagnosis", "unknown")
     result = _check(tiny_dataset)
     out = result.save(tmp_path / "report")
     data = json.loads((out / "check.json").read_text())
@@ -116,7 +117,7 @@ def test_save_writes_reports(tiny_dataset, tmp_path):
 # ------------------------------------------------------------------ one test per error kind
 @pytest.mark.parametrize("column", ["image", "diagnosis", "split"])
 def test_missing_required_column(tiny_dataset, column):
-    _edit(tiny_dataset, lambda df: df.drop(columns=[column]))
+    edit_metadata(tiny_dataset, lambda df: df.drop(columns=[column]))
     result = _check(tiny_dataset)
     problem = _assert_reported(result, "missing_column", 1)
     assert problem.column == column and f"'{column}'" in problem.message
@@ -124,7 +125,7 @@ def test_missing_required_column(tiny_dataset, column):
 
 @pytest.mark.parametrize("column", ["image", "diagnosis", "split"])
 def test_empty_required_value(tiny_dataset, column):
-    line = _set(tiny_dataset, 10, column, np.nan)
+    line = set_cell(tiny_dataset, 10, column, np.nan)
     result = _check(tiny_dataset)
     problem = _assert_reported(result, "missing_value", line)
     assert problem.column == column
@@ -169,7 +170,7 @@ def test_decompression_bomb(tiny_dataset, monkeypatch, side):
 
 
 def test_unknown_diagnosis(tiny_dataset):
-    line = _set(tiny_dataset, 30, "diagnosis", "melanoma")
+    line = set_cell(tiny_dataset, 30, "diagnosis", "melanoma")
     result = _check(tiny_dataset)
     problem = _assert_reported(result, "unknown_diagnosis", line)
     assert "bcc, mel, nv" in problem.message
@@ -178,7 +179,7 @@ def test_unknown_diagnosis(tiny_dataset):
 
 @pytest.mark.parametrize("value, detail", [("2", "label 2 (nv) disagrees"), ("x", "not an integer"), (np.nan, "empty")])
 def test_label_mismatch(tiny_dataset, value, detail):
-    line = _set(tiny_dataset, 0, "label", value)  # row 0 is bcc = class 0
+    line = set_cell(tiny_dataset, 0, "label", value)  # row 0 is bcc = class 0
     result = _check(tiny_dataset)
     problem = _assert_reported(result, "label_mismatch", line)
     assert detail in problem.message
@@ -186,14 +187,14 @@ def test_label_mismatch(tiny_dataset, value, detail):
 
 
 def test_invalid_split(tiny_dataset):
-    line = _set(tiny_dataset, 40, "split", "valid")
+    line = set_cell(tiny_dataset, 40, "split", "valid")
     result = _check(tiny_dataset)
     problem = _assert_reported(result, "invalid_split", line)
     assert "'valid'" in problem.message
 
 
 def test_empty_split(tiny_dataset):
-    _edit(tiny_dataset, lambda df: df.assign(split=df["split"].replace({"test": "val"})))
+    edit_metadata(tiny_dataset, lambda df: df.assign(split=df["split"].replace({"test": "val"})))
     result = _check(tiny_dataset)
     problem = _assert_reported(result, "empty_split", None)
     assert "'test' has no rows" in problem.message
@@ -203,7 +204,7 @@ def test_empty_split(tiny_dataset):
 def test_required_metadata_missing_value(tiny_dataset):
     _yaml(tiny_dataset, required_metadata=["age"])
     assert _check(tiny_dataset, check_images=False).ok
-    line = _set(tiny_dataset, 12, "age", np.nan)
+    line = set_cell(tiny_dataset, 12, "age", np.nan)
     result = _check(tiny_dataset, check_images=False)
     problem = _assert_reported(result, "missing_value", line)
     assert problem.column == "age" and "required metadata" in problem.message
@@ -216,14 +217,14 @@ def test_required_metadata_column_missing(tiny_dataset):
 
 
 def test_non_numeric_metadata(tiny_dataset):
-    line = _set(tiny_dataset, 8, "age", "forty")
+    line = set_cell(tiny_dataset, 8, "age", "forty")
     result = _check(tiny_dataset, check_images=False)
     problem = _assert_reported(result, "non_numeric", line)
     assert "'forty'" in problem.message and "categorical" in problem.fix
 
 
 def test_missing_values_tokens_are_not_numeric_errors(tiny_dataset):
-    _set(tiny_dataset, 8, "age", "unknown")
+    set_cell(tiny_dataset, 8, "age", "unknown")
     assert not _check(tiny_dataset, check_images=False).ok
     _yaml(tiny_dataset, missing_values=["unknown"])
     assert _check(tiny_dataset, check_images=False).ok
@@ -240,7 +241,7 @@ def test_unsafe_path(tiny_dataset, tmp_path, kind):
     else:
         os.symlink(outside, tiny_dataset / "images" / "link.jpg")
         value = "images/link.jpg"
-    line = _set(tiny_dataset, 4, "image", value)
+    line = set_cell(tiny_dataset, 4, "image", value)
     result = _check(tiny_dataset)
     problem = _assert_reported(result, "unsafe_path", line)
     assert "dataset folder" in problem.message
@@ -250,7 +251,7 @@ def test_unsafe_path(tiny_dataset, tmp_path, kind):
 def test_symlink_inside_folder_is_fine(tiny_dataset):
     rel = load_card(tiny_dataset).table["image"][0]
     os.symlink(tiny_dataset / rel, tiny_dataset / "images" / "alias.jpg")
-    _set(tiny_dataset, 0, "image", "images/alias.jpg")
+    set_cell(tiny_dataset, 0, "image", "images/alias.jpg")
     assert _check(tiny_dataset).ok
 
 
@@ -259,7 +260,7 @@ def test_group_in_two_splits(tiny_dataset):
     lesion = df["lesion_id"][0]
     rows = df.index[df["lesion_id"] == lesion].tolist()
     assert len(rows) == 2
-    _set(tiny_dataset, rows[1], "split", "test")
+    set_cell(tiny_dataset, rows[1], "split", "test")
     result = _check(tiny_dataset, check_images=False)
     problem = _assert_reported(result, "group_leak", rows[0] + 2)
     assert lesion in problem.message and f"line {rows[1] + 2}" in problem.message
@@ -267,7 +268,7 @@ def test_group_in_two_splits(tiny_dataset):
 
 
 def test_group_column_missing(tiny_dataset):
-    _edit(tiny_dataset, lambda df: df.drop(columns=["lesion_id"]))
+    edit_metadata(tiny_dataset, lambda df: df.drop(columns=["lesion_id"]))
     result = _check(tiny_dataset, check_images=False)
     problem = _assert_reported(result, "missing_column", 1)
     assert "group_column" in problem.message
@@ -303,21 +304,21 @@ def test_declared_duplicates_in_two_splits(tiny_dataset):
         frame.loc[a, "duplicate_of"] = frame.loc[b, "image"]
         return frame
 
-    _edit(tiny_dataset, fn)
+    edit_metadata(tiny_dataset, fn)
     result = _check(tiny_dataset, check_images=False)
     problem = _assert_reported(result, "duplicate_image_leak", a + 2)
     assert f"line {b + 2}" in problem.message
 
 
 def test_duplicate_image_rows(tiny_dataset):
-    _edit(tiny_dataset, lambda df: pd.concat([df, df.iloc[[7]]], ignore_index=True))
+    edit_metadata(tiny_dataset, lambda df: pd.concat([df, df.iloc[[7]]], ignore_index=True))
     result = _check(tiny_dataset)
     problem = _assert_reported(result, "duplicate_row", 3 * 28 + 2)
     assert "lines 9, 86" in problem.message
 
 
 def test_case_variant_of_listed_class(tiny_dataset):
-    line = _set(tiny_dataset, 30, "diagnosis", "Mel")
+    line = set_cell(tiny_dataset, 30, "diagnosis", "Mel")
     result = _check(tiny_dataset, check_images=False)
     problem = _assert_reported(result, "case_variant", line)
     assert "differs only by case from the class 'mel'" in problem.message
@@ -327,8 +328,8 @@ def test_case_variant_of_listed_class(tiny_dataset):
 
 def test_case_variants_without_class_list(tmp_path):
     root = make_dataset(tmp_path, write_yaml=False)
-    a = _set(root, 30, "diagnosis", "Mel")
-    b = _set(root, 31, "diagnosis", "MEL")
+    a = set_cell(root, 30, "diagnosis", "Mel")
+    b = set_cell(root, 31, "diagnosis", "MEL")
     result = _check(root, check_images=False)
     problem = _assert_reported(result, "case_variant", a)
     assert f"'Mel' (line {a})" in problem.message and f"'MEL' (line {b})" in problem.message
@@ -340,9 +341,9 @@ def test_case_variants_without_class_list(tmp_path):
 
 def test_surrounding_spaces_are_accepted(tmp_path):
     root = make_dataset(tmp_path, write_yaml=False)
-    _set(root, 30, "diagnosis", " mel")
-    _set(root, 31, "diagnosis", "mel  ")
-    _set(root, 32, "split", "train ")
+    set_cell(root, 30, "diagnosis", " mel")
+    set_cell(root, 31, "diagnosis", "mel  ")
+    set_cell(root, 32, "split", "train ")
     result = _check(root, check_images=False)
     assert result.ok and result.problems == [], result.format()
 
@@ -352,7 +353,7 @@ def test_missing_group_ids_are_never_pooled(tiny_dataset, token):
     df = load_card(tiny_dataset).table
     rows = [df.index[df["split"] == s][0] for s in ("train", "val", "test")]
     for row in rows:
-        _set(tiny_dataset, row, "lesion_id", token)
+        set_cell(tiny_dataset, row, "lesion_id", token)
     result = _check(tiny_dataset, check_images=False)
     assert result.ok, result.format()  # not one "NA" lesion spread over three splits
     problem = _assert_reported(result, "missing_group", rows[0] + 2, severity="warning")
@@ -361,7 +362,7 @@ def test_missing_group_ids_are_never_pooled(tiny_dataset, token):
 
 @pytest.mark.parametrize("token", ["NA", "null", "-"])
 def test_missing_diagnosis_token(tiny_dataset, token):
-    line = _set(tiny_dataset, 10, "diagnosis", token)
+    line = set_cell(tiny_dataset, 10, "diagnosis", token)
     result = _check(tiny_dataset, check_images=False)
     problem = _assert_reported(result, "missing_value", line)
     assert f"'{token}' means missing" in problem.message
@@ -405,7 +406,7 @@ def test_small_class_warning(tmp_path):
 
 
 def test_sparse_metadata_warning(tiny_dataset):
-    _edit(tiny_dataset, lambda df: df.assign(age=df["age"].where(df.index % 3 == 0)))
+    edit_metadata(tiny_dataset, lambda df: df.assign(age=df["age"].where(df.index % 3 == 0)))
     result = _check(tiny_dataset, check_images=False)
     assert result.ok
     problem = _only(result, "sparse_metadata")[0]
@@ -415,7 +416,7 @@ def test_sparse_metadata_warning(tiny_dataset):
 
 
 def test_non_boolean_warning(tiny_dataset):
-    _edit(tiny_dataset, lambda df: df.assign(itch=["yes", "no", "maybe"] * 28))
+    edit_metadata(tiny_dataset, lambda df: df.assign(itch=["yes", "no", "maybe"] * 28))
     _yaml(tiny_dataset, metadata_columns={"itch": "boolean"})
     result = _check(tiny_dataset, check_images=False)
     assert result.ok
@@ -428,8 +429,8 @@ def test_collects_all_problems_and_caps_listing(tiny_dataset):
     card = load_card(tiny_dataset)
     for rel in card.table["image"][:30]:
         (tiny_dataset / rel).unlink()
-    _set(tiny_dataset, 50, "diagnosis", "xyz")
-    _set(tiny_dataset, 60, "split", "dev")
+    set_cell(tiny_dataset, 50, "diagnosis", "xyz")
+    set_cell(tiny_dataset, 60, "split", "dev")
     result = _check(tiny_dataset)
     counts = result.counts()
     assert counts["missing_image"] == 30
@@ -520,7 +521,8 @@ def test_open_image_wording_follows_where_the_path_came_from(tiny_card, tmp_path
     assert f"metadata.csv line 6, column 'image' ({rel!r})" in text
     assert "fix the path in metadata.csv, or remove the row" in text
     (tiny_card.root / rel).unlink()
-    with pytest.raises(DataError, match="line 6, column 'image'.*not found.*fix the path in metadata.csv or remove the row"):
+    with pytest.raises(DataError,
+                       match="line 6, column 'image'.*not found.*fix the path in metadata.csv or remove the row"):
         open_image(tiny_card.image_path(rel))
 
 

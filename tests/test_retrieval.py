@@ -12,9 +12,10 @@ import torch
 
 from dermkit.cli import main
 from dermkit.data import load_card
-from dermkit.data.captions import caption_for_row, captions_for_split, is_missing
+from dermkit.data.captions import caption_for_row, captions_for_split
 from dermkit.errors import DataError
 from dermkit.evaluate.retrieval import query_ranks, retrieval_markdown, retrieval_metrics
+from dermkit.values import is_unknown
 
 torch.set_num_threads(1)
 
@@ -141,7 +142,7 @@ def test_missing_values_are_never_rendered(tiny_card):
         caption = caption_for_row(row, tiny_card, rng)
         assert not _words(caption) & {"nan", "unknown", "unk", "none", "year", "fitzpatrick", "itches", "mm"}
         assert "mel lesion" in caption.lower() and "MEL" in caption
-    assert is_missing("UNK") and is_missing(float("nan")) and is_missing(" Unknown ") and not is_missing("0")
+    assert is_unknown("UNK") and is_unknown(float("nan")) and is_unknown(" Unknown ") and not is_unknown("0")
 
 
 def test_derm7pt_ph2_and_pad_fields(tiny_card):

@@ -56,9 +56,9 @@ ANSWERS = [
 @pytest.fixture(scope="module")
 def parser():
     from dermkit.data.card import DatasetCard
-    from dermkit.data.card import _packaged_spec
+    from dermkit.data.card_schema import packaged_spec
 
-    return AnswerParser(DatasetCard(".", _packaged_spec("ham10000")))
+    return AnswerParser(DatasetCard(".", packaged_spec("ham10000")))
 
 
 @pytest.mark.parametrize("text, expected, status", ANSWERS, ids=[a[0] or "<empty>" for a in ANSWERS])

@@ -6,16 +6,10 @@
     >>> train = card.rows("train"); y = card.labels(train)
 """
 
-from dermkit.data.card import (
-    METADATA_TYPES,
-    SPLITS,
-    DatasetCard,
-    csv_lines,
-    data_root,
-    known_cards,
-    load_card,
-)
+from dermkit.data.card import DatasetCard, data_root, load_card
+from dermkit.data.card_schema import METADATA_TYPES, SPLITS, known_cards
 from dermkit.data.images import ImageProblem, open_image, resolve_image_path
+from dermkit.data.metadata_csv import csv_lines
 from dermkit.data.split import effective_groups, make_splits, write_split
 from dermkit.data.validate import CheckResult, Problem, check_dataset
 

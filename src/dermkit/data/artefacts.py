@@ -18,8 +18,11 @@ import os
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw
 
+from dermkit.data.card import load_card
+from dermkit.data.images import open_image
 from dermkit.errors import ConfigError
 from dermkit.io import write_csv, write_text
 
@@ -60,11 +63,6 @@ def draw_artefact(image: Image.Image, kind: str, rng: np.random.Generator) -> Im
 def biased_copies(card, out: str | os.PathLike, kind: str = "ink", fraction: float = 0.8, seed: int = 0,
                   positive: str | None = None) -> tuple[Path, Path]:
     """Write ``OUT/biased`` and ``OUT/biased_test`` (see the module docstring); returns both folders."""
-    import yaml
-
-    from dermkit.data.card import load_card
-    from dermkit.data.images import open_image
-
     if kind not in ARTEFACTS:
         raise ConfigError(f"artefact must be one of {', '.join(ARTEFACTS)}, got {kind!r}")
     card = load_card(card)

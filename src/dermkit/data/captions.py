@@ -7,8 +7,9 @@ PAD-UFES-20 lesion history (itch, growth, bleeding, elevation, Fitzpatrick type,
 Sentence templates, phrase order and word choices vary with a random generator, so captions of
 one class are not all identical; the same seed gives the same captions.
 
-Missing values (empty cells, NaN, "unknown", "UNK", the card's ``missing_values``) are never
-rendered. Columns are recognised by name, so any dataset using these names gets the phrases.
+Missing values (:func:`dermkit.values.is_unknown`: empty cells, NaN, "NA", "unknown", "UNK", the
+card's ``missing_values``) are never rendered. Columns are recognised by name, so any dataset
+using these names gets the phrases.
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Any, Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from dermkit.data.card import BOOLEAN_FALSE, BOOLEAN_TRUE, DatasetCard, load_card
+from dermkit.data.card import DatasetCard, load_card
+from dermkit.data.card_schema import BOOLEAN_FALSE, BOOLEAN_TRUE
+from dermkit.data.prompts import prompt_spec
+from dermkit.values import is_unknown
 
 __all__ = ["caption_for_row", "caption_and_negative", "captions_for_split", "captions_with_negatives", "caption_frame",
-           "is_missing", "metadata_prompt"]
-
-_MISSING = frozenset({"", "nan", "none", "null", "unknown", "unk", "n/a", "na", "not available", "unspecified"})
+           "metadata_prompt"]
 
 _MODALITY_WORDS = {
     "dermoscopy": ["dermoscopic image", "dermoscopy image", "dermatoscopic photo", "dermoscopic photograph"],
@@ -76,20 +78,10 @@ _HISTORY = {
 _ROMAN = {1: "I", 2: "II", 3: "III", 4: "IV", 5: "V", 6: "VI"}
 
 
-def is_missing(value: Any, extra: frozenset[str] | set[str] = frozenset()) -> bool:
-    """True for None/NaN, empty text and the usual "unknown" markers (case-insensitive)."""
-    if value is None:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    text = str(value).strip().casefold()
-    return text in _MISSING or text in extra
-
-
 class _Row:
     """Read access to a metadata row that treats every missing marker as absent."""
 
-    def __init__(self, row, missing: set[str]):
+    def __init__(self, row, missing: Sequence[str]):
         self.row = row
         self.missing = missing
 
@@ -97,7 +89,7 @@ class _Row:
         if column not in self.row.index:
             return None
         value = self.row[column]
-        return None if is_missing(value, self.missing) else str(value).strip()
+        return None if is_unknown(value, self.missing) else str(value).strip()
 
     def number(self, column: str) -> float | None:
         value = self.get(column)
@@ -285,8 +277,7 @@ def caption_and_negative(row, card: DatasetCard, rng: np.random.Generator, negat
 
 def _caption(row, card: DatasetCard, rng: np.random.Generator, modality: str | None,
              negative_rng: np.random.Generator | None = None) -> tuple[str, str | None]:
-    missing = {v.strip().casefold() for v in card.missing_values}
-    r = _Row(row, missing)
+    r = _Row(row, card.missing_values)
     given = r.get("caption")
     if given is not None:
         return given, None
@@ -339,8 +330,6 @@ def captions_with_negatives(
     """(caption, hard negative) for every row of ``split``: the captions are those of
     :func:`captions_for_split` for ``seed``; each negative is its caption with another diagnosis
     (see :func:`caption_and_negative`), drawn from a second generator seeded by ``seed``."""
-    from dermkit.data.prompts import prompt_spec
-
     card = load_card(card)
     if modality is None and card.modality not in ("dermoscopy", "clinical"):
         modality = prompt_spec(card).modality
@@ -373,8 +362,7 @@ def metadata_prompt(row, card: DatasetCard, columns: dict[str, str] | None = Non
     Example: ``a 55-year-old female, lesion on the back, elevation palpable, itch yes``.
     """
     columns = dict(card.metadata_columns if columns is None else columns)
-    missing = {v.strip().casefold() for v in card.missing_values}
-    r = _Row(row, missing)
+    r = _Row(row, card.missing_values)
     age_col = next((c for c in _AGE_COLUMNS if c in columns), None)
     sex_col = next((c for c in _SEX_COLUMNS if c in columns), None)
     site_col = next((c for c in _SITE_COLUMNS if c in columns), None)

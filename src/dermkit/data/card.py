@@ -13,69 +13,20 @@ of the folder are refused even then.
 
 from __future__ import annotations
 
-import csv
 import difflib
 import os
-from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from dermkit.data.card_schema import CARD_KEYS, RESERVED_COLUMNS, SPLITS, folder_spec, infer_type, known_cards
 from dermkit.data.images import PathResolver, SymlinkEscape, csv_image_path
+from dermkit.data.metadata_csv import csv_lines, line_list, read_metadata_and_delimiter
 from dermkit.errors import DataError
+from dermkit.values import missing_mask, spelling_difference, spelling_key
 
-__all__ = [
-    "DatasetCard",
-    "load_card",
-    "data_root",
-    "known_cards",
-    "csv_lines",
-    "SPLITS",
-    "METADATA_TYPES",
-    "REQUIRED_COLUMNS",
-    "MISSING_TOKENS",
-    "read_metadata",
-    "spelling_key",
-    "spelling_difference",
-]
-
-SPLITS = ("train", "val", "test")
-REQUIRED_COLUMNS = ("image", "diagnosis", "split")
-# Columns with a fixed meaning: never treated as metadata features.
-RESERVED_COLUMNS = ("image", "label", "diagnosis", "split")
-METADATA_TYPES = ("categorical", "numeric", "boolean")
-MODALITIES = ("dermoscopy", "clinical", "mixed")
-CARD_KEYS = (
-    "name",
-    "description",
-    "modality",
-    "classes",
-    "class_names",
-    "synonyms",
-    "group_column",
-    "metadata_columns",
-    "required_metadata",
-    "second_view_column",
-    "positive_class",
-    "license",
-    "duplicate_column",
-    "id_column",
-    "missing_values",
-    "base_card",
-    "follow_symlinks",
-)
-# Keys whose mapping values are merged (dataset.yaml extends the packaged card) instead of replaced.
-_MERGED_KEYS = ("class_names", "synonyms", "metadata_columns")
-BOOLEAN_TRUE = frozenset({"1", "1.0", "true", "t", "yes", "y"})
-BOOLEAN_FALSE = frozenset({"0", "0.0", "false", "f", "no", "n"})
-# Cells meaning "unknown" in the key columns (diagnosis, label, split, the group column), on top
-# of the card's missing_values: read as missing, never as a class, a split or one shared group.
-MISSING_TOKENS = frozenset({"", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "none", "-", "?"})
-DELIMITERS = (",", ";", "\t", "|")
-DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+__all__ = ["DatasetCard", "load_card", "data_root"]
 
 
 def data_root() -> Path:
@@ -105,181 +56,15 @@ def data_root() -> Path:
     )
 
 
-def _cards_dir():
-    return resources.files("dermkit.data").joinpath("cards")
-
-
-def known_cards() -> list[str]:
-    """Names of the dataset cards shipped with dermkit (e.g. ``ham10000``)."""
-    return sorted(
-        entry.name[: -len(".yaml")]
-        for entry in _cards_dir().iterdir()
-        if entry.name.endswith(".yaml")
-    )
-
-
-def _parse_yaml(text: str, where: str) -> dict:
-    try:
-        spec = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" line {mark.line + 1}" if mark is not None else ""
-        raise DataError(f"{where}{at}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    if spec is None:
-        return {}
-    if not isinstance(spec, dict):
-        raise DataError(f"{where}: expected a mapping of keys (name:, classes:, ...) at the top level")
-    return spec
-
-
-def _packaged_spec(name: str) -> dict:
-    entry = _cards_dir().joinpath(f"{name}.yaml")
-    return _parse_yaml(entry.read_text(encoding="utf-8"), f"packaged card {name}.yaml")
-
-
-def _merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    new_classes = override.get("classes")
-    for key, value in override.items():
-        if key in _MERGED_KEYS and isinstance(value, dict) and isinstance(base.get(key), dict):
-            inherited = dict(base[key])
-            if key != "metadata_columns" and isinstance(new_classes, list):
-                # The folder redefines the classes: keep only names/synonyms of classes it kept.
-                inherited = {k: v for k, v in inherited.items() if k in new_classes}
-            merged[key] = {**inherited, **value}
-        else:
-            merged[key] = value
-    if isinstance(new_classes, list):
-        for key in ("class_names", "synonyms"):
-            if key not in override and isinstance(merged.get(key), dict):
-                merged[key] = {k: v for k, v in merged[key].items() if k in new_classes}
-        if merged.get("positive_class") not in new_classes and "positive_class" not in override:
-            merged["positive_class"] = None
-    return merged
-
-
-def _none_name(value: Any) -> Any:
-    """YAML ``none``/``null``/empty for an optional column name all mean "no such column"."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
-        return None
-    return value
-
-
-def _str_list(value: Any, key: str, where: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
-        raise DataError(f"{where}: '{key}' must be a list of names, got {value!r}")
-    return [str(v) for v in value]
-
-
-def _bool(value: Any, key: str, where: str) -> bool:
-    if value is None:
-        return False
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in BOOLEAN_TRUE:
-        return True
-    if text in BOOLEAN_FALSE:
-        return False
-    raise DataError(f"{where}: '{key}' must be true or false, got {value!r}")
-
-
-def _validate_spec(spec: dict, where: str) -> dict:
-    """Check types in a merged card spec and normalise optional fields; raise DataError."""
-    out = dict(spec)
-    modality = out.get("modality")
-    if modality is not None and modality not in MODALITIES:
-        raise DataError(f"{where}: modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
-    if out.get("classes") is not None:
-        classes = _str_list(out["classes"], "classes", where)
-        dupes = sorted({c for c in classes if classes.count(c) > 1})
-        if dupes:
-            raise DataError(f"{where}: 'classes' lists {', '.join(dupes)} more than once; list each class once")
-        if not classes:
-            raise DataError(f"{where}: 'classes' is empty; list the class names or remove the key")
-        out["classes"] = classes
-    for key in ("class_names", "synonyms", "metadata_columns"):
-        value = out.get(key)
-        if value is None:
-            out[key] = {}
-        elif not isinstance(value, dict):
-            raise DataError(f"{where}: '{key}' must be a mapping (column/class: value), got {value!r}")
-    out["class_names"] = {str(k): str(v) for k, v in out["class_names"].items()}
-    out["synonyms"] = {str(k): _str_list(v, f"synonyms.{k}", where) for k, v in out["synonyms"].items()}
-    types = {}
-    for col, typ in out["metadata_columns"].items():
-        if typ not in METADATA_TYPES:
-            raise DataError(
-                f"{where}: metadata_columns.{col} has type {typ!r}; use one of {', '.join(METADATA_TYPES)}"
-            )
-        types[str(col)] = typ
-    out["metadata_columns"] = types
-    out["required_metadata"] = _str_list(out.get("required_metadata"), "required_metadata", where)
-    out["follow_symlinks"] = _bool(out.get("follow_symlinks"), "follow_symlinks", where)
-    out["missing_values"] = _str_list(out.get("missing_values"), "missing_values", where)
-    for key in ("group_column", "second_view_column", "duplicate_column", "id_column", "positive_class"):
-        value = _none_name(out.get(key))
-        if value is not None and not isinstance(value, (str, int)):
-            raise DataError(f"{where}: '{key}' must be a single name, got {value!r}")
-        out[key] = None if value is None else str(value)
-    classes = out.get("classes")
-    if classes is not None:
-        for key in ("class_names", "synonyms"):
-            unknown = [k for k in out[key] if k not in classes]
-            if unknown:
-                raise DataError(
-                    f"{where}: {key} has entries for {', '.join(map(repr, unknown))} which are not "
-                    f"in classes ({', '.join(classes)}); fix the spelling or add them to classes"
-                )
-        if out["positive_class"] is not None and out["positive_class"] not in classes:
-            raise DataError(
-                f"{where}: positive_class {out['positive_class']!r} is not one of the classes "
-                f"({', '.join(classes)})"
-            )
-    return out
-
-
-def csv_lines(df: pd.DataFrame) -> pd.Series:
-    """Line numbers of ``df``'s rows in metadata.csv (header = line 1).
-
-    Uses the ``csv_line`` column when present (see :meth:`DatasetCard.rows`), else assumes ``df``
-    keeps the index of :attr:`DatasetCard.table` (0-based row number).
-    """
-    if "csv_line" in df.columns:
-        return df["csv_line"].astype(int)
-    return pd.Series(np.asarray(df.index, dtype=np.int64) + 2, index=df.index)
-
-
-def spelling_key(value) -> str:
-    """``value`` without case and with runs of spaces collapsed: spellings of one class name
-    that differ only by case or spacing ("Melanoma", "melanoma", "melanoma  ") share a key."""
-    return " ".join(str(value).split()).casefold()
-
-
-def spelling_difference(*names) -> str:
-    """"case" when ``names`` differ only by case, else "case or spacing"."""
-    return "case" if len({str(n).casefold() for n in names}) == 1 else "case or spacing"
-
-
-def _fmt_lines(lines, limit: int = 8) -> str:
-    lines = [int(x) for x in lines]
-    word = "line" if len(lines) == 1 else "lines"
-    head = ", ".join(str(x) for x in lines[:limit])
-    return f"{word} {head}" + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
-
-
 class DatasetCard:
     """A dataset folder plus its card (class list, names, synonyms, grouping, metadata types).
 
     Build one with :func:`load_card`. ``table`` is read lazily, once, with every cell kept as a
     string (empty cells are NaN) so image paths and ids are never mangled into numbers. In the key
     columns (diagnosis, label, split and the group column) surrounding spaces are removed and
-    the missing-value tokens (:data:`MISSING_TOKENS` plus the card's ``missing_values``) become
-    NaN, so "NA" is never a class, a split or one lesion shared by unrelated rows.
+    the missing-value tokens (:data:`dermkit.values.MISSING_TOKENS` plus the card's
+    ``missing_values``, in any letter case) become NaN, so "NA" is never a class, a split or one
+    lesion shared by unrelated rows.
 
     Card keys (``dataset.yaml``): name, description, modality, classes, class_names, synonyms,
     group_column, metadata_columns, required_metadata, second_view_column, positive_class,
@@ -289,7 +74,11 @@ class DatasetCard:
     absolute paths and ``..`` out of the folder stay refused). Other keys are kept in ``extra``.
     """
 
-    def __init__(self, root: str | os.PathLike, spec: dict, sources: tuple[str, ...] = ()):
+    def __init__(self, root: str | os.PathLike, spec: dict, sources: tuple[str, ...] = (),
+                 table: pd.DataFrame | None = None):
+        """``spec``: the checked card keys (see :func:`~dermkit.data.card_schema.folder_spec`);
+        ``sources``: the card files it came from; ``table``: a table to use instead of reading
+        metadata.csv (a derived card's relabelled copy, see :func:`~dermkit.data.tasks.derive_task`)."""
         self.root = Path(root)
         self.sources = sources  # card files this card was built from, for messages
         self.name: str = str(spec.get("name") or self.root.name)
@@ -309,7 +98,7 @@ class DatasetCard:
         self._class_names: dict = dict(spec.get("class_names") or {})
         self._synonyms: dict = dict(spec.get("synonyms") or {})
         self._metadata_columns: dict = dict(spec.get("metadata_columns") or {})
-        self._table: pd.DataFrame | None = None
+        self._table: pd.DataFrame | None = table
         self._resolver: PathResolver | None = None
         self._image_lines: dict[str, tuple[int, str]] | None = None
         # Set when the table is read: the CSV delimiter, and per key column the original
@@ -333,7 +122,7 @@ class DatasetCard:
         columns are normalised (see the class docstring).
         """
         if self._table is None:
-            table, self._csv_delimiter = _read_csv(self.metadata_csv)
+            table, self._csv_delimiter = read_metadata_and_delimiter(self.metadata_csv)
             self._table = self._normalise(table)
         return self._table
 
@@ -359,14 +148,13 @@ class DatasetCard:
         return cols
 
     def _normalise(self, table: pd.DataFrame) -> pd.DataFrame:
-        tokens = set(MISSING_TOKENS) | {str(v).strip() for v in self.missing_values}
         self._missing_tokens = {}
         for col in self.key_columns:
             if col not in table.columns:
                 continue
             raw = table[col]
             text = raw.str.strip()
-            missing = text.isin(tokens) & raw.notna()
+            missing = raw.notna() & pd.Series(missing_mask(raw, self.missing_values), index=raw.index, dtype=bool)
             if missing.any():
                 self._missing_tokens[col] = raw[missing]
             table[col] = text.mask(missing)
@@ -424,7 +212,7 @@ class DatasetCard:
         """Message for one group of :meth:`spelling_variants` (file, lines, column and the fix)."""
         names = list(spellings)
         what = spelling_difference(*names)
-        listed = " and ".join(f"{n!r} ({_fmt_lines(spellings[n])})" for n in names)
+        listed = " and ".join(f"{n!r} ({line_list(spellings[n])})" for n in names)
         return (
             f"{self.metadata_csv}, column 'diagnosis': {listed} differ only by {what}, so they would "
             f"become {len(names)} classes; use one spelling (e.g. {names[0]!r}) on every line, or "
@@ -452,6 +240,24 @@ class DatasetCard:
         """Alternative names per class (empty list when the card gives none)."""
         return {c: list(self._synonyms.get(c, [])) for c in self.classes}
 
+    @property
+    def declared_classes(self) -> list[str] | None:
+        """The class list the card declares (``classes:``), or None when the classes come from
+        metadata.csv's diagnoses (see :attr:`classes`)."""
+        return None if self._classes is None else list(self._classes)
+
+    @property
+    def declared_class_names(self) -> dict[str, str]:
+        """``class_names`` as the card declares them, entries for unknown classes included (for
+        `dermkit data check`); :attr:`class_names` is the per-class view."""
+        return dict(self._class_names)
+
+    @property
+    def declared_synonyms(self) -> dict[str, list[str]]:
+        """``synonyms`` as the card declares them, entries for unknown classes included (for
+        `dermkit data check`); :attr:`synonyms` is the per-class view."""
+        return {c: list(v) for c, v in self._synonyms.items()}
+
     def class_index(self, diagnosis: str) -> int:
         """Index of ``diagnosis`` in :attr:`classes`; DataError listing the classes if unknown."""
         classes = self.classes
@@ -459,7 +265,7 @@ class DatasetCard:
             return classes.index(diagnosis)
         raise DataError(
             f"unknown diagnosis {diagnosis!r} for dataset {self.name}; known classes: "
-            f"{', '.join(classes)}{self._suggest(diagnosis)}"
+            f"{', '.join(classes)}{self.did_you_mean(diagnosis)}"
         )
 
     def match_class(self, text: str) -> str | None:
@@ -471,7 +277,9 @@ class DatasetCard:
                 return cls
         return None
 
-    def _suggest(self, value: str) -> str:
+    def did_you_mean(self, value: str) -> str:
+        """``" (did you mean 'mel'?)"`` naming the class ``value`` matches by name or synonym (see
+        :meth:`match_class`) or else the closest class name; empty when none is close."""
         match = self.match_class(value)
         if match is None:
             close = difflib.get_close_matches(str(value), self.classes, n=1)
@@ -550,7 +358,7 @@ class DatasetCard:
                         f"diagnosis {value!r} differs only by {spelling_difference(value, match)} "
                         f"from the class {match!r}"
                     )
-                hint = self._suggest(value)
+                hint = self.did_you_mean(value)
             raise DataError(
                 f"{self.metadata_csv} line {line}, column 'diagnosis': {what}{more}; known classes: "
                 f"{', '.join(classes)}{hint}. Fix the value (exact spelling and case), or add the "
@@ -630,93 +438,6 @@ class DatasetCard:
         }
 
 
-def infer_type(values: pd.Series) -> str:
-    """Guess a metadata type from non-missing string values: boolean, numeric or categorical."""
-    if values.empty:
-        return "categorical"
-    lowered = set(values.astype(str).str.strip().str.lower().unique())
-    if lowered <= BOOLEAN_TRUE | BOOLEAN_FALSE:
-        return "boolean"
-    if pd.to_numeric(values, errors="coerce").notna().all():
-        return "numeric"
-    return "categorical"
-
-
-def detect_delimiter(path: Path) -> str:
-    """The delimiter of a CSV file: comma, semicolon, tab or pipe.
-
-    ``csv.Sniffer`` looks at the first lines; the answer must split the header into at least as
-    many columns as any other candidate (the header splits best on its real delimiter), ties go
-    to the sniffed one, then to the comma.
-    """
-    try:
-        with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
-            sample = fh.read(65536)
-    except OSError:
-        return ","
-    lines = sample.splitlines()[:20]
-    if not lines:
-        return ","
-    try:
-        sniffed = csv.Sniffer().sniff("\n".join(lines), delimiters="".join(DELIMITERS)).delimiter
-    except csv.Error:
-        sniffed = None
-
-    def width(delimiter: str) -> int:
-        return len(next(csv.reader([lines[0]], delimiter=delimiter), []))
-
-    return max(DELIMITERS, key=lambda d: (width(d), d == sniffed, d == ","))
-
-
-def _read_csv(path: Path) -> tuple[pd.DataFrame, str]:
-    """metadata.csv as strings plus its delimiter; DataError (file, line, fix) when unreadable."""
-    delimiter = detect_delimiter(path)
-    try:
-        df = pd.read_csv(
-            path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig", sep=delimiter
-        )
-    except FileNotFoundError:
-        raise DataError(f"{path} not found; a dataset folder needs a metadata.csv") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(
-            f"{path} line 1: the file is empty; write a header line (image,diagnosis,split,...) "
-            "and one row per image"
-        ) from None
-    except pd.errors.ParserError as exc:
-        raise DataError(
-            f"{path}: cannot parse the CSV ({str(exc).strip()}); check that line for extra "
-            f"{DELIMITER_NAMES[delimiter]}s (quote values that contain them)"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text ({exc.reason}); save it as UTF-8 CSV") from None
-    # pandas renames a repeated header name to "name.1": find repeats in the header itself.
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        header = [c.strip() for c in next(csv.reader(fh, delimiter=delimiter), [])]
-    repeated = sorted({c for c in header if header.count(c) > 1})
-    if repeated:
-        where = "; ".join(
-            f"{c!r} in columns {', '.join(str(i + 1) for i, h in enumerate(header) if h == c)}"
-            for c in repeated
-        )
-        raise DataError(
-            f"{path} line 1 (header): repeated column name {where}; keep one column of each name "
-            "(delete or rename the others)"
-        )
-    # Stray spaces in the header ("image, diagnosis") would hide required columns.
-    df.columns = [str(c).strip() for c in df.columns]
-    return df, delimiter
-
-
-def read_metadata(path: Path) -> pd.DataFrame:
-    """Read a metadata.csv keeping every cell as a string; DataError for unreadable CSVs.
-
-    The delimiter (comma, semicolon, tab or pipe) is detected; a byte-order mark is ignored; a
-    header naming one column twice is refused. Cells are not normalised here (see
-    :attr:`DatasetCard.table`).
-    """
-    return _read_csv(Path(path))[0]
-
-
 def _locate(source: str | os.PathLike) -> Path:
     names = known_cards()
     if isinstance(source, str) and source in names and not any(s in source for s in "/\\"):
@@ -754,25 +475,5 @@ def load_card(source: str | os.PathLike | DatasetCard) -> DatasetCard:
             "(train/val/test). Pass that folder, or a known dataset name "
             f"({', '.join(known_cards())})"
         )
-    local_file = folder / "dataset.yaml"
-    local = {}
-    if local_file.is_file():
-        local = _parse_yaml(local_file.read_text(encoding="utf-8"), str(local_file))
-    names = known_cards()
-    base_name = _none_name(local.get("base_card"))
-    if base_name is not None and base_name not in names:
-        raise DataError(
-            f"{local_file}: base_card {base_name!r} is not a packaged card ({', '.join(names)})"
-        )
-    if base_name is None:
-        base_name = next((n for n in (local.get("name"), folder.name) if n in names), None)
-    spec, sources = {}, []
-    if base_name is not None:
-        spec = _packaged_spec(base_name)
-        sources.append(f"packaged card {base_name}.yaml")
-    if local:
-        spec = _merge(spec, local)
-        sources.append(str(local_file))
-    where = " + ".join(sources) or str(folder)
-    spec = _validate_spec(spec, where)
-    return DatasetCard(folder, spec, tuple(sources))
+    spec, sources = folder_spec(folder)
+    return DatasetCard(folder, spec, sources)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from dermkit.data.releases import import_release
 from dermkit.errors import DataError
 from dermkit.io import write_text
 
@@ -315,8 +316,9 @@ def download(remote: RemoteFile, folder: str | os.PathLike, *, pinned: str | Non
         except _RETRYABLE as exc:
             attempt += 1
             if attempt > retries:
+                done = part.stat().st_size if part.is_file() else 0
                 raise DataError(f"{remote.url}: download interrupted ({exc}) after {retries} retries; run the same "
-                                f"command again to resume from {part.stat().st_size if part.is_file() else 0} bytes") from None
+                                f"command again to resume from {done} bytes") from None
             time.sleep(backoff * attempt)
     try:
         sha = _verify(remote, part, hashers, pinned)
@@ -345,7 +347,8 @@ def fetch(name: str, out: str | os.PathLike | None = None, *, cache: str | os.Pa
     spec = load_manifest(manifest)
     entry = release_entry(name, spec)
     if entry.get("access") == "registration":
-        raise DataError(f"{name} cannot be downloaded automatically: {' '.join(str(entry.get('instructions', '')).split())}"
+        instructions = " ".join(str(entry.get("instructions", "")).split())
+        raise DataError(f"{name} cannot be downloaded automatically: {instructions}"
                         f" Licence: {entry.get('licence', 'see ' + str(entry.get('homepage')))}.")
     if not accept_licence:
         raise DataError(f"{name} is distributed under its own terms; read them and pass --accept-licence to "
@@ -378,8 +381,7 @@ def fetch(name: str, out: str | os.PathLike | None = None, *, cache: str | os.Pa
     result = FetchResult(name=name, folder=folder, files=paths, sha256=shas)
     if out is not None:
         if entry.get("archive_note") and any(p.suffix.lower() == ".rar" for p in paths):
-            raise DataError(f"{name}: downloaded and verified into {folder}. {' '.join(str(entry['archive_note']).split())}")
-        from dermkit.data.releases import import_release
-
+            note = " ".join(str(entry["archive_note"]).split())
+            raise DataError(f"{name}: downloaded and verified into {folder}. {note}")
         result.imported = import_release(name, folder, out, progress=progress, **(import_options or {}))
     return result

@@ -21,7 +21,7 @@ A fusion model sees up to three modalities per case:
 - boolean: 0/1 plus a missing indicator.
 
 Missing means an empty cell, the card's ``missing_values`` (PAD-UFES-20 ``UNK``) or the usual
-"unknown" markers (:func:`dermkit.data.captions.is_missing`). A value that cannot be parsed as its
+"unknown" markers (:func:`dermkit.values.is_unknown`). A value that cannot be parsed as its
 declared type (``age = "old"``) is a :class:`~dermkit.errors.DataError` naming the CSV line.
 """
 
@@ -35,10 +35,13 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from dermkit.data.card import BOOLEAN_FALSE, BOOLEAN_TRUE, DatasetCard, csv_lines
-from dermkit.data.captions import is_missing, metadata_prompt
+from dermkit.data.captions import metadata_prompt
+from dermkit.data.card import DatasetCard
+from dermkit.data.card_schema import BOOLEAN_FALSE, BOOLEAN_TRUE
+from dermkit.data.metadata_csv import csv_lines
 from dermkit.data.split import row_groups
 from dermkit.errors import ConfigError, DataError
+from dermkit.values import is_unknown
 
 __all__ = [
     "MODALITIES",
@@ -105,10 +108,6 @@ def fusion_meta_columns(card: DatasetCard, include: Sequence[str] | None = None,
 # ------------------------------------------------------------------------------ metadata encoding
 
 
-def _missing_set(card_missing: Sequence[str]) -> frozenset[str]:
-    return frozenset(v.strip().casefold() for v in card_missing)
-
-
 @dataclass
 class MetadataEncoder:
     """Typed metadata -> float features, fitted on train (see the module docstring).
@@ -139,22 +138,22 @@ class MetadataEncoder:
                 enc.stats[column] = {"missing_rate": float(np.isnan(values).mean()) if len(values) else 0.0}
             else:
                 levels = sorted({v for v in values if v is not None})
-                enc.stats[column] = {"levels": levels,
-                                     "missing_rate": float(np.mean([v is None for v in values])) if len(values) else 0.0}
+                missing_rate = float(np.mean([v is None for v in values])) if len(values) else 0.0
+                enc.stats[column] = {"levels": levels, "missing_rate": missing_rate}
         return enc
 
     def _parse(self, rows: pd.DataFrame, column: str, kind: str, where: str, row_name: str = "line"):
         """Column values: floats with NaN for missing (numeric/boolean), or str/None (categorical)."""
-        missing = _missing_set(self.missing_values)
+        missing = self.missing_values
         if column not in rows.columns:
             # A dataset without the column (another hospital's export): every value is missing.
             return np.full(len(rows), np.nan) if kind != "categorical" else [None] * len(rows)
         raw = rows[column].tolist()
         if kind == "categorical":
-            return [None if is_missing(v, missing) else str(v).strip() for v in raw]
+            return [None if is_unknown(v, missing) else str(v).strip() for v in raw]
         out = np.full(len(raw), np.nan)
         for i, v in enumerate(raw):
-            if is_missing(v, missing):
+            if is_unknown(v, missing):
                 continue
             text = str(v).strip()
             if kind == "boolean":
@@ -286,7 +285,7 @@ def view_paths(card: DatasetCard, rows: pd.DataFrame, modality: str) -> list[Pat
         copies = rows["clinic_is_derm_copy"].astype(str).str.strip().str.casefold().isin(BOOLEAN_TRUE).to_numpy()
     out: list[Path | None] = []
     for i, rel in enumerate(rows[column].tolist()):
-        if is_missing(rel) or (copies is not None and copies[i]):
+        if is_unknown(rel) or (copies is not None and copies[i]):
             out.append(None)
         else:
             out.append(card.image_path(str(rel)))
@@ -303,7 +302,7 @@ def parse_thickness(card: DatasetCard, rows: pd.DataFrame, column: str, kind: st
     values = np.full(len(rows), np.nan)
     raw = rows[column].tolist() if column in rows.columns else [None] * len(rows)
     for i, v in enumerate(raw):
-        if is_missing(v):
+        if is_unknown(v):
             continue
         try:
             number = float(str(v).strip())

@@ -55,25 +55,20 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from dermkit.data.captions import captions_for_split, is_missing
-from dermkit.data.card import (
-    BOOLEAN_FALSE,
-    BOOLEAN_TRUE,
-    SPLITS,
-    DatasetCard,
-    csv_lines,
-    infer_type,
-    load_card,
-    read_metadata,
-)
+from dermkit.data.captions import captions_for_split
+from dermkit.data.card import DatasetCard, load_card
+from dermkit.data.card_schema import BOOLEAN_FALSE, BOOLEAN_TRUE, SPLITS, infer_type
 from dermkit.data.images import (
     PathResolver,
     csv_image_path,
     decode_image_bytes,
     read_image_bytes,
 )
-from dermkit.runtime import epoch_seed
+from dermkit.data.metadata_csv import csv_lines, read_metadata
 from dermkit.errors import ConfigError, DataError
+from dermkit.io import write_json
+from dermkit.runtime import epoch_seed
+from dermkit.values import is_unknown
 
 __all__ = ["write_shards", "ShardReader", "ShardSample", "read_manifest", "expand_shards", "decode_shard_image",
            "MANIFEST"]
@@ -93,10 +88,10 @@ class _Pair:
     meta: dict[str, Any]
 
 
-def _typed(value: Any, kind: str, missing: frozenset[str]) -> Any:
+def _typed(value: Any, kind: str, missing: Sequence[str]) -> Any:
     """A metadata cell as JSON: a number, true/false or text by the column's type; None when missing
     (a cell that does not parse as its type stays text: writing shards is not `dermkit data check`)."""
-    if is_missing(value, missing):
+    if is_unknown(value, missing):
         return None
     text = str(value).strip()
     if kind == "numeric":
@@ -118,7 +113,7 @@ def _card_pairs(card: DatasetCard, split: str, captions_per_image: int, caption_
     """The pairs the contrastive method trains on for ``card``'s ``split``, in its order."""
     rows = card.rows(split)
     columns = card.metadata_columns
-    missing = frozenset(v.strip().casefold() for v in card.missing_values)
+    missing = card.missing_values
     metas = []
     for _, row in rows.iterrows():
         meta = {"dataset": card.name, "split": split, "csv_line": int(row["csv_line"]), "image": row["image"],
@@ -162,7 +157,7 @@ def _csv_pairs(path: Path) -> list[_Pair]:
     others = [c for c in table.columns if c not in ("image", "caption")]
     types = {c: infer_type(table[c].dropna()) for c in others}
     pairs = []
-    for i, (idx, row) in enumerate(table.iterrows()):
+    for i, (_, row) in enumerate(table.iterrows()):
         where = f"{path} line {int(lines.iloc[i])}, column 'image' ({row['image']!r})"
         try:
             image = resolver(row["image"])
@@ -265,8 +260,6 @@ def write_shards(source: str | os.PathLike | DatasetCard, out: str | os.PathLike
                     "keys": sorted({"txt", "json"} | ({"captions.json"} if captions_per_image > 1 else set())),
                     "captions_per_image": captions_per_image, "source": origin,
                     "webdataset": getattr(wds, "__version__", None)}
-        from dermkit.io import write_json
-
         write_json(tmp / MANIFEST, manifest)
         _swap_in(tmp, out)
     except BaseException as exc:

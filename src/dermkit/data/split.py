@@ -18,7 +18,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dermkit.data.card import SPLITS, DatasetCard, csv_lines, load_card
+from dermkit.data.card import DatasetCard, load_card
+from dermkit.data.card_schema import SPLITS
+from dermkit.data.metadata_csv import csv_lines
 from dermkit.errors import ConfigError, DataError
 from dermkit.io import write_csv
 

@@ -19,8 +19,6 @@ folder and images of the original; its table maps ``diagnosis`` and keeps the or
 
 from __future__ import annotations
 
-import copy
-
 from dermkit.data.card import DatasetCard, load_card
 from dermkit.errors import ConfigError
 
@@ -60,11 +58,9 @@ def derive_task(card: DatasetCard | str, task: str | None, negative: str = NEGAT
         positive_class=positive,
         task=task,
     )
-    derived = DatasetCard(card.root, spec, card.sources + (f"task {task}",))
     table = card.table.copy()
     table["diagnosis_original"] = table["diagnosis"]
     known = table["diagnosis"].notna()
-    table.loc[known, "diagnosis"] = table.loc[known, "diagnosis"].where(table.loc[known, "diagnosis"] == positive, negative)
-    derived._table = table
-    derived._metadata_columns = copy.deepcopy(card.metadata_columns)
-    return derived
+    diagnosis = table.loc[known, "diagnosis"]
+    table.loc[known, "diagnosis"] = diagnosis.where(diagnosis == positive, negative)
+    return DatasetCard(card.root, spec, card.sources + (f"task {task}",), table=table)

@@ -19,6 +19,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from dermkit.data.images import as_path, open_image
+from dermkit.errors import ConfigError
 
 
 class RandomRot90(torch.nn.Module):
@@ -65,8 +66,6 @@ def randaugment_transform(spec: str, size: int, mean: Sequence[float]) -> Callab
     """timm's RandAugment for ``spec`` (``rand-m9-mstd0.5``, ``rand-m7-n2-mstd0.5-inc1``...) with timm's
     hyper-parameters for this image size and fill colour; a bad spec is a ConfigError naming it."""
     from timm.data.auto_augment import rand_augment_transform
-
-    from dermkit.errors import ConfigError
 
     parts = str(spec).split("-")
     known = ("m", "n", "p", "mstd", "mmax", "inc", "t")
@@ -120,7 +119,8 @@ def decode(path: Path, max_side: int | None) -> torch.Tensor:
     return TF.pil_to_tensor(img)
 
 
-def decode_all(paths: Sequence[Path], max_side: int | None, progress: bool = False, desc: str = "decoding") -> list[torch.Tensor]:
+def decode_all(paths: Sequence[Path], max_side: int | None, progress: bool = False,
+               desc: str = "decoding") -> list[torch.Tensor]:
     """Decode many images in threads (PIL releases the GIL while decoding)."""
     from tqdm.auto import tqdm
 

@@ -22,28 +22,21 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from dermkit.data.card import (
-    BOOLEAN_FALSE,
-    BOOLEAN_TRUE,
-    DELIMITER_NAMES,
-    REQUIRED_COLUMNS,
-    SPLITS,
-    DatasetCard,
-    load_card,
-    spelling_difference,
-    spelling_key,
-)
+from dermkit.data.card import DatasetCard, load_card
+from dermkit.data.card_schema import BOOLEAN_FALSE, BOOLEAN_TRUE, REQUIRED_COLUMNS, SPLITS
 from dermkit.data.images import (
+    FOLLOW_SYMLINKS_HINT,
     IMAGE_FIXES,
     ImageProblem,
-    FOLLOW_SYMLINKS_HINT,
     PathResolver,
     SymlinkEscape,
     decode_image_bytes,
     read_image_bytes,
 )
+from dermkit.data.metadata_csv import DELIMITER_NAMES, line_list
 from dermkit.errors import DataError
 from dermkit.io import write_csv, write_json
+from dermkit.values import spelling_difference, spelling_key
 
 __all__ = ["Problem", "CheckResult", "check_dataset", "SMALL_CLASS", "SPARSE_FRACTION"]
 
@@ -170,17 +163,6 @@ class CheckResult:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _fmt_lines(lines) -> str:
-    lines = [int(x) for x in lines]
-    head = ", ".join(str(x) for x in lines[:_LIST_LINES])
-    return head + (f" and {len(lines) - _LIST_LINES} more" if len(lines) > _LIST_LINES else "")
-
-
-def _fmt_lines_word(lines) -> str:
-    lines = list(lines)
-    return f"line{'s' if len(lines) != 1 else ''} {_fmt_lines(lines)}"
-
-
 def _norm_rel(rel: str) -> str:
     return posixpath.normpath(rel.replace("\\", "/"))
 
@@ -286,7 +268,7 @@ class _Checker:
                 "set positive_class in dataset.yaml to one of the classes, or remove it",
                 column="positive_class",
             )
-        for key, values in (("class_names", card._class_names), ("synonyms", card._synonyms)):
+        for key, values in (("class_names", card.declared_class_names), ("synonyms", card.declared_synonyms)):
             unknown = [k for k in values if k not in classes]
             if unknown:
                 self.add(
@@ -326,7 +308,7 @@ class _Checker:
                 continue
             self.add(
                 "unknown_diagnosis",
-                f"{self.at(idx, 'diagnosis')}: unknown diagnosis {value!r}{self.card._suggest(value)}; known "
+                f"{self.at(idx, 'diagnosis')}: unknown diagnosis {value!r}{self.card.did_you_mean(value)}; known "
                 f"classes: {', '.join(classes)}",
                 "use one of the known classes (exact spelling and case), or add the class to "
                 "'classes' in dataset.yaml",
@@ -393,7 +375,7 @@ class _Checker:
             lines = [self.line[i] for i in idxs]
             self.add(
                 "duplicate_row",
-                f"{self.csv} lines {_fmt_lines(lines)}: image {rel!r} is listed {len(lines)} times",
+                f"{self.csv} {line_list(lines, _LIST_LINES)}: image {rel!r} is listed {len(lines)} times",
                 "keep one row per image (delete the repeated rows)",
                 lines[1],
                 "image",
@@ -442,7 +424,7 @@ class _Checker:
                 idx, exc = hits[0]
                 message = f"{self.at(idx, col)}: {exc}"
             else:
-                where = f"{self.csv} lines {_fmt_lines(lines)}"
+                where = f"{self.csv} {line_list(lines, _LIST_LINES)}"
                 name = link.relative_to(self.card.root).as_posix() if link is not None else "a symlink"
                 target = os.readlink(link) if link is not None else hits[0][1].target
                 message = (
@@ -488,10 +470,11 @@ class _Checker:
         empty = self.table.index[self.table[col].isna()]
         if len(empty):
             tokens = sorted(set(map(str, self.card.missing_tokens.get(col, pd.Series(dtype=object)))))
-            said = f" ({' and '.join(map(repr, tokens))} {'means' if len(tokens) == 1 else 'mean'} missing)" if tokens else ""
+            verb = "means" if len(tokens) == 1 else "mean"
+            said = f" ({' and '.join(map(repr, tokens))} {verb} missing)" if tokens else ""
             self.add(
                 "missing_group",
-                f"{self.csv} {_fmt_lines_word(self.line[empty])}, column '{col}': no {col}{said} "
+                f"{self.csv} {line_list(self.line[empty], _LIST_LINES)}, column '{col}': no {col}{said} "
                 f"in {len(empty)} row{'s' if len(empty) != 1 else ''}; each such row counts as its "
                 "own lesion/patient (splits, leakage check, grouped bootstrap)",
                 f"fill in '{col}' where rows show the same lesion/patient; rows left empty are "
@@ -506,7 +489,7 @@ class _Checker:
         for group in nsplits.index[nsplits > 1]:
             rows = frame[frame[col] == group]
             where = "; ".join(
-                f"{s} (line{'s' if len(r) > 1 else ''} {_fmt_lines(self.line[r.index])})"
+                f"{s} ({line_list(self.line[r.index], _LIST_LINES)})"
                 for s, r in rows.groupby("split", sort=False)
             )
             self.add(
@@ -642,7 +625,7 @@ class _Checker:
                 if len(bad):
                     self.add(
                         "non_boolean",
-                        f"{self.csv} lines {_fmt_lines(self.line[bad.index])}: values "
+                        f"{self.csv} lines {line_list(self.line[bad.index], _LIST_LINES, word=False)}: values "
                         f"{sorted(map(str, bad.unique()))[:5]} in boolean column '{col}'",
                         "use true/false, yes/no or 1/0; list tokens meaning 'unknown' under "
                         "missing_values in dataset.yaml, or declare the column categorical",
@@ -808,7 +791,7 @@ def check_dataset(
         if col in has:
             c.missing_values(col)
 
-    if card._classes is None and "diagnosis" in has:
+    if card.declared_classes is None and "diagnosis" in has:
         # Classes come from the table: spellings differing only by case are one error each,
         # and every spelling counts as a class for the rest of the check (no unknown noise).
         classes = c.spelling_variants()
@@ -819,7 +802,7 @@ def check_dataset(
             classes = []
     c.card_consistency(classes)
     if "diagnosis" in has:
-        codes = c.diagnoses(classes, case_reported=card._classes is None)
+        codes = c.diagnoses(classes, case_reported=card.declared_classes is None)
         if "label" in has:
             c.labels(codes, classes)
     if "split" in has and not empty:

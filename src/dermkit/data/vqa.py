@@ -25,6 +25,7 @@ import pandas as pd
 import yaml
 
 from dermkit.errors import DataError
+from dermkit.io import write_text
 
 __all__ = ["DEFAULT_TEMPLATE", "NO_ANSWER", "AnswerParser", "option_labels", "question_records", "write_questions",
            "write_instructions", "read_questions", "read_answers", "score_answers"]
@@ -106,7 +107,8 @@ class AnswerParser:
         if len(classes) > 1:
             return ParsedAnswer(None, "ambiguous", "names " + " and ".join(classes))
         if negated:
-            return ParsedAnswer(None, "invalid", f"only negated mentions ({', '.join(sorted({a for a, _ in negated}))})")
+            mentions = ", ".join(sorted({a for a, _ in negated}))
+            return ParsedAnswer(None, "invalid", f"only negated mentions ({mentions})")
         return ParsedAnswer(None, "invalid", "names no class")
 
 
@@ -142,8 +144,6 @@ def question_records(card, split: str, options: str = "codes", template: str = D
 def write_questions(card, split: str, out: str | os.PathLike, options: str = "codes",
                     template: str = DEFAULT_TEMPLATE) -> Path:
     """LLaVA-Med-style question JSONL for one split (the answer is the class code or name)."""
-    from dermkit.io import write_text
-
     records = question_records(card, split, options, template)
     return write_text(out, "\n".join(json.dumps(r) for r in records) + "\n")
 
@@ -153,8 +153,6 @@ def write_instructions(card, split: str, out: str | os.PathLike, options: str = 
     """Instruction-tuning JSONL (question -> answer) in LLaVA's conversation format (``id``,
     ``image``, ``conversations``: human with ``<image>``, gpt with the answer), plus the question
     fields, so the same file feeds LLaVA's own training scripts."""
-    from dermkit.io import write_text
-
     lines = []
     for r in question_records(card, split, options, template):
         conv = [{"from": "human", "value": "<image>\n" + r["text"]}, {"from": "gpt", "value": r["answer"]}]

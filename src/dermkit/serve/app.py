@@ -132,7 +132,7 @@ def model_info(predictor, folder: Path | None, limits: ServeLimits) -> dict[str,
 
 def _check_meta(predictor, fields: dict[str, list[str]]) -> dict[str, str] | None:
     """Metadata form fields checked against the model card (UploadError 422 names the field)."""
-    from dermkit.data.card import BOOLEAN_FALSE, BOOLEAN_TRUE
+    from dermkit.data.card_schema import BOOLEAN_FALSE, BOOLEAN_TRUE
 
     given = {k: v for k, v in fields.items() if k not in _RESERVED}
     if not given:

@@ -15,6 +15,7 @@ release is downloaded from (see :mod:`dermkit.data.fetch`).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from dermkit.data.releases import csv_table, derm7pt, folder, ham10000, isic, pad_ufes20, ph2
 from dermkit.data.releases.common import ImportResult, build_card, safe_extract
@@ -64,8 +65,6 @@ def import_csv(csv_file: str | os.PathLike, out: str | os.PathLike, *, image_col
                split_column: str | None = None, name: str | None = None, seed: int = 0, force: bool = False,
                link: bool = True, check_images: bool = True, progress: bool = True) -> ImportResult:
     """Import any CSV (image path + label per row; other columns become metadata)."""
-    from pathlib import Path
-
     csv_file = Path(csv_file).expanduser()
     if not csv_file.is_file():
         raise DataError(f"--from {csv_file}: no such CSV file")

@@ -21,12 +21,14 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 import yaml
 
-from dermkit.data.card import SPLITS, _packaged_spec, load_card, read_metadata
+from dermkit.data.card import load_card
+from dermkit.data.card_schema import SPLITS, packaged_spec
+from dermkit.data.metadata_csv import line_list, read_metadata
 from dermkit.data.split import effective_groups, make_splits
 from dermkit.data.validate import CheckResult, check_dataset
 from dermkit.errors import DataError
@@ -42,20 +44,11 @@ __all__ = [
     "require_columns",
     "map_codes",
     "build_card",
-    "line_list",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPLIT_MODES = ("official", "grouped")
 _SKIP_DIRS = ("__MACOSX",)
-
-
-def line_list(lines: Iterable[int], limit: int = 8) -> str:
-    """"line 3" / "lines 3, 5, 9 and 4 more" (file lines, header = line 1)."""
-    lines = [int(x) for x in lines]
-    head = ", ".join(str(x) for x in lines[:limit])
-    word = "line" if len(lines) == 1 else "lines"
-    return f"{word} {head}" + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
 
 
 # --------------------------------------------------------------------------------- archives
@@ -442,7 +435,7 @@ def build_card(
         _missing_files(release, src)
         spec = dict(release.card)
         base_name = spec.get("base_card")
-        base = _packaged_spec(base_name) if base_name else {}
+        base = packaged_spec(base_name) if base_name else {}
         classes = list(spec.get("classes") or base.get("classes") or sorted(release.table["diagnosis"].unique()))
         table = _finish_table(release, classes, base)
         group_column = spec.get("group_column", base.get("group_column"))

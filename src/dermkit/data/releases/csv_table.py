@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from dermkit.data.card import RESERVED_COLUMNS, spelling_key
+from dermkit.data.card_schema import RESERVED_COLUMNS
 from dermkit.data.images import PathResolver
-from dermkit.data.releases.common import Release, Source, line_list, read_table
+from dermkit.data.metadata_csv import line_list
+from dermkit.data.releases.common import Release, Source, read_table
 from dermkit.errors import DataError
+from dermkit.values import spelling_key
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "test": "test", "testing": "test"}

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dermkit.data.releases.common import Release, Source, line_list, map_codes, read_table, require_columns
+from dermkit.data.metadata_csv import line_list
+from dermkit.data.releases.common import Release, Source, map_codes, read_table, require_columns
 from dermkit.errors import DataError
 
 ARCHIVES = ("release_v0*.zip", "derm7pt*.zip")
@@ -141,6 +142,7 @@ def read(src: Source) -> Release:
                        "was asked for; `official_split` always holds it.",
     }
     counts = table["diagnosis"].value_counts()
-    notes.insert(0, f"read {path.name}: {len(table)} cases (" + ", ".join(f"{counts[c]} {c}" for c in sorted(counts.index)) + ")")
+    per_class = ", ".join(f"{counts[c]} {c}" for c in sorted(counts.index))
+    notes.insert(0, f"read {path.name}: {len(table)} cases ({per_class})")
     return Release(table=table, files=files, card=card, official_split=official,
                    malignant=("basal cell carcinoma", "melanoma"), notes=notes)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from dermkit.data.card import spelling_key
 from dermkit.data.releases.common import IMAGE_EXTENSIONS, Release, Source
 from dermkit.errors import DataError
+from dermkit.values import spelling_key
 
 SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
@@ -64,8 +64,8 @@ def reader(name: str | None = None):
             by_key.setdefault(spelling_key(n), []).append(n)
         clash = [v for v in by_key.values() if len(v) > 1]
         if clash:
-            raise DataError(f"{root}: class folders {' and '.join(map(repr, clash[0]))} differ only by case or spacing; "
-                            "merge them into one folder per class")
+            raise DataError(f"{root}: class folders {' and '.join(map(repr, clash[0]))} differ only by case or "
+                            "spacing; merge them into one folder per class")
         if split_dirs:
             missing = sorted(set(SPLIT_FOLDERS.values()) - set(split_dirs.values()))
             if missing:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dermkit.data.releases.common import Release, Source, line_list, map_codes, read_table, require_columns
+from dermkit.data.metadata_csv import line_list
+from dermkit.data.releases.common import Release, Source, map_codes, read_table, require_columns
 from dermkit.errors import DataError
 
 ARCHIVES = ("HAM10000_images_part*.zip", "HAM10000_segmentations*.zip", "HAM10000*.zip")

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dermkit.data.releases.common import Release, Source, line_list, read_table, require_columns
+from dermkit.data.metadata_csv import line_list
+from dermkit.data.releases.common import Release, Source, read_table, require_columns
 from dermkit.data.releases.ham10000 import METADATA_NAMES, find_images
 from dermkit.errors import DataError
 

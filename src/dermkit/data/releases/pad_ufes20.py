@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dermkit.data.releases.common import Release, Source, line_list, map_codes, read_table, require_columns
+from dermkit.data.metadata_csv import line_list
+from dermkit.data.releases.common import Release, Source, map_codes, read_table, require_columns
 from dermkit.errors import DataError
 
 ARCHIVES = ("imgs_part_*.zip", "zr7vgbcyr2*.zip", "PAD-UFES-20*.zip")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dermkit.data.releases.common import Release, Source, line_list
+from dermkit.data.metadata_csv import line_list
+from dermkit.data.releases.common import Release, Source
 from dermkit.errors import DataError
 
 ARCHIVES = ("PH2Dataset*.zip",)
@@ -102,7 +103,8 @@ def read_xlsx(path: Path) -> pd.DataFrame:
               "Light-Brown", "Dark-Brown", "Blue-Gray", "Black"]
     missing = [w for w in wanted if w not in header]
     if missing:
-        raise DataError(f"{path}: header row {heads[0] + 1} lacks {', '.join(missing)}; is this the official PH2 table?")
+        raise DataError(f"{path}: header row {heads[0] + 1} lacks {', '.join(missing)}; "
+                        "is this the official PH2 table?")
     col = {w: header.index(w) for w in wanted}
     rows = []
     for idx in sheet.index[sheet.index > heads[0]]:
@@ -145,7 +147,8 @@ def read(src: Source) -> Release:
         lines = table["_line"][table["image_id"].isin(missing)]
         raise DataError(
             f"{path} {line_list(lines)}: {len(missing)} image(s) not found as 'PH2 Dataset images/IMDnnn/"
-            f"IMDnnn_Dermoscopic_Image/IMDnnn.bmp' ({', '.join(missing[:5])}); pass the whole extracted PH2Dataset folder"
+            f"IMDnnn_Dermoscopic_Image/IMDnnn.bmp' ({', '.join(missing[:5])}); pass the whole extracted "
+            "PH2Dataset folder"
         )
     files, rel, mask_rel = {}, [], []
     for name in table["image_id"]:
