@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from dermkit.errors import DataError
-from dermkit.evaluate.report import MISSING_TOKENS, evaluate, read_predictions
+from dermkit.evaluate import MISSING_TOKENS, evaluate, read_predictions
 
 CLASSES = ["akiec", "bcc", "mel", "nv"]
 N = 84
@@ -328,7 +328,7 @@ def test_prediction_contradicting_probabilities_is_warned(tmp_path):
 
 
 def test_single_class_metrics_are_null_and_printable(tmp_path):
-    from dermkit.evaluate.report import format_ci, format_metric
+    from dermkit.evaluate.tables import format_ci, format_metric
 
     report = evaluate(base_frame().assign(target="mel"), n_bootstrap=20)
     assert math.isnan(report.metrics["macro_auc"])

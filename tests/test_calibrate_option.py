@@ -11,7 +11,7 @@ import pytest
 import dermkit
 from dermkit.errors import ConfigError
 from dermkit.evaluate.calibration import apply_temperature, fit_temperature
-from dermkit.evaluate.report import prediction_arrays, read_predictions
+from dermkit.evaluate.predictions import prediction_arrays, read_predictions
 from dermkit.experiment import run_experiment
 from dermkit.methods.base import Recalibrated
 

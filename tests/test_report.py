@@ -278,7 +278,7 @@ def test_warnings_are_shown_first_in_every_rendering(tmp_path):
 
 
 def test_format_metric_prints_undefined_as_na():
-    from dermkit.evaluate.report import format_ci, format_metric
+    from dermkit.evaluate.tables import format_ci, format_metric
 
     for value in (None, float("nan"), np.float64("nan"), float("inf")):
         assert format_metric(value) == "n/a"

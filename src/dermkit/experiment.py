@@ -158,7 +158,7 @@ class Run:
         balanced`` (per-class offsets fitted on val for balanced accuracy, after the temperature):
         saved with the model; returns the recalibrated predictor (the report shows the effect)."""
         from dermkit.evaluate.calibration import apply_temperature, fit_class_offsets, fit_temperature
-        from dermkit.evaluate.report import prediction_arrays, read_predictions
+        from dermkit.evaluate.predictions import prediction_arrays, read_predictions
         from dermkit.methods.base import Recalibrated
 
         val = predictor.predict_split(self.card(), "val", progress=self.progress)
@@ -234,7 +234,7 @@ def _write_calibration(folder: Path, preds, predictor, n_bootstrap: int, seed: i
     by a temperature (its offsets, if any, count as part of "after")."""
     from dermkit import io
     from dermkit.evaluate.calibration import apply_offsets, apply_temperature, calibration_markdown, calibration_report
-    from dermkit.evaluate.report import prediction_arrays, read_predictions
+    from dermkit.evaluate.predictions import prediction_arrays, read_predictions
 
     frame = read_predictions(preds)
     _, y, after, _ = prediction_arrays(frame)

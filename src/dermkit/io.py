@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -48,22 +49,25 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write strict JSON: NaN/inf (e.g. an AUC undefined for a split without positives) become null."""
-    text = json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False)
+    text = json.dumps(json_ready(obj), indent=2, default=_json_default, allow_nan=False)
     return write_text(path, text + "\n")
 
 
-def _finite(obj: Any) -> Any:
-    import math
+def json_ready(obj: Any) -> Any:
+    """Copy of ``obj`` as :func:`write_json` writes it: NaN/inf as ``None`` (JSON null), numpy
+    scalars and arrays as Python numbers and lists, tuples as lists, dict keys as text.
 
-    if isinstance(obj, float) or type(obj).__name__.startswith("float"):
+    For a JSON-able dict that is returned rather than written (e.g. ``Report.metrics_json``).
+    """
+    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):  # numpy scalars/arrays, numpy not imported
+        obj = obj.tolist()
+    if isinstance(obj, float):
         value = float(obj)
         return value if math.isfinite(value) else None
     if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
+        return {str(k): json_ready(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if type(obj).__name__ == "ndarray":
-        return _finite(obj.tolist())
+        return [json_ready(v) for v in obj]
     return obj
 
 

@@ -12,6 +12,7 @@ Typical use::
 import sys
 import types
 
+from ..values import MISSING_TOKENS, is_missing
 from .bootstrap import bootstrap_ci, bootstrap_metrics, percentile_ci, resample_indices
 from .calibration import apply_temperature, calibration_report, fit_temperature
 from .compare import compare_predictions, delong_test, mcnemar_test
@@ -25,13 +26,15 @@ from .metrics import (
     class_coverage_warning,
     classification_metrics,
     expected_calibration_error,
-    rank_auc,
     melanoma_index,
+    rank_auc,
     sensitivity_at_specificity,
 )
-from .report import MISSING_TOKENS, Report, evaluate, format_ci, format_metric, is_missing, read_predictions
+from .predictions import read_predictions
+from .report import Report, evaluate
 from .selective import risk_coverage, selective_metrics
 from .subgroups import subgroup_analysis, subgroup_labels
+from .tables import format_ci, format_metric
 
 
 def evaluate_and_save(predictions, out=None, n_bootstrap: int = 1000, seed: int = 0, title: str | None = None,

@@ -12,6 +12,7 @@ Resampling (``resample_indices``):
 of counts (how often each original row was drawn), and every metric is a weighted sum over rows,
 so a chunk of resamples becomes a few matrix operations instead of a Python loop over scikit-learn
 calls. ``bootstrap_ci`` is the generic (slower) version for any metric function.
+``bootstrap_p_value`` turns resample differences (paired models, two subgroups) into a p-value.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from ..errors import DermkitError
 from .metrics import (
@@ -82,8 +84,6 @@ def resample_indices(
 
 def group_codes(groups, n_rows: int) -> tuple[np.ndarray, int]:
     """Integer codes 0..G-1 for a group id per row; raises on a length mismatch or missing ids."""
-    import pandas as pd
-
     groups = np.asarray(groups, dtype=object)
     if groups.shape != (n_rows,):
         raise DermkitError(
@@ -108,6 +108,21 @@ def percentile_ci(values, level: float = 0.95) -> dict[str, float]:
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(values, [alpha, 1.0 - alpha])
     return {"low": float(low), "high": float(high), "level": level}
+
+
+def bootstrap_p_value(differences) -> float:
+    """Two-sided bootstrap p-value of "no difference" from resample differences (NaNs ignored).
+
+    p = min(1, 2 min((1 + #{d <= 0}) / (B + 1), (1 + #{d >= 0}) / (B + 1))) over the B finite
+    differences d; NaN when there are none.
+    """
+    d = np.asarray(differences, dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return float("nan")
+    below = (1 + (d <= 0).sum()) / (d.size + 1)
+    above = (1 + (d >= 0).sum()) / (d.size + 1)
+    return float(min(1.0, 2.0 * min(below, above)))
 
 
 def _check_level(level: float) -> None:

@@ -24,9 +24,10 @@ import numpy as np
 from ..errors import DataError
 from .bootstrap import percentile_ci, resample_indices, resample_weights
 from .metrics import ECE_BINS, brier_per_sample, calibration_terms, quiet
+from .tables import markdown_table, with_ci
 
-__all__ = ["CALIBRATION_METRICS", "TEMPERATURE_BOUNDS", "apply_offsets", "apply_temperature", "fit_class_offsets", "calibration_metrics",
-           "calibration_report", "calibration_markdown", "fit_temperature", "nll"]
+__all__ = ["CALIBRATION_METRICS", "TEMPERATURE_BOUNDS", "apply_offsets", "apply_temperature", "fit_class_offsets",
+           "calibration_metrics", "calibration_report", "calibration_markdown", "fit_temperature", "nll"]
 
 #: Search interval of the temperature.
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -204,7 +205,7 @@ def calibration_report(y, proba_before, proba_after, groups=None, n_bootstrap: i
               "n_bins": n_bins, "temperature": temperature}
     fig = None
     if figure:
-        from . import plots
+        from . import plots  # matplotlib is slow to import
 
         fig = plots.plot_reliability_pair(y, before_p, after_p, n_bins=n_bins, temperature=temperature)
     return result, fig
@@ -212,8 +213,6 @@ def calibration_report(y, proba_before, proba_after, groups=None, n_bootstrap: i
 
 def calibration_markdown(result: dict) -> str:
     """A Markdown table of ``calibration_report``'s result (metric, before, after, difference, CIs)."""
-    from .tables import markdown_table, with_ci
-
     rows = []
     for k, label in (("ece", "ECE"), ("brier", "Brier score"), ("nll", "NLL (log loss)")):
         cell = [with_ci(result[part][k], result["ci"][part][k]["low"], result["ci"][part][k]["high"], 4)

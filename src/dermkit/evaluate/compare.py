@@ -26,9 +26,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .. import io
 from ..errors import DataError, DermkitError
-from .bootstrap import WeightedHeadline, percentile_ci, resample_indices, resample_weights
+from .bootstrap import WeightedHeadline, bootstrap_p_value, percentile_ci, resample_indices, resample_weights
 from .metrics import HEADLINE_METRICS, SPECIFICITIES, check_arrays, classification_metrics, quiet
+from .predictions import class_names, prediction_arrays, read_predictions
+from .tables import format_ci, format_metric, format_p, markdown_table, percent_ci
 
 __all__ = [
     "MCNEMAR_EXACT_BELOW",
@@ -200,17 +203,6 @@ def mcnemar_test(correct_a, correct_b, exact_below: int = MCNEMAR_EXACT_BELOW) -
 # ---------------------------------------------------------------------------- paired bootstrap
 
 
-def bootstrap_p_value(differences) -> float:
-    """Two-sided bootstrap p-value of "no difference" from resample differences (NaNs ignored)."""
-    d = np.asarray(differences, dtype=float)
-    d = d[np.isfinite(d)]
-    if d.size == 0:
-        return float("nan")
-    below = (1 + (d <= 0).sum()) / (d.size + 1)
-    above = (1 + (d >= 0).sum()) / (d.size + 1)
-    return float(min(1.0, 2.0 * min(below, above)))
-
-
 def paired_bootstrap(y_true, proba_a, proba_b, y_pred_a=None, y_pred_b=None, groups=None, n: int = 1000,
                      seed: int = 0, level: float = 0.95,
                      specificities: Sequence[float] = SPECIFICITIES) -> dict:
@@ -263,8 +255,6 @@ def check_same_cases(a: pd.DataFrame, b: pd.DataFrame, name_a: str = "A", name_b
     the image id of every row (same order), the target of every row and, when both have one, the
     ``group`` of every row. The message names the first mismatch.
     """
-    from .report import class_names
-
     ca, cb = class_names(a), class_names(b)
     if ca != cb:
         where = next((i for i, (x, y) in enumerate(zip(ca, cb)) if x != y), min(len(ca), len(cb)))
@@ -317,8 +307,6 @@ def compare_predictions(a, b, n_bootstrap: int = 1000, seed: int = 0, level: flo
     bootstrap CI and p), ``delong`` (AUC difference: DeLong's test; binary AUC for two classes,
     one-vs-rest macro AUC otherwise) and ``mcnemar`` (accuracy).
     """
-    from .report import prediction_arrays, read_predictions
-
     name_a = names[0] if names else _label(a, "A")
     name_b = names[1] if names else _label(b, "B")
     frame_a = read_predictions(a, allow_duplicates=allow_duplicates)
@@ -358,38 +346,20 @@ def compare_predictions(a, b, n_bootstrap: int = 1000, seed: int = 0, level: flo
     }
 
 
-def _fmt(value, digits: int = 4) -> str:
-    from .report import format_metric
-
-    return format_metric(value, digits)
-
-
-def _p(value) -> str:
-    from .report import is_undefined
-
-    if is_undefined(value):
-        return "n/a"
-    return "<0.0001" if value < 1e-4 else f"{value:.4f}"
-
-
 def comparison_rows(result: dict) -> list[list[str]]:
     """Rows ``[metric, A, B, B - A, 95% CI, p]`` of the paired-bootstrap table."""
-    from .report import format_ci
-
     rows = []
     for key, r in result["metrics"].items():
         name = key.replace("sensitivity_at_specificity_", "sensitivity at specificity ")
         if key in LOWER_IS_BETTER:
             name += " (lower is better)"
-        rows.append([name, _fmt(r["a"]), _fmt(r["b"]), _fmt(r["difference"]),
-                     format_ci(r["ci"], 4, "[{low}, {high}]"), _p(r["p"])])
+        rows.append([name, format_metric(r["a"]), format_metric(r["b"]), format_metric(r["difference"]),
+                     format_ci(r["ci"], 4, "[{low}, {high}]"), format_p(r["p"])])
     return rows
 
 
 def comparison_markdown(result: dict) -> str:
     """comparison.md: the paired bootstrap table, DeLong's and McNemar's tests."""
-    from .tables import markdown_table
-
     b, d, mc = result["bootstrap"], result["delong"], result["mcnemar"]
     unit = (f"whole lesions/patients ({result['n_groups']} groups) resampled, stratified by majority class"
             if result["grouped"] else "stratified by true class")
@@ -407,45 +377,40 @@ def comparison_markdown(result: dict) -> str:
         lines += [f"Not computed: {d['error']}", ""]
     else:
         lines += [markdown_table(["What", "A", "B", "B - A", "SE", "95% CI", "z", "p"],
-                                 [[d["what"], _fmt(d["auc_a"]), _fmt(d["auc_b"]), _fmt(d["difference"]),
-                                   _fmt(d["se"]), f"[{_fmt(d['ci']['low'])}, {_fmt(d['ci']['high'])}]",
-                                   _fmt(d["z"], 3), _p(d["p"])]])]
+                                 [[d["what"], format_metric(d["auc_a"]), format_metric(d["auc_b"]),
+                                   format_metric(d["difference"]), format_metric(d["se"]),
+                                   f"[{format_metric(d['ci']['low'])}, {format_metric(d['ci']['high'])}]",
+                                   format_metric(d["z"], 3), format_p(d["p"])]])]
         if d.get("skipped_classes"):
             lines += [f"Classes without two positives and two negatives (left out): "
                       f"{', '.join(d['skipped_classes'])}.", ""]
     lines += ["## Accuracy: McNemar's test", "",
               markdown_table(["Both correct", "Only A correct", "Only B correct", "Both wrong", "Test", "p"],
                              [[mc["both_correct"], mc["only_a_correct"], mc["only_b_correct"], mc["both_wrong"],
-                               mc["method"], _p(mc["p"])]])]
+                               mc["method"], format_p(mc["p"])]])]
     return "\n".join(lines)
 
 
 def save_comparison(result: dict, out_dir: str | os.PathLike) -> Path:
     """Write comparison.json, comparison.csv (the bootstrap table) and comparison.md into ``out_dir``."""
-    from .. import io
-    from .report import _json_ready
-
     out = Path(out_dir)
     text = comparison_markdown(result)  # rendered before anything is written
     table = pd.DataFrame([
         {"metric": key, "a": r["a"], "b": r["b"], "difference": r["difference"], "ci_low": r["ci"]["low"],
          "ci_high": r["ci"]["high"], "p_bootstrap": r["p"]} for key, r in result["metrics"].items()])
     out.mkdir(parents=True, exist_ok=True)
-    io.write_json(out / "comparison.json", _json_ready(result))
+    io.write_json(out / "comparison.json", result)
     io.write_csv(out / "comparison.csv", table)
     io.write_text(out / "comparison.md", text)
     return out
 
 
-
 def suite_columns(result: dict, baseline: str) -> dict[str, str]:
     """Suite-table cells (in %) of ``compare_predictions(baseline, run)``: the BACC and AUC differences
     with paired bootstrap CI and p, DeLong's p for the AUC and McNemar's p for the accuracy."""
-    from .tables import percent_ci
-
     def cell(key: str) -> str:
         r = result["metrics"][key]
-        return f"{percent_ci(r['difference'], r['ci'])} p={_p(r['p'])}"
+        return f"{percent_ci(r['difference'], r['ci'])} p={format_p(r['p'])}"
 
     return {f"ΔBACC vs {baseline}": cell("balanced_accuracy"), f"ΔAUC vs {baseline}": cell("macro_auc"),
-            "DeLong p": _p(result["delong"].get("p")), "McNemar p": _p(result["mcnemar"]["p"])}
+            "DeLong p": format_p(result["delong"].get("p")), "McNemar p": format_p(result["mcnemar"]["p"])}

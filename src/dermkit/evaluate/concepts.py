@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .report import evaluate
+
 __all__ = ["concept_annotations", "concept_validity"]
 
 
@@ -32,8 +34,6 @@ def concept_validity(activations: np.ndarray, named: Sequence[dict], rows: pd.Da
     :func:`dermkit.models.concepts.name_latents` returns. Latents whose concept is not annotated,
     or whose annotation has only one value in ``rows``, are listed with ``auroc`` None and a note.
     """
-    from dermkit.evaluate.report import evaluate
-
     out = []
     for entry in named:
         name, latent = entry.get("name"), int(entry["latent"])

@@ -9,7 +9,8 @@ Conventions used throughout ``dermkit.evaluate``:
   ECE, Brier, log loss) use ``proba``; ECE scores the argmax decision (its standard definition).
 * A metric that is undefined on the data (e.g. the AUC of a class absent from ``y_true``) is
   ``nan``; it never raises and never emits a Python warning. ``class_coverage_warning`` words
-  the report warning for classes absent from ``y_true``; ``LABEL_METRICS`` and
+  the report warning for classes absent from ``y_true``, ``prediction_column_warning`` the one for
+  a ``y_pred`` that is not the argmax of ``proba``; ``LABEL_METRICS`` and
   ``PROBABILITY_METRICS`` name which metrics use ``y_pred`` and which use ``proba``.
 
 The values come from scikit-learn where it has the metric. The rank/block helpers at the bottom
@@ -27,6 +28,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import DermkitError
+from .predictions import PROB_PREFIX
 
 #: Number of equal-width confidence bins of the expected calibration error.
 ECE_BINS = 15
@@ -60,6 +62,8 @@ PROBABILITY_METRICS = (
     "Brier score",
     "log loss",
 )
+# Disagreements between the prediction column and argmax(proba) tolerated without a warning.
+_DISAGREE_FRACTION, _DISAGREE_MIN = 0.01, 2
 # FPR limits such as 1 - 0.90 are not exact in binary floating point (0.09999999999999998); the
 # tolerance lets an operating point with exactly 10% false positives count as specificity 0.90.
 _FPR_TOL = 1e-9
@@ -294,6 +298,35 @@ def class_coverage_warning(y_true, y_pred, classes: Sequence[str], metrics: dict
     parts.append("These numbers are not comparable with an evaluation over all classes; "
                  "evaluate on a set that contains every class for the full metrics.")
     return " ".join(parts)
+
+
+def prediction_column_warning(images, proba, y_pred) -> str | None:
+    """Warning when the decided class ``y_pred`` (the ``prediction`` column) is not the argmax of
+    ``proba`` on more than 1% of the rows (and at least 2); ``None`` otherwise.
+
+    ``images`` (one id per row) name the first disagreeing rows. A tie for the maximum counts as
+    agreement. The text says which metrics use which column (:data:`LABEL_METRICS`,
+    :data:`PROBABILITY_METRICS`).
+    """
+    proba = np.asarray(proba)
+    y_pred = np.asarray(y_pred)
+    n = len(y_pred)
+    chosen = proba[np.arange(n), y_pred]
+    # A tie for the maximum counts as agreement: either class is an argmax.
+    disagree = np.flatnonzero(chosen < proba.max(axis=1) - 1e-12)
+    if len(disagree) < _DISAGREE_MIN or len(disagree) <= _DISAGREE_FRACTION * n:
+        return None
+    ids = ", ".join(repr(str(i)) for i in np.asarray(images)[disagree[:5]])
+    more = f" and {len(disagree) - 5} more" if len(disagree) > 5 else ""
+    return (
+        f"The 'prediction' column disagrees with the argmax of the {PROB_PREFIX} columns on "
+        f"{len(disagree)} of {n} rows ({len(disagree) / n:.1%}), e.g. image(s) {ids}{more}. "
+        f"Label metrics use the prediction column: {', '.join(LABEL_METRICS)}. Probability "
+        f"metrics use the {PROB_PREFIX} columns: {', '.join(PROBABILITY_METRICS)}. The two "
+        "groups of numbers therefore describe different decisions. Check that both columns come "
+        f"from the same model and that the {PROB_PREFIX} columns are in the right class order; "
+        "if a decision threshold was applied on purpose, this is expected."
+    )
 
 
 def binary_auc(positive, scores) -> float:

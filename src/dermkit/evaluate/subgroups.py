@@ -33,9 +33,13 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .. import io
 from ..errors import ConfigError, DataError
-from .bootstrap import WeightedHeadline, percentile_ci, resample_indices, resample_weights
+from ..values import missing_mask
+from .bootstrap import WeightedHeadline, bootstrap_p_value, percentile_ci, resample_indices, resample_weights
 from .metrics import classification_metrics, melanoma_index, quiet
+from .predictions import prediction_arrays
+from .tables import format_metric, markdown_table, percent_ci, with_ci
 
 __all__ = ["ALIASES", "DEFAULT_BINS", "MIN_CASES", "MIN_MELANOMAS", "SUBGROUP_METRICS", "attach_metadata",
            "parse_bins", "parse_subgroups", "save_subgroups", "subgroup_analysis", "subgroup_labels",
@@ -162,12 +166,6 @@ def _band_labels(edges: Sequence[float]) -> list[str]:
     return labels + [f">={_number(edges[-1])}"]
 
 
-def _missing_mask(values: pd.Series) -> np.ndarray:
-    from .report import is_missing
-
-    return np.array([is_missing(v) for v in values], dtype=bool)
-
-
 def subgroup_labels(frame: pd.DataFrame, attributes: Sequence[str], bins: Mapping[str, Sequence[float]] | None = None,
                     missing_values: Sequence[str] = ()) -> tuple[pd.DataFrame, dict[str, dict]]:
     """``(labels, how)``: one text label per row and attribute, and how each attribute was built.
@@ -185,7 +183,8 @@ def subgroup_labels(frame: pd.DataFrame, attributes: Sequence[str], bins: Mappin
         column, banded = _resolve(name, [c for c in frame.columns if c not in reserved
                                          and not str(c).startswith("prob:")], bins)
         values = frame[column]
-        missing = _missing_mask(values) | values.astype(str).str.strip().isin(extra_missing).to_numpy()
+        missing = np.array(missing_mask(values), dtype=bool)  # the usual tokens (case-insensitive)
+        missing |= values.astype(str).str.strip().isin(extra_missing).to_numpy()  # the card's own, as spelled
         numbers = pd.to_numeric(values.where(~missing), errors="coerce")
         numeric = bool((~missing).any()) and not numbers[~missing].isna().any()
         base = name.removesuffix("_band")
@@ -253,8 +252,8 @@ class _Subset:
             self.samples["macro_auc"].append(values["macro_auc"])
             if self.is_mel is not None:
                 mel = w @ self.is_mel
-                self.samples["melanoma_sensitivity"].append(np.where(mel > 0, (w @ self.hit) / np.where(mel > 0, mel, 1),
-                                                                     np.nan))
+                sensitivity = np.where(mel > 0, (w @ self.hit) / np.where(mel > 0, mel, 1), np.nan)
+                self.samples["melanoma_sensitivity"].append(sensitivity)
             else:
                 self.samples["melanoma_sensitivity"].append(np.full(len(w), np.nan))
 
@@ -271,9 +270,6 @@ def subgroup_analysis(frame: pd.DataFrame, labels: pd.DataFrame, how: Mapping[st
     (same rows). Returns a JSON-able dict (see the module docstring) with ``overall``,
     ``attributes`` (per attribute: ``levels`` and ``gaps``) and the settings.
     """
-    from .compare import bootstrap_p_value
-    from .report import prediction_arrays
-
     if len(labels) != len(frame):
         raise DataError(f"subgroup labels have {len(labels)} rows, the predictions {len(frame)}")
     how = dict(how or {})
@@ -377,8 +373,6 @@ def gap_table(result: dict) -> pd.DataFrame:
 
 def subgroups_markdown(result: dict, heading: str = "##") -> str:
     """Markdown: the subgroup table (value (CI) per metric) and the gaps, with how they were made."""
-    from .tables import markdown_table, with_ci
-
     labels = list(SUBGROUP_METRICS.values())
     lines = [f"{heading} Subgroups", "",
              f"Metrics per subgroup with {result['bootstrap']['level']:.0%} bootstrap CIs "
@@ -406,9 +400,8 @@ def subgroups_markdown(result: dict, heading: str = "##") -> str:
             if g["worst"] is None:
                 gap_rows.append([a["attribute"], SUBGROUP_METRICS[key], "n/a", "", "", g.get("note", "")])
                 continue
-            p = "n/a" if g["p"] is None or not np.isfinite(g["p"]) else f"{g['p']:.4f}"
             gap_rows.append([a["attribute"], SUBGROUP_METRICS[key], with_ci(g["gap"], g["ci"]["low"], g["ci"]["high"]),
-                             f"{g['worst']} vs {g['best']}", p, ""])
+                             f"{g['worst']} vs {g['best']}", format_metric(g["p"]), ""])
     lines += [f"{heading}# Worst minus best subgroup", "",
               markdown_table(["Attribute", "Metric", "Gap (CI)", "Worst vs best", "p", "Note"], gap_rows)]
     how = [f"- {a['attribute']}: column `{a.get('column', a['attribute'])}`, {a.get('kind', 'given')}"
@@ -419,7 +412,7 @@ def subgroups_markdown(result: dict, heading: str = "##") -> str:
 
 def forest_figure(result: dict, title: str | None = None):
     """The forest plot of ``subgroup_analysis``' result (one panel per metric)."""
-    from . import plots
+    from . import plots  # matplotlib is slow to import
 
     table = subgroup_table(result)
     rows = table[table["attribute"] != "overall"].to_dict("records")
@@ -435,13 +428,10 @@ def forest_figure(result: dict, title: str | None = None):
 
 def save_subgroups(result: dict, out_dir: str | os.PathLike, title: str | None = None) -> Path:
     """Write subgroups.json, subgroups.csv, subgroup_gaps.csv, subgroups.md and subgroups_forest.png."""
-    from .. import io
-    from .report import _json_ready
-
     out = Path(out_dir)
     fig, text = forest_figure(result, title), subgroups_markdown(result, heading="#")
     out.mkdir(parents=True, exist_ok=True)
-    io.write_json(out / "subgroups.json", _json_ready(result))
+    io.write_json(out / "subgroups.json", result)
     io.write_csv(out / "subgroups.csv", subgroup_table(result))
     io.write_csv(out / "subgroup_gaps.csv", gap_table(result))
     io.write_text(out / "subgroups.md", text)
@@ -452,8 +442,6 @@ def save_subgroups(result: dict, out_dir: str | os.PathLike, title: str | None =
 def suite_columns(result: dict, metric: str = "balanced_accuracy") -> dict[str, str]:
     """Suite-table cells (in %): per attribute, the worst-minus-best gap of ``metric`` with its CI
     and the two subgroups, e.g. ``{"ΔBACC sex": "-7.3 [-16.4, 4.2] male vs female"}``."""
-    from .tables import percent_ci
-
     short = {"balanced_accuracy": "BACC", "macro_auc": "AUC", "melanoma_sensitivity": "MEL-SENS"}[metric]
     out = {}
     for a in result["attributes"]:
