@@ -54,7 +54,7 @@ def evaluate_cmd(
     probabilities, classes absent from the targets, stripped whitespace, missing group ids.
     """
     from dermkit.evaluate import evaluate, read_predictions
-    from dermkit.evaluate.report import format_ci, format_metric
+    from dermkit.evaluate.tables import format_ci, format_metric
     from dermkit.evaluate.subgroups import parse_bins, parse_subgroups
 
     attributes = parse_subgroups(subgroups) if subgroups is not None else []
@@ -203,7 +203,7 @@ def compare_cmd(
     or targets differ are refused, naming the first mismatch.
     """
     from dermkit.evaluate.compare import compare_predictions, predictions_path, save_comparison
-    from dermkit.evaluate.report import format_ci, format_metric
+    from dermkit.evaluate.tables import format_ci, format_metric
 
     path_a, path_b = predictions_path(a), predictions_path(b)
     result = compare_predictions(path_a, path_b, n_bootstrap=n_bootstrap, seed=seed,
