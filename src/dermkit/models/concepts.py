@@ -87,7 +87,7 @@ def _parse(text: str, where: str) -> dict:
 
 def vocabulary_embeddings(enc, vocabulary: Vocabulary) -> np.ndarray:
     """``(V, D)`` L2-normalised text embedding of each concept (mean of its texts, re-normalised)."""
-    from dermkit.models.text import class_embeddings
+    from dermkit.models.text import class_embeddings  # imports torch; reading a vocabulary does not need it
 
     prompts = {name: texts for name, texts in zip(vocabulary.names, vocabulary.texts)}
     return class_embeddings(enc, prompts, vocabulary.names).numpy()
