@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from dermkit.cli import main
-from dermkit.models.checkpoint import MODEL_WEIGHTS, load_model, save_model
-from dermkit.models.registry import create_classifier
+from dermkit.models.checkpoint import MODEL_WEIGHTS, save_model
+from dermkit.models.registry import create_classifier, load_classifier
 
 
 def run(argv, capsys):
@@ -85,7 +85,7 @@ def test_model_round_trip_same_predictions(model_dir, tiny_dataset):
 
     paths = sorted((tiny_dataset / "images").glob("*.jpg"))[:5]
     a = Supervised().load(model_dir, precision="fp32").predict_paths(paths)
-    model, card = load_model(model_dir)
+    model, card = load_classifier(model_dir)
     save_model(model_dir.parent / "again", model, card)
     b = Supervised().load(model_dir.parent / "again", precision="fp32").predict_paths(paths)
     np.testing.assert_allclose(a, b, atol=1e-6)

@@ -141,8 +141,8 @@ def test_class_balanced_pair_weights(tiny_dataset):
 
 def test_trunk_split_reproduces_encode_image():
     from dermkit.methods.contrastive import set_trainable
-    from dermkit.models.split import trunk_split
     from dermkit.models.dermkit_clip import build_dermkit_clip
+    from dermkit.models.frozen_prefix import trunk_split
 
     torch.manual_seed(0)
     model, _, _ = build_dermkit_clip(pretrained=False, embed_dim=16)
@@ -165,7 +165,7 @@ def test_text_split_reproduces_encode_text():
 
     from dermkit.methods.contrastive import set_trainable, trim_padding
     from dermkit.models.dermkit_clip import build_dermkit_clip, minilm_folder
-    from dermkit.models.split import text_split
+    from dermkit.models.frozen_prefix import text_split
 
     torch.manual_seed(0)
     model, _, _ = build_dermkit_clip(pretrained=False, embed_dim=16)

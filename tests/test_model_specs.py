@@ -14,8 +14,8 @@ import torch
 
 from dermkit.errors import ModelError
 from dermkit.models.encoders import load_encoder
-from dermkit.models.registry import MODELS, create_classifier, model_spec
-from dermkit.models.specs import ACCEPTED_FORMS, KINDS, ModelRef, parse_spec
+from dermkit.models.registry import create_classifier, model_spec
+from dermkit.models.specs import ACCEPTED_FORMS, KINDS, SHORT_NAMES, ModelRef, parse_spec
 
 TINY = "test_vit"  # timm's test architecture: ~0.4 M parameters, 160 px
 TINY_TAG = "r160_in1k"  # its default pretrained tag; timm's config points at timm/test_vit.r160_in1k
@@ -82,8 +82,9 @@ def test_short_names_are_their_timm_spelling():
         assert ref == parse_spec(f"timm:tf_efficientnet_lite{i}") and ref.alias == f"efficientnet_lite{i}"
         assert str(ref) == f"timm:tf_efficientnet_lite{i}"
     # ...so the registry gives the same spec (normalisation, size) for both spellings
-    assert model_spec("timm:tf_efficientnet_lite1") == model_spec("efficientnet_lite1") == MODELS["efficientnet_lite1"]
-    assert model_spec("timm:resnet18@random") == MODELS["resnet18"]
+    lite1 = SHORT_NAMES["efficientnet_lite1"]
+    assert model_spec("timm:tf_efficientnet_lite1") == model_spec("efficientnet_lite1") == lite1
+    assert model_spec("timm:resnet18@random") == SHORT_NAMES["resnet18"]
 
 
 @pytest.mark.parametrize("text, pattern", [
@@ -210,13 +211,14 @@ def test_missing_weights_say_where_to_put_them(tmp_path, monkeypatch):
 
 
 def test_saved_tagged_classifier_reloads_without_the_weights(tmp_path, monkeypatch):
-    from dermkit.models.checkpoint import load_model, save_model
+    from dermkit.models.checkpoint import save_model
+    from dermkit.models.registry import load_classifier
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
     model = create_classifier(f"timm:{TINY}.{TINY_TAG}@random", 3).eval()
     card = {"model": f"timm:{TINY}.{TINY_TAG}", "classes": ["a", "b", "c"]}
     save_model(tmp_path / "m", model, card)
-    loaded, _ = load_model(tmp_path / "m")
+    loaded, _ = load_classifier(tmp_path / "m")
     x = _pixels(size=160)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))

@@ -231,14 +231,14 @@ def test_regression_run_predicts_mm(tmp_path):
 
 
 def test_model_folders_without_a_head_load_as_before(tmp_path):
-    from dermkit.models.checkpoint import load_model, save_model
-    from dermkit.models.registry import create_classifier
+    from dermkit.models.checkpoint import save_model
+    from dermkit.models.registry import create_classifier, load_classifier
 
     model = create_classifier("timm:test_resnet@random", 3, pretrained=False)
     card = {"model": "timm:test_resnet@random", "classes": ["a", "b", "c"], "image_size": 32,
             "mean": [0.5] * 3, "std": [0.5] * 3}
     save_model(tmp_path / "old", model, card)
-    loaded, read = load_model(tmp_path / "old")
+    loaded, read = load_classifier(tmp_path / "old")
     assert not hasattr(loaded, "thickness_head") and read["classes"] == ["a", "b", "c"]
     predictor = dermkit.load_predictor(tmp_path / "old")
     assert type(predictor).__name__ == "SupervisedPredictor" and predictor.tta == "none"
@@ -246,7 +246,7 @@ def test_model_folders_without_a_head_load_as_before(tmp_path):
     # ... and a folder with a head loads with it (weights strict), also as an image encoder folder.
     thick = _tiny_model("ordinal")
     save_model(tmp_path / "new", thick, {**card, "thickness": {"kind": "ordinal", "bins": ["a", "b", "c", "d"]}})
-    loaded, _ = load_model(tmp_path / "new")
+    loaded, _ = load_classifier(tmp_path / "new")
     torch.testing.assert_close(loaded.thickness_head.bias, thick.thickness_head.bias)
     from dermkit.models.encoders import load_encoder
 

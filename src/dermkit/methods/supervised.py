@@ -36,9 +36,8 @@ from dermkit.runtime import epoch_seed, resolve_device, resolve_precision
 from dermkit.engine.losses import classification_criterion
 from dermkit.errors import ConfigError, DataError
 from dermkit.methods.base import ClassifierConfig, Method, Predictions, Predictor, register_method
-from dermkit.models.checkpoint import load_model
 from dermkit.models.freeze import set_eval, train_only_last
-from dermkit.models.registry import create_classifier, model_spec
+from dermkit.models.registry import create_classifier, load_classifier, model_spec
 from dermkit.models.thickness import (
     THICKNESS_KINDS,
     InferenceOutputs,
@@ -500,7 +499,7 @@ class Supervised(Method):
         run.table_extra["thickness (test)"] = report.summary_text()
 
     def load(self, folder, device: str = "auto", precision: str = "auto") -> SupervisedPredictor:
-        model, card = load_model(folder)
+        model, card = load_classifier(folder)
         return make_predictor(model, card, device=device, precision=precision)
 
 

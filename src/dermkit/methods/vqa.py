@@ -119,9 +119,9 @@ class VQA(Method):
         warnings = super().check(config)
         folder = Path(config.model).expanduser()
         if folder.exists():
-            from dermkit.models.generative import _check_folder
+            from dermkit.models.generative import check_transformers_folder
 
-            _check_folder(folder)
+            check_transformers_folder(folder)
         return warnings
 
     def fit(self, config: VQAConfig, run) -> VQAPredictor:

@@ -3,6 +3,9 @@
 A *model folder* (what ``dermkit predict/evaluate --model DIR`` reads) holds
 ``model.safetensors`` (weights) and ``model.json`` (architecture, classes, preprocessing, provenance).
 A *training checkpoint* adds optimizer state and loop counters so ``--resume`` continues a run.
+
+This module is tensor and card I/O only and imports nothing else of :mod:`dermkit.models`;
+:func:`dermkit.models.registry.load_classifier` rebuilds a classifier from a model folder.
 """
 
 from __future__ import annotations
@@ -83,11 +86,18 @@ def read_model_card(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     if folder.is_file():
         _refuse_pickle(folder)
-        raise ModelError(f"--model expects a model folder (with {MODEL_CARD} and {MODEL_WEIGHTS}), got the file {folder}")
+        raise ModelError(
+            f"--model expects a model folder (with {MODEL_CARD} and {MODEL_WEIGHTS}), got the file {folder}"
+        )
     card_path = folder / MODEL_CARD
     if not card_path.is_file():
-        pickles = sorted(p.name for p in folder.glob("*") if p.suffix.lower() in PICKLE_SUFFIXES) if folder.is_dir() else []
-        hint = f" It holds {', '.join(pickles)}: pickle files are never loaded; convert them to safetensors." if pickles else ""
+        pickles = (
+            sorted(p.name for p in folder.glob("*") if p.suffix.lower() in PICKLE_SUFFIXES) if folder.is_dir() else []
+        )
+        hint = (
+            f" It holds {', '.join(pickles)}: pickle files are never loaded; convert them to safetensors."
+            if pickles else ""
+        )
         raise ModelError(
             f"{folder} is not a dermkit model folder: {MODEL_CARD} is missing.{hint} "
             "Train one with `dermkit train`, which writes DIR/model/."
@@ -99,28 +109,3 @@ def read_model_card(folder: str | Path) -> dict[str, Any]:
     if card.get("format") != FORMAT:
         raise ModelError(f"{card_path} is not a dermkit classifier card (format={card.get('format')!r}).")
     return card
-
-
-def load_model(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the architecture named in the card and load its safetensors weights (strictly)."""
-    from dermkit.models.registry import create_classifier
-
-    folder = Path(folder)
-    card = read_model_card(folder)
-    model = create_classifier(card["model"], num_classes=len(card["classes"]), pretrained=False)
-    kind = (card.get("thickness") or {}).get("kind")
-    if kind is not None:  # a supervised model with a Breslow thickness head (see models/thickness.py)
-        from dermkit.models.thickness import THICKNESS_KINDS, attach_thickness_head
-
-        if kind not in THICKNESS_KINDS:
-            raise ModelError(f"{folder / MODEL_CARD}: thickness.kind must be one of {', '.join(THICKNESS_KINDS)}, "
-                             f"got {kind!r}")
-        attach_thickness_head(model, kind, len(card["thickness"].get("bins") or []) or 4)
-    state = load_tensors(folder / MODEL_WEIGHTS)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        head = f" with a {kind} thickness head" if kind else ""
-        raise ModelError(f"{folder / MODEL_WEIGHTS} does not match architecture {card['model']}{head}: {exc}") from exc
-    model.eval()
-    return model, card

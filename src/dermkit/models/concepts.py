@@ -47,14 +47,16 @@ def load_vocabulary(path: str | os.PathLike | None = None, extend: bool = True) 
     A file has ``concepts: {group: {name: [texts...]}}`` and optional ``templates: ["... {} ..."]``.
     """
     packaged = resources.files("dermkit.data").joinpath("concepts/vocabulary.yaml").read_text(encoding="utf-8")
-    layers = [(_parse(packaged, "packaged vocabulary.yaml"), "packaged vocabulary.yaml")] if extend or path is None else []
+    layers = []
+    if extend or path is None:
+        layers.append((_parse(packaged, "packaged vocabulary.yaml"), "packaged vocabulary.yaml"))
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
             raise DataError(f"concept vocabulary {path} not found; write concepts: {{group: {{name: [texts]}}}}")
         layers.append((_parse(path.read_text(encoding="utf-8"), str(path)), str(path)))
     entries: dict[str, tuple[str, list[str]]] = {}
-    for spec, where in layers:
+    for spec, _ in layers:
         templates = spec.get("templates") or ["{}"]
         for group, concepts in spec["concepts"].items():
             for name, texts in concepts.items():
@@ -77,7 +79,8 @@ def _parse(text: str, where: str) -> dict:
         raise DataError(f"{where}: expected concepts: {{group: {{name: [texts...]}}}}")
     for group, entries in concepts.items():
         for name, texts in entries.items():
-            if not texts or not all(isinstance(t, str) and t.strip() for t in ([texts] if isinstance(texts, str) else texts)):
+            listed = [texts] if isinstance(texts, str) else texts
+            if not texts or not all(isinstance(t, str) and t.strip() for t in listed):
                 raise DataError(f"{where}: concept {group}/{name} needs at least one non-empty text")
     templates = spec.get("templates")
     if templates is not None and (not isinstance(templates, list) or not all("{}" in str(t) for t in templates)):
@@ -87,7 +90,7 @@ def _parse(text: str, where: str) -> dict:
 
 def vocabulary_embeddings(enc, vocabulary: Vocabulary) -> np.ndarray:
     """``(V, D)`` L2-normalised text embedding of each concept (mean of its texts, re-normalised)."""
-    from dermkit.models.text import class_embeddings
+    from dermkit.models.text import class_embeddings  # imports torch; reading a vocabulary does not need it
 
     prompts = {name: texts for name, texts in zip(vocabulary.names, vocabulary.texts)}
     return class_embeddings(enc, prompts, vocabulary.names).numpy()

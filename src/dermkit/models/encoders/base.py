@@ -19,7 +19,8 @@ from torch import nn
 
 from dermkit.errors import ModelError
 
-__all__ = ["EncoderWrapper", "model_fingerprint", "DEFAULT_LOGIT_SCALE", "TOKENIZER_FILES"]
+__all__ = ["EncoderWrapper", "model_fingerprint", "DEFAULT_LOGIT_SCALE", "TOKENIZER_FILES", "compact_size",
+           "pooled_features", "quiet_transformers"]
 
 # What ``PreTrainedTokenizer.save_pretrained`` writes, for the common tokenizer families.
 TOKENIZER_FILES = (
@@ -74,7 +75,7 @@ class EncoderWrapper:
         self.source = source
         self.kind = kind
         self.preprocess = preprocess
-        self.image_size = _square(image_size)
+        self.image_size = compact_size(image_size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.embed_dim = int(embed_dim)
@@ -144,8 +145,12 @@ class EncoderWrapper:
         return f"EncoderWrapper({self.name!r}, {self.kind}, {text}, dim={self.embed_dim}, size={self.image_size})"
 
 
-def _pooled(output) -> torch.Tensor:
-    # transformers >= 5 returns a ModelOutput whose pooler_output holds the projected features.
+def pooled_features(output) -> torch.Tensor:
+    """The features of a transformers ``get_image_features`` / ``get_text_features`` call.
+
+    Older transformers return the tensor itself; transformers >= 5 a ModelOutput whose
+    ``pooler_output`` holds the projected features.
+    """
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
@@ -157,7 +162,8 @@ def _to_device(tokens, device: torch.device):
     return tokens
 
 
-def _square(size) -> int | tuple[int, int]:
+def compact_size(size) -> int | tuple[int, int]:
+    """An image size as one int when square (``(224, 224)`` -> ``224``), else ``(h, w)``."""
     if isinstance(size, (tuple, list)):
         h, w = (int(s) for s in size)
         return h if h == w else (h, w)
@@ -203,7 +209,7 @@ def _portable(obj: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Silence transformers' per-load reports and progress bars (unused pooler weights etc.)."""
     try:
         from transformers.utils import logging as hf_logging

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from dermkit.errors import ModelError
-from dermkit.models.encoders.base import EncoderWrapper, _pooled, _quiet_transformers, _square
+from dermkit.models.encoders.base import EncoderWrapper, compact_size, pooled_features, quiet_transformers
 from dermkit.models.encoders.open_clip import OPEN_CLIP_CONFIG
 
 __all__ = ["HF_VLM_TYPES", "load_hf_folder"]
@@ -37,7 +37,7 @@ class _HFClipEncoder(EncoderWrapper):
         self._input_names = ["input_ids"] + (["attention_mask"] if "attention_mask" in names else [])
 
     def _image_features(self, pixels):
-        return _pooled(self.module.get_image_features(pixel_values=pixels))
+        return pooled_features(self.module.get_image_features(pixel_values=pixels))
 
     def tokenize(self, texts):
         texts = [texts] if isinstance(texts, str) else list(texts)
@@ -49,7 +49,7 @@ class _HFClipEncoder(EncoderWrapper):
     def _text_features(self, tokens):
         if isinstance(tokens, torch.Tensor):
             tokens = {"input_ids": tokens}
-        return _pooled(self.module.get_text_features(**tokens))
+        return pooled_features(self.module.get_text_features(**tokens))
 
 
 def load_hf_folder(folder: Path, source: str) -> EncoderWrapper:
@@ -76,7 +76,7 @@ def load_hf_folder(folder: Path, source: str) -> EncoderWrapper:
 
     model_class = getattr(transformers, HF_VLM_TYPES[model_type])
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = model_class.from_pretrained(str(folder), use_safetensors=True, dtype=torch.float32)
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, KeyError) as exc:
@@ -98,7 +98,7 @@ def _hf_image_processor(folder: Path, model_type: str, config):
 
     if (folder / "preprocessor_config.json").is_file():
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 return transformers.AutoImageProcessor.from_pretrained(str(folder))
         except (OSError, ValueError, KeyError) as exc:
             raise ModelError(f"cannot read {folder / 'preprocessor_config.json'} ({exc})") from exc
@@ -119,7 +119,7 @@ class _HFImageTransform:
         size = crop or processor.size
         size = dict(size) if not isinstance(size, int) else {"height": size, "width": size}
         if "height" in size:
-            self.image_size = _square((size["height"], size["width"]))
+            self.image_size = compact_size((size["height"], size["width"]))
         else:
             self.image_size = int(size["shortest_edge"])
         self.mean = tuple(processor.image_mean)

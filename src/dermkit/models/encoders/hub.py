@@ -1,7 +1,8 @@
 """``hf-hub:ORG/NAME``: open_clip repositories on the Hugging Face Hub, read from the local HF cache first.
 
-Files already in the HF cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``; see :func:`hf_cache_dir`)
-are used without any network access; otherwise they are downloaded unless ``HF_HUB_OFFLINE=1``.
+Files already in the HF cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``; see
+:func:`~dermkit.models.hf_cache.hf_cache_dir`) are used without any network access; otherwise they
+are downloaded unless ``HF_HUB_OFFLINE=1``.
 When neither works the error says which files to place where.
 """
 
@@ -13,8 +14,9 @@ from pathlib import Path
 from dermkit.errors import ModelError
 from dermkit.models.encoders.base import TOKENIZER_FILES, EncoderWrapper
 from dermkit.models.encoders.open_clip import OPEN_CLIP_BIN, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, load_open_clip_files
+from dermkit.models.hf_cache import hf_cache_dir
 
-__all__ = ["hf_cache_dir", "load_hub"]
+__all__ = ["load_hub"]
 
 
 def load_hub(repo_id: str, source: str) -> EncoderWrapper:
@@ -75,17 +77,6 @@ def _hub_file(repo_id: str, filename: str, allow_download: bool, errors: list[st
         if errors is not None:
             errors.append(f"{type(exc).__name__}: {exc}".splitlines()[0])
         return None
-
-
-def hf_cache_dir() -> str:
-    # Read at call time: huggingface_hub freezes its own constants when it is imported.
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return os.path.expanduser(os.environ[var])
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
-    )
-    return os.path.join(os.path.expanduser(home), "hub")
 
 
 def _env_true(name: str) -> bool:

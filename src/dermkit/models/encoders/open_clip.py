@@ -28,7 +28,8 @@ from torch import nn
 
 from dermkit.errors import ModelError
 from dermkit.io import atomic_path, write_json, write_text
-from dermkit.models.encoders.base import TOKENIZER_FILES, EncoderWrapper, _quiet_transformers, _square
+from dermkit.models.checkpoint import save_tensors
+from dermkit.models.encoders.base import TOKENIZER_FILES, EncoderWrapper, compact_size, quiet_transformers
 
 __all__ = ["OPEN_CLIP_CONFIG", "OPEN_CLIP_WEIGHTS", "OPEN_CLIP_BIN", "save_open_clip_folder", "load_open_clip_folder",
            "load_open_clip_arch"]
@@ -116,7 +117,7 @@ def load_open_clip_files(
         ) from exc
 
     preprocess_cfg = merge_preprocess_dict(PreprocessCfg(), raw.get("preprocess_cfg", {}) or {})
-    preprocess_cfg["size"] = _square(model.visual.image_size)  # as open_clip does: the tower decides the size
+    preprocess_cfg["size"] = compact_size(model.visual.image_size)  # as open_clip does: the tower decides the size
     tokenizer = _open_clip_tokenizer(text_cfg, folder)
     public_cfg = copy.deepcopy(arch)
     if text_cfg.get("hf_model_name"):
@@ -171,7 +172,7 @@ def _build_open_clip(model_cfg: dict, where: str) -> nn.Module:
     model_class = _model_class(cfg)
     cfg.pop("custom_text", None)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return model_class(**cfg)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError, AssertionError) as exc:
         raise ModelError(_build_error(exc, cfg, where)) from exc
@@ -234,7 +235,7 @@ def _open_clip_tokenizer(text_cfg: dict, folder: Path | None) -> Callable:
         return SimpleTokenizer(context_length=context_length, **kwargs)
     tokenizer_source = _tokenizer_source(text_cfg, folder)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return HFTokenizer(tokenizer_source, context_length=context_length,
                                tokenizer_mode=text_cfg.get("tokenizer_mode"), **kwargs)
     except (OSError, ValueError) as exc:
@@ -287,7 +288,7 @@ def load_open_clip_arch(arch: str, tag: str | None, source: str) -> EncoderWrapp
     if arch not in open_clip.list_models():
         raise ModelError(f"open_clip has no architecture {arch!r}; see open_clip.list_models().")
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = open_clip.create_model(arch, pretrained=tag or None, pretrained_image=False,
                                            pretrained_text=False, load_weights=bool(tag))
     except Exception as exc:  # download errors come in many types; all mean "weights not available"
@@ -297,7 +298,7 @@ def load_open_clip_arch(arch: str, tag: str | None, source: str) -> EncoderWrapp
         ) from exc
     model_cfg = open_clip.get_model_config(arch)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tokenizer = open_clip.get_tokenizer(arch)
     except Exception as exc:
         raise ModelError(f"could not load the tokenizer of {arch} ({exc}); it needs the Hugging Face Hub.") from exc
@@ -335,9 +336,6 @@ def save_open_clip_folder(
     if cfg["vision_cfg"].get("timm_model_name"):
         cfg["vision_cfg"]["timm_model_pretrained"] = False
     cfg["text_cfg"].pop("hf_model_pretrained", None)
-
-    from dermkit.models.checkpoint import save_tensors
-
     save_tensors(folder / OPEN_CLIP_WEIGHTS, model.state_dict(), metadata={"format": "pt"})
     if cfg["text_cfg"].get("hf_model_name"):
         _save_text_tower_files(model, cfg["text_cfg"], folder)
@@ -353,7 +351,7 @@ def _preprocess_to_save(model: nn.Module, preprocess_cfg: dict | None) -> dict:
     merged = merge_preprocess_dict(PreprocessCfg(), getattr(visual, "preprocess_cfg", None) or {})
     merged = merge_preprocess_dict(merged, preprocess_cfg or {})
     if getattr(visual, "image_size", None) is not None:
-        merged["size"] = _square(visual.image_size)
+        merged["size"] = compact_size(visual.image_size)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in merged.items()}
 
 
@@ -370,7 +368,7 @@ def _save_text_tower_files(model: nn.Module, text_cfg: dict, folder: Path) -> No
         try:
             from transformers import AutoTokenizer
 
-            with _quiet_transformers():
+            with quiet_transformers():
                 AutoTokenizer.from_pretrained(tokenizer_name).save_pretrained(str(folder))
         except Exception as exc:  # the tokenizer is optional here: open_clip can still fetch it by name
             warnings.warn(f"could not save the tokenizer {tokenizer_name!r} next to the model ({exc}); "

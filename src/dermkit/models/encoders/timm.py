@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 
 from dermkit.models.encoders.base import EncoderWrapper
+from dermkit.models.registry import load_classifier, model_spec
 from dermkit.models.specs import ModelRef
+from dermkit.models.timm_weights import create_timm_model
 
 __all__ = ["load_timm", "load_dermkit_classifier"]
 
@@ -29,11 +31,9 @@ def load_dermkit_classifier(folder: Path, source: str) -> EncoderWrapper:
     """A dermkit classifier folder (``model.json`` + ``model.safetensors``) as an image encoder (pre-logits)."""
     from torchvision.transforms import v2
 
-    from dermkit.data.torchdata import eval_transform
-    from dermkit.models.checkpoint import load_model
-    from dermkit.models.registry import model_spec
+    from dermkit.data.torchdata import eval_transform  # imports torchvision, deferred like it
 
-    model, card = load_model(folder)
+    model, card = load_classifier(folder)
     spec = model_spec(card["model"])
     size = int(card.get("image_size") or spec.default_size)
     mean, std = card.get("mean") or spec.mean, card.get("std") or spec.std
@@ -56,8 +56,6 @@ def load_timm(ref: ModelRef, source: str, weights: str | os.PathLike | None = No
     """
     from timm.data import create_transform, resolve_model_data_config
     from torchvision.transforms import v2
-
-    from dermkit.models.timm_weights import create_timm_model
 
     # A frozen encoder is identified by its weights: `timm:ARCH@random` is the *same* random init on
     # every load (seeded, outside the caller's RNG stream), so features are cached and a probe or
