@@ -36,7 +36,7 @@ import torch
 from dermkit.errors import ConfigError, ModelError
 from dermkit.methods.base import ClassifierConfig, EncoderHeadPredictor, Method, portable_spec, register_method
 from dermkit.models.linear import DEFAULT_CS, LinearProbe, check_probe_settings, fit_probe
-from dermkit.models.sae import SparseAutoencoder, check_train_config, sae_metrics, train_sae
+from dermkit.models.sae import SAETrainConfig, SparseAutoencoder, sae_metrics, train_sae
 
 __all__ = ["SAEConfig", "SAEPredictor", "SAEMethod"]
 
@@ -44,24 +44,17 @@ _PROBE = ("coef", "intercept", "mean", "scale")
 
 
 @dataclass
-class SAEConfig(ClassifierConfig):
-    """``method: sae``. SAE keys (PanDerm-2's recipe by default): ``activation`` (relu_l1 | topk),
-    ``expansion`` (latents per embedding dimension), ``k`` (topk), ``l1``, ``lr``, ``batch_size``,
-    ``epochs``, ``resample_every`` (epochs; 0 = no dead-latent resampling), ``seed``; ``extra_data``:
-    more datasets whose train splits add SAE training embeddings; ``init_sae``: start from a saved
-    SAE. Probe keys: ``Cs``, ``class_weight``, ``max_iter``. Encoder keys: ``model``,
-    ``encode_batch_size``, ``num_workers``, ``cache_dir``, ``device`` (also trains the SAE)."""
+class SAEConfig(SAETrainConfig, ClassifierConfig):
+    """``method: sae``. SAE keys: those of :class:`~dermkit.models.sae.SAETrainConfig` (PanDerm-2's
+    recipe by default): ``activation`` (relu_l1 | topk), ``expansion`` (latents per embedding
+    dimension), ``k`` (topk), ``l1``, ``lr``, ``batch_size``, ``epochs``, ``resample_every`` (epochs;
+    0 = no dead-latent resampling), and ``seed``; ``extra_data``: more datasets whose train splits
+    add SAE training embeddings; ``init_sae``: start from a saved SAE. Probe keys: ``Cs``,
+    ``class_weight``, ``max_iter``. Encoder keys: ``model``, ``encode_batch_size``, ``num_workers``,
+    ``cache_dir``, ``device`` (also trains the SAE)."""
 
     model: str = "timm:tf_efficientnet_lite0"
     extra_data: list[str] = field(default_factory=list)
-    activation: str = "relu_l1"
-    expansion: int = 8
-    k: int = 32
-    l1: float = 3e-5
-    lr: float = 5e-4
-    batch_size: int = 4096
-    epochs: int = 200
-    resample_every: int = 0
     seed: int = 0
     init_sae: str | None = None
     Cs: list[float] = field(default_factory=lambda: list(DEFAULT_CS))
@@ -70,7 +63,6 @@ class SAEConfig(ClassifierConfig):
     encode_batch_size: int = 64
     num_workers: int = 2
     cache_dir: str | None = None
-    device: str = "cpu"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "config"):
@@ -80,8 +72,8 @@ class SAEConfig(ClassifierConfig):
         return super().from_dict(raw, where)
 
     def validate(self) -> None:
-        super().validate()
-        check_train_config(self)
+        ClassifierConfig.validate(self)
+        SAETrainConfig.validate(self)
         if self.epochs == 0 and not self.init_sae:
             raise ConfigError("epochs must be >= 1 unless init_sae names an SAE to use as it is")
         if self.init_sae is not None and not Path(self.init_sae).expanduser().is_file():
