@@ -143,7 +143,7 @@ class Run:
         """``engine.fit`` with the best model saved through ``to_predictor(model, val_metrics)``."""
         def on_best(model, metrics):
             predictor = to_predictor(model, metrics)
-            predictor.card.update(val_metrics=metrics, epoch=engine.state.epoch + 1)
+            predictor.model_card.update(val_metrics=metrics, epoch=engine.state.epoch + 1)
             self.save_best(predictor)
 
         state = engine.fit(make_batches, loss_fn, validate, on_best, steps_per_epoch=steps_per_epoch,

@@ -132,19 +132,19 @@ class Predictions:
 
 
 class Predictor:
-    """A trained classifier: ``classes``, ``card`` (its model.json), ``predict``, ``save``.
+    """A trained classifier: ``classes``, ``model_card`` (its model.json, a dict), ``predict``, ``save``.
 
     Subclasses implement :meth:`predict_paths` (images -> (N, C) probabilities) and
-    :meth:`_state` (tensors + JSON card written by :meth:`save`). A predictor that predicts more
+    :meth:`_state` (tensors + the JSON model card written by :meth:`save`). A predictor that predicts more
     than a class (a thickness, the modalities a fusion model used) also has
     ``predict_details(paths) -> list[dict]``.
     """
 
     method: str = ""
 
-    def __init__(self, card: dict[str, Any]):
-        self.card = dict(card)
-        self.classes: list[str] = list(card["classes"])
+    def __init__(self, model_card: dict[str, Any]):
+        self.model_card = dict(model_card)
+        self.classes: list[str] = list(model_card["classes"])
 
     # -- what each method implements
     def predict_paths(self, paths: Sequence[str | os.PathLike], progress: bool = False) -> np.ndarray:
@@ -163,11 +163,11 @@ class Predictor:
     # -- shared
     @property
     def name(self) -> str:
-        return str(self.card.get("model") or self.method)
+        return str(self.model_card.get("model") or self.method)
 
     @property
     def task(self) -> str | None:
-        return self.card.get("task")
+        return self.model_card.get("task")
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the model folder (model.safetensors + model.json) atomically."""
@@ -182,7 +182,7 @@ class Predictor:
         card = load_card(card)
         task = self.task
         if task not in (None, "", "all") and card.classes != self.classes:
-            card = derive_task(card, task, negative_name=self.card.get("negative_name", "other skin lesion"))
+            card = derive_task(card, task, negative_name=self.model_card.get("negative_name", "other skin lesion"))
         return card
 
     def predict_split(self, card, split: str = "test", progress: bool = True) -> pd.DataFrame:
@@ -308,9 +308,9 @@ class Recalibrated(Predictor):
             raise ModelError(f"temperature must be a positive number, got {temperature}")
         if offsets is not None and len(offsets) != len(inner.classes):
             raise ModelError(f"class_offsets must have one number per class ({len(inner.classes)}), got {len(offsets)}")
-        inner.card["temperature"] = None if temperature is None else float(temperature)
-        inner.card["class_offsets"] = None if offsets is None else [float(b) for b in offsets]
-        super().__init__(inner.card)
+        inner.model_card["temperature"] = None if temperature is None else float(temperature)
+        inner.model_card["class_offsets"] = None if offsets is None else [float(b) for b in offsets]
+        super().__init__(inner.model_card)
         self.inner = inner
         self.temperature = None if temperature is None else float(temperature)
         self.offsets = None if offsets is None else np.asarray(offsets, dtype=float)
@@ -334,8 +334,8 @@ class Recalibrated(Predictor):
         return preds
 
     def save(self, folder: str | os.PathLike) -> Path:
-        self.inner.card["temperature"] = self.temperature
-        self.inner.card["class_offsets"] = None if self.offsets is None else self.offsets.tolist()
+        self.inner.model_card["temperature"] = self.temperature
+        self.inner.model_card["class_offsets"] = None if self.offsets is None else self.offsets.tolist()
         return self.inner.save(folder)
 
     def task_card(self, card):
@@ -417,12 +417,12 @@ def load_base_encoder(spec: str, fingerprint: str | None, folder: str | os.PathL
 class EncoderHeadPredictor(Predictor):
     """A frozen encoder + a head on its L2-normalised image embeddings (read from the feature cache).
 
-    Subclasses implement :meth:`head` (embeddings -> probabilities). ``card`` names the encoder
+    Subclasses implement :meth:`head` (embeddings -> probabilities). ``model_card`` names the encoder
     (``base_model``: spec, or ``"."`` for the model folder itself) and its ``base_fingerprint``.
     """
 
-    def __init__(self, enc, card: dict, cache_dir=None, batch_size: int = 64, num_workers: int = 2):
-        super().__init__(card)
+    def __init__(self, enc, model_card: dict, cache_dir=None, batch_size: int = 64, num_workers: int = 2):
+        super().__init__(model_card)
         self.enc = enc
         self.cache_dir, self.batch_size, self.num_workers = cache_dir, batch_size, num_workers
 
@@ -445,7 +445,7 @@ class EncoderHeadPredictor(Predictor):
         """As :meth:`Predictor.save`; a head whose encoder is its own folder (``base_model: "."``, a
         trained CLIP model) takes the encoder's open_clip files along to the new folder."""
         folder = Path(folder)
-        if self.card.get("base_model") == "." and not (folder / "open_clip_config.json").is_file():
+        if self.model_card.get("base_model") == "." and not (folder / "open_clip_config.json").is_file():
             from dermkit.models.encoders import save_open_clip_folder
 
             save_open_clip_folder(self.enc.module, folder, self.enc.model_cfg, self.enc.preprocess_cfg)
@@ -475,13 +475,13 @@ class ClassEmbeddingPredictor(EncoderHeadPredictor):
 
     method = "zeroshot"
 
-    def __init__(self, enc, class_emb, card: dict, **kwargs):
-        super().__init__(enc, card, **kwargs)
+    def __init__(self, enc, class_emb, model_card: dict, **kwargs):
+        super().__init__(enc, model_card, **kwargs)
         self.class_emb = class_emb.float().cpu()
-        self.logit_scale = float(card.get("logit_scale") or enc.logit_scale)
+        self.logit_scale = float(model_card.get("logit_scale") or enc.logit_scale)
 
     def _state(self):
-        return {"class_embeddings": self.class_emb}, self.card
+        return {"class_embeddings": self.class_emb}, self.model_card
 
     def head(self, features: np.ndarray) -> np.ndarray:
         from dermkit.models.text import zeroshot_proba

@@ -83,8 +83,8 @@ class CBMPredictor(EncoderHeadPredictor):
 
     method = "cbm"
 
-    def __init__(self, enc, sae: SparseAutoencoder, probe: LinearProbe, card: dict, zeroed: Sequence[int] = (), **kw):
-        super().__init__(enc, card, **kw)
+    def __init__(self, enc, sae: SparseAutoencoder, probe: LinearProbe, model_card: dict, zeroed: Sequence[int] = (), **kw):
+        super().__init__(enc, model_card, **kw)
         self.sae, self.probe = sae.cpu().eval(), probe
         self.zeroed = sorted({int(i) for i in zeroed})
 
@@ -95,13 +95,13 @@ class CBMPredictor(EncoderHeadPredictor):
         tensors = {f"sae.{k}": v.detach().float() for k, v in self.sae.state_dict().items()}
         tensors.update(self.probe.tensors())
         tensors["zeroed"] = torch.tensor(self.zeroed or [-1], dtype=torch.int64)
-        return tensors, {**self.card, "C": self.probe.C, "zeroed": self.zeroed}
+        return tensors, {**self.model_card, "C": self.probe.C, "zeroed": self.zeroed}
 
     # -- concepts
     @property
     def concepts(self) -> list[dict]:
         """The latents with non-zero weight: ``{latent, name, group, similarity, weight}``."""
-        return list(self.card.get("concepts") or [])
+        return list(self.model_card.get("concepts") or [])
 
     def concept_name(self, latent: int) -> str:
         for c in self.concepts:
@@ -124,7 +124,7 @@ class CBMPredictor(EncoderHeadPredictor):
         bad = [i for i in latents if not 0 <= int(i) < self.sae.n_latents]
         if bad:
             raise ConfigError(f"latent ids {bad} out of range 0..{self.sae.n_latents - 1}")
-        return CBMPredictor(self.enc, self.sae, self.probe, dict(self.card), zeroed=[*self.zeroed, *latents],
+        return CBMPredictor(self.enc, self.sae, self.probe, dict(self.model_card), zeroed=[*self.zeroed, *latents],
                             cache_dir=self.cache_dir, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def explain_features(self, features: np.ndarray, top: int = 5) -> list[list[dict]]:

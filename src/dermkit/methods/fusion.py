@@ -471,13 +471,13 @@ class FusionPredictor(Predictor):
 
     method = "fusion"
 
-    def __init__(self, model: FusionNet, card: dict, device: str = "auto"):
-        super().__init__(card)
+    def __init__(self, model: FusionNet, model_card: dict, device: str = "auto"):
+        super().__init__(model_card)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        self.modalities: list[str] = list(card["modalities"])
-        self.meta_encoder = MetadataEncoder.from_dict(card["meta_encoder"]) if card.get("meta_encoder") else None
-        thickness = card.get("thickness") or {}
+        self.modalities: list[str] = list(model_card["modalities"])
+        self.meta_encoder = MetadataEncoder.from_dict(model_card["meta_encoder"]) if model_card.get("meta_encoder") else None
+        thickness = model_card.get("thickness") or {}
         self.thickness_kind = thickness.get("kind")
         self.thickness_bins = thickness.get("bins")
         self.thickness_stats = thickness.get("stats")
@@ -490,19 +490,19 @@ class FusionPredictor(Predictor):
     # -- encoders (loaded on first use)
     @property
     def image_encoder(self):
-        if self._image_enc is None and self.card.get("image_encoder"):
-            self._image_enc = load_image_encoder(self.card["image_encoder"], self.card.get("image_weights"))
-            expected = self.card.get("image_fingerprint")
+        if self._image_enc is None and self.model_card.get("image_encoder"):
+            self._image_enc = load_image_encoder(self.model_card["image_encoder"], self.model_card.get("image_weights"))
+            expected = self.model_card.get("image_fingerprint")
             if expected and self._image_enc.fingerprint != expected:
                 raise ModelError(
-                    f"the image encoder {self.card['image_encoder']} loaded here differs from the one this fusion "
+                    f"the image encoder {self.model_card['image_encoder']} loaded here differs from the one this fusion "
                     "model was trained on (weights fingerprint mismatch); install the same weights")
         return self._image_enc
 
     @property
     def text_encoder(self):
-        if self._text_enc is None and self.card.get("meta_kind") == "text":
-            self._text_enc = _text_encoder(self.card.get("text_encoder"))
+        if self._text_enc is None and self.model_card.get("meta_kind") == "text":
+            self._text_enc = _text_encoder(self.model_card.get("text_encoder"))
         return self._text_enc
 
     @property
@@ -531,7 +531,7 @@ class FusionPredictor(Predictor):
         self._last = None
 
     def _meta_card(self) -> DatasetCard:
-        return DatasetCard(".", {"name": self.card.get("dataset", "input"),
+        return DatasetCard(".", {"name": self.model_card.get("dataset", "input"),
                                  "metadata_columns": self.meta_encoder.columns,
                                  "missing_values": self.meta_encoder.missing_values})
 
@@ -548,11 +548,11 @@ class FusionPredictor(Predictor):
         if "meta" in self.modalities:
             if meta_rows is None:
                 # No metadata given: a placeholder that the presence mask hides from the model.
-                dim = self.card["arch"]["text_dim"] if self.card.get("meta_kind") == "text" else self.meta_encoder.dim
+                dim = self.model_card["arch"]["text_dim"] if self.model_card.get("meta_kind") == "text" else self.meta_encoder.dim
                 meta = torch.zeros(n, dim)
                 present["meta"] = torch.zeros(n, dtype=torch.bool)
             else:
-                if self.card.get("meta_kind") == "text":
+                if self.model_card.get("meta_kind") == "text":
                     prompts = self.meta_encoder.prompts(meta_rows, card or self._meta_card())
                     meta = torch.from_numpy(encode_prompts(self.text_encoder, prompts))
                 elif card is None:
@@ -619,7 +619,7 @@ class FusionPredictor(Predictor):
         return self._details(self._outputs(paths))
 
     def _state(self):
-        return self.model.state_dict(), self.card
+        return self.model.state_dict(), self.model_card
 
     def _predict_rows(self, card, rows: pd.DataFrame, groups, progress: bool) -> Predictions:
         """Predictions for rows of a dataset card, with every modality the model was trained on."""

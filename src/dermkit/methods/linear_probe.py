@@ -85,12 +85,12 @@ class ProbePredictor(EncoderHeadPredictor):
 
     method = "linear_probe"
 
-    def __init__(self, enc, probe: LinearProbe, card: dict, **kwargs):
-        super().__init__(enc, card, **kwargs)
+    def __init__(self, enc, probe: LinearProbe, model_card: dict, **kwargs):
+        super().__init__(enc, model_card, **kwargs)
         self.probe = probe
 
     def _state(self):
-        return self.probe.tensors(), {**self.card, "C": self.probe.C,
+        return self.probe.tensors(), {**self.model_card, "C": self.probe.C,
                                       "val_balanced_accuracy": {f"{c:g}": v for c, v in self.probe.val_scores.items()},
                                       "probe": self.probe.info}
 

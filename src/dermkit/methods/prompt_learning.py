@@ -402,12 +402,12 @@ class PromptPredictor(Predictor):
 
     method = "prompt_learning"
 
-    def __init__(self, model: PromptModel, card: dict):
-        super().__init__(card)
+    def __init__(self, model: PromptModel, model_card: dict):
+        super().__init__(model_card)
         self.model = model.eval()
 
     def _state(self):
-        return self.model.state_dict(), self.card
+        return self.model.state_dict(), self.model_card
 
     def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
         return _proba(self.model, tail_inputs(self.model, [Path(p) for p in paths], progress=progress, desc="encoding"))

@@ -91,15 +91,15 @@ class SAEPredictor(EncoderHeadPredictor):
 
     method = "sae"
 
-    def __init__(self, enc, sae: SparseAutoencoder, probe: LinearProbe, card: dict, **kwargs):
-        super().__init__(enc, card, **kwargs)
+    def __init__(self, enc, sae: SparseAutoencoder, probe: LinearProbe, model_card: dict, **kwargs):
+        super().__init__(enc, model_card, **kwargs)
         self.sae = sae.cpu().eval()
         self.probe = probe
 
     def _state(self):
         tensors = {f"sae.{k}": v.detach().float() for k, v in self.sae.state_dict().items()}
         tensors.update(self.probe.tensors())
-        return tensors, {**self.card, "sae": {**dict(self.card.get("sae") or {}), **self.sae.config()}}
+        return tensors, {**self.model_card, "sae": {**dict(self.model_card.get("sae") or {}), **self.sae.config()}}
 
     def activations(self, images, progress: bool = False) -> np.ndarray:
         """SAE latent activations ``(N, n_latents)`` of image paths or of ``(N, D)`` embeddings."""

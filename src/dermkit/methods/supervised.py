@@ -221,27 +221,27 @@ class SupervisedPredictor(Predictor):
 
     method = "supervised"
 
-    def __init__(self, model: nn.Module, card: dict, device: str = "auto", precision: str = "auto"):
-        super().__init__(card)
+    def __init__(self, model: nn.Module, model_card: dict, device: str = "auto", precision: str = "auto"):
+        super().__init__(model_card)
         self.device = resolve_device(device)
         self.amp_dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
-        self.image_size: int = int(card["image_size"])
-        self.transform = eval_transform(self.image_size, card["mean"], card["std"])
-        self.thickness_kind: str | None = (card.get("thickness") or {}).get("kind")
+        self.image_size: int = int(model_card["image_size"])
+        self.transform = eval_transform(self.image_size, model_card["mean"], model_card["std"])
+        self.thickness_kind: str | None = (model_card.get("thickness") or {}).get("kind")
         self.tta = "none"
-        self.set_tta(card.get("tta") or "none")
+        self.set_tta(model_card.get("tta") or "none")
         self._last: tuple | None = None
 
     def set_tta(self, mode: str) -> None:
         """Use test-time augmentation ``mode`` (none | flip | flip_rot) from now on (saved with the model)."""
         if mode not in TTA_MODES:
             raise ConfigError(f"tta must be one of {', '.join(TTA_MODES)}, got {mode!r}")
-        self.tta = self.card["tta"] = mode
+        self.tta = self.model_card["tta"] = mode
         self._last = None
 
     def _state(self):
-        return self.model.state_dict(), self.card
+        return self.model.state_dict(), self.model_card
 
     def dataset(self, paths: Sequence[Path], progress: bool = False) -> ImageDataset:
         return ImageDataset([as_path(p) for p in paths], None, self.transform, cache_side=int(self.image_size * 1.15),
@@ -256,7 +256,7 @@ class SupervisedPredictor(Predictor):
             return self._last[1]
         width = len(self.classes) + (0 if self.thickness_kind is None else
                                      1 if self.thickness_kind == "regression" else
-                                     len((self.card.get("thickness") or {}).get("bins") or []) - 1)
+                                     len((self.model_card.get("thickness") or {}).get("bins") or []) - 1)
         if not paths:
             return np.zeros((0, width))
         out = predict_outputs(self.model, self.dataset(paths, progress), 64, self.device, self.amp_dtype, progress,
@@ -311,7 +311,7 @@ class ThicknessPredictor(SupervisedPredictor):
 
     def thickness(self, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(point prediction, expected value) from :meth:`_outputs`: bins (ordinal) or mm (regression)."""
-        info = self.card["thickness"]
+        info = self.model_card["thickness"]
         extra = outputs[:, len(self.classes):]
         if self.thickness_kind == "ordinal":
             raw = torch.logit(torch.from_numpy(extra).clamp(1e-7, 1 - 1e-7)).numpy()  # mean P(bin > k) -> logits
@@ -324,7 +324,7 @@ class ThicknessPredictor(SupervisedPredictor):
         outputs = self._outputs(paths)
         proba = outputs[:, :len(self.classes)]
         point, expected = self.thickness(outputs)
-        bins = self.card["thickness"].get("bins") or []
+        bins = self.model_card["thickness"].get("bins") or []
         details = []
         for i in range(len(outputs)):
             if self.thickness_kind == "ordinal":
@@ -490,7 +490,7 @@ class Supervised(Method):
         kind = predictor.thickness_kind
         preds = predictor.predict(card, split="test", progress=run.progress)
         truth = thickness_targets(card, rows, config.thickness_target_column, kind)
-        bins = predictor.card["thickness"].get("bins")
+        bins = predictor.model_card["thickness"].get("bins")
         report = thickness_report(kind, rows["image"].tolist(), truth, preds.thickness, bins,
                                   row_groups(rows, card.group_column), n_bootstrap=config.n_bootstrap,
                                   seed=config.engine.seed,

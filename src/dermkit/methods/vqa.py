@@ -70,8 +70,8 @@ class VQAPredictor(Predictor):
 
     method = "vqa"
 
-    def __init__(self, model, processor, card: dict, adapter: dict[str, torch.Tensor] | None = None):
-        super().__init__(card)
+    def __init__(self, model, processor, model_card: dict, adapter: dict[str, torch.Tensor] | None = None):
+        super().__init__(model_card)
         self.model, self.processor, self.adapter = model, processor, adapter
 
     def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
@@ -81,13 +81,13 @@ class VQAPredictor(Predictor):
         from dermkit.models.generative import option_probabilities
 
         self.model.eval()
-        question = self.card["question"]
-        return np.stack([option_probabilities(self.model, self.processor, open_image(p), question, self.card["options"])
+        question = self.model_card["question"]
+        return np.stack([option_probabilities(self.model, self.processor, open_image(p), question, self.model_card["options"])
                          for p in tqdm(paths, desc="vqa options", disable=not progress)]) if len(paths) else \
             np.zeros((0, len(self.classes)))
 
     def _state(self):
-        return dict(self.adapter or {}), self.card
+        return dict(self.adapter or {}), self.model_card
 
 
 class _LoraModel(nn.Module):
