@@ -13,8 +13,9 @@ that method's keys::
 :class:`Run` owns the bookkeeping every method used to write for itself: the config snapshot
 (``config.yaml``), the best model (``model/``, written atomically), the training engine bound to the
 run folder, the test report of the selected model on the task's test split and on every
-``eval_data`` test split (``eval/test``, ``eval/<dataset>_test``), and ``summary.json`` with one
-schema (see :meth:`Run.finish`).
+``eval_data`` test split (``eval/test``, ``eval/<dataset>_test``; plus the Breslow thickness report,
+``eval/test/thickness.*``, when the model's test predictions carry a thickness), and
+``summary.json`` with one schema (see :meth:`Run.finish`).
 """
 
 from __future__ import annotations
@@ -180,6 +181,9 @@ class Run:
     def report(self, predictor: Predictor) -> dict[str, tuple]:
         """Test report of ``predictor`` on the run's task and on every ``eval_data`` test split.
 
+        When the predictions on the run's test split carry a Breslow thickness (and its target), the
+        thickness report (metrics with CIs, plots) joins the test report (``eval/test/thickness.*``),
+        and ``summary.json`` gets ``thickness`` and the suite-table column ``thickness (test)``.
         Returns ``{"test" | dataset: (report, folder, predictions frame)}``; computed once.
         """
         from dermkit.evaluate import evaluate
@@ -191,7 +195,8 @@ class Run:
         task = getattr(self.config, "task", None)
         reports = {}
         for eval_card in [card] + self.eval_cards():
-            preds = predictor.predict_split(eval_card, "test", progress=self.progress)
+            predictions = predictor.predict(eval_card, split="test", progress=self.progress)
+            preds = predictions.frame()
             title = (f"{predictor.name} ({card.name}{'' if task in (None, '', 'all') else ', ' + task}) "
                      f"on {eval_card.name} test")
             report = evaluate(preds, n_bootstrap=self.config.n_bootstrap, seed=seed, title=title)
@@ -199,6 +204,10 @@ class Run:
             folder = report.save(self.out_dir / "eval" / ("test" if key == "test" else f"{eval_card.name}_test"))
             if getattr(predictor, "temperature", None) and hasattr(predictor, "inner"):
                 _write_calibration(folder, preds, predictor, self.config.n_bootstrap, seed)
+            if key == "test" and predictions.thickness is not None and predictions.thickness_target is not None:
+                thickness = _write_thickness(folder, predictions, predictor, card, self.config.n_bootstrap, seed)
+                self.summary["thickness"] = {"kind": thickness.kind, **thickness.metrics, "ci": thickness.ci}
+                self.table_extra["thickness (test)"] = thickness.summary_text()
             reports[key] = (report, folder, preds)
         self.reports = reports
         return reports
@@ -247,6 +256,20 @@ def _write_calibration(folder: Path, preds, predictor, n_bootstrap: int, seed: i
     io.write_json(folder / "calibration.json", result)
     io.write_text(folder / "calibration.md", calibration_markdown(result) + "\n")
     io.save_figure(folder / "reliability_calibration.png", fig)
+
+
+def _write_thickness(folder: Path, predictions, predictor: Predictor, card, n_bootstrap: int, seed: int):
+    """The Breslow thickness report of test ``predictions`` (true vs predicted thickness of the rows
+    that have a target; CIs on the classification report's resamples), saved in ``folder``."""
+    from dermkit.evaluate.thickness import thickness_report  # matplotlib: loaded only for a thickness model
+
+    info = predictor.model_card.get("thickness") or {}
+    kind = info.get("kind")
+    report = thickness_report(kind, predictions.ids, predictions.thickness_target, predictions.thickness,
+                              info.get("bins"), predictions.groups, n_bootstrap=n_bootstrap, seed=seed,
+                              title=f"Breslow thickness ({kind}) of {predictor.name} on {card.name} (test split)")
+    report.save(folder)
+    return report
 
 
 # ------------------------------------------------------------------------------ entry points

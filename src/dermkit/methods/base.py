@@ -112,7 +112,13 @@ class ClassifierConfig:
 
 @dataclass
 class Predictions:
-    """What a predictor returns: one row per image (``ids``), probabilities over ``classes``."""
+    """What a predictor returns: one row per image (``ids``), probabilities over ``classes``.
+
+    A model with a Breslow thickness head adds its predicted ``thickness`` (a column of
+    :meth:`frame`) and, for the rows of a dataset that holds the model's thickness target,
+    ``thickness_target`` (the true value, NaN where a row has none; not a column of the frame):
+    the :class:`~dermkit.experiment.Run` scores the two in its test report.
+    """
 
     ids: list[str]
     proba: np.ndarray
@@ -120,6 +126,7 @@ class Predictions:
     targets: list[str] | None = None
     groups: list[str] | None = None
     thickness: np.ndarray | None = None
+    thickness_target: np.ndarray | None = None
 
     def frame(self) -> pd.DataFrame:
         """The evaluation layer's predictions table (see :mod:`dermkit.evaluate.predictions`)."""

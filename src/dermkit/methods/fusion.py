@@ -16,8 +16,9 @@ modalities it used. Loss = ``alpha`` x class cross-entropy + ``beta`` x thicknes
 thickness loss averaged over the rows that have a target only (Derm7pt: melanomas with a bin).
 
 Outputs of a run folder: ``model/`` (safetensors + model.json, ``"method": "fusion"``),
-``eval/test/`` (classification report + ``thickness.*``), ``modality_subsets.csv`` (test metrics
-when only some modalities are given), ``history.csv``, ``summary.json``.
+``eval/test/`` (classification report + ``thickness.*``, written by the run's test report since
+the predictions carry the thickness), ``modality_subsets.csv`` (test metrics when only some
+modalities are given), ``history.csv``, ``summary.json``.
 """
 
 from __future__ import annotations
@@ -273,9 +274,9 @@ def _forward_all(model: FusionNet, split: _Split, device, batch_size: int = 512,
 
 
 def _train_fusion(cfg: FusionConfig, run) -> "FusionPredictor":
-    """Train on train, select on val; test report with thickness and modality-subset tables."""
+    """Train on train, select on val; the modality-subset table of the selected model on test."""
     from dermkit.evaluate import classification_metrics
-    from dermkit.evaluate.thickness import thickness_metrics, thickness_report
+    from dermkit.evaluate.thickness import thickness_metrics
 
     progress = run.progress
     out_dir = run.out_dir
@@ -385,28 +386,14 @@ def _train_fusion(cfg: FusionConfig, run) -> "FusionPredictor":
             lambda m, metrics: FusionPredictor(m, model_card(metrics), device=str(dev)),
             steps_per_epoch=steps_per_epoch(n_train, cfg.batch_size), batch_size_fn=lambda idx: len(idx))
 
-    # ---- test with the selected weights (the Run's report), plus thickness and modality subsets
+    # ---- the selected weights on test (the Run reports them, with the thickness the predictions carry)
     predictor = load_fusion_predictor(run.model_dir, device=str(dev))
-    report_dir = run.report(predictor)["test"][1]
     best = predictor.model
     test = splits["test"]
-    test_rows = test.rows.rows
-    groups = test.rows.groups(card)
-    out = _forward_all(best, test, dev)
 
     extra = {"modalities": modality_text(modalities)}
     if "meta" in modalities:
         extra["meta"] = f"{cfg.meta_encoder}: {len(meta_enc.columns)} cols"
-    summary_thickness = None
-    if kind is not None:
-        pred, expected = thickness_values(kind, out.get("thickness_raw"), thickness_stats)
-        t_report = thickness_report(kind, test_rows["image"].tolist(), test.thickness.cpu().numpy(), pred,
-                                    list(ORDINAL_BINS) if kind == "ordinal" else None, groups,
-                                    n_bootstrap=cfg.n_bootstrap, seed=cfg.engine.seed,
-                                    title=f"Breslow thickness ({kind}) of {display} on {card.name} (test split)")
-        t_report.save(report_dir)
-        summary_thickness = {"kind": kind, **t_report.metrics, "ci": t_report.ci}
-        extra["thickness (test)"] = t_report.summary_text()
 
     # ---- robustness: test metrics when only some modalities are given
     subset_rows = []
@@ -422,8 +409,8 @@ def _train_fusion(cfg: FusionConfig, run) -> "FusionPredictor":
     subsets = pd.DataFrame(subset_rows)
     write_csv(out_dir / "modality_subsets.csv", subsets)
 
-    run.summary.update(model=display, modalities=modalities, thickness=summary_thickness,
-                       test_by_modalities=subset_rows)
+    # ``thickness``: the Run's test report fills it in when the model predicts a thickness.
+    run.summary.update(model=display, modalities=modalities, thickness=None, test_by_modalities=subset_rows)
     run.table_extra.update(extra)
     return predictor
 
@@ -632,8 +619,11 @@ class FusionPredictor(Predictor):
             raise DataError(f"{card.name} has none of the image views this model reads ({modality_text(image_modalities)})")
         out = self._run(views, rows if "meta" in self.modalities else None, card, progress)
         point, _ = thickness_values(self.thickness_kind, out.get("thickness_raw"), self.thickness_stats)
+        # The true thickness where the card has this model's kind of target, in float32 as training holds it.
+        target = (mm_rows.thickness.astype(np.float32) if point is not None
+                  and mm_rows.thickness_kind == self.thickness_kind else None)
         return Predictions(rows["image"].tolist(), out["proba"], self.classes, rows["diagnosis"].tolist(),
-                           mm_rows.groups(card), thickness=point)
+                           mm_rows.groups(card), thickness=point, thickness_target=target)
 
 
 def load_fusion_predictor(folder: str | Path, device: str = "auto") -> FusionPredictor:

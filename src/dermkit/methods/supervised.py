@@ -10,8 +10,10 @@ and ``layer_decay``, and ``tta`` (test-time flips / rotations averaged, saved wi
 ``thickness: ordinal | regression`` adds a Breslow thickness head beside the class head (the
 dual-head model of Derma-Fusion-Net): both heads read the backbone's pooled features and the
 whole network is fine-tuned on ``alpha`` x class loss + ``beta`` x thickness loss, the thickness
-loss averaged over the rows that have a target only. The test report then adds the thickness
-metrics and plots (``eval/test/thickness.*``) and ``dermkit predict`` prints the thickness.
+loss averaged over the rows that have a target only. The model's predictions then carry the
+thickness (and, on a dataset with the target column, the true one), so the run's test report adds
+the thickness metrics and plots (``eval/test/thickness.*``); ``dermkit predict`` prints the
+thickness.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from dermkit.data.images import as_path
+from dermkit.data.multimodal import ORDINAL_BINS, parse_thickness
 from dermkit.data.torchdata import TTA_MODES, ImageDataset, eval_transform, train_transform, tta_views
 from dermkit.engine.batching import drop_last, steps_per_epoch
 from dermkit.engine.loop import EngineConfig
@@ -159,8 +162,6 @@ def mix_batch(mixer, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> tuple[
 def thickness_targets(card, rows: pd.DataFrame, column: str, kind: str) -> np.ndarray:
     """The thickness target of each row (NaN = none): mm >= 0 (regression) or a Breslow bin
     (ordinal, 0..3); anything else is a DataError naming the CSV line."""
-    from dermkit.data.multimodal import parse_thickness
-
     if column not in card.table.columns:
         raise ConfigError(f"thickness_column {column!r} is not a column of {card.metadata_csv}; "
                           f"name the column that holds the {'Breslow bin' if kind == 'ordinal' else 'thickness in mm'}")
@@ -340,8 +341,10 @@ class ThicknessPredictor(SupervisedPredictor):
         paths = [card.image_path(p) for p in rows["image"]]
         outputs = self._outputs(paths, progress)
         point, _ = self.thickness(outputs)
+        column = self.model_card["thickness"].get("column") or THICKNESS_COLUMNS[self.thickness_kind]
+        target = parse_thickness(card, rows, column, self.thickness_kind) if column in card.table.columns else None
         return Predictions(rows["image"].tolist(), outputs[:, :len(self.classes)], self.classes,
-                           rows["diagnosis"].tolist(), groups, thickness=point)
+                           rows["diagnosis"].tolist(), groups, thickness=point, thickness_target=target)
 
 
 def make_predictor(model: nn.Module, card: dict, device: str = "auto", precision: str = "auto") -> SupervisedPredictor:
@@ -374,8 +377,6 @@ class Supervised(Method):
         return warnings
 
     def fit(self, config: TrainConfig, run) -> SupervisedPredictor:
-        from dermkit.data.multimodal import ORDINAL_BINS
-
         torch.set_num_threads(max(1, torch.get_num_threads()))
         card = run.card()
         spec = model_spec(config.model)
@@ -473,31 +474,7 @@ class Supervised(Method):
                 steps_per_epoch=steps_per_epoch(len(train_set), config.batch_size),
                 batch_size_fn=lambda b: len(b[1]))
         run.summary["model"] = config.model
-        predictor = self.load(run.model_dir, device=str(engine.device))
-        if kind is not None:
-            self._thickness_report(predictor, config, run)
-        return predictor
-
-    @staticmethod
-    def _thickness_report(predictor: ThicknessPredictor, config: TrainConfig, run) -> None:
-        """Thickness metrics with CIs and plots of the selected model on the test split, written next
-        to the test report (``eval/test/thickness.*``), as fusion's; summary ``thickness``."""
-        from dermkit.data.split import row_groups
-        from dermkit.evaluate.thickness import thickness_report
-
-        card = run.card()
-        rows = card.rows("test")
-        kind = predictor.thickness_kind
-        preds = predictor.predict(card, split="test", progress=run.progress)
-        truth = thickness_targets(card, rows, config.thickness_target_column, kind)
-        bins = predictor.model_card["thickness"].get("bins")
-        report = thickness_report(kind, rows["image"].tolist(), truth, preds.thickness, bins,
-                                  row_groups(rows, card.group_column), n_bootstrap=config.n_bootstrap,
-                                  seed=config.engine.seed,
-                                  title=f"Breslow thickness ({kind}) of {config.model} on {card.name} (test split)")
-        report.save(run.out_dir / "eval" / "test")
-        run.summary["thickness"] = {"kind": kind, **report.metrics, "ci": report.ci}
-        run.table_extra["thickness (test)"] = report.summary_text()
+        return self.load(run.model_dir, device=str(engine.device))
 
     def load(self, folder, device: str = "auto", precision: str = "auto") -> SupervisedPredictor:
         model, card = load_model(folder)
