@@ -1,4 +1,5 @@
-"""YAML config -> run -> output folder, suites of runs compared in one table, and config checks.
+"""YAML config -> run -> output folder, suites of runs compared in one table, config checks, and
+one encoder evaluated on several datasets (``dermkit zeroshot`` / ``dermkit probe``).
 
 A config names its ``method`` (any registered method, see :mod:`dermkit.methods.base`) and holds
 that method's keys::
@@ -15,7 +16,9 @@ that method's keys::
 run folder, the test report of the selected model on the task's test split and on every
 ``eval_data`` test split (``eval/test``, ``eval/<dataset>_test``; plus the Breslow thickness report,
 ``eval/test/thickness.*``, when the model's test predictions carry a thickness), and
-``summary.json`` with one schema (see :meth:`Run.finish`).
+``summary.json`` with one schema (see :meth:`Run.finish`). :func:`run_zeroshot` and
+:func:`run_probe` keep their own folder layout (the report in ``<dataset>/``) but write each
+dataset folder's ``summary.json`` through a :class:`Run` too, so it has the same schema.
 """
 
 from __future__ import annotations
@@ -29,14 +32,28 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import yaml
 
+from dermkit import io
+from dermkit.data.card import load_card
+from dermkit.data.prompts import prompt_spec
 from dermkit.engine import distributed
-from dermkit.errors import ConfigError, DermkitError
+from dermkit.errors import ConfigError, DataError, DermkitError
 from dermkit.io import write_csv, write_json, write_text
 from dermkit.methods import get_method
-from dermkit.methods.base import Method, Predictor
+from dermkit.methods.base import DatasetResult, Method, Predictor
+from dermkit.methods.linear_probe import (
+    DEFAULT_CS,
+    DEFAULT_FRACTIONS,
+    ProbeConfig,
+    check_sweep,
+    probe_sweep,
+    write_probe_table,
+)
+from dermkit.methods.zeroshot import ZeroShotConfig, write_zeroshot_table, zeroshot_report
+from dermkit.models.encoders import load_encoder
+from dermkit.models.text import require_text
 
 __all__ = ["Run", "load_config", "run_experiment", "run_suite", "suite_table", "suite_markdown", "check_configs",
-           "SUMMARY_KEYS", "TABLE_METRICS"]
+           "run_zeroshot", "run_probe", "SUMMARY_KEYS", "TABLE_METRICS"]
 
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
 HEADERS = {"accuracy": "ACC", "balanced_accuracy": "BACC", "macro_f1": "F1", "macro_auc": "AUC"}
@@ -73,10 +90,14 @@ def _split_raw(raw: dict[str, Any]) -> tuple[Method, dict[str, Any], str | None,
 
 
 class Run:
-    """One method's run in one folder; handed to ``Method.fit``."""
+    """One method's run in one folder; handed to ``Method.fit``.
+
+    ``card``: the run's dataset card when the caller has loaded it already (else it is derived
+    from the config's ``data`` and ``task`` on first use).
+    """
 
     def __init__(self, method: Method, config, out_dir: str | os.PathLike, name: str | None = None,
-                 resume: bool = False, progress: bool = True):
+                 resume: bool = False, progress: bool = True, card=None):
         self.method = method
         self.config = config
         self.out_dir = Path(out_dir)
@@ -87,7 +108,7 @@ class Run:
         self.summary: dict[str, Any] = {}  # method-specific summary fields
         self.table_extra: dict[str, str] = {}  # method-specific suite-table columns
         self.reports: dict[str, tuple] | None = None
-        self._card = None
+        self._card = card
         self._eval_cards = None
 
     # -- data
@@ -211,6 +232,10 @@ class Run:
             reports[key] = (report, folder, preds)
         self.reports = reports
         return reports
+
+    def record_report(self, report, folder: Path, preds: pd.DataFrame) -> None:
+        """Take a test report written elsewhere (a multi-dataset command's own layout) as this run's."""
+        self.reports = {"test": (report, Path(folder), preds)}
 
     def finish(self, predictor: Predictor | None) -> dict[str, Any]:
         """Write and return ``summary.json`` (keys :data:`SUMMARY_KEYS` + the method's own)."""
@@ -438,6 +463,118 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     write_text(out_dir / "suite.md", suite_markdown(table))
     write_json(out_dir / "suite.json", summaries)
     return table
+
+
+# ------------------------------------------------------------------------------ one encoder, several datasets
+
+
+def _dataset_summary(run: Run, result: DatasetResult) -> dict:
+    """``result.folder/summary.json`` of one dataset of a multi-dataset command (the schema of a run's)."""
+    run.record_report(result.report, result.folder, result.predictions)
+    run.summary.update(result.summary)
+    return run.finish(result.predictor)
+
+
+def run_zeroshot(
+    model_spec: str,
+    datasets: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    split: str = "test",
+    n_bootstrap: int = 1000,
+    prompts: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+    enc=None,
+) -> pd.DataFrame:
+    """Zero-shot evaluation of one model on several datasets; returns the summary table.
+
+    Writes ``out_dir/<dataset>/`` (the evaluation report: metrics.json, predictions.csv,
+    report.md/.html, plots; ``model/``, the zero-shot classifier folder that ``dermkit predict``
+    loads; prompts.json with the texts used; positive_vs_rest.json for datasets with a positive
+    class; ``summary.json`` with the schema of a ``dermkit run`` folder's plus ``split``) and
+    ``out_dir/zeroshot_table.md`` + ``.csv`` (dataset, n, classes, accuracy, balanced accuracy,
+    macro AUC with 95% CI, macro F1, and the positive class's (melanoma's) one-vs-rest AUROC with
+    95% CI) and ``out_dir/run.json`` (the command's settings). ``enc`` skips loading ``model_spec``.
+    """
+    if not datasets:
+        raise DataError("no datasets given; pass one or more dataset names or folders")
+    if enc is None:
+        enc = load_encoder(model_spec, device=device)
+    require_text(enc)
+    out = Path(out_dir)
+    cards = [load_card(d) for d in datasets]
+    for card in cards:  # fail on a bad prompt file before any compute
+        prompt_spec(card, prompts)
+    method = get_method("zeroshot")
+    rows = []
+    for card, folder in zip(cards, io.unique_names(c.name for c in cards)):
+        config = ZeroShotConfig(data=card.name, model=model_spec, n_bootstrap=n_bootstrap)
+        run = Run(method, config, out / folder, progress=progress, card=card)
+        result = zeroshot_report(enc, card, out / folder, model_spec, split=split, n_bootstrap=n_bootstrap,
+                                 prompts=prompts, cache_dir=cache_dir, seed=seed, progress=progress)
+        _dataset_summary(run, result)
+        rows += result.rows
+    table = write_zeroshot_table(out, rows, enc.name, split, n_bootstrap)
+    io.write_json(out / "run.json", {"method": "zeroshot", "model": model_spec, "encoder": enc.name,
+                                     "fingerprint": enc.fingerprint, "split": split,
+                                     "datasets": [str(d) for d in datasets], "prompts": None if prompts is None
+                                     else str(prompts), "n_bootstrap": n_bootstrap, "seed": seed})
+    return table
+
+
+def run_probe(
+    model_spec: str,
+    datasets: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seeds: int = 3,
+    Cs: Sequence[float] = DEFAULT_CS,
+    class_weight: str | None = "balanced",
+    n_bootstrap: int = 1000,
+    cache_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    enc=None,
+) -> pd.DataFrame:
+    """Linear-probe evaluation of one encoder on several datasets; returns the summary table.
+
+    Writes ``out_dir/<dataset>/``: ``runs.csv`` (every fraction x seed: n_train, chosen C, val
+    and test metrics), the evaluation report of the largest fraction (seed 0) and its fitted
+    probe as a classifier folder (``model/``, loaded by ``dermkit predict/evaluate --model``),
+    ``summary.json`` (the schema of a ``dermkit run`` folder's, for that probe, plus ``fraction``
+    and ``seed``); and ``out_dir/probe_table.md`` + ``.csv`` (dataset, fraction, n_train, balanced
+    accuracy / macro AUC / macro F1 mean ± sd over seeds) and ``out_dir/run.json``. A fraction that
+    keeps the whole training set is fit once (every seed would give the same model). ``enc`` skips
+    loading ``model_spec``.
+    """
+    fractions = check_sweep(fractions, seeds)
+    if not datasets:
+        raise DataError("no datasets given; pass one or more dataset names or folders")
+    if enc is None:
+        enc = load_encoder(model_spec, device=device)
+    out = Path(out_dir)
+    cards = [load_card(d) for d in datasets]
+    method = get_method("linear_probe")
+    rows = []
+    for card, folder in zip(cards, io.unique_names(c.name for c in cards)):
+        config = ProbeConfig(data=card.name, model=model_spec, n_bootstrap=n_bootstrap)
+        run = Run(method, config, out / folder, progress=progress, card=card)
+        result = probe_sweep(enc, card, out / folder, model_spec, fractions=fractions, seeds=seeds, Cs=Cs,
+                             class_weight=class_weight, n_bootstrap=n_bootstrap, cache_dir=cache_dir,
+                             progress=progress)
+        _dataset_summary(run, result)
+        rows += result.rows
+    table = write_probe_table(out, rows, enc.name, Cs, class_weight)
+    io.write_json(out / "run.json", {"method": "linear_probe", "model": model_spec, "encoder": enc.name,
+                                     "fingerprint": enc.fingerprint, "datasets": [str(d) for d in datasets],
+                                     "fractions": fractions, "seeds": seeds, "Cs": list(Cs),
+                                     "class_weight": class_weight, "n_bootstrap": n_bootstrap})
+    return table
+
+
+# ------------------------------------------------------------------------------ suite tables
 
 
 def suite_table(summaries: Sequence[dict], extra: dict[str, dict[str, str]] | None = None) -> pd.DataFrame:

@@ -46,6 +46,7 @@ __all__ = [
     "EncoderHeadPredictor",
     "ClassEmbeddingPredictor",
     "Recalibrated",
+    "DatasetResult",
 ]
 
 METHODS: dict[str, "Method"] = {}
@@ -222,6 +223,21 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, classes={self.classes})"
+
+
+@dataclass
+class DatasetResult:
+    """One dataset's evaluation by a method's multi-dataset command (``dermkit zeroshot`` / ``probe``):
+    the ``predictor`` (saved in ``folder/model``), the evaluation ``report`` saved in ``folder`` and
+    its ``predictions`` table, the command's table ``rows`` for this dataset, and the method's own
+    ``summary.json`` fields (the :class:`~dermkit.experiment.Run` writes the shared ones)."""
+
+    predictor: "Predictor"
+    report: Any
+    predictions: pd.DataFrame
+    folder: Path
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
 
 
 # ------------------------------------------------------------------------------ methods
