@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from dermkit.experiment import run_experiment
 from dermkit.engine.losses import soft_clip_loss
+from dermkit.experiment import run_experiment
 
 
 def test_soft_clip_loss_matches_clip_loss_for_distinct_captions():

@@ -35,8 +35,21 @@ import yaml
 from dermkit import io
 from dermkit.data.card import load_card
 from dermkit.data.prompts import prompt_spec
+from dermkit.data.tasks import derive_task
 from dermkit.engine import distributed
+from dermkit.engine.loop import Engine
 from dermkit.errors import ConfigError, DataError, DermkitError
+from dermkit.evaluate import evaluate, read_predictions
+from dermkit.evaluate.compare import compare_predictions, predictions_path, save_comparison
+from dermkit.evaluate.compare import suite_columns as compare_columns
+from dermkit.evaluate.subgroups import (
+    attach_metadata,
+    save_subgroups,
+    subgroup_analysis,
+    subgroup_labels,
+)
+from dermkit.evaluate.subgroups import suite_columns as subgroup_columns
+from dermkit.evaluate.tables import markdown_table, percent_ci
 from dermkit.io import write_csv, write_json, write_text
 from dermkit.methods import get_method
 from dermkit.methods.base import DatasetResult, Method, Predictor
@@ -115,8 +128,6 @@ class Run:
     def card(self):
         """The run's dataset card, relabelled for its ``task``."""
         if self._card is None:
-            from dermkit.data.tasks import derive_task
-
             c = self.config
             self._card = derive_task(c.data, getattr(c, "task", None),
                                      negative_name=getattr(c, "negative_name", "other skin lesion"))
@@ -125,8 +136,6 @@ class Run:
     def eval_cards(self) -> list:
         """The ``eval_data`` cards under the same task (their classes must equal the run's)."""
         if self._eval_cards is None:
-            from dermkit.data.tasks import derive_task
-
             c, card = self.config, self.card()
             cards = [derive_task(d, getattr(c, "task", None), negative_name=getattr(c, "negative_name", "other skin lesion"))
                      for d in getattr(c, "eval_data", None) or []]
@@ -155,8 +164,6 @@ class Run:
 
     # -- training
     def engine(self, model, engine_config=None):
-        from dermkit.engine.loop import Engine
-
         return Engine(model, engine_config or self.config.engine, self.out_dir, progress=self.progress)
 
     def fit(self, engine, make_batches: Callable, loss_fn: Callable, validate: Callable,
@@ -207,8 +214,6 @@ class Run:
         and ``summary.json`` gets ``thickness`` and the suite-table column ``thickness (test)``.
         Returns ``{"test" | dataset: (report, folder, predictions frame)}``; computed once.
         """
-        from dermkit.evaluate import evaluate
-
         if self.reports is not None:
             return self.reports
         card = self.card()
@@ -395,8 +400,6 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         method.config(rest, where)
     base_dir = None
     if baseline is not None:
-        from dermkit.evaluate.compare import predictions_path
-
         base_dir = out_dir / baseline if baseline in names else Path(baseline)
         if baseline not in names and not base_dir.exists():
             raise ConfigError(f"--baseline {baseline!r} is neither a run of this suite ({', '.join(names)}) nor a "
@@ -419,11 +422,6 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         cells = extra.setdefault(summary.get("name"), {})
         report = summary.get("report")
         if subgroups:
-            from dermkit.data import load_card
-            from dermkit.evaluate import read_predictions
-            from dermkit.evaluate.subgroups import (attach_metadata, save_subgroups, subgroup_analysis,
-                                                    subgroup_labels, suite_columns)
-
             try:
                 if not report or not isinstance(raw.get("data"), str):
                     raise DermkitError("the run has no test report on a dataset card")
@@ -433,15 +431,12 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
                                               bins, missing_values=card.missing_values)
                 result = subgroup_analysis(frame, labels, how, n_bootstrap=n_bootstrap)
                 save_subgroups(result, out_dir / raw["name"] / "subgroups", title=raw["name"])
-                cells.update(suite_columns(result))
+                cells.update(subgroup_columns(result))
             except DermkitError as exc:  # e.g. a dataset without that column: the other runs still get theirs
                 if progress:
                     print(f"{raw['name']}: no subgroup table: {exc}")
                 cells.update({f"ΔBACC {a}": "n/a" for a in subgroups})
         if base_dir is not None:
-            from dermkit.evaluate.compare import compare_predictions, save_comparison
-            from dermkit.evaluate.compare import suite_columns as compare_columns
-
             label = Path(baseline).name
             if raw["name"] == baseline or (report and base_csv.resolve() == predictions_path(report).resolve()):
                 cells[f"ΔBACC vs {label}"] = "baseline"
@@ -585,8 +580,6 @@ def suite_table(summaries: Sequence[dict], extra: dict[str, dict[str, str]] | No
     text: subgroup gaps, comparison with a baseline) adds columns to each run's own row (not to
     its transfer rows).
     """
-    from dermkit.evaluate.tables import percent_ci
-
     rows = []
     # A transfer test (trained on one dataset, tested on another's test split) is a row of its own.
     summaries = [r for s in summaries for r in [s] + [{**s, **t, "table_extra": {}, "is_transfer": True}
@@ -605,7 +598,5 @@ def suite_table(summaries: Sequence[dict], extra: dict[str, dict[str, str]] | No
 
 
 def suite_markdown(table: pd.DataFrame) -> str:
-    from dermkit.evaluate.tables import markdown_table
-
     note = "\nMetrics in %, test split, 95% bootstrap CIs in brackets (lesion-grouped where the card has groups).\n"
     return markdown_table(list(table.columns), table.fillna("").values.tolist()) + note

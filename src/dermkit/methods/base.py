@@ -23,7 +23,9 @@ Methods never import each other: what two methods share lives below them (``engi
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -31,7 +33,21 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import pandas as pd
 
+from dermkit.config import config_from_dict
+from dermkit.data.card import DatasetCard, load_card
+from dermkit.data.images import as_path
+from dermkit.data.split import row_groups
+from dermkit.data.tasks import derive_task
+from dermkit.engine.features import extract_features
 from dermkit.errors import ConfigError, DataError, ModelError
+from dermkit.evaluate.calibration import apply_offsets, apply_temperature
+from dermkit.evaluate.predictions import predictions_frame
+from dermkit.io import replace_dir, write_json
+from dermkit.models.checkpoint import FORMAT, MODEL_CARD, MODEL_WEIGHTS, load_tensors, read_model_card, save_tensors
+from dermkit.models.encoders import load_encoder, save_open_clip_folder
+from dermkit.models.explain import encoder_saliency
+from dermkit.models.specs import parse_spec
+from dermkit.models.text import zeroshot_proba
 
 __all__ = [
     "METHODS",
@@ -79,8 +95,6 @@ class ClassifierConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "config"):
-        from dermkit.config import config_from_dict
-
         raw = dict(raw or {})
         if isinstance(raw.get("eval_data"), str):  # "ph2,isic2017" from a command line
             raw["eval_data"] = [d.strip() for d in raw["eval_data"].split(",") if d.strip()]
@@ -131,8 +145,6 @@ class Predictions:
 
     def frame(self) -> pd.DataFrame:
         """The evaluation layer's predictions table (see :mod:`dermkit.evaluate.predictions`)."""
-        from dermkit.evaluate.predictions import predictions_frame
-
         frame = predictions_frame(self.ids, self.proba, self.classes, self.targets, self.groups)
         if self.thickness is not None:
             frame["thickness"] = np.asarray(self.thickness)
@@ -184,9 +196,6 @@ class Predictor:
 
     def task_card(self, card):
         """``card`` relabelled for this model's task, checked against its classes."""
-        from dermkit.data.card import load_card
-        from dermkit.data.tasks import derive_task
-
         card = load_card(card)
         task = self.task
         if task not in (None, "", "all") and card.classes != self.classes:
@@ -199,9 +208,6 @@ class Predictor:
 
     def predict(self, images, split: str = "test", progress: bool = False) -> Predictions:
         """Predictions for image paths, or for ``split`` of a dataset (a card, name or folder)."""
-        from dermkit.data.card import DatasetCard
-        from dermkit.data.split import row_groups
-
         is_dataset = isinstance(images, DatasetCard) or (
             isinstance(images, (str, os.PathLike)) and not Path(images).is_file())
         if not is_dataset:
@@ -278,9 +284,6 @@ class Method:
         Returns warnings; raises DermkitError for what would fail. The default checks that the
         datasets exist and that every model spec parses.
         """
-        from dermkit.data.card import load_card
-        from dermkit.models.specs import parse_spec
-
         warnings = []
         for key in ("data", "eval_data", "extra_data"):
             value = getattr(config, key, None)
@@ -299,8 +302,6 @@ class Method:
 
 
 def _takes_where(cls) -> bool:
-    import inspect
-
     try:
         return "where" in inspect.signature(cls.from_dict).parameters
     except (TypeError, ValueError):
@@ -340,8 +341,6 @@ class Recalibrated(Predictor):
         self.method = inner.method
 
     def recalibrate(self, proba: np.ndarray) -> np.ndarray:
-        from dermkit.evaluate.calibration import apply_offsets, apply_temperature
-
         if self.temperature is not None:
             proba = apply_temperature(proba, self.temperature)
         if self.offsets is not None:
@@ -382,12 +381,6 @@ def write_model_folder(folder: str | os.PathLike, tensors: dict[str, Any], card:
     Written into ``FOLDER.partial`` and swapped into place, so a reader never sees a half-written
     model, and a folder that already holds other files (an open_clip model) keeps them.
     """
-    import shutil
-
-    from dermkit.io import replace_dir
-    from dermkit.io import write_json
-    from dermkit.models.checkpoint import FORMAT, MODEL_CARD, MODEL_WEIGHTS, save_tensors
-
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".partial")
     if tmp.exists():
@@ -403,8 +396,6 @@ def write_model_folder(folder: str | os.PathLike, tensors: dict[str, Any], card:
 
 def portable_spec(spec: str) -> str:
     """A model spec as saved in a model folder: local folders as absolute paths, others as given."""
-    from dermkit.models.specs import parse_spec
-
     ref = parse_spec(spec)
     if ref.kind in ("folder", "local-dir") and Path(ref.path).expanduser().exists():
         return str(Path(ref.path).expanduser().resolve())
@@ -418,8 +409,6 @@ def load_base_encoder(spec: str, fingerprint: str | None, folder: str | os.PathL
     ``spec`` ``"."`` means the model folder itself (a CLIP folder that also holds its zero-shot
     head). A missing or changed base model is a clear ModelError naming ``model.json``.
     """
-    from dermkit.models.encoders import load_encoder
-
     folder = Path(folder)
     source = str(folder) if spec == "." else spec
     try:
@@ -460,8 +449,6 @@ class EncoderHeadPredictor(Predictor):
     def saliency_module(self):
         if type(self).saliency_logits is EncoderHeadPredictor.saliency_logits:
             return None
-        from dermkit.models.explain import encoder_saliency
-
         return encoder_saliency(self.enc, self.saliency_logits)
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -469,15 +456,10 @@ class EncoderHeadPredictor(Predictor):
         trained CLIP model) takes the encoder's open_clip files along to the new folder."""
         folder = Path(folder)
         if self.model_card.get("base_model") == "." and not (folder / "open_clip_config.json").is_file():
-            from dermkit.models.encoders import save_open_clip_folder
-
             save_open_clip_folder(self.enc.module, folder, self.enc.model_cfg, self.enc.preprocess_cfg)
         return super().save(folder)
 
     def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
-        from dermkit.data.images import as_path
-        from dermkit.engine.features import extract_features
-
         feats = extract_features(self.enc, [as_path(p) for p in paths], cache_dir=self.cache_dir,
                                  batch_size=self.batch_size, num_workers=self.num_workers, progress=progress)
         return self.head(feats)
@@ -485,8 +467,6 @@ class EncoderHeadPredictor(Predictor):
     @staticmethod
     def read(folder, device: str = "auto"):
         """``(encoder, card, tensors)`` of a saved encoder-head folder, the encoder checked by fingerprint."""
-        from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
-
         card = read_model_card(folder)
         enc = load_base_encoder(card["base_model"], card.get("base_fingerprint"), folder,
                                 device="cpu" if device == "auto" else device)
@@ -507,8 +487,6 @@ class ClassEmbeddingPredictor(EncoderHeadPredictor):
         return {"class_embeddings": self.class_emb}, self.model_card
 
     def head(self, features: np.ndarray) -> np.ndarray:
-        from dermkit.models.text import zeroshot_proba
-
         return zeroshot_proba(features, self.class_emb, self.logit_scale)
 
     def saliency_logits(self, embeddings):

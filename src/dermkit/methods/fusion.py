@@ -45,14 +45,19 @@ from dermkit.data.multimodal import (
     view_columns,
 )
 from dermkit.engine.batching import index_batches, steps_per_epoch
+from dermkit.engine.features import extract_features
 from dermkit.engine.loop import EngineConfig
-from dermkit.runtime import epoch_seed, resolve_device
 from dermkit.engine.losses import classification_criterion
 from dermkit.errors import ConfigError, DataError, ModelError
+from dermkit.evaluate import classification_metrics
 from dermkit.io import write_csv
 from dermkit.methods.base import ClassifierConfig, Method, Predictions, Predictor, register_method
+from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
+from dermkit.models.encoders import load_encoder
 from dermkit.models.fusion import FUSIONS, FusionNet
+from dermkit.models.text import encode_texts
 from dermkit.models.thickness import thickness_loss, thickness_values
+from dermkit.runtime import epoch_seed, resolve_device
 
 __all__ = ["FusionConfig", "Fusion", "load_fusion_predictor", "FusionPredictor",
            "load_image_encoder", "DEFAULT_TEXT_ENCODER"]
@@ -144,14 +149,10 @@ def modality_text(modalities: Sequence[str]) -> str:
 def load_image_encoder(spec: str, weights: str | None = None, device: str = "cpu"):
     """A frozen image encoder from any model spec (``timm:ARCH.TAG`` reads timm's tagged weights,
     e.g. DINO, from the local HF cache; ``weights`` is a local safetensors file for a timm spec)."""
-    from dermkit.models.encoders import load_encoder
-
     return load_encoder(spec, device=device, weights=weights)
 
 
 def _text_encoder(spec: str | None, device: str = "cpu"):
-    from dermkit.models.encoders import load_encoder
-
     spec = spec or DEFAULT_TEXT_ENCODER
     if not Path(spec).expanduser().exists() and ":" not in spec:
         raise ModelError(
@@ -166,15 +167,11 @@ def _text_encoder(spec: str | None, device: str = "cpu"):
 
 def encode_prompts(enc, prompts: Sequence[str]) -> np.ndarray:
     """L2-normalised text embeddings (N, D) of metadata prompts (identical prompts encoded once)."""
-    from dermkit.models.text import encode_texts
-
     return encode_texts(enc, prompts, batch_size=128, unique=True).numpy().astype(np.float32)
 
 
 def _image_features(enc, paths: Sequence[Path | None], cache_dir, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) embeddings (zeros where the view is missing) and the (N,) presence mask."""
-    from dermkit.engine.features import extract_features
-
     present = np.array([p is not None for p in paths], dtype=bool)
     feats = np.zeros((len(paths), enc.embed_dim), dtype=np.float32)
     if present.any():
@@ -275,8 +272,7 @@ def _forward_all(model: FusionNet, split: _Split, device, batch_size: int = 512,
 
 def _train_fusion(cfg: FusionConfig, run) -> "FusionPredictor":
     """Train on train, select on val; the modality-subset table of the selected model on test."""
-    from dermkit.evaluate import classification_metrics
-    from dermkit.evaluate.thickness import thickness_metrics
+    from dermkit.evaluate.thickness import thickness_metrics  # matplotlib: loaded only when training
 
     progress = run.progress
     out_dir = run.out_dir
@@ -628,8 +624,6 @@ class FusionPredictor(Predictor):
 
 def load_fusion_predictor(folder: str | Path, device: str = "auto") -> FusionPredictor:
     """The :class:`FusionPredictor` of a fusion model folder (model.json + model.safetensors)."""
-    from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
-
     folder = Path(folder)
     card = read_model_card(folder)
     if card.get("method") != "fusion":

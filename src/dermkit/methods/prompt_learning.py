@@ -47,15 +47,21 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from dermkit.data.prompts import load_prompts
 from dermkit.engine.batching import index_batches, steps_per_epoch
 from dermkit.engine.features import map_images
 from dermkit.engine.loop import EngineConfig
-from dermkit.runtime import epoch_seed, resolve_device
 from dermkit.engine.losses import classification_criterion
 from dermkit.errors import ConfigError, ModelError
+from dermkit.evaluate import classification_metrics
 from dermkit.methods.base import ClassifierConfig, Method, Predictor, load_base_encoder, portable_spec, register_method
+from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
+from dermkit.models.encoders import load_encoder
+from dermkit.models.explain import encoder_saliency
 from dermkit.models.freeze import freeze, unfreeze
 from dermkit.models.freeze import units as model_units
+from dermkit.models.text import class_embeddings, require_text
+from dermkit.runtime import epoch_seed, resolve_device
 
 __all__ = [
     "PromptConfig",
@@ -414,8 +420,6 @@ class PromptPredictor(Predictor):
 
     def saliency_module(self):
         """Grad-CAM through the whole image tower (its tuned tail included) against the learned prompts."""
-        from dermkit.models.explain import encoder_saliency
-
         model = self.model
         with torch.no_grad():
             text = model.text_features().detach()
@@ -434,11 +438,6 @@ class PromptLearning(Method):
                    "batch_size": 8, "num_workers": 0, "epochs": 1, "n_bootstrap": 20}
 
     def fit(self, config: PromptConfig, run) -> PromptPredictor:
-        from dermkit.data.prompts import load_prompts
-        from dermkit.evaluate import classification_metrics
-        from dermkit.models.encoders import load_encoder
-        from dermkit.models.text import class_embeddings, require_text
-
         card = run.card()
         classes = card.classes
         device = resolve_device(config.engine.device)
@@ -504,8 +503,6 @@ class PromptLearning(Method):
 
     def load(self, folder, device: str = "auto", encoder=None) -> PromptPredictor:
         """A prompt-learning model folder on its base model (which must be unchanged)."""
-        from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
-
         folder = Path(folder)
         card = read_model_card(folder)
         device = str(resolve_device(device))

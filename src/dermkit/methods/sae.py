@@ -33,8 +33,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dermkit import io
+from dermkit.data.card import load_card
+from dermkit.data.images import as_path
+from dermkit.engine.features import content_hash, extract_features, extract_split_features
 from dermkit.errors import ConfigError, ModelError
 from dermkit.methods.base import ClassifierConfig, EncoderHeadPredictor, Method, portable_spec, register_method
+from dermkit.models.checkpoint import load_tensors
+from dermkit.models.encoders import load_encoder
 from dermkit.models.linear import DEFAULT_CS, LinearProbe, check_probe_settings, fit_probe
 from dermkit.models.sae import SAETrainConfig, SparseAutoencoder, sae_metrics, train_sae
 
@@ -105,9 +111,6 @@ class SAEPredictor(EncoderHeadPredictor):
         """SAE latent activations ``(N, n_latents)`` of image paths or of ``(N, D)`` embeddings."""
         if isinstance(images, (np.ndarray, torch.Tensor)):
             return self.sae.activations(images)
-        from dermkit.data.images import as_path
-        from dermkit.engine.features import extract_features
-
         paths = [images] if isinstance(images, (str, os.PathLike)) else list(images)
         feats = extract_features(self.enc, [as_path(p) for p in paths], cache_dir=self.cache_dir,
                                  batch_size=self.batch_size, num_workers=self.num_workers, progress=progress)
@@ -123,9 +126,6 @@ class SAEPredictor(EncoderHeadPredictor):
 def _extra_train_features(enc, config: SAEConfig, card, kw: dict) -> tuple[list[np.ndarray], list[dict]]:
     """Train-split embeddings of ``extra_data``, minus images whose bytes are in the run's val/test
     split (never seen, not even unlabelled) or already used (the run's train, an earlier dataset)."""
-    from dermkit.data.card import load_card
-    from dermkit.engine.features import content_hash, extract_features
-
     if not config.extra_data:
         return [], []
     held_out = {content_hash(card.image_path(p)) for s in ("val", "test") for p in card.rows(s)["image"]}
@@ -166,10 +166,6 @@ class SAEMethod(Method):
                    "batch_size": 64, "l1": 1e-3, "lr": 1e-3, "Cs": [0.1, 1.0], "n_bootstrap": 20}
 
     def fit(self, config: SAEConfig, run) -> SAEPredictor:
-        from dermkit import io
-        from dermkit.engine.features import extract_split_features
-        from dermkit.models.encoders import load_encoder
-
         card = run.card()
         enc = load_encoder(config.model, device=config.device)
         kw = dict(cache_dir=config.cache_dir, batch_size=config.encode_batch_size, num_workers=config.num_workers,
@@ -235,8 +231,6 @@ class SAEMethod(Method):
 
 
 def _load_init_sae(config: SAEConfig) -> SparseAutoencoder:
-    from dermkit.models.checkpoint import load_tensors
-
     state = load_tensors(Path(config.init_sae).expanduser())
     return SparseAutoencoder.from_state_dict(state, activation=config.activation,
                                              k=config.k if config.activation == "topk" else None)

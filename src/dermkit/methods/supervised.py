@@ -28,19 +28,33 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
 
+from dermkit.data.card import load_card
 from dermkit.data.images import as_path
 from dermkit.data.multimodal import ORDINAL_BINS, parse_thickness
-from dermkit.data.torchdata import TTA_MODES, ImageDataset, eval_transform, train_transform, tta_views
+from dermkit.data.torchdata import (
+    TTA_MODES,
+    ImageDataset,
+    eval_transform,
+    randaugment_transform,
+    train_transform,
+    tta_views,
+)
 from dermkit.engine.batching import drop_last, steps_per_epoch
 from dermkit.engine.loop import EngineConfig
-from dermkit.runtime import epoch_seed, resolve_device, resolve_precision
 from dermkit.engine.losses import classification_criterion
 from dermkit.errors import ConfigError, DataError
+from dermkit.evaluate import classification_metrics
 from dermkit.methods.base import ClassifierConfig, Method, Predictions, Predictor, register_method
 from dermkit.models.checkpoint import load_model
+from dermkit.models.encoders.base import model_fingerprint
+from dermkit.models.explain import SaliencyModule, target_layers_for
 from dermkit.models.freeze import set_eval, train_only_last
+from dermkit.models.onnx import inference_backend, onnx_function
 from dermkit.models.registry import create_classifier, model_spec
 from dermkit.models.thickness import (
     THICKNESS_KINDS,
@@ -50,6 +64,7 @@ from dermkit.models.thickness import (
     thickness_loss,
     thickness_values,
 )
+from dermkit.runtime import epoch_seed, resolve_device, resolve_precision
 
 IMBALANCE = ("weighted_loss", "balanced_sampler", "none")
 THICKNESS_COLUMNS = {"ordinal": "breslow_ordinal", "regression": "thickness"}
@@ -115,8 +130,6 @@ class TrainConfig(ClassifierConfig):
         if not 0 <= self.mix_prob <= 1:
             raise ConfigError(f"mix_prob must be a probability in [0, 1], got {self.mix_prob}")
         if self.randaugment is not None:
-            from dermkit.data.torchdata import randaugment_transform
-
             randaugment_transform(self.randaugment, self.image_size or 224, (0.5, 0.5, 0.5))  # a bad spec fails here
         if self.tta not in TTA_MODES:
             raise ConfigError(f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
@@ -184,8 +197,6 @@ def predict_outputs(
     """:class:`~dermkit.models.thickness.InferenceOutputs` of every image, in dataset order: class
     probabilities (+ thickness outputs), averaged over the ``tta`` views. ``function`` (pixels ->
     array, e.g. the model on ONNX Runtime) replaces the PyTorch forward."""
-    from tqdm.auto import tqdm
-
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -272,9 +283,6 @@ class SupervisedPredictor(Predictor):
         """The frozen classifier (+ softmax, + thickness outputs) on ONNX Runtime where that is the
         CPU backend, else None."""
         if not hasattr(self, "_onnx_fn"):
-            from dermkit.models.encoders.base import model_fingerprint
-            from dermkit.models.onnx import inference_backend, onnx_function
-
             self._onnx_fn = None
             if inference_backend(self.device) == "onnx":
                 module = InferenceOutputs(self.model, self.thickness_kind)
@@ -285,11 +293,6 @@ class SupervisedPredictor(Predictor):
 
     def saliency_module(self):
         """Grad-CAM on the classifier itself (last spatial layer of a CNN, last block of a ViT)."""
-        from PIL import Image
-        from torchvision.transforms.v2 import functional as TF
-
-        from dermkit.models.explain import SaliencyModule, target_layers_for
-
         def preprocess(image):
             return self.transform(TF.pil_to_tensor(image.convert("RGB")))
 
@@ -367,8 +370,6 @@ class Supervised(Method):
         warnings = super().check(config)
         column = config.thickness_target_column
         if column is not None and not any(w.startswith("data:") for w in warnings):
-            from dermkit.data.card import load_card
-
             card = load_card(config.data)
             if column not in card.table.columns:
                 raise ConfigError(f"thickness_column {column!r} is not a column of {card.metadata_csv}; "
@@ -443,8 +444,7 @@ class Supervised(Method):
                     + config.beta * thickness_loss(kind, raw, batch[2].to(engine.device), stats))
 
         def validate(model: nn.Module) -> dict[str, float]:
-            from dermkit.evaluate import classification_metrics
-            from dermkit.evaluate.thickness import thickness_metrics
+            from dermkit.evaluate.thickness import thickness_metrics  # matplotlib: loaded only when validating
 
             outputs = predict_outputs(model, val_set, config.eval_batch_size, engine.device, engine.amp_dtype,
                                       run.progress, "validating", thickness_kind=kind)

@@ -22,14 +22,28 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from dermkit.data.vqa import DEFAULT_TEMPLATE
+from dermkit.data.images import open_image
+from dermkit.data.vqa import DEFAULT_TEMPLATE, option_labels, write_instructions
 from dermkit.engine.batching import index_batches, steps_per_epoch
 from dermkit.engine.loop import EngineConfig
-from dermkit.runtime import epoch_seed, resolve_device
 from dermkit.errors import ConfigError, ModelError
 from dermkit.methods.base import ClassifierConfig, Method, Predictor, register_method
-from dermkit.models.generative import LANGUAGE_LINEAR
+from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
+from dermkit.models.generative import (
+    LANGUAGE_LINEAR,
+    add_lora,
+    answer_batch,
+    apply_adapter,
+    folder_fingerprint,
+    load_generative,
+    lora_tensors,
+    option_probabilities,
+    peft_config_dict,
+    save_adapter,
+)
+from dermkit.runtime import epoch_seed, resolve_device
 
 
 @dataclass
@@ -75,11 +89,6 @@ class VQAPredictor(Predictor):
         self.model, self.processor, self.adapter = model, processor, adapter
 
     def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
-        from tqdm.auto import tqdm
-
-        from dermkit.data.images import open_image
-        from dermkit.models.generative import option_probabilities
-
         self.model.eval()
         question = self.model_card["question"]
         return np.stack([option_probabilities(self.model, self.processor, open_image(p), question, self.model_card["options"])
@@ -125,9 +134,6 @@ class VQA(Method):
         return warnings
 
     def fit(self, config: VQAConfig, run) -> VQAPredictor:
-        from dermkit.data.vqa import option_labels, write_instructions
-        from dermkit.models.generative import folder_fingerprint, load_generative
-
         card = run.card()
         device = str(resolve_device(config.engine.device))
         model, processor = load_generative(config.model, device="cpu")
@@ -148,9 +154,6 @@ class VQA(Method):
         return self._fit_lora(config, run, card, model, processor, labels, info, device)
 
     def _fit_lora(self, config, run, card, model, processor, labels, info, device) -> VQAPredictor:
-        from dermkit.data.images import open_image
-        from dermkit.models.generative import add_lora, answer_batch, lora_tensors, peft_config_dict, save_adapter
-
         torch.manual_seed(config.engine.seed)
         peft_model = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets,
                               config.tune_projector, config.tune_vision)
@@ -207,9 +210,6 @@ class VQA(Method):
 
     def load(self, folder, device: str = "auto") -> VQAPredictor:
         """A vqa model folder on its base model (checked by fingerprint), with its adapter."""
-        from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
-        from dermkit.models.generative import apply_adapter, folder_fingerprint, load_generative
-
         folder = Path(folder)
         card = read_model_card(folder)
         base = Path(card["base_model"])
