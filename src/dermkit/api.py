@@ -50,7 +50,8 @@ class Model:
         if isinstance(images, torch.Tensor):
             return images if images.ndim == 4 else images[None]
         items = [images] if isinstance(images, (str, os.PathLike)) or hasattr(images, "convert") else list(images)
-        return torch.stack([self.encoder.preprocess(i if hasattr(i, "convert") else open_image(Path(i))) for i in items])
+        return torch.stack([self.encoder.preprocess(i if hasattr(i, "convert") else open_image(Path(i)))
+                            for i in items])
 
     def encode_image(self, images) -> np.ndarray:
         """L2-normalised embeddings (N, D) of image paths, PIL images or preprocessed pixels."""

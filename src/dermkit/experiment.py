@@ -137,7 +137,8 @@ class Run:
         """The ``eval_data`` cards under the same task (their classes must equal the run's)."""
         if self._eval_cards is None:
             c, card = self.config, self.card()
-            cards = [derive_task(d, getattr(c, "task", None), negative_name=getattr(c, "negative_name", "other skin lesion"))
+            negative = getattr(c, "negative_name", "other skin lesion")
+            cards = [derive_task(d, getattr(c, "task", None), negative_name=negative)
                      for d in getattr(c, "eval_data", None) or []]
             for other in cards:
                 if other.classes != card.classes:
@@ -585,7 +586,8 @@ def suite_table(summaries: Sequence[dict], extra: dict[str, dict[str, str]] | No
     summaries = [r for s in summaries for r in [s] + [{**s, **t, "table_extra": {}, "is_transfer": True}
                                                       for t in s.get("transfer") or []]]
     for s in summaries:
-        row = {"run": s.get("name"), "method": s.get("method"), "data": s.get("dataset"), "task": s.get("task") or "all"}
+        row = {"run": s.get("name"), "method": s.get("method"), "data": s.get("dataset"),
+               "task": s.get("task") or "all"}
         if s.get("is_transfer"):
             row["data"] = f"{s.get('dataset')} -> {s['eval_dataset']}"
         for key in TABLE_METRICS:

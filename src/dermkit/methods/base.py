@@ -114,7 +114,8 @@ class ClassifierConfig:
         if self.decision not in (None, "", "none", "argmax", "balanced"):
             raise ConfigError(f"decision must be balanced (thresholds tuned on val) or null (argmax), got "
                               f"{self.decision!r}")
-        if self.task not in (None, "", "all", "melanoma_vs_rest", "positive_vs_rest") and not str(self.task).startswith("binary:"):
+        if (self.task not in (None, "", "all", "melanoma_vs_rest", "positive_vs_rest")
+                and not str(self.task).startswith("binary:")):
             raise ConfigError(f"task must be all, melanoma_vs_rest or binary:CLASS, got {self.task!r}")
 
     def model_specs(self) -> dict[str, str]:

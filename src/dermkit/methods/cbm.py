@@ -94,7 +94,8 @@ class CBMPredictor(EncoderHeadPredictor):
 
     method = "cbm"
 
-    def __init__(self, enc, sae: SparseAutoencoder, probe: LinearProbe, model_card: dict, zeroed: Sequence[int] = (), **kw):
+    def __init__(self, enc, sae: SparseAutoencoder, probe: LinearProbe, model_card: dict, zeroed: Sequence[int] = (),
+                 **kw):
         super().__init__(enc, model_card, **kw)
         self.sae, self.probe = sae.cpu().eval(), probe
         self.zeroed = sorted({int(i) for i in zeroed})

@@ -304,8 +304,10 @@ def _train_fusion(cfg: FusionConfig, run) -> "FusionPredictor":
     splits: dict[str, _Split] = {}
     for name in ("train", "val", "test"):
         rows = build_rows(card, name, image_modalities, meta_enc, with_prompts=text)
-        images, present, meta = _inputs(rows, modalities, image_enc, text_enc, cfg.meta_encoder, cfg.cache_dir, progress)
-        splits[name] = _Split(images, present, meta, torch.tensor(rows.labels), torch.tensor(rows.thickness, dtype=torch.float32), rows)
+        images, present, meta = _inputs(rows, modalities, image_enc, text_enc, cfg.meta_encoder, cfg.cache_dir,
+                                        progress)
+        splits[name] = _Split(images, present, meta, torch.tensor(rows.labels),
+                              torch.tensor(rows.thickness, dtype=torch.float32), rows)
     train = splits["train"]
     kind = train.rows.thickness_kind if cfg.thickness == "auto" else None
     if kind is not None and not torch.isfinite(train.thickness).any():
@@ -459,7 +461,8 @@ class FusionPredictor(Predictor):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.modalities: list[str] = list(model_card["modalities"])
-        self.meta_encoder = MetadataEncoder.from_dict(model_card["meta_encoder"]) if model_card.get("meta_encoder") else None
+        meta = model_card.get("meta_encoder")
+        self.meta_encoder = MetadataEncoder.from_dict(meta) if meta else None
         thickness = model_card.get("thickness") or {}
         self.thickness_kind = thickness.get("kind")
         self.thickness_bins = thickness.get("bins")
@@ -478,8 +481,8 @@ class FusionPredictor(Predictor):
             expected = self.model_card.get("image_fingerprint")
             if expected and self._image_enc.fingerprint != expected:
                 raise ModelError(
-                    f"the image encoder {self.model_card['image_encoder']} loaded here differs from the one this fusion "
-                    "model was trained on (weights fingerprint mismatch); install the same weights")
+                    f"the image encoder {self.model_card['image_encoder']} loaded here differs from the one this "
+                    "fusion model was trained on (weights fingerprint mismatch); install the same weights")
         return self._image_enc
 
     @property
@@ -502,7 +505,8 @@ class FusionPredictor(Predictor):
             raise ConfigError("this model's main view is the clinical image: pass the clinical images as the image "
                               "arguments, without --clinical")
         if meta and "meta" not in self.modalities:
-            raise ConfigError(f"this model was trained without metadata ({modality_text(self.modalities)}); drop --meta")
+            raise ConfigError(f"this model was trained without metadata ({modality_text(self.modalities)}); "
+                              "drop --meta")
         if meta and self.meta_encoder is not None:
             keys = meta.keys() if isinstance(meta, dict) else {k for d in meta for k in d}
             unknown = sorted(set(keys) - set(self.meta_encoder.columns))
@@ -531,7 +535,8 @@ class FusionPredictor(Predictor):
         if "meta" in self.modalities:
             if meta_rows is None:
                 # No metadata given: a placeholder that the presence mask hides from the model.
-                dim = self.model_card["arch"]["text_dim"] if self.model_card.get("meta_kind") == "text" else self.meta_encoder.dim
+                text = self.model_card.get("meta_kind") == "text"
+                dim = self.model_card["arch"]["text_dim"] if text else self.meta_encoder.dim
                 meta = torch.zeros(n, dim)
                 present["meta"] = torch.zeros(n, dtype=torch.bool)
             else:
@@ -539,7 +544,8 @@ class FusionPredictor(Predictor):
                     prompts = self.meta_encoder.prompts(meta_rows, card or self._meta_card())
                     meta = torch.from_numpy(encode_prompts(self.text_encoder, prompts))
                 elif card is None:
-                    meta = torch.from_numpy(self.meta_encoder.transform(meta_rows, where="--meta", row_name="for image"))
+                    meta = torch.from_numpy(self.meta_encoder.transform(meta_rows, where="--meta",
+                                                                        row_name="for image"))
                 else:
                     meta = torch.from_numpy(self.meta_encoder.transform(meta_rows, where=str(card.metadata_csv)))
                 present["meta"] = torch.ones(n, dtype=torch.bool)
@@ -612,7 +618,8 @@ class FusionPredictor(Predictor):
         mm_rows = build_rows(card, rows, usable, None, with_labels=False)
         views = {m: mm_rows.views[m] for m in usable}
         if not views and "meta" not in self.modalities:
-            raise DataError(f"{card.name} has none of the image views this model reads ({modality_text(image_modalities)})")
+            raise DataError(f"{card.name} has none of the image views this model reads "
+                            f"({modality_text(image_modalities)})")
         out = self._run(views, rows if "meta" in self.modalities else None, card, progress)
         point, _ = thickness_values(self.thickness_kind, out.get("thickness_raw"), self.thickness_stats)
         # The true thickness where the card has this model's kind of target, in float32 as training holds it.
@@ -636,5 +643,6 @@ def load_fusion_predictor(folder: str | Path, device: str = "auto") -> FusionPre
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"{folder / MODEL_WEIGHTS} does not match the fusion architecture in model.json: {exc}") from exc
+        raise ModelError(f"{folder / MODEL_WEIGHTS} does not match the fusion architecture in model.json: "
+                         f"{exc}") from exc
     return FusionPredictor(model.eval(), card, device=device)

@@ -375,7 +375,8 @@ def tail_inputs(model: PromptModel, paths: Sequence[Path], batch_size: int = 64,
                       batch_size, num_workers, progress, desc)
 
 
-def pixels_of(enc, paths: Sequence[Path], num_workers: int = 1, progress: bool = True, desc: str = "decoding") -> torch.Tensor:
+def pixels_of(enc, paths: Sequence[Path], num_workers: int = 1, progress: bool = True,
+              desc: str = "decoding") -> torch.Tensor:
     """Preprocessed pixels of every image (the uncached path), decoded once."""
     return map_images(enc, paths, lambda px: px, 64, num_workers, progress, desc)
 

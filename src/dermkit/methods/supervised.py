@@ -134,10 +134,12 @@ class TrainConfig(ClassifierConfig):
         if self.tta not in TTA_MODES:
             raise ConfigError(f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
         if self.thickness not in (None, "", "none", *THICKNESS_KINDS):
-            raise ConfigError(f"thickness must be ordinal, regression or null (no thickness head), got {self.thickness!r}")
+            raise ConfigError(f"thickness must be ordinal, regression or null (no thickness head), "
+                              f"got {self.thickness!r}")
         if self.thickness_column is not None and self.thickness_kind is None:
             raise ConfigError("thickness_column is set but thickness is not: set thickness: ordinal or regression")
-        if not (self.alpha >= 0 and self.beta >= 0) or (self.alpha == 0 and (self.beta == 0 or not self.thickness_kind)):
+        no_loss = self.alpha == 0 and (self.beta == 0 or not self.thickness_kind)
+        if not (self.alpha >= 0 and self.beta >= 0) or no_loss:
             raise ConfigError(f"alpha and beta (class and thickness loss weights) must be >= 0 and not leave no loss; "
                               f"got alpha={self.alpha}, beta={self.beta}")
         if self.thickness_kind and self.mixing:
@@ -414,7 +416,8 @@ class Supervised(Method):
         if kind is not None:  # after train_last, so the new head is not one of the counted units and always learns
             attach_thickness_head(model, kind, len(ORDINAL_BINS))
         engine = run.engine(model)
-        criterion = classification_criterion(y_train, n_classes, config.imbalance, config.label_smoothing).to(engine.device)
+        criterion = classification_criterion(y_train, n_classes, config.imbalance,
+                                             config.label_smoothing).to(engine.device)
         mixer = make_mixer(config, n_classes)
 
         def make_batches(epoch: int):

@@ -91,7 +91,8 @@ class VQAPredictor(Predictor):
     def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
         self.model.eval()
         question = self.model_card["question"]
-        return np.stack([option_probabilities(self.model, self.processor, open_image(p), question, self.model_card["options"])
+        options = self.model_card["options"]
+        return np.stack([option_probabilities(self.model, self.processor, open_image(p), question, options)
                          for p in tqdm(paths, desc="vqa options", disable=not progress)]) if len(paths) else \
             np.zeros((0, len(self.classes)))
 
@@ -121,7 +122,8 @@ class VQA(Method):
     name = "vqa"
     config_class = VQAConfig
     description = "generative VLM (transformers folder) as a closed-ended VQA classifier: option probabilities; LoRA"
-    tiny_config = {"data": "{data}", "model": "{vlm}", "template": "what is the lesion type ? choose one of : {options} .",
+    tiny_config = {"data": "{data}", "model": "{vlm}",
+                   "template": "what is the lesion type ? choose one of : {options} .",
                    "lora": True, "lora_rank": 2, "epochs": 1, "batch_size": 4, "lr": 1e-3, "n_bootstrap": 20}
 
     def check(self, config: VQAConfig) -> list[str]:
@@ -150,7 +152,8 @@ class VQA(Method):
             run.save_best(predictor)
             return predictor
         for split in ("train", "val"):
-            write_instructions(card, split, run.out_dir / f"instructions_{split}.jsonl", config.options, config.template)
+            write_instructions(card, split, run.out_dir / f"instructions_{split}.jsonl", config.options,
+                               config.template)
         return self._fit_lora(config, run, card, model, processor, labels, info, device)
 
     def _fit_lora(self, config, run, card, model, processor, labels, info, device) -> VQAPredictor:

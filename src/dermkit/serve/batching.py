@@ -219,7 +219,8 @@ class BatchQueue:
         heat, target = saliency_map(saliency, job.image, target)
         png = overlay_png(job.image, heat)
         layer = type(saliency.target_layers[0]).__name__
-        return {"available": True, "method": "Grad-CAM (pytorch-grad-cam)", "target_class": self.predictor.classes[target],
+        return {"available": True, "method": "Grad-CAM (pytorch-grad-cam)",
+                "target_class": self.predictor.classes[target],
                 "layer": layer, "tower": saliency.kind, "png_base64": base64.b64encode(png).decode("ascii"),
                 "seconds": time.perf_counter() - started}
 
