@@ -46,7 +46,8 @@ def main() -> None:
     from dermkit.data.captions import captions_with_negatives
     from dermkit.data.torchdata import decode_all, train_transform
     from dermkit.runtime import resolve_device, resolve_precision
-    from dermkit.methods.contrastive import set_trainable, soft_clip_loss, trim_padding
+    from dermkit.engine.losses import soft_clip_loss
+    from dermkit.methods.contrastive import set_trainable, trim_padding
     from dermkit.models.dermkit_clip import build_dermkit_clip, minilm_folder
     from dermkit.models.frozen_prefix import text_split, trunk_split
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from dermkit.engine.losses import soft_clip_loss
 from dermkit.experiment import run_experiment
-from dermkit.methods.contrastive import soft_clip_loss
 
 
 def test_soft_clip_loss_matches_clip_loss_for_distinct_captions():
@@ -123,7 +123,7 @@ def test_hard_negative_captions_differ_only_in_the_diagnosis(tiny_card):
 
 
 def test_class_balanced_pair_weights(tiny_dataset):
-    from dermkit.methods.contrastive import PairSource
+    from dermkit.data.pairs import PairSource
 
     source = PairSource([str(tiny_dataset)], "train")
     groups, counts = np.unique(source.groups, return_counts=True)

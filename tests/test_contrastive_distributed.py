@@ -89,7 +89,7 @@ def _gather_worker(rank, world, port, out):
                       LOCAL_RANK=str(rank))
     import torch.distributed as dist
 
-    from dermkit.methods.contrastive import global_clip_loss
+    from dermkit.engine.losses import global_clip_loss
 
     dist.init_process_group("gloo")
     try:
@@ -109,7 +109,7 @@ def test_gathered_loss_is_the_global_loss_and_its_gradient_is_world_times_the_sh
     """Each process computes the global loss; the gather's backward sums the gradients all processes
     computed for its rows, i.e. world x d(global loss)/d(its rows), which DDP's average turns back into
     the one-process gradient."""
-    from dermkit.methods.contrastive import soft_clip_loss
+    from dermkit.engine.losses import soft_clip_loss
 
     mp.start_processes(_gather_worker, args=(2, _free_port(), str(tmp_path / "g")), nprocs=2, join=True,
                        start_method="spawn")

@@ -223,7 +223,7 @@ def test_run_retrieval_and_cli(tiny_dataset, clip_folder, tmp_path, capsys, monk
 
 
 def test_rank_texts_and_cli(tiny_dataset, clip_folder, capsys):
-    from dermkit.methods.retrieval import rank_texts
+    from dermkit.engine.retrieval import rank_texts
     from dermkit.models.encoders import load_encoder
 
     image = next((tiny_dataset / "images").glob("*.jpg"))

@@ -170,7 +170,7 @@ def test_explain_on_a_model_without_an_image_tower_says_so(runs, client_of):
 
 
 def test_rank_orders_texts_like_the_cli(runs, client_of):
-    from dermkit.methods.retrieval import rank_texts
+    from dermkit.engine.retrieval import rank_texts
 
     client = client_of(runs["zeroshot"] / "model")
     texts = ["a melanoma", "a benign nevus", "a basal cell carcinoma"]

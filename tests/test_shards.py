@@ -266,8 +266,8 @@ def test_contrastive_trains_one_step_from_shards(tmp_path, tiny_dataset, clip_fo
     """One optimizer step on the first global batch of the stream; the logged loss is the loss of that
     batch computed by hand with the starting model (augment none = a deterministic resize)."""
     from dermkit.data.torchdata import eval_transform
+    from dermkit.engine.losses import soft_clip_loss
     from dermkit.experiment import run_experiment
-    from dermkit.methods.contrastive import soft_clip_loss
     from dermkit.models.checkpoint import load_tensors
     from dermkit.models.encoders import load_encoder
 

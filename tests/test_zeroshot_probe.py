@@ -14,6 +14,7 @@ import yaml
 from dermkit.cli import main
 from dermkit.data.prompts import default_class_names, load_prompts, prompt_spec
 from dermkit.errors import ConfigError, DataError, ModelError
+from dermkit.experiment import SUMMARY_KEYS, run_experiment
 from dermkit.methods.linear_probe import LinearProbe, fit_probe, stratified_subsample
 
 torch.set_num_threads(1)
@@ -140,6 +141,16 @@ def test_zeroshot_command(clip_folder, tiny_dataset, tmp_path, capsys, monkeypat
     metrics = json.loads((out / "tiny" / "metrics.json").read_text())
     # The one-vs-rest AUROC of "mel" equals the per-class AUC of the multi-class report.
     assert pos["auroc"] == pytest.approx(metrics["per_class"]["mel"]["auc"])
+    # Each dataset folder has a summary.json with the schema of a `dermkit run` folder's (+ the split),
+    # here with the numbers of `method: zeroshot` on the same data (the same classifier).
+    summary = json.loads((out / "tiny" / "summary.json").read_text())
+    ran = run_experiment({"method": "zeroshot", "model": str(clip_folder), "data": str(tiny_dataset),
+                          "num_workers": 0, "n_bootstrap": 20}, tmp_path / "run", progress=False)
+    assert set(SUMMARY_KEYS) <= set(ran) and set(summary) == set(ran) | {"split"}
+    assert summary["method"] == "zeroshot" and summary["dataset"] == "tiny" and summary["task"] == "all"
+    assert summary["split"] == "test" and summary["report"] == str(out / "tiny") and summary["transfer"] == []
+    assert summary["model"] == ran["model"] and summary["test"] == ran["test"] and summary["test_ci"] == ran["test_ci"]
+    assert summary["test"]["macro_auc"] == pytest.approx(metrics["macro_auc"])
 
 
 def test_zeroshot_refuses_image_only_encoder(tiny_dataset, tmp_path, capsys, monkeypatch):
@@ -210,6 +221,20 @@ def test_probe_command_beats_chance(tiny_dataset, tmp_path, capsys, monkeypatch)
     for name in ("metrics.json", "predictions.csv", "report.html", "model/model.safetensors", "model/model.json"):
         assert (out / "tiny" / name).is_file(), name
     assert "±" in (out / "probe_table.md").read_text()
+    # summary.json: the schema of a `dermkit run` folder's (+ the saved probe's fraction and seed), with
+    # the numbers of `method: linear_probe` fitting that same probe.
+    summary = json.loads((out / "tiny" / "summary.json").read_text())
+    ran = run_experiment({"method": "linear_probe", "model": "timm:resnet18@random", "data": str(tiny_dataset),
+                          "fraction": 1.0, "seed": 0, "num_workers": 0, "n_bootstrap": 20}, tmp_path / "run",
+                         progress=False)
+    assert set(SUMMARY_KEYS) <= set(ran) and set(summary) == set(ran) | {"fraction", "seed"}
+    assert summary["method"] == "linear_probe" and summary["dataset"] == "tiny"
+    assert summary["report"] == str(out / "tiny")
+    assert (summary["fraction"], summary["seed"], summary["n_train"]) == (1.0, 0, 48)
+    for key in ("model", "C", "selected_on", "n_train"):
+        assert summary[key] == ran[key], key
+    assert summary["best_val_score"] == pytest.approx(ran["best_val_score"])
+    assert summary["test"] == pytest.approx(ran["test"])
     # The full-data probe is a classifier folder like any other: it reproduces the report's predictions.
     import dermkit
 

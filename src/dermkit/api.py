@@ -24,6 +24,9 @@ import pandas as pd
 
 __all__ = ["Model", "load_model", "load_predictor", "load_dataset", "evaluate", "run", "list_methods"]
 
+# ``import dermkit`` loads this module: every dermkit module below is imported inside the function
+# that needs it, so torch, the method registry and the dataset layer load on first use only.
+
 
 class Model:
     """An image (or image-text) encoder with plain-Python helpers; ``.encoder`` is the full wrapper."""
@@ -47,7 +50,8 @@ class Model:
         if isinstance(images, torch.Tensor):
             return images if images.ndim == 4 else images[None]
         items = [images] if isinstance(images, (str, os.PathLike)) or hasattr(images, "convert") else list(images)
-        return torch.stack([self.encoder.preprocess(i if hasattr(i, "convert") else open_image(Path(i))) for i in items])
+        return torch.stack([self.encoder.preprocess(i if hasattr(i, "convert") else open_image(Path(i)))
+                            for i in items])
 
     def encode_image(self, images) -> np.ndarray:
         """L2-normalised embeddings (N, D) of image paths, PIL images or preprocessed pixels."""
@@ -91,9 +95,9 @@ def load_model(spec: str | os.PathLike, device: str = "cpu") -> Model:
 
 def load_predictor(folder: str | os.PathLike, device: str = "auto"):
     """The :class:`~dermkit.methods.base.Predictor` of any dermkit model folder (``RUN/model``)."""
-    from dermkit.methods import load_predictor as _load
+    from dermkit import methods
 
-    return _load(folder, device=device)
+    return methods.load_predictor(folder, device=device)
 
 
 def load_dataset(name_or_folder: str | os.PathLike, task: str | None = None):
@@ -126,6 +130,6 @@ def run(config: dict[str, Any] | str | os.PathLike, out: str | os.PathLike, resu
 
 def list_methods() -> list[str]:
     """Names of the registered methods (what ``method:`` accepts)."""
-    from dermkit.methods import list_methods as _list
+    from dermkit import methods
 
-    return _list()
+    return methods.list_methods()

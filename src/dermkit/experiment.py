@@ -1,4 +1,5 @@
-"""YAML config -> run -> output folder, suites of runs compared in one table, and config checks.
+"""YAML config -> run -> output folder, suites of runs compared in one table, config checks, and
+one encoder evaluated on several datasets (``dermkit zeroshot`` / ``dermkit probe``).
 
 A config names its ``method`` (any registered method, see :mod:`dermkit.methods.base`) and holds
 that method's keys::
@@ -13,8 +14,11 @@ that method's keys::
 :class:`Run` owns the bookkeeping every method used to write for itself: the config snapshot
 (``config.yaml``), the best model (``model/``, written atomically), the training engine bound to the
 run folder, the test report of the selected model on the task's test split and on every
-``eval_data`` test split (``eval/test``, ``eval/<dataset>_test``), and ``summary.json`` with one
-schema (see :meth:`Run.finish`).
+``eval_data`` test split (``eval/test``, ``eval/<dataset>_test``; plus the Breslow thickness report,
+``eval/test/thickness.*``, when the model's test predictions carry a thickness), and
+``summary.json`` with one schema (see :meth:`Run.finish`). :func:`run_zeroshot` and
+:func:`run_probe` keep their own folder layout (the report in ``<dataset>/``) but write each
+dataset folder's ``summary.json`` through a :class:`Run` too, so it has the same schema.
 """
 
 from __future__ import annotations
@@ -28,14 +32,41 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import yaml
 
+from dermkit import io
+from dermkit.data.card import load_card
+from dermkit.data.prompts import prompt_spec
+from dermkit.data.tasks import derive_task
 from dermkit.engine import distributed
-from dermkit.errors import ConfigError, DermkitError
+from dermkit.engine.loop import Engine
+from dermkit.errors import ConfigError, DataError, DermkitError
+from dermkit.evaluate import evaluate, read_predictions
+from dermkit.evaluate.compare import compare_predictions, predictions_path, save_comparison
+from dermkit.evaluate.compare import suite_columns as compare_columns
+from dermkit.evaluate.subgroups import (
+    attach_metadata,
+    save_subgroups,
+    subgroup_analysis,
+    subgroup_labels,
+)
+from dermkit.evaluate.subgroups import suite_columns as subgroup_columns
+from dermkit.evaluate.tables import markdown_table, percent_ci
 from dermkit.io import write_csv, write_json, write_text
 from dermkit.methods import get_method
-from dermkit.methods.base import Method, Predictor
+from dermkit.methods.base import DatasetResult, Method, Predictor
+from dermkit.methods.linear_probe import (
+    DEFAULT_CS,
+    DEFAULT_FRACTIONS,
+    ProbeConfig,
+    check_sweep,
+    probe_sweep,
+    write_probe_table,
+)
+from dermkit.methods.zeroshot import ZeroShotConfig, write_zeroshot_table, zeroshot_report
+from dermkit.models.encoders import load_encoder
+from dermkit.models.text import require_text
 
 __all__ = ["Run", "load_config", "run_experiment", "run_suite", "suite_table", "suite_markdown", "check_configs",
-           "SUMMARY_KEYS", "TABLE_METRICS"]
+           "run_zeroshot", "run_probe", "SUMMARY_KEYS", "TABLE_METRICS"]
 
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
 HEADERS = {"accuracy": "ACC", "balanced_accuracy": "BACC", "macro_f1": "F1", "macro_auc": "AUC"}
@@ -72,10 +103,14 @@ def _split_raw(raw: dict[str, Any]) -> tuple[Method, dict[str, Any], str | None,
 
 
 class Run:
-    """One method's run in one folder; handed to ``Method.fit``."""
+    """One method's run in one folder; handed to ``Method.fit``.
+
+    ``card``: the run's dataset card when the caller has loaded it already (else it is derived
+    from the config's ``data`` and ``task`` on first use).
+    """
 
     def __init__(self, method: Method, config, out_dir: str | os.PathLike, name: str | None = None,
-                 resume: bool = False, progress: bool = True):
+                 resume: bool = False, progress: bool = True, card=None):
         self.method = method
         self.config = config
         self.out_dir = Path(out_dir)
@@ -86,15 +121,13 @@ class Run:
         self.summary: dict[str, Any] = {}  # method-specific summary fields
         self.table_extra: dict[str, str] = {}  # method-specific suite-table columns
         self.reports: dict[str, tuple] | None = None
-        self._card = None
+        self._card = card
         self._eval_cards = None
 
     # -- data
     def card(self):
         """The run's dataset card, relabelled for its ``task``."""
         if self._card is None:
-            from dermkit.data.tasks import derive_task
-
             c = self.config
             self._card = derive_task(c.data, getattr(c, "task", None),
                                      negative_name=getattr(c, "negative_name", "other skin lesion"))
@@ -103,10 +136,9 @@ class Run:
     def eval_cards(self) -> list:
         """The ``eval_data`` cards under the same task (their classes must equal the run's)."""
         if self._eval_cards is None:
-            from dermkit.data.tasks import derive_task
-
             c, card = self.config, self.card()
-            cards = [derive_task(d, getattr(c, "task", None), negative_name=getattr(c, "negative_name", "other skin lesion"))
+            negative = getattr(c, "negative_name", "other skin lesion")
+            cards = [derive_task(d, getattr(c, "task", None), negative_name=negative)
                      for d in getattr(c, "eval_data", None) or []]
             for other in cards:
                 if other.classes != card.classes:
@@ -133,8 +165,6 @@ class Run:
 
     # -- training
     def engine(self, model, engine_config=None):
-        from dermkit.engine.loop import Engine
-
         return Engine(model, engine_config or self.config.engine, self.out_dir, progress=self.progress)
 
     def fit(self, engine, make_batches: Callable, loss_fn: Callable, validate: Callable,
@@ -143,7 +173,7 @@ class Run:
         """``engine.fit`` with the best model saved through ``to_predictor(model, val_metrics)``."""
         def on_best(model, metrics):
             predictor = to_predictor(model, metrics)
-            predictor.card.update(val_metrics=metrics, epoch=engine.state.epoch + 1)
+            predictor.model_card.update(val_metrics=metrics, epoch=engine.state.epoch + 1)
             self.save_best(predictor)
 
         state = engine.fit(make_batches, loss_fn, validate, on_best, steps_per_epoch=steps_per_epoch,
@@ -180,10 +210,11 @@ class Run:
     def report(self, predictor: Predictor) -> dict[str, tuple]:
         """Test report of ``predictor`` on the run's task and on every ``eval_data`` test split.
 
+        When the predictions on the run's test split carry a Breslow thickness (and its target), the
+        thickness report (metrics with CIs, plots) joins the test report (``eval/test/thickness.*``),
+        and ``summary.json`` gets ``thickness`` and the suite-table column ``thickness (test)``.
         Returns ``{"test" | dataset: (report, folder, predictions frame)}``; computed once.
         """
-        from dermkit.evaluate import evaluate
-
         if self.reports is not None:
             return self.reports
         card = self.card()
@@ -191,7 +222,8 @@ class Run:
         task = getattr(self.config, "task", None)
         reports = {}
         for eval_card in [card] + self.eval_cards():
-            preds = predictor.predict_split(eval_card, "test", progress=self.progress)
+            predictions = predictor.predict(eval_card, split="test", progress=self.progress)
+            preds = predictions.frame()
             title = (f"{predictor.name} ({card.name}{'' if task in (None, '', 'all') else ', ' + task}) "
                      f"on {eval_card.name} test")
             report = evaluate(preds, n_bootstrap=self.config.n_bootstrap, seed=seed, title=title)
@@ -199,9 +231,17 @@ class Run:
             folder = report.save(self.out_dir / "eval" / ("test" if key == "test" else f"{eval_card.name}_test"))
             if getattr(predictor, "temperature", None) and hasattr(predictor, "inner"):
                 _write_calibration(folder, preds, predictor, self.config.n_bootstrap, seed)
+            if key == "test" and predictions.thickness is not None and predictions.thickness_target is not None:
+                thickness = _write_thickness(folder, predictions, predictor, card, self.config.n_bootstrap, seed)
+                self.summary["thickness"] = {"kind": thickness.kind, **thickness.metrics, "ci": thickness.ci}
+                self.table_extra["thickness (test)"] = thickness.summary_text()
             reports[key] = (report, folder, preds)
         self.reports = reports
         return reports
+
+    def record_report(self, report, folder: Path, preds: pd.DataFrame) -> None:
+        """Take a test report written elsewhere (a multi-dataset command's own layout) as this run's."""
+        self.reports = {"test": (report, Path(folder), preds)}
 
     def finish(self, predictor: Predictor | None) -> dict[str, Any]:
         """Write and return ``summary.json`` (keys :data:`SUMMARY_KEYS` + the method's own)."""
@@ -247,6 +287,20 @@ def _write_calibration(folder: Path, preds, predictor, n_bootstrap: int, seed: i
     io.write_json(folder / "calibration.json", result)
     io.write_text(folder / "calibration.md", calibration_markdown(result) + "\n")
     io.save_figure(folder / "reliability_calibration.png", fig)
+
+
+def _write_thickness(folder: Path, predictions, predictor: Predictor, card, n_bootstrap: int, seed: int):
+    """The Breslow thickness report of test ``predictions`` (true vs predicted thickness of the rows
+    that have a target; CIs on the classification report's resamples), saved in ``folder``."""
+    from dermkit.evaluate.thickness import thickness_report  # matplotlib: loaded only for a thickness model
+
+    info = predictor.model_card.get("thickness") or {}
+    kind = info.get("kind")
+    report = thickness_report(kind, predictions.ids, predictions.thickness_target, predictions.thickness,
+                              info.get("bins"), predictions.groups, n_bootstrap=n_bootstrap, seed=seed,
+                              title=f"Breslow thickness ({kind}) of {predictor.name} on {card.name} (test split)")
+    report.save(folder)
+    return report
 
 
 # ------------------------------------------------------------------------------ entry points
@@ -347,8 +401,6 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         method.config(rest, where)
     base_dir = None
     if baseline is not None:
-        from dermkit.evaluate.compare import predictions_path
-
         base_dir = out_dir / baseline if baseline in names else Path(baseline)
         if baseline not in names and not base_dir.exists():
             raise ConfigError(f"--baseline {baseline!r} is neither a run of this suite ({', '.join(names)}) nor a "
@@ -371,11 +423,6 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         cells = extra.setdefault(summary.get("name"), {})
         report = summary.get("report")
         if subgroups:
-            from dermkit.data import load_card
-            from dermkit.evaluate import read_predictions
-            from dermkit.evaluate.subgroups import (attach_metadata, save_subgroups, subgroup_analysis,
-                                                    subgroup_labels, suite_columns)
-
             try:
                 if not report or not isinstance(raw.get("data"), str):
                     raise DermkitError("the run has no test report on a dataset card")
@@ -385,15 +432,12 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
                                               bins, missing_values=card.missing_values)
                 result = subgroup_analysis(frame, labels, how, n_bootstrap=n_bootstrap)
                 save_subgroups(result, out_dir / raw["name"] / "subgroups", title=raw["name"])
-                cells.update(suite_columns(result))
+                cells.update(subgroup_columns(result))
             except DermkitError as exc:  # e.g. a dataset without that column: the other runs still get theirs
                 if progress:
                     print(f"{raw['name']}: no subgroup table: {exc}")
                 cells.update({f"ΔBACC {a}": "n/a" for a in subgroups})
         if base_dir is not None:
-            from dermkit.evaluate.compare import compare_predictions, save_comparison
-            from dermkit.evaluate.compare import suite_columns as compare_columns
-
             label = Path(baseline).name
             if raw["name"] == baseline or (report and base_csv.resolve() == predictions_path(report).resolve()):
                 cells[f"ΔBACC vs {label}"] = "baseline"
@@ -417,6 +461,118 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     return table
 
 
+# ------------------------------------------------------------------------------ one encoder, several datasets
+
+
+def _dataset_summary(run: Run, result: DatasetResult) -> dict:
+    """``result.folder/summary.json`` of one dataset of a multi-dataset command (the schema of a run's)."""
+    run.record_report(result.report, result.folder, result.predictions)
+    run.summary.update(result.summary)
+    return run.finish(result.predictor)
+
+
+def run_zeroshot(
+    model_spec: str,
+    datasets: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    split: str = "test",
+    n_bootstrap: int = 1000,
+    prompts: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+    enc=None,
+) -> pd.DataFrame:
+    """Zero-shot evaluation of one model on several datasets; returns the summary table.
+
+    Writes ``out_dir/<dataset>/`` (the evaluation report: metrics.json, predictions.csv,
+    report.md/.html, plots; ``model/``, the zero-shot classifier folder that ``dermkit predict``
+    loads; prompts.json with the texts used; positive_vs_rest.json for datasets with a positive
+    class; ``summary.json`` with the schema of a ``dermkit run`` folder's plus ``split``) and
+    ``out_dir/zeroshot_table.md`` + ``.csv`` (dataset, n, classes, accuracy, balanced accuracy,
+    macro AUC with 95% CI, macro F1, and the positive class's (melanoma's) one-vs-rest AUROC with
+    95% CI) and ``out_dir/run.json`` (the command's settings). ``enc`` skips loading ``model_spec``.
+    """
+    if not datasets:
+        raise DataError("no datasets given; pass one or more dataset names or folders")
+    if enc is None:
+        enc = load_encoder(model_spec, device=device)
+    require_text(enc)
+    out = Path(out_dir)
+    cards = [load_card(d) for d in datasets]
+    for card in cards:  # fail on a bad prompt file before any compute
+        prompt_spec(card, prompts)
+    method = get_method("zeroshot")
+    rows = []
+    for card, folder in zip(cards, io.unique_names(c.name for c in cards)):
+        config = ZeroShotConfig(data=card.name, model=model_spec, n_bootstrap=n_bootstrap)
+        run = Run(method, config, out / folder, progress=progress, card=card)
+        result = zeroshot_report(enc, card, out / folder, model_spec, split=split, n_bootstrap=n_bootstrap,
+                                 prompts=prompts, cache_dir=cache_dir, seed=seed, progress=progress)
+        _dataset_summary(run, result)
+        rows += result.rows
+    table = write_zeroshot_table(out, rows, enc.name, split, n_bootstrap)
+    io.write_json(out / "run.json", {"method": "zeroshot", "model": model_spec, "encoder": enc.name,
+                                     "fingerprint": enc.fingerprint, "split": split,
+                                     "datasets": [str(d) for d in datasets], "prompts": None if prompts is None
+                                     else str(prompts), "n_bootstrap": n_bootstrap, "seed": seed})
+    return table
+
+
+def run_probe(
+    model_spec: str,
+    datasets: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seeds: int = 3,
+    Cs: Sequence[float] = DEFAULT_CS,
+    class_weight: str | None = "balanced",
+    n_bootstrap: int = 1000,
+    cache_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    enc=None,
+) -> pd.DataFrame:
+    """Linear-probe evaluation of one encoder on several datasets; returns the summary table.
+
+    Writes ``out_dir/<dataset>/``: ``runs.csv`` (every fraction x seed: n_train, chosen C, val
+    and test metrics), the evaluation report of the largest fraction (seed 0) and its fitted
+    probe as a classifier folder (``model/``, loaded by ``dermkit predict/evaluate --model``),
+    ``summary.json`` (the schema of a ``dermkit run`` folder's, for that probe, plus ``fraction``
+    and ``seed``); and ``out_dir/probe_table.md`` + ``.csv`` (dataset, fraction, n_train, balanced
+    accuracy / macro AUC / macro F1 mean ± sd over seeds) and ``out_dir/run.json``. A fraction that
+    keeps the whole training set is fit once (every seed would give the same model). ``enc`` skips
+    loading ``model_spec``.
+    """
+    fractions = check_sweep(fractions, seeds)
+    if not datasets:
+        raise DataError("no datasets given; pass one or more dataset names or folders")
+    if enc is None:
+        enc = load_encoder(model_spec, device=device)
+    out = Path(out_dir)
+    cards = [load_card(d) for d in datasets]
+    method = get_method("linear_probe")
+    rows = []
+    for card, folder in zip(cards, io.unique_names(c.name for c in cards)):
+        config = ProbeConfig(data=card.name, model=model_spec, n_bootstrap=n_bootstrap)
+        run = Run(method, config, out / folder, progress=progress, card=card)
+        result = probe_sweep(enc, card, out / folder, model_spec, fractions=fractions, seeds=seeds, Cs=Cs,
+                             class_weight=class_weight, n_bootstrap=n_bootstrap, cache_dir=cache_dir,
+                             progress=progress)
+        _dataset_summary(run, result)
+        rows += result.rows
+    table = write_probe_table(out, rows, enc.name, Cs, class_weight)
+    io.write_json(out / "run.json", {"method": "linear_probe", "model": model_spec, "encoder": enc.name,
+                                     "fingerprint": enc.fingerprint, "datasets": [str(d) for d in datasets],
+                                     "fractions": fractions, "seeds": seeds, "Cs": list(Cs),
+                                     "class_weight": class_weight, "n_bootstrap": n_bootstrap})
+    return table
+
+
+# ------------------------------------------------------------------------------ suite tables
+
+
 def suite_table(summaries: Sequence[dict], extra: dict[str, dict[str, str]] | None = None) -> pd.DataFrame:
     """One row per run: name, data, task, ACC/BACC/F1/AUC in % with 95% CIs, plus extra columns.
 
@@ -425,14 +581,13 @@ def suite_table(summaries: Sequence[dict], extra: dict[str, dict[str, str]] | No
     text: subgroup gaps, comparison with a baseline) adds columns to each run's own row (not to
     its transfer rows).
     """
-    from dermkit.evaluate.tables import percent_ci
-
     rows = []
     # A transfer test (trained on one dataset, tested on another's test split) is a row of its own.
     summaries = [r for s in summaries for r in [s] + [{**s, **t, "table_extra": {}, "is_transfer": True}
                                                       for t in s.get("transfer") or []]]
     for s in summaries:
-        row = {"run": s.get("name"), "method": s.get("method"), "data": s.get("dataset"), "task": s.get("task") or "all"}
+        row = {"run": s.get("name"), "method": s.get("method"), "data": s.get("dataset"),
+               "task": s.get("task") or "all"}
         if s.get("is_transfer"):
             row["data"] = f"{s.get('dataset')} -> {s['eval_dataset']}"
         for key in TABLE_METRICS:
@@ -445,7 +600,5 @@ def suite_table(summaries: Sequence[dict], extra: dict[str, dict[str, str]] | No
 
 
 def suite_markdown(table: pd.DataFrame) -> str:
-    from dermkit.evaluate.tables import markdown_table
-
     note = "\nMetrics in %, test split, 95% bootstrap CIs in brackets (lesion-grouped where the card has groups).\n"
     return markdown_table(list(table.columns), table.fillna("").values.tolist()) + note

@@ -119,7 +119,7 @@ def zeroshot_cmd(
     plots, report.html, prompts.json) and OUT/zeroshot_table.md with accuracy, balanced accuracy,
     macro AUC (95% CI), macro F1 and the melanoma-vs-rest AUROC (95% CI).
     """
-    from dermkit.methods.zeroshot import run_zeroshot
+    from dermkit.experiment import run_zeroshot
 
     table = run_zeroshot(model, _dataset_list(data), out, split=split, n_bootstrap=n_bootstrap, prompts=prompts,
                          cache_dir=cache_dir, seed=seed, device=device)
@@ -144,7 +144,7 @@ def probe_cmd(
     C is chosen on val (balanced accuracy) from 1e-3..1e3; each label fraction is run with
     several seeds and reported as mean ± sd; the largest fraction also gets a full report.
     """
-    from dermkit.methods.linear_probe import run_probe
+    from dermkit.experiment import run_probe
 
     if class_weight not in ("balanced", "none"):
         raise ConfigError(f"--class-weight must be 'balanced' or 'none', got {class_weight!r}")
@@ -170,7 +170,7 @@ def retrieve_cmd(
     Captions come from the dataset's caption column or are generated from its metadata
     (diagnosis, modality, site, age, sex, dermoscopic criteria...).
     """
-    from dermkit.methods.retrieval import run_retrieval
+    from dermkit.engine.retrieval import run_retrieval
 
     m = run_retrieval(model, data, split=split, out_dir=out, seed=seed, cache_dir=cache_dir, device=device)
     table = Table("direction", "R@1", "R@5", "R@10", "median rank", "mean rank",
@@ -197,7 +197,7 @@ def rank_cmd(
 
     Example: dermkit rank --model hf-hub:ORG/NAME lesion.jpg --texts "a melanoma" "a nevus"
     """
-    from dermkit.methods.retrieval import rank_texts
+    from dermkit.engine.retrieval import rank_texts
     from dermkit.models.encoders import load_encoder
 
     image, candidates = Path(items[0]), [*(texts or []), *items[1:]]

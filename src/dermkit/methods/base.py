@@ -23,7 +23,9 @@ Methods never import each other: what two methods share lives below them (``engi
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -31,7 +33,21 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import pandas as pd
 
+from dermkit.config import config_from_dict
+from dermkit.data.card import DatasetCard, load_card
+from dermkit.data.images import as_path
+from dermkit.data.split import row_groups
+from dermkit.data.tasks import derive_task
+from dermkit.engine.features import extract_features
 from dermkit.errors import ConfigError, DataError, ModelError
+from dermkit.evaluate.calibration import apply_offsets, apply_temperature
+from dermkit.evaluate.predictions import predictions_frame
+from dermkit.io import replace_dir, write_json
+from dermkit.models.checkpoint import FORMAT, MODEL_CARD, MODEL_WEIGHTS, load_tensors, read_model_card, save_tensors
+from dermkit.models.encoders import load_encoder, save_open_clip_folder
+from dermkit.models.explain import encoder_saliency
+from dermkit.models.specs import parse_spec
+from dermkit.models.text import zeroshot_proba
 
 __all__ = [
     "METHODS",
@@ -46,6 +62,7 @@ __all__ = [
     "EncoderHeadPredictor",
     "ClassEmbeddingPredictor",
     "Recalibrated",
+    "DatasetResult",
 ]
 
 METHODS: dict[str, "Method"] = {}
@@ -78,8 +95,6 @@ class ClassifierConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "config"):
-        from dermkit.config import config_from_dict
-
         raw = dict(raw or {})
         if isinstance(raw.get("eval_data"), str):  # "ph2,isic2017" from a command line
             raw["eval_data"] = [d.strip() for d in raw["eval_data"].split(",") if d.strip()]
@@ -99,7 +114,8 @@ class ClassifierConfig:
         if self.decision not in (None, "", "none", "argmax", "balanced"):
             raise ConfigError(f"decision must be balanced (thresholds tuned on val) or null (argmax), got "
                               f"{self.decision!r}")
-        if self.task not in (None, "", "all", "melanoma_vs_rest", "positive_vs_rest") and not str(self.task).startswith("binary:"):
+        if (self.task not in (None, "", "all", "melanoma_vs_rest", "positive_vs_rest")
+                and not str(self.task).startswith("binary:")):
             raise ConfigError(f"task must be all, melanoma_vs_rest or binary:CLASS, got {self.task!r}")
 
     def model_specs(self) -> dict[str, str]:
@@ -112,7 +128,13 @@ class ClassifierConfig:
 
 @dataclass
 class Predictions:
-    """What a predictor returns: one row per image (``ids``), probabilities over ``classes``."""
+    """What a predictor returns: one row per image (``ids``), probabilities over ``classes``.
+
+    A model with a Breslow thickness head adds its predicted ``thickness`` (a column of
+    :meth:`frame`) and, for the rows of a dataset that holds the model's thickness target,
+    ``thickness_target`` (the true value, NaN where a row has none; not a column of the frame):
+    the :class:`~dermkit.experiment.Run` scores the two in its test report.
+    """
 
     ids: list[str]
     proba: np.ndarray
@@ -120,11 +142,10 @@ class Predictions:
     targets: list[str] | None = None
     groups: list[str] | None = None
     thickness: np.ndarray | None = None
+    thickness_target: np.ndarray | None = None
 
     def frame(self) -> pd.DataFrame:
         """The evaluation layer's predictions table (see :mod:`dermkit.evaluate.predictions`)."""
-        from dermkit.evaluate.predictions import predictions_frame
-
         frame = predictions_frame(self.ids, self.proba, self.classes, self.targets, self.groups)
         if self.thickness is not None:
             frame["thickness"] = np.asarray(self.thickness)
@@ -132,19 +153,19 @@ class Predictions:
 
 
 class Predictor:
-    """A trained classifier: ``classes``, ``card`` (its model.json), ``predict``, ``save``.
+    """A trained classifier: ``classes``, ``model_card`` (its model.json, a dict), ``predict``, ``save``.
 
     Subclasses implement :meth:`predict_paths` (images -> (N, C) probabilities) and
-    :meth:`_state` (tensors + JSON card written by :meth:`save`). A predictor that predicts more
+    :meth:`_state` (tensors + the JSON model card written by :meth:`save`). A predictor that predicts more
     than a class (a thickness, the modalities a fusion model used) also has
     ``predict_details(paths) -> list[dict]``.
     """
 
     method: str = ""
 
-    def __init__(self, card: dict[str, Any]):
-        self.card = dict(card)
-        self.classes: list[str] = list(card["classes"])
+    def __init__(self, model_card: dict[str, Any]):
+        self.model_card = dict(model_card)
+        self.classes: list[str] = list(model_card["classes"])
 
     # -- what each method implements
     def predict_paths(self, paths: Sequence[str | os.PathLike], progress: bool = False) -> np.ndarray:
@@ -163,11 +184,11 @@ class Predictor:
     # -- shared
     @property
     def name(self) -> str:
-        return str(self.card.get("model") or self.method)
+        return str(self.model_card.get("model") or self.method)
 
     @property
     def task(self) -> str | None:
-        return self.card.get("task")
+        return self.model_card.get("task")
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the model folder (model.safetensors + model.json) atomically."""
@@ -176,13 +197,10 @@ class Predictor:
 
     def task_card(self, card):
         """``card`` relabelled for this model's task, checked against its classes."""
-        from dermkit.data.card import load_card
-        from dermkit.data.tasks import derive_task
-
         card = load_card(card)
         task = self.task
         if task not in (None, "", "all") and card.classes != self.classes:
-            card = derive_task(card, task, negative_name=self.card.get("negative_name", "other skin lesion"))
+            card = derive_task(card, task, negative_name=self.model_card.get("negative_name", "other skin lesion"))
         return card
 
     def predict_split(self, card, split: str = "test", progress: bool = True) -> pd.DataFrame:
@@ -191,9 +209,6 @@ class Predictor:
 
     def predict(self, images, split: str = "test", progress: bool = False) -> Predictions:
         """Predictions for image paths, or for ``split`` of a dataset (a card, name or folder)."""
-        from dermkit.data.card import DatasetCard
-        from dermkit.data.split import row_groups
-
         is_dataset = isinstance(images, DatasetCard) or (
             isinstance(images, (str, os.PathLike)) and not Path(images).is_file())
         if not is_dataset:
@@ -215,6 +230,21 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, classes={self.classes})"
+
+
+@dataclass
+class DatasetResult:
+    """One dataset's evaluation by a method's multi-dataset command (``dermkit zeroshot`` / ``probe``):
+    the ``predictor`` (saved in ``folder/model``), the evaluation ``report`` saved in ``folder`` and
+    its ``predictions`` table, the command's table ``rows`` for this dataset, and the method's own
+    ``summary.json`` fields (the :class:`~dermkit.experiment.Run` writes the shared ones)."""
+
+    predictor: "Predictor"
+    report: Any
+    predictions: pd.DataFrame
+    folder: Path
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
 
 
 # ------------------------------------------------------------------------------ methods
@@ -255,9 +285,6 @@ class Method:
         Returns warnings; raises DermkitError for what would fail. The default checks that the
         datasets exist and that every model spec parses.
         """
-        from dermkit.data.card import load_card
-        from dermkit.models.specs import parse_spec
-
         warnings = []
         for key in ("data", "eval_data", "extra_data"):
             value = getattr(config, key, None)
@@ -276,8 +303,6 @@ class Method:
 
 
 def _takes_where(cls) -> bool:
-    import inspect
-
     try:
         return "where" in inspect.signature(cls.from_dict).parameters
     except (TypeError, ValueError):
@@ -308,17 +333,15 @@ class Recalibrated(Predictor):
             raise ModelError(f"temperature must be a positive number, got {temperature}")
         if offsets is not None and len(offsets) != len(inner.classes):
             raise ModelError(f"class_offsets must have one number per class ({len(inner.classes)}), got {len(offsets)}")
-        inner.card["temperature"] = None if temperature is None else float(temperature)
-        inner.card["class_offsets"] = None if offsets is None else [float(b) for b in offsets]
-        super().__init__(inner.card)
+        inner.model_card["temperature"] = None if temperature is None else float(temperature)
+        inner.model_card["class_offsets"] = None if offsets is None else [float(b) for b in offsets]
+        super().__init__(inner.model_card)
         self.inner = inner
         self.temperature = None if temperature is None else float(temperature)
         self.offsets = None if offsets is None else np.asarray(offsets, dtype=float)
         self.method = inner.method
 
     def recalibrate(self, proba: np.ndarray) -> np.ndarray:
-        from dermkit.evaluate.calibration import apply_offsets, apply_temperature
-
         if self.temperature is not None:
             proba = apply_temperature(proba, self.temperature)
         if self.offsets is not None:
@@ -334,8 +357,8 @@ class Recalibrated(Predictor):
         return preds
 
     def save(self, folder: str | os.PathLike) -> Path:
-        self.inner.card["temperature"] = self.temperature
-        self.inner.card["class_offsets"] = None if self.offsets is None else self.offsets.tolist()
+        self.inner.model_card["temperature"] = self.temperature
+        self.inner.model_card["class_offsets"] = None if self.offsets is None else self.offsets.tolist()
         return self.inner.save(folder)
 
     def task_card(self, card):
@@ -359,12 +382,6 @@ def write_model_folder(folder: str | os.PathLike, tensors: dict[str, Any], card:
     Written into ``FOLDER.partial`` and swapped into place, so a reader never sees a half-written
     model, and a folder that already holds other files (an open_clip model) keeps them.
     """
-    import shutil
-
-    from dermkit.io import replace_dir
-    from dermkit.io import write_json
-    from dermkit.models.checkpoint import FORMAT, MODEL_CARD, MODEL_WEIGHTS, save_tensors
-
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".partial")
     if tmp.exists():
@@ -380,8 +397,6 @@ def write_model_folder(folder: str | os.PathLike, tensors: dict[str, Any], card:
 
 def portable_spec(spec: str) -> str:
     """A model spec as saved in a model folder: local folders as absolute paths, others as given."""
-    from dermkit.models.specs import parse_spec
-
     ref = parse_spec(spec)
     if ref.kind in ("folder", "local-dir") and Path(ref.path).expanduser().exists():
         return str(Path(ref.path).expanduser().resolve())
@@ -395,8 +410,6 @@ def load_base_encoder(spec: str, fingerprint: str | None, folder: str | os.PathL
     ``spec`` ``"."`` means the model folder itself (a CLIP folder that also holds its zero-shot
     head). A missing or changed base model is a clear ModelError naming ``model.json``.
     """
-    from dermkit.models.encoders import load_encoder
-
     folder = Path(folder)
     source = str(folder) if spec == "." else spec
     try:
@@ -417,12 +430,12 @@ def load_base_encoder(spec: str, fingerprint: str | None, folder: str | os.PathL
 class EncoderHeadPredictor(Predictor):
     """A frozen encoder + a head on its L2-normalised image embeddings (read from the feature cache).
 
-    Subclasses implement :meth:`head` (embeddings -> probabilities). ``card`` names the encoder
+    Subclasses implement :meth:`head` (embeddings -> probabilities). ``model_card`` names the encoder
     (``base_model``: spec, or ``"."`` for the model folder itself) and its ``base_fingerprint``.
     """
 
-    def __init__(self, enc, card: dict, cache_dir=None, batch_size: int = 64, num_workers: int = 2):
-        super().__init__(card)
+    def __init__(self, enc, model_card: dict, cache_dir=None, batch_size: int = 64, num_workers: int = 2):
+        super().__init__(model_card)
         self.enc = enc
         self.cache_dir, self.batch_size, self.num_workers = cache_dir, batch_size, num_workers
 
@@ -437,24 +450,17 @@ class EncoderHeadPredictor(Predictor):
     def saliency_module(self):
         if type(self).saliency_logits is EncoderHeadPredictor.saliency_logits:
             return None
-        from dermkit.models.explain import encoder_saliency
-
         return encoder_saliency(self.enc, self.saliency_logits)
 
     def save(self, folder: str | os.PathLike) -> Path:
         """As :meth:`Predictor.save`; a head whose encoder is its own folder (``base_model: "."``, a
         trained CLIP model) takes the encoder's open_clip files along to the new folder."""
         folder = Path(folder)
-        if self.card.get("base_model") == "." and not (folder / "open_clip_config.json").is_file():
-            from dermkit.models.encoders import save_open_clip_folder
-
+        if self.model_card.get("base_model") == "." and not (folder / "open_clip_config.json").is_file():
             save_open_clip_folder(self.enc.module, folder, self.enc.model_cfg, self.enc.preprocess_cfg)
         return super().save(folder)
 
     def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
-        from dermkit.data.images import as_path
-        from dermkit.engine.features import extract_features
-
         feats = extract_features(self.enc, [as_path(p) for p in paths], cache_dir=self.cache_dir,
                                  batch_size=self.batch_size, num_workers=self.num_workers, progress=progress)
         return self.head(feats)
@@ -462,8 +468,6 @@ class EncoderHeadPredictor(Predictor):
     @staticmethod
     def read(folder, device: str = "auto"):
         """``(encoder, card, tensors)`` of a saved encoder-head folder, the encoder checked by fingerprint."""
-        from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
-
         card = read_model_card(folder)
         enc = load_base_encoder(card["base_model"], card.get("base_fingerprint"), folder,
                                 device="cpu" if device == "auto" else device)
@@ -475,17 +479,15 @@ class ClassEmbeddingPredictor(EncoderHeadPredictor):
 
     method = "zeroshot"
 
-    def __init__(self, enc, class_emb, card: dict, **kwargs):
-        super().__init__(enc, card, **kwargs)
+    def __init__(self, enc, class_emb, model_card: dict, **kwargs):
+        super().__init__(enc, model_card, **kwargs)
         self.class_emb = class_emb.float().cpu()
-        self.logit_scale = float(card.get("logit_scale") or enc.logit_scale)
+        self.logit_scale = float(model_card.get("logit_scale") or enc.logit_scale)
 
     def _state(self):
-        return {"class_embeddings": self.class_emb}, self.card
+        return {"class_embeddings": self.class_emb}, self.model_card
 
     def head(self, features: np.ndarray) -> np.ndarray:
-        from dermkit.models.text import zeroshot_proba
-
         return zeroshot_proba(features, self.class_emb, self.logit_scale)
 
     def saliency_logits(self, embeddings):

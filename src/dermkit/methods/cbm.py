@@ -18,16 +18,27 @@ those latents' activations set to zero: PanDerm-2's intervention on artefact con
 
 from __future__ import annotations
 
+import base64
+import html
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from dermkit import io
+from dermkit.data.images import open_image
+from dermkit.data.split import row_groups
+from dermkit.engine.features import extract_features, extract_split_features
 from dermkit.errors import ConfigError, DataError, ModelError
+from dermkit.evaluate import evaluate
+from dermkit.evaluate.concepts import concept_annotations, concept_validity
 from dermkit.methods.base import ClassifierConfig, EncoderHeadPredictor, Method, register_method
+from dermkit.models.concepts import load_vocabulary, name_latents, nearest_latents, vocabulary_embeddings
 from dermkit.models.linear import LinearProbe, check_probe_settings, fit_probe
 from dermkit.models.sae import SparseAutoencoder
+from dermkit.models.text import encode_texts
 
 __all__ = ["CBMConfig", "CBMPredictor", "ConceptBottleneck", "load_sae_folder"]
 
@@ -83,8 +94,9 @@ class CBMPredictor(EncoderHeadPredictor):
 
     method = "cbm"
 
-    def __init__(self, enc, sae: SparseAutoencoder, probe: LinearProbe, card: dict, zeroed: Sequence[int] = (), **kw):
-        super().__init__(enc, card, **kw)
+    def __init__(self, enc, sae: SparseAutoencoder, probe: LinearProbe, model_card: dict, zeroed: Sequence[int] = (),
+                 **kw):
+        super().__init__(enc, model_card, **kw)
         self.sae, self.probe = sae.cpu().eval(), probe
         self.zeroed = sorted({int(i) for i in zeroed})
 
@@ -95,13 +107,13 @@ class CBMPredictor(EncoderHeadPredictor):
         tensors = {f"sae.{k}": v.detach().float() for k, v in self.sae.state_dict().items()}
         tensors.update(self.probe.tensors())
         tensors["zeroed"] = torch.tensor(self.zeroed or [-1], dtype=torch.int64)
-        return tensors, {**self.card, "C": self.probe.C, "zeroed": self.zeroed}
+        return tensors, {**self.model_card, "C": self.probe.C, "zeroed": self.zeroed}
 
     # -- concepts
     @property
     def concepts(self) -> list[dict]:
         """The latents with non-zero weight: ``{latent, name, group, similarity, weight}``."""
-        return list(self.card.get("concepts") or [])
+        return list(self.model_card.get("concepts") or [])
 
     def concept_name(self, latent: int) -> str:
         for c in self.concepts:
@@ -124,7 +136,7 @@ class CBMPredictor(EncoderHeadPredictor):
         bad = [i for i in latents if not 0 <= int(i) < self.sae.n_latents]
         if bad:
             raise ConfigError(f"latent ids {bad} out of range 0..{self.sae.n_latents - 1}")
-        return CBMPredictor(self.enc, self.sae, self.probe, dict(self.card), zeroed=[*self.zeroed, *latents],
+        return CBMPredictor(self.enc, self.sae, self.probe, dict(self.model_card), zeroed=[*self.zeroed, *latents],
                             cache_dir=self.cache_dir, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def explain_features(self, features: np.ndarray, top: int = 5) -> list[list[dict]]:
@@ -143,8 +155,6 @@ class CBMPredictor(EncoderHeadPredictor):
 
     def predict_details(self, paths) -> list[dict]:
         """What ``dermkit predict`` prints: the predicted class and its top concept contributions."""
-        from dermkit.engine.features import extract_features
-
         feats = extract_features(self.enc, list(paths), cache_dir=self.cache_dir, batch_size=self.batch_size,
                                  num_workers=self.num_workers, progress=False)
         rows = []
@@ -163,8 +173,6 @@ class ConceptBottleneck(Method):
     tiny_config = {"data": "{data}", "sae": "{sae}", "num_workers": 0, "Cs": [0.3, 1.0], "n_bootstrap": 20}
 
     def fit(self, config: CBMConfig, run) -> CBMPredictor:
-        from dermkit.engine.features import extract_split_features
-
         card = run.card()
         enc, sae, sae_card = load_sae_folder(Path(config.sae).expanduser(), config.device)
         kw = dict(cache_dir=config.cache_dir, batch_size=config.encode_batch_size, num_workers=config.num_workers,
@@ -180,8 +188,6 @@ class ConceptBottleneck(Method):
                      "weight": float(np.abs(probe.coef[:, j]).max())} for j in nonzero]
         vocab_source = None
         if config.name_concepts and getattr(enc, "has_text", False):
-            from dermkit.models.concepts import load_vocabulary, name_latents, vocabulary_embeddings
-
             vocab = load_vocabulary(config.vocabulary)
             named = name_latents(sae.atoms.numpy(), nonzero, vocabulary_embeddings(enc, vocab), vocab)
             for c, n in zip(concepts, named):
@@ -234,9 +240,6 @@ def resolve_latents(predictor: CBMPredictor, items: Sequence[str], per_query: in
                 raise ConfigError(f"--zero {item!r} is not a latent id or a concept name of this model "
                                   f"({', '.join(sorted(names)) or 'none named'}), and its encoder has no text tower "
                                   "to match a text query")
-            from dermkit.models.concepts import nearest_latents
-            from dermkit.models.text import encode_texts
-
             query = encode_texts(predictor.enc, [item]).numpy()[0]
             for latent, sim in nearest_latents(query, predictor.sae.atoms.numpy(),
                                                [c["latent"] for c in predictor.concepts], k=per_query):
@@ -250,9 +253,6 @@ def resolve_latents(predictor: CBMPredictor, items: Sequence[str], per_query: in
 def intervene(predictor: CBMPredictor, card, items: Sequence[str], out_dir, split: str = "test",
               n_bootstrap: int = 1000, progress: bool = True, per_query: int = 1) -> dict:
     """Metrics before and after zeroing the latents ``items`` name; reports in ``out_dir/before|after``."""
-    from dermkit import io
-    from dermkit.evaluate import evaluate
-
     chosen = resolve_latents(predictor, items, per_query)
     after = predictor.with_zeroed([c["latent"] for c in chosen])
     result = {"zeroed": chosen, "split": split}
@@ -272,16 +272,6 @@ def concept_gallery(predictor: CBMPredictor, card, out_dir, split: str = "test",
     """``concepts.html``: per concept (non-zero latent) its name, similarity, weight and its
     ``top`` most activating images; ``validity.csv``: AUROC of each named latent against the
     dataset's own concept annotations (where it has them)."""
-    import base64
-    import html
-    import io as _io
-
-    from dermkit import io
-    from dermkit.data.images import open_image
-    from dermkit.data.split import row_groups
-    from dermkit.engine.features import extract_features
-    from dermkit.evaluate.concepts import concept_annotations, concept_validity
-
     rows = card.rows(split)
     paths = [card.image_path(p) for p in rows["image"]]
     feats = extract_features(predictor.enc, paths, cache_dir=predictor.cache_dir, progress=progress)
@@ -295,7 +285,7 @@ def concept_gallery(predictor: CBMPredictor, card, out_dir, split: str = "test",
     def thumb(path) -> str:
         image = open_image(path).convert("RGB")
         image.thumbnail((112, 112))
-        buf = _io.BytesIO()
+        buf = BytesIO()
         image.save(buf, "JPEG", quality=80)
         return base64.b64encode(buf.getvalue()).decode("ascii")
 

@@ -13,9 +13,9 @@ Three levers make more epochs worth having on a small CPU (each a config key):
 ``cache_views: N`` runs the frozen part of the image trunk once on N augmented views of every
 training image and keeps what enters the trained tail in memory (the prompt-learning trick with
 augmentation kept): an epoch then costs the tail, the text tower and the loss, and each image
-shows one of its N views per epoch (drawn from the epoch seed). ``cache_captions: K`` does the same for the text tower: its
-frozen layers run once on K caption draws per pair (hard negatives included) and epoch e trains
-on draw e mod K, so a step costs only the trained layers. ``class_balance: p`` draws each
+shows one of its N views per epoch (drawn from the epoch seed). ``cache_captions: K`` does the
+same for the text tower: its frozen layers run once on K caption draws per pair (hard negatives
+included) and epoch e trains on draw e mod K, so a step costs only the trained layers. ``class_balance: p`` draws each
 epoch's pairs with probability proportional to count(dataset, diagnosis)^-p inside each dataset
 (0 = as they come, 0.5 = inverse square root, 1 = every class of a dataset equally often; each
 dataset keeps its share), so nevi stop dominating the batches. ``hard_negatives: true`` adds, per
@@ -28,6 +28,8 @@ text loss: the only way to tell it from the true caption is the diagnosis.
 comes from its seed, steps per epoch from the manifests, and each image is augmented with its
 own seed (epoch seed + position), so a sample looks the same whichever process decodes it.
 
+The pairs and their global batches come from :mod:`dermkit.data.pairs` (``MemoryPairs`` for the
+train splits, ``ShardPairs`` for shards); the loss is :func:`dermkit.engine.losses.global_clip_loss`.
 Under torch.distributed (torchrun) the engine gives each process its slice of every global
 batch; the loss gathers the image and text embeddings of all processes with gradients
 (``torch.distributed.nn.functional.all_gather``, as open_clip's ``gather_with_grad``), so the
@@ -43,25 +45,32 @@ process's slice, as DDP does without SyncBatchNorm.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dermkit.data import load_card
+from dermkit.data.pairs import MemoryPairs, ShardPairs
+from dermkit.data.prompts import load_prompts
+from dermkit.data.shards import ShardReader
 from dermkit.data.torchdata import decode_all, eval_transform, train_transform
 from dermkit.engine import distributed
 from dermkit.engine.loop import EngineConfig
+from dermkit.engine.losses import global_clip_loss
+from dermkit.errors import ConfigError, DataError
+from dermkit.evaluate import classification_metrics
 from dermkit.io import replace_dir
-from dermkit.runtime import epoch_seed
-from dermkit.errors import ConfigError, DataError, ModelError
 from dermkit.methods.base import ClassEmbeddingPredictor, ClassifierConfig, Method, register_method
+from dermkit.models.dermkit_clip import build_dermkit_clip
+from dermkit.models.encoders import load_encoder, save_open_clip_folder
 from dermkit.models.freeze import freeze, set_eval, train_only_last, unfreeze
 from dermkit.models.frozen_prefix import text_split, trunk_split
+from dermkit.models.text import class_embeddings, zeroshot_proba
 
 DEFAULT_DATASETS = ("ham10000", "isic2017", "derm7pt", "pad_ufes20")  # PH2 stays unseen: the zero-shot target
 
@@ -148,7 +157,8 @@ class ClipTrainConfig(ClassifierConfig):
         return {"init": self.init} if self.init else {}
 
 
-def set_trainable(model: nn.Module, image_last: int | None, text_last: int | None) -> tuple[dict[str, int], list[nn.Module]]:
+def set_trainable(model: nn.Module, image_last: int | None,
+                  text_last: int | None) -> tuple[dict[str, int], list[nn.Module]]:
     """Freeze a CLIP model except the tails named by the config; returns parameter counts and the
     frozen units (kept in eval mode while training: frozen BatchNorm keeps its statistics, frozen
     text layers run without dropout, exactly what the caches of ``cache_views``/``cache_captions`` hold)."""
@@ -160,8 +170,8 @@ def set_trainable(model: nn.Module, image_last: int | None, text_last: int | Non
         if visual is not None:
             unfreeze(visual)
     else:
-        frozen = train_only_last(trunk, image_last, extra=[m for m in (getattr(visual, "head", None),) if m is not None],
-                                 what="train_image_last")
+        head = [m for m in (getattr(visual, "head", None),) if m is not None]
+        frozen = train_only_last(trunk, image_last, extra=head, what="train_image_last")
     layers = getattr(getattr(getattr(text, "transformer", None), "encoder", None), "layer", None)
     if text is None:  # open_clip's built-in text tower lives on the CLIP module itself
         unfreeze(m for name, m in model.named_children() if name not in ("visual",))
@@ -180,64 +190,12 @@ def set_trainable(model: nn.Module, image_last: int | None, text_last: int | Non
     return {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())}, frozen
 
 
-def soft_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor, caption_ids: torch.Tensor,
-                   negative_emb: torch.Tensor | None = None, negative_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE; rows with identical captions share the target mass.
-
-    ``negative_emb`` (hard-negative captions, with their caption ids) are extra columns of the
-    image-to-text side only: each image must pick its caption among the batch's captions and
-    negatives (a negative whose text is an image's own caption counts as that image's positive).
-    """
-    image = F.normalize(image_emb.float(), dim=-1)
-    logits = scale * image @ F.normalize(text_emb.float(), dim=-1).T
-    same = (caption_ids[:, None] == caption_ids[None, :]).float()
-    text_to_image = F.cross_entropy(logits.T, same / same.sum(dim=1, keepdim=True))  # ``same`` is symmetric
-    if negative_emb is not None:
-        logits = torch.cat([logits, scale * image @ F.normalize(negative_emb.float(), dim=-1).T], dim=1)
-        same = torch.cat([same, (caption_ids[:, None] == negative_ids[None, :]).float()], dim=1)
-    image_to_text = F.cross_entropy(logits, same / same.sum(dim=1, keepdim=True))
-    return 0.5 * (image_to_text + text_to_image)
-
-
 def check_global_batch(batch_size: int, world: int) -> None:
     """The global batch must split evenly over the processes (see the module docstring)."""
     if batch_size % world:
         raise ConfigError(f"batch_size {batch_size} does not split evenly over {world} processes; the contrastive "
                           f"loss gathers every process's embeddings, so use a multiple of {world} "
                           f"(e.g. {batch_size - batch_size % world or world})")
-
-
-def gather_global(tensor: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
-    """``tensor`` of every process concatenated in rank order: the global batch (itself on one process).
-
-    ``with_grad``: the gather's backward sends each process the gradients the others computed for
-    its rows (open_clip's ``gather_with_grad``); without it (ids, labels) nothing flows back.
-    """
-    if distributed.world_size() == 1:
-        return tensor
-    import torch.distributed as dist
-
-    if with_grad:
-        import warnings
-
-        from torch.distributed.nn.functional import all_gather
-
-        with warnings.catch_warnings():  # recent torch points to a private replacement; this one still works
-            warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
-            return torch.cat(all_gather(tensor))
-    parts = [torch.empty_like(tensor) for _ in range(distributed.world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
-
-
-def global_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor,
-                     caption_ids: torch.Tensor, negative_emb: torch.Tensor | None = None,
-                     negative_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`soft_clip_loss` over the global batch: every process's rows are negatives of every other's."""
-    if negative_emb is not None:
-        negative_emb, negative_ids = gather_global(negative_emb), gather_global(negative_ids, with_grad=False)
-    return soft_clip_loss(gather_global(image_emb), gather_global(text_emb), scale,
-                          gather_global(caption_ids, with_grad=False), negative_emb, negative_ids)
 
 
 def trim_padding(tokens, pad_id: int | None):
@@ -250,256 +208,6 @@ def trim_padding(tokens, pad_id: int | None):
         return tokens
     used = (tokens != pad_id).any(dim=0).nonzero()
     return tokens[:, : int(used.max()) + 1] if len(used) else tokens
-
-
-class PairSource:
-    """Image paths of all training pairs plus a caption generator per epoch."""
-
-    def __init__(self, datasets: list[str], split: str):
-        self.parts = []  # (card, modality or None, path list)
-        groups: list[str] = []  # "dataset/diagnosis" of every pair (class-balanced sampling)
-        for name in datasets:
-            card = load_card(name)
-            rows = card.rows(split)
-            diagnoses = [f"{card.name}/{d}" for d in rows["diagnosis"].astype(str)]
-            self.parts.append((card, None, [card.image_path(p) for p in rows["image"]]))
-            groups += diagnoses
-            view = card.second_view_column
-            if view and view in rows.columns:
-                ok = rows[view].notna()
-                if ok.all():
-                    self.parts.append((card, "clinical", [card.image_path(p) for p in rows[view]]))
-                    groups += diagnoses
-        self.split = split
-        self.paths = [p for _, _, paths in self.parts for p in paths]
-        self.groups = np.asarray(groups)
-        if not self.paths:
-            raise DataError(f"no {split} images in {datasets}")
-
-    def captions(self, seed: int, negatives: bool = False) -> tuple[list[str], list[str] | None]:
-        """Every pair's caption for ``seed``, and (``negatives``) its hard negative (the caption
-        itself where a row has none, which the loss then counts as a positive)."""
-        from dermkit.data.captions import captions_with_negatives
-
-        captions: list[str] = []
-        others: list[str] = []
-        for card, modality, _ in self.parts:
-            for caption, negative in captions_with_negatives(card, self.split, seed=seed, modality=modality,
-                                                             negatives=negatives):
-                captions.append(caption)
-                others.append(caption if negative is None else negative)
-        return captions, (others if negatives else None)
-
-    def weights(self, power: float) -> np.ndarray:
-        """Sampling probability of every pair: count(dataset, diagnosis)^-power, normalised inside each
-        dataset to that dataset's share of the pairs (so balancing classes never reweights datasets)."""
-        _, inverse, counts = np.unique(self.groups, return_inverse=True, return_counts=True)
-        w = counts[inverse].astype(float) ** -power
-        datasets = np.asarray([g.split("/", 1)[0] for g in self.groups])
-        for name in np.unique(datasets):
-            mask = datasets == name
-            w[mask] *= mask.sum() / w[mask].sum()
-        return w / w.sum()
-
-    def order(self, epoch_seed_: int, power: float) -> np.ndarray:
-        """The epoch's pairs: a permutation (``power`` 0) or as many weighted draws with replacement."""
-        rng = np.random.default_rng(epoch_seed_)
-        n = len(self.paths)
-        return rng.permutation(n) if power == 0 else rng.choice(n, size=n, replace=True, p=self.weights(power))
-
-
-class _MemoryPairs:
-    """The train splits of ``train_data``, decoded once into memory (global batches of (pixels, row index)).
-
-    With ``cache_views`` the frozen trunk prefix runs once on that many augmented views of every
-    image (each view under its own seed, so a rebuilt cache is the same: resume stays exact) and a
-    global batch is (view index, row index): an epoch no longer touches the prefix.
-    """
-
-    def __init__(self, config: ClipTrainConfig, max_side: int, augment, progress: bool, prefix=None, autocast=None,
-                 text_prefix=None):
-        self.config = config
-        self.source = PairSource(config.train_data, "train")
-        images = decode_all(self.source.paths, max_side, progress=progress, desc="decoding train")
-        self.n = len(images)
-        self.cache: torch.Tensor | None = None
-        if config.cache_views:
-            self.cache = self._build_cache(images, augment, prefix, autocast, progress)
-            images = []
-        self.dataset = _Indexed(images, augment)
-        self.captions: list[str] = []
-        self.caption_ids: list[int] = []
-        self.negatives: list[str] | None = None
-        self.negative_ids: list[int] = []
-        self.text_cache: list[dict[str, torch.Tensor]] = []
-        self.text_table: dict[str, torch.Tensor] = {}
-        if config.cache_captions:
-            self.text_cache = self._build_text_cache(text_prefix, autocast, progress)
-
-    def _caption_seed(self, epoch: int) -> int:
-        """The caption draw of an epoch: its own, or draw ``epoch mod cache_captions`` from the text cache."""
-        k = self.config.cache_captions
-        return epoch_seed(self.config.caption_seed, epoch % k if k else epoch)
-
-    def _build_text_cache(self, text_prefix, autocast, progress: bool) -> list[dict[str, torch.Tensor]]:
-        """Per caption draw: every distinct caption (and hard negative) -> the frozen text layers' output
-        for its real tokens (fp16), computed in batches of similar length."""
-        from tqdm.auto import tqdm
-
-        draws = []
-        for k in range(self.config.cache_captions):
-            captions, negatives = self.source.captions(self._caption_seed(k), negatives=self.config.hard_negatives)
-            draws.append(list(dict.fromkeys(captions + (negatives or []))))
-        out: list[dict[str, torch.Tensor]] = []
-        with tqdm(total=sum(map(len, draws)), desc=f"caching the frozen text layers ({len(draws)} caption draws)",
-                  disable=not progress) as bar:
-            for texts in draws:
-                table: dict[str, torch.Tensor] = {}
-                for chunk in _length_chunks(texts, 256):
-                    with torch.inference_mode(), autocast():
-                        hidden, mask = text_prefix(chunk)
-                    if bool((mask[:, 1:] > mask[:, :-1]).any()):
-                        raise ModelError("cache_captions needs a tokenizer that pads on the right; set cache_captions: 0")
-                    hidden, lengths = hidden.to("cpu", torch.float16), mask.sum(dim=1).tolist()
-                    for text, h, n in zip(chunk, hidden, lengths):
-                        table[text] = h[: int(n)].clone()
-                    bar.update(len(chunk))
-                out.append(table)
-        return out
-
-    def text_inputs(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden, mask) of ``texts`` from this epoch's caption draw, padded to the longest."""
-        rows = [self.text_table[t] for t in texts]
-        lengths = torch.tensor([len(r) for r in rows])
-        hidden = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).float()
-        return hidden, (torch.arange(hidden.shape[1])[None, :] < lengths[:, None]).long()
-
-    def _build_cache(self, images, augment, prefix, autocast, progress: bool) -> torch.Tensor:
-        from tqdm.auto import tqdm
-
-        views, n, chunk = self.config.cache_views, len(images), 128
-        cache = None
-        with tqdm(total=views * n, desc=f"caching the frozen image trunk ({views} views)", disable=not progress) as bar:
-            for view in range(views):
-                for start in range(0, n, chunk):
-                    pixels = []
-                    for i in range(start, min(n, start + chunk)):
-                        with torch.random.fork_rng(devices=[]):
-                            torch.manual_seed(epoch_seed(self.config.engine.seed, 1 + view) * 1_000_003 + i)
-                            pixels.append(augment(images[i]))
-                    with torch.inference_mode(), autocast():
-                        out = prefix(torch.stack(pixels)).to("cpu", torch.float16)
-                    if cache is None:
-                        cache = torch.empty((views, n, *out.shape[1:]), dtype=torch.float16)
-                    cache[view, start:start + len(out)] = out
-                    bar.update(len(out))
-        return cache
-
-    def batches(self, epoch: int):
-        captions, negatives = self.source.captions(self._caption_seed(epoch), negatives=self.config.hard_negatives)
-        if self.text_cache:
-            self.text_table = self.text_cache[epoch % self.config.cache_captions]
-        index = {c: k for k, c in enumerate(dict.fromkeys(captions + (negatives or [])))}  # one id per text this epoch
-        self.captions, self.caption_ids = captions, [index[c] for c in captions]
-        self.negatives, self.negative_ids = negatives, [index[c] for c in negatives or []]
-        seed = epoch_seed(self.config.engine.seed, epoch)
-        if self.cache is None and not self.config.class_balance:
-            generator = torch.Generator().manual_seed(seed)
-            # Contrastive batches must be full (in-batch negatives): always drop the last partial one.
-            return torch.utils.data.DataLoader(self.dataset, batch_size=self.config.batch_size, shuffle=True,
-                                               drop_last=True, generator=generator, num_workers=self.config.num_workers)
-        order = torch.from_numpy(self.source.order(seed, self.config.class_balance))
-        if self.cache is None:  # class-balanced draws of decoded images
-            return torch.utils.data.DataLoader(self.dataset, batch_size=self.config.batch_size, sampler=order.tolist(),
-                                               drop_last=True, num_workers=self.config.num_workers)
-        views = torch.from_numpy(np.random.default_rng([seed, 2]).integers(self.config.cache_views, size=len(order)))
-        bs = self.config.batch_size
-        return ((views[i:i + bs], order[i:i + bs]) for i in range(0, len(order) - bs + 1, bs))
-
-    def inputs(self, batch):
-        x, idx = batch
-        rows = idx.tolist()
-        if self.cache is not None:  # x: the view of each row
-            x = self.cache[x, idx].float()
-        negatives = None if self.negatives is None else (
-            [self.negatives[i] for i in rows], torch.tensor([self.negative_ids[i] for i in rows]))
-        return x, [self.captions[i] for i in rows], torch.tensor([self.caption_ids[i] for i in rows]), negatives
-
-    @staticmethod
-    def rows(batch) -> int:
-        return len(batch[1])
-
-    def close(self) -> None:
-        pass
-
-
-def _length_chunks(texts: list[str], size: int):
-    """``texts`` in chunks of ``size``, shortest first (by characters: padding follows length)."""
-    ordered = sorted(texts, key=len)
-    for start in range(0, len(ordered), size):
-        yield ordered[start:start + size]
-
-
-class _ShardPairs:
-    """Pairs streamed from WebDataset shards (:class:`dermkit.data.shards.ShardReader`).
-
-    A global batch is ``(augmentation seeds, samples, captions, caption ids)``: raw image bytes, so a
-    process decodes (in threads) and augments only the rows of its slice, each image under its own
-    seed (epoch seed, position), which makes the pixels independent of which process made them.
-    """
-
-    def __init__(self, config: ClipTrainConfig, max_side: int, augment):
-        from concurrent.futures import ThreadPoolExecutor
-
-        from dermkit.data.shards import ShardReader
-
-        self.config, self.max_side, self.augment = config, max_side, augment
-        self.reader = ShardReader(config.shards, shuffle_buffer=config.shuffle_buffer)
-        self.n = len(self.reader)
-        self.pool = ThreadPoolExecutor(max_workers=max(1, config.num_workers))
-
-    def batches(self, epoch: int):
-        seed = epoch_seed(self.config.engine.seed, epoch)
-        chunk: list = []
-        for position, sample in enumerate(self.reader.epoch(seed)):
-            chunk.append(sample)
-            if len(chunk) == self.config.batch_size:  # full batches only (in-batch negatives)
-                captions = [s.caption(epoch) for s in chunk]
-                index = {c: k for k, c in enumerate(dict.fromkeys(captions))}
-                first = position + 1 - len(chunk)
-                seeds = torch.tensor([(seed * 1_000_003 + first + k) % 2**62 for k in range(len(chunk))])
-                yield seeds, chunk, captions, torch.tensor([index[c] for c in captions])
-                chunk = []
-
-    def inputs(self, batch):
-        from dermkit.data.shards import decode_shard_image
-
-        seeds, samples, captions, caption_ids = batch
-        images = list(self.pool.map(lambda s: decode_shard_image(s, self.max_side), samples))
-        pixels = []
-        for seed, image in zip(seeds.tolist(), images):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                pixels.append(self.augment(image))
-        return torch.stack(pixels), list(captions), caption_ids, None
-
-    @staticmethod
-    def rows(batch) -> int:
-        return len(batch[0])
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False)
-
-
-class _Indexed(torch.utils.data.Dataset):
-    def __init__(self, images, transform):
-        self.images, self.transform = images, transform
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.transform(self.images[i]), i
 
 
 @register_method
@@ -516,8 +224,6 @@ class Contrastive(Method):
     def check(self, config: ClipTrainConfig) -> list[str]:
         warnings = super().check(config)
         if config.shards:  # the shards and their manifests exist (a run refuses to start otherwise)
-            from dermkit.data.shards import ShardReader
-
             try:
                 ShardReader(config.shards, shuffle_buffer=config.shuffle_buffer)
             except DataError as exc:
@@ -525,11 +231,6 @@ class Contrastive(Method):
         return warnings
 
     def fit(self, config: ClipTrainConfig, run):
-        from dermkit.data.prompts import load_prompts
-        from dermkit.evaluate import classification_metrics
-        from dermkit.models.encoders import load_encoder, save_open_clip_folder
-        from dermkit.models.text import class_embeddings, zeroshot_proba
-
         out_dir = run.out_dir
         if "ph2" in config.train_data:
             print("note: training on PH2 makes its zero-shot numbers no longer zero-shot")
@@ -538,16 +239,12 @@ class Contrastive(Method):
         init_dir = out_dir / "init"
         enc = None
         if config.init is None and not (init_dir / "open_clip_config.json").is_file():
-            from dermkit.models.dermkit_clip import build_dermkit_clip
-
             torch.manual_seed(config.engine.seed)
             model, model_cfg, preprocess_cfg = build_dermkit_clip(config.image_tower, embed_dim=config.embed_dim)
             preprocess_cfg = {**preprocess_cfg, "size": config.image_size}
             model_cfg["vision_cfg"]["image_size"] = config.image_size
             if distributed.rank() != 0:  # under torchrun rank 0 alone writes init/; the same seed built the
                 # same model here, loaded through a private copy so no process reads a half-written folder
-                import tempfile
-
                 with tempfile.TemporaryDirectory(prefix="dermkit-clip-init-") as tmp:
                     save_open_clip_folder(model, Path(tmp) / "init", model_cfg, preprocess_cfg)
                     enc = load_encoder(str(Path(tmp) / "init"))
@@ -571,10 +268,18 @@ class Contrastive(Method):
 
         size, mean, std = enc.image_size, enc.mean, enc.std
         augment = train_transform(size, mean, std, config.augment)
-        pairs = (_ShardPairs(config, int(size * 1.15), augment) if config.shards else
-                 _MemoryPairs(config, int(size * 1.15), augment, run.progress,
-                              prefix=prefix and (lambda px: prefix(engine.to_device(px))), autocast=engine.autocast,
-                              text_prefix=text_prefix and (lambda texts: text_prefix(tokens_on_device(texts)))))
+        if config.shards:
+            pairs = ShardPairs(config.shards, int(size * 1.15), augment, batch_size=config.batch_size,
+                               seed=config.engine.seed, shuffle_buffer=config.shuffle_buffer,
+                               num_workers=config.num_workers)
+        else:
+            pairs = MemoryPairs(config.train_data, int(size * 1.15), augment, batch_size=config.batch_size,
+                                seed=config.engine.seed, caption_seed=config.caption_seed,
+                                cache_views=config.cache_views, cache_captions=config.cache_captions,
+                                class_balance=config.class_balance, hard_negatives=config.hard_negatives,
+                                num_workers=config.num_workers, progress=run.progress,
+                                prefix=prefix and (lambda px: prefix(engine.to_device(px))), autocast=engine.autocast,
+                                text_prefix=text_prefix and (lambda texts: text_prefix(tokens_on_device(texts))))
         if pairs.n < config.batch_size:
             raise ConfigError(f"batch_size {config.batch_size} is larger than the {pairs.n} training pairs")
 
@@ -607,7 +312,8 @@ class Contrastive(Method):
                 text_emb, negative_emb = encode_text(model, captions + negatives[0]).split(len(captions))
                 negative_ids = negatives[1].to(engine.device)
             scale = model.logit_scale.exp().clamp(max=100)
-            return global_clip_loss(image_emb, text_emb, scale, caption_ids.to(engine.device), negative_emb, negative_ids)
+            return global_clip_loss(image_emb, text_emb, scale, caption_ids.to(engine.device), negative_emb,
+                                    negative_ids)
 
         @torch.inference_mode()
         def validate(model: nn.Module) -> dict[str, float]:
@@ -654,10 +360,6 @@ class Contrastive(Method):
 
     @staticmethod
     def classifier(folder: Path, run, config: ClipTrainConfig):
-        from dermkit.data.prompts import load_prompts
-        from dermkit.models.encoders import load_encoder
-        from dermkit.models.text import class_embeddings
-
         enc = load_encoder(str(folder))
         card = run.card()
         predictor = ContrastivePredictor(enc, class_embeddings(enc, load_prompts(card), card.classes), {

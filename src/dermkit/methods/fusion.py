@@ -16,8 +16,9 @@ modalities it used. Loss = ``alpha`` x class cross-entropy + ``beta`` x thicknes
 thickness loss averaged over the rows that have a target only (Derm7pt: melanomas with a bin).
 
 Outputs of a run folder: ``model/`` (safetensors + model.json, ``"method": "fusion"``),
-``eval/test/`` (classification report + ``thickness.*``), ``modality_subsets.csv`` (test metrics
-when only some modalities are given), ``history.csv``, ``summary.json``.
+``eval/test/`` (classification report + ``thickness.*``, written by the run's test report since
+the predictions carry the thickness), ``modality_subsets.csv`` (test metrics when only some
+modalities are given), ``history.csv``, ``summary.json``.
 """
 
 from __future__ import annotations
@@ -44,14 +45,19 @@ from dermkit.data.multimodal import (
     view_columns,
 )
 from dermkit.engine.batching import index_batches, steps_per_epoch
+from dermkit.engine.features import extract_features
 from dermkit.engine.loop import EngineConfig
-from dermkit.runtime import epoch_seed, resolve_device
 from dermkit.engine.losses import classification_criterion
 from dermkit.errors import ConfigError, DataError, ModelError
+from dermkit.evaluate import classification_metrics
 from dermkit.io import write_csv
 from dermkit.methods.base import ClassifierConfig, Method, Predictions, Predictor, register_method
+from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
+from dermkit.models.encoders import load_encoder
 from dermkit.models.fusion import FUSIONS, FusionNet
+from dermkit.models.text import encode_texts
 from dermkit.models.thickness import thickness_loss, thickness_values
+from dermkit.runtime import epoch_seed, resolve_device
 
 __all__ = ["FusionConfig", "Fusion", "load_fusion_predictor", "FusionPredictor",
            "load_image_encoder", "DEFAULT_TEXT_ENCODER"]
@@ -143,14 +149,10 @@ def modality_text(modalities: Sequence[str]) -> str:
 def load_image_encoder(spec: str, weights: str | None = None, device: str = "cpu"):
     """A frozen image encoder from any model spec (``timm:ARCH.TAG`` reads timm's tagged weights,
     e.g. DINO, from the local HF cache; ``weights`` is a local safetensors file for a timm spec)."""
-    from dermkit.models.encoders import load_encoder
-
     return load_encoder(spec, device=device, weights=weights)
 
 
 def _text_encoder(spec: str | None, device: str = "cpu"):
-    from dermkit.models.encoders import load_encoder
-
     spec = spec or DEFAULT_TEXT_ENCODER
     if not Path(spec).expanduser().exists() and ":" not in spec:
         raise ModelError(
@@ -165,15 +167,11 @@ def _text_encoder(spec: str | None, device: str = "cpu"):
 
 def encode_prompts(enc, prompts: Sequence[str]) -> np.ndarray:
     """L2-normalised text embeddings (N, D) of metadata prompts (identical prompts encoded once)."""
-    from dermkit.models.text import encode_texts
-
     return encode_texts(enc, prompts, batch_size=128, unique=True).numpy().astype(np.float32)
 
 
 def _image_features(enc, paths: Sequence[Path | None], cache_dir, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) embeddings (zeros where the view is missing) and the (N,) presence mask."""
-    from dermkit.engine.features import extract_features
-
     present = np.array([p is not None for p in paths], dtype=bool)
     feats = np.zeros((len(paths), enc.embed_dim), dtype=np.float32)
     if present.any():
@@ -273,9 +271,8 @@ def _forward_all(model: FusionNet, split: _Split, device, batch_size: int = 512,
 
 
 def _train_fusion(cfg: FusionConfig, run) -> "FusionPredictor":
-    """Train on train, select on val; test report with thickness and modality-subset tables."""
-    from dermkit.evaluate import classification_metrics
-    from dermkit.evaluate.thickness import thickness_metrics, thickness_report
+    """Train on train, select on val; the modality-subset table of the selected model on test."""
+    from dermkit.evaluate.thickness import thickness_metrics  # matplotlib: loaded only when training
 
     progress = run.progress
     out_dir = run.out_dir
@@ -307,8 +304,10 @@ def _train_fusion(cfg: FusionConfig, run) -> "FusionPredictor":
     splits: dict[str, _Split] = {}
     for name in ("train", "val", "test"):
         rows = build_rows(card, name, image_modalities, meta_enc, with_prompts=text)
-        images, present, meta = _inputs(rows, modalities, image_enc, text_enc, cfg.meta_encoder, cfg.cache_dir, progress)
-        splits[name] = _Split(images, present, meta, torch.tensor(rows.labels), torch.tensor(rows.thickness, dtype=torch.float32), rows)
+        images, present, meta = _inputs(rows, modalities, image_enc, text_enc, cfg.meta_encoder, cfg.cache_dir,
+                                        progress)
+        splits[name] = _Split(images, present, meta, torch.tensor(rows.labels),
+                              torch.tensor(rows.thickness, dtype=torch.float32), rows)
     train = splits["train"]
     kind = train.rows.thickness_kind if cfg.thickness == "auto" else None
     if kind is not None and not torch.isfinite(train.thickness).any():
@@ -385,28 +384,14 @@ def _train_fusion(cfg: FusionConfig, run) -> "FusionPredictor":
             lambda m, metrics: FusionPredictor(m, model_card(metrics), device=str(dev)),
             steps_per_epoch=steps_per_epoch(n_train, cfg.batch_size), batch_size_fn=lambda idx: len(idx))
 
-    # ---- test with the selected weights (the Run's report), plus thickness and modality subsets
+    # ---- the selected weights on test (the Run reports them, with the thickness the predictions carry)
     predictor = load_fusion_predictor(run.model_dir, device=str(dev))
-    report_dir = run.report(predictor)["test"][1]
     best = predictor.model
     test = splits["test"]
-    test_rows = test.rows.rows
-    groups = test.rows.groups(card)
-    out = _forward_all(best, test, dev)
 
     extra = {"modalities": modality_text(modalities)}
     if "meta" in modalities:
         extra["meta"] = f"{cfg.meta_encoder}: {len(meta_enc.columns)} cols"
-    summary_thickness = None
-    if kind is not None:
-        pred, expected = thickness_values(kind, out.get("thickness_raw"), thickness_stats)
-        t_report = thickness_report(kind, test_rows["image"].tolist(), test.thickness.cpu().numpy(), pred,
-                                    list(ORDINAL_BINS) if kind == "ordinal" else None, groups,
-                                    n_bootstrap=cfg.n_bootstrap, seed=cfg.engine.seed,
-                                    title=f"Breslow thickness ({kind}) of {display} on {card.name} (test split)")
-        t_report.save(report_dir)
-        summary_thickness = {"kind": kind, **t_report.metrics, "ci": t_report.ci}
-        extra["thickness (test)"] = t_report.summary_text()
 
     # ---- robustness: test metrics when only some modalities are given
     subset_rows = []
@@ -422,8 +407,8 @@ def _train_fusion(cfg: FusionConfig, run) -> "FusionPredictor":
     subsets = pd.DataFrame(subset_rows)
     write_csv(out_dir / "modality_subsets.csv", subsets)
 
-    run.summary.update(model=display, modalities=modalities, thickness=summary_thickness,
-                       test_by_modalities=subset_rows)
+    # ``thickness``: the Run's test report fills it in when the model predicts a thickness.
+    run.summary.update(model=display, modalities=modalities, thickness=None, test_by_modalities=subset_rows)
     run.table_extra.update(extra)
     return predictor
 
@@ -471,13 +456,14 @@ class FusionPredictor(Predictor):
 
     method = "fusion"
 
-    def __init__(self, model: FusionNet, card: dict, device: str = "auto"):
-        super().__init__(card)
+    def __init__(self, model: FusionNet, model_card: dict, device: str = "auto"):
+        super().__init__(model_card)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        self.modalities: list[str] = list(card["modalities"])
-        self.meta_encoder = MetadataEncoder.from_dict(card["meta_encoder"]) if card.get("meta_encoder") else None
-        thickness = card.get("thickness") or {}
+        self.modalities: list[str] = list(model_card["modalities"])
+        meta = model_card.get("meta_encoder")
+        self.meta_encoder = MetadataEncoder.from_dict(meta) if meta else None
+        thickness = model_card.get("thickness") or {}
         self.thickness_kind = thickness.get("kind")
         self.thickness_bins = thickness.get("bins")
         self.thickness_stats = thickness.get("stats")
@@ -490,19 +476,19 @@ class FusionPredictor(Predictor):
     # -- encoders (loaded on first use)
     @property
     def image_encoder(self):
-        if self._image_enc is None and self.card.get("image_encoder"):
-            self._image_enc = load_image_encoder(self.card["image_encoder"], self.card.get("image_weights"))
-            expected = self.card.get("image_fingerprint")
+        if self._image_enc is None and self.model_card.get("image_encoder"):
+            self._image_enc = load_image_encoder(self.model_card["image_encoder"], self.model_card.get("image_weights"))
+            expected = self.model_card.get("image_fingerprint")
             if expected and self._image_enc.fingerprint != expected:
                 raise ModelError(
-                    f"the image encoder {self.card['image_encoder']} loaded here differs from the one this fusion "
-                    "model was trained on (weights fingerprint mismatch); install the same weights")
+                    f"the image encoder {self.model_card['image_encoder']} loaded here differs from the one this "
+                    "fusion model was trained on (weights fingerprint mismatch); install the same weights")
         return self._image_enc
 
     @property
     def text_encoder(self):
-        if self._text_enc is None and self.card.get("meta_kind") == "text":
-            self._text_enc = _text_encoder(self.card.get("text_encoder"))
+        if self._text_enc is None and self.model_card.get("meta_kind") == "text":
+            self._text_enc = _text_encoder(self.model_card.get("text_encoder"))
         return self._text_enc
 
     @property
@@ -519,7 +505,8 @@ class FusionPredictor(Predictor):
             raise ConfigError("this model's main view is the clinical image: pass the clinical images as the image "
                               "arguments, without --clinical")
         if meta and "meta" not in self.modalities:
-            raise ConfigError(f"this model was trained without metadata ({modality_text(self.modalities)}); drop --meta")
+            raise ConfigError(f"this model was trained without metadata ({modality_text(self.modalities)}); "
+                              "drop --meta")
         if meta and self.meta_encoder is not None:
             keys = meta.keys() if isinstance(meta, dict) else {k for d in meta for k in d}
             unknown = sorted(set(keys) - set(self.meta_encoder.columns))
@@ -531,7 +518,7 @@ class FusionPredictor(Predictor):
         self._last = None
 
     def _meta_card(self) -> DatasetCard:
-        return DatasetCard(".", {"name": self.card.get("dataset", "input"),
+        return DatasetCard(".", {"name": self.model_card.get("dataset", "input"),
                                  "metadata_columns": self.meta_encoder.columns,
                                  "missing_values": self.meta_encoder.missing_values})
 
@@ -548,15 +535,17 @@ class FusionPredictor(Predictor):
         if "meta" in self.modalities:
             if meta_rows is None:
                 # No metadata given: a placeholder that the presence mask hides from the model.
-                dim = self.card["arch"]["text_dim"] if self.card.get("meta_kind") == "text" else self.meta_encoder.dim
+                text = self.model_card.get("meta_kind") == "text"
+                dim = self.model_card["arch"]["text_dim"] if text else self.meta_encoder.dim
                 meta = torch.zeros(n, dim)
                 present["meta"] = torch.zeros(n, dtype=torch.bool)
             else:
-                if self.card.get("meta_kind") == "text":
+                if self.model_card.get("meta_kind") == "text":
                     prompts = self.meta_encoder.prompts(meta_rows, card or self._meta_card())
                     meta = torch.from_numpy(encode_prompts(self.text_encoder, prompts))
                 elif card is None:
-                    meta = torch.from_numpy(self.meta_encoder.transform(meta_rows, where="--meta", row_name="for image"))
+                    meta = torch.from_numpy(self.meta_encoder.transform(meta_rows, where="--meta",
+                                                                        row_name="for image"))
                 else:
                     meta = torch.from_numpy(self.meta_encoder.transform(meta_rows, where=str(card.metadata_csv)))
                 present["meta"] = torch.ones(n, dtype=torch.bool)
@@ -619,7 +608,7 @@ class FusionPredictor(Predictor):
         return self._details(self._outputs(paths))
 
     def _state(self):
-        return self.model.state_dict(), self.card
+        return self.model.state_dict(), self.model_card
 
     def _predict_rows(self, card, rows: pd.DataFrame, groups, progress: bool) -> Predictions:
         """Predictions for rows of a dataset card, with every modality the model was trained on."""
@@ -629,17 +618,19 @@ class FusionPredictor(Predictor):
         mm_rows = build_rows(card, rows, usable, None, with_labels=False)
         views = {m: mm_rows.views[m] for m in usable}
         if not views and "meta" not in self.modalities:
-            raise DataError(f"{card.name} has none of the image views this model reads ({modality_text(image_modalities)})")
+            raise DataError(f"{card.name} has none of the image views this model reads "
+                            f"({modality_text(image_modalities)})")
         out = self._run(views, rows if "meta" in self.modalities else None, card, progress)
         point, _ = thickness_values(self.thickness_kind, out.get("thickness_raw"), self.thickness_stats)
+        # The true thickness where the card has this model's kind of target, in float32 as training holds it.
+        target = (mm_rows.thickness.astype(np.float32) if point is not None
+                  and mm_rows.thickness_kind == self.thickness_kind else None)
         return Predictions(rows["image"].tolist(), out["proba"], self.classes, rows["diagnosis"].tolist(),
-                           mm_rows.groups(card), thickness=point)
+                           mm_rows.groups(card), thickness=point, thickness_target=target)
 
 
 def load_fusion_predictor(folder: str | Path, device: str = "auto") -> FusionPredictor:
     """The :class:`FusionPredictor` of a fusion model folder (model.json + model.safetensors)."""
-    from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
-
     folder = Path(folder)
     card = read_model_card(folder)
     if card.get("method") != "fusion":
@@ -652,5 +643,6 @@ def load_fusion_predictor(folder: str | Path, device: str = "auto") -> FusionPre
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"{folder / MODEL_WEIGHTS} does not match the fusion architecture in model.json: {exc}") from exc
+        raise ModelError(f"{folder / MODEL_WEIGHTS} does not match the fusion architecture in model.json: "
+                         f"{exc}") from exc
     return FusionPredictor(model.eval(), card, device=device)

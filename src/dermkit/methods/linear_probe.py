@@ -9,6 +9,10 @@ largest one given) is also written as a full evaluation report with bootstrap CI
 Works with any encoder :func:`dermkit.models.encoders.load_encoder` returns (CLIP image towers,
 ``timm:NAME``, dermkit classifier folders): only ``encode_image`` is used, through the feature
 cache, so sweeping fractions, seeds and C never re-runs the encoder.
+
+``method: linear_probe`` fits one probe (one fraction and seed); ``dermkit probe`` sweeps several
+datasets (:func:`dermkit.experiment.run_probe`, which runs :func:`probe_sweep` per dataset and
+:func:`write_probe_table`).
 """
 
 from __future__ import annotations
@@ -22,9 +26,22 @@ import numpy as np
 import pandas as pd
 
 from dermkit import io
-from dermkit.data.card import load_card
-from dermkit.errors import ConfigError, DataError
-from dermkit.methods.base import ClassifierConfig, EncoderHeadPredictor, Method, portable_spec, register_method
+from dermkit.data.card import DatasetCard
+from dermkit.data.split import row_groups
+from dermkit.engine.features import extract_split_features
+from dermkit.errors import ConfigError
+from dermkit.evaluate import classification_metrics, evaluate
+from dermkit.evaluate.predictions import predictions_frame
+from dermkit.evaluate.tables import markdown_table
+from dermkit.methods.base import (
+    ClassifierConfig,
+    DatasetResult,
+    EncoderHeadPredictor,
+    Method,
+    portable_spec,
+    register_method,
+)
+from dermkit.models.encoders import load_encoder
 from dermkit.models.linear import DEFAULT_CS, LinearProbe, check_probe_settings, fit_probe, stratified_subsample
 
 __all__ = [
@@ -35,15 +52,17 @@ __all__ = [
     "ProbePredictor",
     "stratified_subsample",
     "fit_probe",
-    "run_probe",
+    "probe_predictor",
+    "check_sweep",
+    "probe_sweep",
+    "write_probe_table",
+    "probe_markdown",
 ]
 
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
 
 
 def _row_metrics(y_true, proba, classes) -> dict:
-    from dermkit.evaluate import classification_metrics
-
     m = classification_metrics(y_true, proba, classes)
     return {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_auc", "macro_f1")}
 
@@ -85,12 +104,12 @@ class ProbePredictor(EncoderHeadPredictor):
 
     method = "linear_probe"
 
-    def __init__(self, enc, probe: LinearProbe, card: dict, **kwargs):
-        super().__init__(enc, card, **kwargs)
+    def __init__(self, enc, probe: LinearProbe, model_card: dict, **kwargs):
+        super().__init__(enc, model_card, **kwargs)
         self.probe = probe
 
     def _state(self):
-        return self.probe.tensors(), {**self.card, "C": self.probe.C,
+        return self.probe.tensors(), {**self.model_card, "C": self.probe.C,
                                       "val_balanced_accuracy": {f"{c:g}": v for c, v in self.probe.val_scores.items()},
                                       "probe": self.probe.info}
 
@@ -122,9 +141,6 @@ class LinearProbeMethod(Method):
     tiny_config = {"data": "{data}", "model": "{clip}", "num_workers": 0, "Cs": [0.1, 1.0], "n_bootstrap": 20}
 
     def fit(self, config: ProbeConfig, run) -> ProbePredictor:
-        from dermkit.engine.features import extract_split_features
-        from dermkit.models.encoders import load_encoder
-
         card = run.card()
         enc = load_encoder(config.model, device=config.device)
         kw = dict(cache_dir=config.cache_dir, batch_size=config.batch_size, num_workers=config.num_workers,
@@ -152,34 +168,8 @@ class LinearProbeMethod(Method):
         return ProbePredictor(enc, probe, card)
 
 
-def run_probe(
-    model_spec: str,
-    datasets: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    seeds: int = 3,
-    Cs: Sequence[float] = DEFAULT_CS,
-    class_weight: str | None = "balanced",
-    n_bootstrap: int = 1000,
-    cache_dir: str | os.PathLike | None = None,
-    device: str = "cpu",
-    progress: bool = True,
-    enc=None,
-) -> pd.DataFrame:
-    """Linear-probe evaluation of one encoder on several datasets; returns the summary table.
-
-    Writes ``out_dir/<dataset>/``: ``runs.csv`` (every fraction x seed: n_train, chosen C, val
-    and test metrics), the evaluation report of the largest fraction (seed 0) and its fitted
-    probe as a classifier folder (``model/``, loaded by ``dermkit predict/evaluate --model``); and ``out_dir/probe_table.md`` +
-    ``.csv`` (dataset, fraction, n_train, balanced accuracy / macro AUC / macro F1 mean ± sd over
-    seeds). A fraction that keeps the whole training set is fit once (every seed would give the
-    same model). ``enc`` skips loading ``model_spec``.
-    """
-    from dermkit.engine.features import extract_split_features
-    from dermkit.evaluate import evaluate
-    from dermkit.data.split import row_groups
-    from dermkit.evaluate.predictions import predictions_frame
-
+def check_sweep(fractions: Sequence[float], seeds: int) -> list[float]:
+    """The sorted, distinct label fractions of a probe sweep; a ConfigError for an unusable setting."""
     fractions = sorted({float(f) for f in fractions})
     if not fractions:
         raise ConfigError("no label fractions given; e.g. --fractions 0.01,0.1,1")
@@ -188,66 +178,80 @@ def run_probe(
             raise ConfigError(f"label fraction must be in (0, 1], got {f}")
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
-    if not datasets:
-        raise DataError("no datasets given; pass one or more dataset names or folders")
-    if enc is None:
-        from dermkit.models.encoders import load_encoder
+    return fractions
 
-        enc = load_encoder(model_spec, device=device)
+
+def probe_sweep(enc, card: DatasetCard, out_dir: str | os.PathLike, model_spec: str,
+                fractions: Sequence[float] = DEFAULT_FRACTIONS, seeds: int = 3, Cs: Sequence[float] = DEFAULT_CS,
+                class_weight: str | None = "balanced", n_bootstrap: int = 1000,
+                cache_dir: str | os.PathLike | None = None, progress: bool = True) -> DatasetResult:
+    """Linear probes of ``enc`` on ``card`` for every label fraction x seed (``fractions`` as
+    :func:`check_sweep` returns them).
+
+    Writes ``out_dir``: ``runs.csv`` (every fraction x seed: n_train, chosen C, val and test
+    metrics), the evaluation report of the largest fraction (its first seed) and that probe as a
+    classifier folder (``model/``, loaded by ``dermkit predict/evaluate --model``). The table rows:
+    per fraction, n_train and balanced accuracy / macro AUC / macro F1 mean ± sd over seeds. A
+    fraction that keeps the whole training set is fit once (every seed would give the same model).
+    """
     out = Path(out_dir)
-    cards = [load_card(d) for d in datasets]
+    classes = card.classes
+    feats = {s: extract_split_features(enc, card, s, cache_dir=cache_dir, progress=progress)
+             for s in ("train", "val", "test")}
+    (x_tr, y_tr, _), (x_va, y_va, _), (x_te, y_te, rows_te) = feats["train"], feats["val"], feats["test"]
+    runs, final = [], None
+    for fraction in fractions:
+        seen: set[tuple[int, ...]] = set()
+        for seed in range(seeds):
+            idx = stratified_subsample(y_tr, fraction, seed)
+            key = tuple(idx.tolist())
+            if key in seen:
+                continue  # same subset as an earlier seed (e.g. the 100% fraction)
+            seen.add(key)
+            probe = fit_probe(x_tr[idx], y_tr[idx], x_va, y_va, classes, Cs=Cs, class_weight=class_weight)
+            proba = probe.predict_proba(x_te)
+            runs.append({"dataset": card.name, "fraction": fraction, "seed": seed, "n_train": len(idx),
+                         "C": probe.C, "val_balanced_accuracy": probe.val_scores[probe.C],
+                         "converged": probe.info["converged"], **_row_metrics(y_te, proba, classes)})
+            if fraction == fractions[-1] and final is None:
+                final = (probe, proba, seed, len(idx))
+    runs_df = pd.DataFrame(runs)
+    io.write_csv(out / "runs.csv", runs_df)
+    probe, proba, seed, n_train = final
+    preds = predictions_frame(rows_te["image"].tolist(), proba, classes, rows_te["diagnosis"].tolist(),
+                              row_groups(rows_te, card.group_column))
+    report = evaluate(preds, n_bootstrap=n_bootstrap, seed=0,
+                      title=f"Linear probe {enc.name} on {card.name} (test split, "
+                            f"{fractions[-1]:.0%} of train, C={probe.C:g})")
+    report.save(out)
+    probe.info.update(fraction=fractions[-1], seed=seed)
+    predictor = probe_predictor(enc, probe, model_spec, card.name, cache_dir=cache_dir)
+    predictor.save(out / "model")
     table_rows = []
-    for card, folder in zip(cards, io.unique_names(c.name for c in cards)):
-        classes = card.classes
-        feats = {s: extract_split_features(enc, card, s, cache_dir=cache_dir, progress=progress)
-                 for s in ("train", "val", "test")}
-        (x_tr, y_tr, _), (x_va, y_va, _), (x_te, y_te, rows_te) = feats["train"], feats["val"], feats["test"]
-        runs, final = [], None
-        for fraction in fractions:
-            seen: set[tuple[int, ...]] = set()
-            for seed in range(seeds):
-                idx = stratified_subsample(y_tr, fraction, seed)
-                key = tuple(idx.tolist())
-                if key in seen:
-                    continue  # same subset as an earlier seed (e.g. the 100% fraction)
-                seen.add(key)
-                probe = fit_probe(x_tr[idx], y_tr[idx], x_va, y_va, classes, Cs=Cs, class_weight=class_weight)
-                proba = probe.predict_proba(x_te)
-                runs.append({"dataset": card.name, "fraction": fraction, "seed": seed, "n_train": len(idx),
-                             "C": probe.C, "val_balanced_accuracy": probe.val_scores[probe.C],
-                             "converged": probe.info["converged"], **_row_metrics(y_te, proba, classes)})
-                if fraction == fractions[-1] and final is None:
-                    final = (probe, proba, seed)
-        runs_df = pd.DataFrame(runs)
-        io.write_csv(out / folder / "runs.csv", runs_df)
-        probe, proba, seed = final
-        preds = predictions_frame(rows_te["image"].tolist(), proba, classes, rows_te["diagnosis"].tolist(),
-                                  row_groups(rows_te, card.group_column))
-        report = evaluate(preds, n_bootstrap=n_bootstrap, seed=0,
-                          title=f"Linear probe {enc.name} on {card.name} (test split, "
-                                f"{fractions[-1]:.0%} of train, C={probe.C:g})")
-        report.save(out / folder)
-        probe.info.update(fraction=fractions[-1], seed=seed)
-        probe_predictor(enc, probe, model_spec, card.name, cache_dir=cache_dir).save(out / folder / "model")
-        for fraction, group in runs_df.groupby("fraction", sort=True):
-            row = {"dataset": card.name, "fraction": fraction, "n_train": int(group["n_train"].iloc[0]),
-                   "n_seeds": int(len(group))}
-            for metric in ("balanced_accuracy", "macro_auc", "macro_f1"):
-                row[f"{metric}_mean"], row[f"{metric}_sd"] = _mean_sd(group[metric])
-            table_rows.append(row)
-    table = pd.DataFrame(table_rows)
+    for fraction, group in runs_df.groupby("fraction", sort=True):
+        row = {"dataset": card.name, "fraction": fraction, "n_train": int(group["n_train"].iloc[0]),
+               "n_seeds": int(len(group))}
+        for metric in ("balanced_accuracy", "macro_auc", "macro_f1"):
+            row[f"{metric}_mean"], row[f"{metric}_sd"] = _mean_sd(group[metric])
+        table_rows.append(row)
+    # The summary fields of a ``method: linear_probe`` run, for the saved (largest-fraction) probe.
+    summary = {"model": predictor.name, "C": probe.C, "n_train": int(n_train), "selected_on": "val balanced_accuracy",
+               "best_val_score": probe.val_scores[probe.C], "fraction": fractions[-1], "seed": seed}
+    return DatasetResult(predictor, report, preds, out, table_rows, summary)
+
+
+def write_probe_table(out_dir: str | os.PathLike, rows: Sequence[dict], encoder_name: str, Cs: Sequence[float],
+                      class_weight: str | None) -> pd.DataFrame:
+    """``out_dir/probe_table.csv`` + ``.md`` from the rows of :func:`probe_sweep`; returns the table."""
+    out = Path(out_dir)
+    table = pd.DataFrame(list(rows))
     io.write_csv(out / "probe_table.csv", table)
-    io.write_text(out / "probe_table.md", _probe_markdown(table, enc, Cs, class_weight))
-    io.write_json(out / "run.json", {"method": "linear_probe", "model": model_spec, "encoder": enc.name,
-                                     "fingerprint": enc.fingerprint, "datasets": [str(d) for d in datasets],
-                                     "fractions": fractions, "seeds": seeds, "Cs": list(Cs),
-                                     "class_weight": class_weight, "n_bootstrap": n_bootstrap})
+    io.write_text(out / "probe_table.md", probe_markdown(table, encoder_name, Cs, class_weight))
     return table
 
 
-def _probe_markdown(table: pd.DataFrame, enc, Cs, class_weight) -> str:
-    from dermkit.evaluate.tables import markdown_table
-
+def probe_markdown(table: pd.DataFrame, encoder_name: str, Cs: Sequence[float], class_weight: str | None) -> str:
+    """The probe table in Markdown: mean ± sd per dataset and label fraction, and how it was made."""
     def pm(r, metric):
         mean, sd = r[f"{metric}_mean"], r[f"{metric}_sd"]
         if not np.isfinite(mean):
@@ -258,7 +262,7 @@ def _probe_markdown(table: pd.DataFrame, enc, Cs, class_weight) -> str:
              pm(r, "macro_auc"), pm(r, "macro_f1")] for r in table.to_dict("records")]
     header = ["Dataset", "Label fraction", "n train", "Seeds", "Balanced acc.", "Macro AUC", "Macro F1"]
     grid = ", ".join(f"{c:g}" for c in sorted(Cs))
-    return (f"# Linear probe: {enc.name} (test split)\n\n" + markdown_table(header, rows) +
+    return (f"# Linear probe: {encoder_name} (test split)\n\n" + markdown_table(header, rows) +
             f"\nLogistic regression (lbfgs, class_weight={class_weight}) on standardised frozen embeddings; "
             f"C chosen from {{{grid}}} by balanced accuracy on the full val split. Label fractions are "
             "class-stratified subsets of train (at least one image per class); mean ± sd over seeds "

@@ -47,15 +47,21 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from dermkit.data.prompts import load_prompts
 from dermkit.engine.batching import index_batches, steps_per_epoch
 from dermkit.engine.features import map_images
 from dermkit.engine.loop import EngineConfig
-from dermkit.runtime import epoch_seed, resolve_device
 from dermkit.engine.losses import classification_criterion
 from dermkit.errors import ConfigError, ModelError
+from dermkit.evaluate import classification_metrics
 from dermkit.methods.base import ClassifierConfig, Method, Predictor, load_base_encoder, portable_spec, register_method
+from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
+from dermkit.models.encoders import load_encoder
+from dermkit.models.explain import encoder_saliency
 from dermkit.models.freeze import freeze, unfreeze
 from dermkit.models.freeze import units as model_units
+from dermkit.models.text import class_embeddings, require_text
+from dermkit.runtime import epoch_seed, resolve_device
 
 __all__ = [
     "PromptConfig",
@@ -369,7 +375,8 @@ def tail_inputs(model: PromptModel, paths: Sequence[Path], batch_size: int = 64,
                       batch_size, num_workers, progress, desc)
 
 
-def pixels_of(enc, paths: Sequence[Path], num_workers: int = 1, progress: bool = True, desc: str = "decoding") -> torch.Tensor:
+def pixels_of(enc, paths: Sequence[Path], num_workers: int = 1, progress: bool = True,
+              desc: str = "decoding") -> torch.Tensor:
     """Preprocessed pixels of every image (the uncached path), decoded once."""
     return map_images(enc, paths, lambda px: px, 64, num_workers, progress, desc)
 
@@ -402,20 +409,18 @@ class PromptPredictor(Predictor):
 
     method = "prompt_learning"
 
-    def __init__(self, model: PromptModel, card: dict):
-        super().__init__(card)
+    def __init__(self, model: PromptModel, model_card: dict):
+        super().__init__(model_card)
         self.model = model.eval()
 
     def _state(self):
-        return self.model.state_dict(), self.card
+        return self.model.state_dict(), self.model_card
 
     def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
         return _proba(self.model, tail_inputs(self.model, [Path(p) for p in paths], progress=progress, desc="encoding"))
 
     def saliency_module(self):
         """Grad-CAM through the whole image tower (its tuned tail included) against the learned prompts."""
-        from dermkit.models.explain import encoder_saliency
-
         model = self.model
         with torch.no_grad():
             text = model.text_features().detach()
@@ -434,11 +439,6 @@ class PromptLearning(Method):
                    "batch_size": 8, "num_workers": 0, "epochs": 1, "n_bootstrap": 20}
 
     def fit(self, config: PromptConfig, run) -> PromptPredictor:
-        from dermkit.data.prompts import load_prompts
-        from dermkit.evaluate import classification_metrics
-        from dermkit.models.encoders import load_encoder
-        from dermkit.models.text import class_embeddings, require_text
-
         card = run.card()
         classes = card.classes
         device = resolve_device(config.engine.device)
@@ -504,8 +504,6 @@ class PromptLearning(Method):
 
     def load(self, folder, device: str = "auto", encoder=None) -> PromptPredictor:
         """A prompt-learning model folder on its base model (which must be unchanged)."""
-        from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
-
         folder = Path(folder)
         card = read_model_card(folder)
         device = str(resolve_device(device))

@@ -33,10 +33,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dermkit import io
+from dermkit.data.card import load_card
+from dermkit.data.images import as_path
+from dermkit.engine.features import content_hash, extract_features, extract_split_features
 from dermkit.errors import ConfigError, ModelError
 from dermkit.methods.base import ClassifierConfig, EncoderHeadPredictor, Method, portable_spec, register_method
+from dermkit.models.checkpoint import load_tensors
+from dermkit.models.encoders import load_encoder
 from dermkit.models.linear import DEFAULT_CS, LinearProbe, check_probe_settings, fit_probe
-from dermkit.models.sae import SparseAutoencoder, check_train_config, sae_metrics, train_sae
+from dermkit.models.sae import SAETrainConfig, SparseAutoencoder, sae_metrics, train_sae
 
 __all__ = ["SAEConfig", "SAEPredictor", "SAEMethod"]
 
@@ -44,24 +50,17 @@ _PROBE = ("coef", "intercept", "mean", "scale")
 
 
 @dataclass
-class SAEConfig(ClassifierConfig):
-    """``method: sae``. SAE keys (PanDerm-2's recipe by default): ``activation`` (relu_l1 | topk),
-    ``expansion`` (latents per embedding dimension), ``k`` (topk), ``l1``, ``lr``, ``batch_size``,
-    ``epochs``, ``resample_every`` (epochs; 0 = no dead-latent resampling), ``seed``; ``extra_data``:
-    more datasets whose train splits add SAE training embeddings; ``init_sae``: start from a saved
-    SAE. Probe keys: ``Cs``, ``class_weight``, ``max_iter``. Encoder keys: ``model``,
-    ``encode_batch_size``, ``num_workers``, ``cache_dir``, ``device`` (also trains the SAE)."""
+class SAEConfig(SAETrainConfig, ClassifierConfig):
+    """``method: sae``. SAE keys: those of :class:`~dermkit.models.sae.SAETrainConfig` (PanDerm-2's
+    recipe by default): ``activation`` (relu_l1 | topk), ``expansion`` (latents per embedding
+    dimension), ``k`` (topk), ``l1``, ``lr``, ``batch_size``, ``epochs``, ``resample_every`` (epochs;
+    0 = no dead-latent resampling), and ``seed``; ``extra_data``: more datasets whose train splits
+    add SAE training embeddings; ``init_sae``: start from a saved SAE. Probe keys: ``Cs``,
+    ``class_weight``, ``max_iter``. Encoder keys: ``model``, ``encode_batch_size``, ``num_workers``,
+    ``cache_dir``, ``device`` (also trains the SAE)."""
 
     model: str = "timm:tf_efficientnet_lite0"
     extra_data: list[str] = field(default_factory=list)
-    activation: str = "relu_l1"
-    expansion: int = 8
-    k: int = 32
-    l1: float = 3e-5
-    lr: float = 5e-4
-    batch_size: int = 4096
-    epochs: int = 200
-    resample_every: int = 0
     seed: int = 0
     init_sae: str | None = None
     Cs: list[float] = field(default_factory=lambda: list(DEFAULT_CS))
@@ -70,7 +69,6 @@ class SAEConfig(ClassifierConfig):
     encode_batch_size: int = 64
     num_workers: int = 2
     cache_dir: str | None = None
-    device: str = "cpu"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "config"):
@@ -80,8 +78,8 @@ class SAEConfig(ClassifierConfig):
         return super().from_dict(raw, where)
 
     def validate(self) -> None:
-        super().validate()
-        check_train_config(self)
+        ClassifierConfig.validate(self)
+        SAETrainConfig.validate(self)
         if self.epochs == 0 and not self.init_sae:
             raise ConfigError("epochs must be >= 1 unless init_sae names an SAE to use as it is")
         if self.init_sae is not None and not Path(self.init_sae).expanduser().is_file():
@@ -99,23 +97,20 @@ class SAEPredictor(EncoderHeadPredictor):
 
     method = "sae"
 
-    def __init__(self, enc, sae: SparseAutoencoder, probe: LinearProbe, card: dict, **kwargs):
-        super().__init__(enc, card, **kwargs)
+    def __init__(self, enc, sae: SparseAutoencoder, probe: LinearProbe, model_card: dict, **kwargs):
+        super().__init__(enc, model_card, **kwargs)
         self.sae = sae.cpu().eval()
         self.probe = probe
 
     def _state(self):
         tensors = {f"sae.{k}": v.detach().float() for k, v in self.sae.state_dict().items()}
         tensors.update(self.probe.tensors())
-        return tensors, {**self.card, "sae": {**dict(self.card.get("sae") or {}), **self.sae.config()}}
+        return tensors, {**self.model_card, "sae": {**dict(self.model_card.get("sae") or {}), **self.sae.config()}}
 
     def activations(self, images, progress: bool = False) -> np.ndarray:
         """SAE latent activations ``(N, n_latents)`` of image paths or of ``(N, D)`` embeddings."""
         if isinstance(images, (np.ndarray, torch.Tensor)):
             return self.sae.activations(images)
-        from dermkit.data.images import as_path
-        from dermkit.engine.features import extract_features
-
         paths = [images] if isinstance(images, (str, os.PathLike)) else list(images)
         feats = extract_features(self.enc, [as_path(p) for p in paths], cache_dir=self.cache_dir,
                                  batch_size=self.batch_size, num_workers=self.num_workers, progress=progress)
@@ -131,9 +126,6 @@ class SAEPredictor(EncoderHeadPredictor):
 def _extra_train_features(enc, config: SAEConfig, card, kw: dict) -> tuple[list[np.ndarray], list[dict]]:
     """Train-split embeddings of ``extra_data``, minus images whose bytes are in the run's val/test
     split (never seen, not even unlabelled) or already used (the run's train, an earlier dataset)."""
-    from dermkit.data.card import load_card
-    from dermkit.engine.features import content_hash, extract_features
-
     if not config.extra_data:
         return [], []
     held_out = {content_hash(card.image_path(p)) for s in ("val", "test") for p in card.rows(s)["image"]}
@@ -174,10 +166,6 @@ class SAEMethod(Method):
                    "batch_size": 64, "l1": 1e-3, "lr": 1e-3, "Cs": [0.1, 1.0], "n_bootstrap": 20}
 
     def fit(self, config: SAEConfig, run) -> SAEPredictor:
-        from dermkit import io
-        from dermkit.engine.features import extract_split_features
-        from dermkit.models.encoders import load_encoder
-
         card = run.card()
         enc = load_encoder(config.model, device=config.device)
         kw = dict(cache_dir=config.cache_dir, batch_size=config.encode_batch_size, num_workers=config.num_workers,
@@ -243,8 +231,6 @@ class SAEMethod(Method):
 
 
 def _load_init_sae(config: SAEConfig) -> SparseAutoencoder:
-    from dermkit.models.checkpoint import load_tensors
-
     state = load_tensors(Path(config.init_sae).expanduser())
     return SparseAutoencoder.from_state_dict(state, activation=config.activation,
                                              k=config.k if config.activation == "topk" else None)

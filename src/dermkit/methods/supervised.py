@@ -10,8 +10,10 @@ and ``layer_decay``, and ``tta`` (test-time flips / rotations averaged, saved wi
 ``thickness: ordinal | regression`` adds a Breslow thickness head beside the class head (the
 dual-head model of Derma-Fusion-Net): both heads read the backbone's pooled features and the
 whole network is fine-tuned on ``alpha`` x class loss + ``beta`` x thickness loss, the thickness
-loss averaged over the rows that have a target only. The test report then adds the thickness
-metrics and plots (``eval/test/thickness.*``) and ``dermkit predict`` prints the thickness.
+loss averaged over the rows that have a target only. The model's predictions then carry the
+thickness (and, on a dataset with the target column, the true one), so the run's test report adds
+the thickness metrics and plots (``eval/test/thickness.*``); ``dermkit predict`` prints the
+thickness.
 """
 
 from __future__ import annotations
@@ -26,17 +28,32 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
 
+from dermkit.data.card import load_card
 from dermkit.data.images import as_path
-from dermkit.data.torchdata import TTA_MODES, ImageDataset, eval_transform, train_transform, tta_views
+from dermkit.data.multimodal import ORDINAL_BINS, parse_thickness
+from dermkit.data.torchdata import (
+    TTA_MODES,
+    ImageDataset,
+    eval_transform,
+    randaugment_transform,
+    train_transform,
+    tta_views,
+)
 from dermkit.engine.batching import drop_last, steps_per_epoch
 from dermkit.engine.loop import EngineConfig
-from dermkit.runtime import epoch_seed, resolve_device, resolve_precision
 from dermkit.engine.losses import classification_criterion
 from dermkit.errors import ConfigError, DataError
+from dermkit.evaluate import classification_metrics
 from dermkit.methods.base import ClassifierConfig, Method, Predictions, Predictor, register_method
+from dermkit.models.encoders.base import model_fingerprint
+from dermkit.models.explain import SaliencyModule, target_layers_for
 from dermkit.models.freeze import set_eval, train_only_last
+from dermkit.models.onnx import inference_backend, onnx_function
 from dermkit.models.registry import create_classifier, load_classifier, model_spec
 from dermkit.models.thickness import (
     THICKNESS_KINDS,
@@ -46,6 +63,7 @@ from dermkit.models.thickness import (
     thickness_loss,
     thickness_values,
 )
+from dermkit.runtime import epoch_seed, resolve_device, resolve_precision
 
 IMBALANCE = ("weighted_loss", "balanced_sampler", "none")
 THICKNESS_COLUMNS = {"ordinal": "breslow_ordinal", "regression": "thickness"}
@@ -111,16 +129,16 @@ class TrainConfig(ClassifierConfig):
         if not 0 <= self.mix_prob <= 1:
             raise ConfigError(f"mix_prob must be a probability in [0, 1], got {self.mix_prob}")
         if self.randaugment is not None:
-            from dermkit.data.torchdata import randaugment_transform
-
             randaugment_transform(self.randaugment, self.image_size or 224, (0.5, 0.5, 0.5))  # a bad spec fails here
         if self.tta not in TTA_MODES:
             raise ConfigError(f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
         if self.thickness not in (None, "", "none", *THICKNESS_KINDS):
-            raise ConfigError(f"thickness must be ordinal, regression or null (no thickness head), got {self.thickness!r}")
+            raise ConfigError(f"thickness must be ordinal, regression or null (no thickness head), "
+                              f"got {self.thickness!r}")
         if self.thickness_column is not None and self.thickness_kind is None:
             raise ConfigError("thickness_column is set but thickness is not: set thickness: ordinal or regression")
-        if not (self.alpha >= 0 and self.beta >= 0) or (self.alpha == 0 and (self.beta == 0 or not self.thickness_kind)):
+        no_loss = self.alpha == 0 and (self.beta == 0 or not self.thickness_kind)
+        if not (self.alpha >= 0 and self.beta >= 0) or no_loss:
             raise ConfigError(f"alpha and beta (class and thickness loss weights) must be >= 0 and not leave no loss; "
                               f"got alpha={self.alpha}, beta={self.beta}")
         if self.thickness_kind and self.mixing:
@@ -158,8 +176,6 @@ def mix_batch(mixer, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> tuple[
 def thickness_targets(card, rows: pd.DataFrame, column: str, kind: str) -> np.ndarray:
     """The thickness target of each row (NaN = none): mm >= 0 (regression) or a Breslow bin
     (ordinal, 0..3); anything else is a DataError naming the CSV line."""
-    from dermkit.data.multimodal import parse_thickness
-
     if column not in card.table.columns:
         raise ConfigError(f"thickness_column {column!r} is not a column of {card.metadata_csv}; "
                           f"name the column that holds the {'Breslow bin' if kind == 'ordinal' else 'thickness in mm'}")
@@ -182,8 +198,6 @@ def predict_outputs(
     """:class:`~dermkit.models.thickness.InferenceOutputs` of every image, in dataset order: class
     probabilities (+ thickness outputs), averaged over the ``tta`` views. ``function`` (pixels ->
     array, e.g. the model on ONNX Runtime) replaces the PyTorch forward."""
-    from tqdm.auto import tqdm
-
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -220,27 +234,27 @@ class SupervisedPredictor(Predictor):
 
     method = "supervised"
 
-    def __init__(self, model: nn.Module, card: dict, device: str = "auto", precision: str = "auto"):
-        super().__init__(card)
+    def __init__(self, model: nn.Module, model_card: dict, device: str = "auto", precision: str = "auto"):
+        super().__init__(model_card)
         self.device = resolve_device(device)
         self.amp_dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
-        self.image_size: int = int(card["image_size"])
-        self.transform = eval_transform(self.image_size, card["mean"], card["std"])
-        self.thickness_kind: str | None = (card.get("thickness") or {}).get("kind")
+        self.image_size: int = int(model_card["image_size"])
+        self.transform = eval_transform(self.image_size, model_card["mean"], model_card["std"])
+        self.thickness_kind: str | None = (model_card.get("thickness") or {}).get("kind")
         self.tta = "none"
-        self.set_tta(card.get("tta") or "none")
+        self.set_tta(model_card.get("tta") or "none")
         self._last: tuple | None = None
 
     def set_tta(self, mode: str) -> None:
         """Use test-time augmentation ``mode`` (none | flip | flip_rot) from now on (saved with the model)."""
         if mode not in TTA_MODES:
             raise ConfigError(f"tta must be one of {', '.join(TTA_MODES)}, got {mode!r}")
-        self.tta = self.card["tta"] = mode
+        self.tta = self.model_card["tta"] = mode
         self._last = None
 
     def _state(self):
-        return self.model.state_dict(), self.card
+        return self.model.state_dict(), self.model_card
 
     def dataset(self, paths: Sequence[Path], progress: bool = False) -> ImageDataset:
         return ImageDataset([as_path(p) for p in paths], None, self.transform, cache_side=int(self.image_size * 1.15),
@@ -255,7 +269,7 @@ class SupervisedPredictor(Predictor):
             return self._last[1]
         width = len(self.classes) + (0 if self.thickness_kind is None else
                                      1 if self.thickness_kind == "regression" else
-                                     len((self.card.get("thickness") or {}).get("bins") or []) - 1)
+                                     len((self.model_card.get("thickness") or {}).get("bins") or []) - 1)
         if not paths:
             return np.zeros((0, width))
         out = predict_outputs(self.model, self.dataset(paths, progress), 64, self.device, self.amp_dtype, progress,
@@ -270,9 +284,6 @@ class SupervisedPredictor(Predictor):
         """The frozen classifier (+ softmax, + thickness outputs) on ONNX Runtime where that is the
         CPU backend, else None."""
         if not hasattr(self, "_onnx_fn"):
-            from dermkit.models.encoders.base import model_fingerprint
-            from dermkit.models.onnx import inference_backend, onnx_function
-
             self._onnx_fn = None
             if inference_backend(self.device) == "onnx":
                 module = InferenceOutputs(self.model, self.thickness_kind)
@@ -283,11 +294,6 @@ class SupervisedPredictor(Predictor):
 
     def saliency_module(self):
         """Grad-CAM on the classifier itself (last spatial layer of a CNN, last block of a ViT)."""
-        from PIL import Image
-        from torchvision.transforms.v2 import functional as TF
-
-        from dermkit.models.explain import SaliencyModule, target_layers_for
-
         def preprocess(image):
             return self.transform(TF.pil_to_tensor(image.convert("RGB")))
 
@@ -310,7 +316,7 @@ class ThicknessPredictor(SupervisedPredictor):
 
     def thickness(self, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(point prediction, expected value) from :meth:`_outputs`: bins (ordinal) or mm (regression)."""
-        info = self.card["thickness"]
+        info = self.model_card["thickness"]
         extra = outputs[:, len(self.classes):]
         if self.thickness_kind == "ordinal":
             raw = torch.logit(torch.from_numpy(extra).clamp(1e-7, 1 - 1e-7)).numpy()  # mean P(bin > k) -> logits
@@ -323,7 +329,7 @@ class ThicknessPredictor(SupervisedPredictor):
         outputs = self._outputs(paths)
         proba = outputs[:, :len(self.classes)]
         point, expected = self.thickness(outputs)
-        bins = self.card["thickness"].get("bins") or []
+        bins = self.model_card["thickness"].get("bins") or []
         details = []
         for i in range(len(outputs)):
             if self.thickness_kind == "ordinal":
@@ -339,8 +345,10 @@ class ThicknessPredictor(SupervisedPredictor):
         paths = [card.image_path(p) for p in rows["image"]]
         outputs = self._outputs(paths, progress)
         point, _ = self.thickness(outputs)
+        column = self.model_card["thickness"].get("column") or THICKNESS_COLUMNS[self.thickness_kind]
+        target = parse_thickness(card, rows, column, self.thickness_kind) if column in card.table.columns else None
         return Predictions(rows["image"].tolist(), outputs[:, :len(self.classes)], self.classes,
-                           rows["diagnosis"].tolist(), groups, thickness=point)
+                           rows["diagnosis"].tolist(), groups, thickness=point, thickness_target=target)
 
 
 def make_predictor(model: nn.Module, card: dict, device: str = "auto", precision: str = "auto") -> SupervisedPredictor:
@@ -363,8 +371,6 @@ class Supervised(Method):
         warnings = super().check(config)
         column = config.thickness_target_column
         if column is not None and not any(w.startswith("data:") for w in warnings):
-            from dermkit.data.card import load_card
-
             card = load_card(config.data)
             if column not in card.table.columns:
                 raise ConfigError(f"thickness_column {column!r} is not a column of {card.metadata_csv}; "
@@ -373,8 +379,6 @@ class Supervised(Method):
         return warnings
 
     def fit(self, config: TrainConfig, run) -> SupervisedPredictor:
-        from dermkit.data.multimodal import ORDINAL_BINS
-
         torch.set_num_threads(max(1, torch.get_num_threads()))
         card = run.card()
         spec = model_spec(config.model)
@@ -411,7 +415,8 @@ class Supervised(Method):
         if kind is not None:  # after train_last, so the new head is not one of the counted units and always learns
             attach_thickness_head(model, kind, len(ORDINAL_BINS))
         engine = run.engine(model)
-        criterion = classification_criterion(y_train, n_classes, config.imbalance, config.label_smoothing).to(engine.device)
+        criterion = classification_criterion(y_train, n_classes, config.imbalance,
+                                             config.label_smoothing).to(engine.device)
         mixer = make_mixer(config, n_classes)
 
         def make_batches(epoch: int):
@@ -441,8 +446,7 @@ class Supervised(Method):
                     + config.beta * thickness_loss(kind, raw, batch[2].to(engine.device), stats))
 
         def validate(model: nn.Module) -> dict[str, float]:
-            from dermkit.evaluate import classification_metrics
-            from dermkit.evaluate.thickness import thickness_metrics
+            from dermkit.evaluate.thickness import thickness_metrics  # matplotlib: loaded only when validating
 
             outputs = predict_outputs(model, val_set, config.eval_batch_size, engine.device, engine.amp_dtype,
                                       run.progress, "validating", thickness_kind=kind)
@@ -472,31 +476,7 @@ class Supervised(Method):
                 steps_per_epoch=steps_per_epoch(len(train_set), config.batch_size),
                 batch_size_fn=lambda b: len(b[1]))
         run.summary["model"] = config.model
-        predictor = self.load(run.model_dir, device=str(engine.device))
-        if kind is not None:
-            self._thickness_report(predictor, config, run)
-        return predictor
-
-    @staticmethod
-    def _thickness_report(predictor: ThicknessPredictor, config: TrainConfig, run) -> None:
-        """Thickness metrics with CIs and plots of the selected model on the test split, written next
-        to the test report (``eval/test/thickness.*``), as fusion's; summary ``thickness``."""
-        from dermkit.data.split import row_groups
-        from dermkit.evaluate.thickness import thickness_report
-
-        card = run.card()
-        rows = card.rows("test")
-        kind = predictor.thickness_kind
-        preds = predictor.predict(card, split="test", progress=run.progress)
-        truth = thickness_targets(card, rows, config.thickness_target_column, kind)
-        bins = predictor.card["thickness"].get("bins")
-        report = thickness_report(kind, rows["image"].tolist(), truth, preds.thickness, bins,
-                                  row_groups(rows, card.group_column), n_bootstrap=config.n_bootstrap,
-                                  seed=config.engine.seed,
-                                  title=f"Breslow thickness ({kind}) of {config.model} on {card.name} (test split)")
-        report.save(run.out_dir / "eval" / "test")
-        run.summary["thickness"] = {"kind": kind, **report.metrics, "ci": report.ci}
-        run.table_extra["thickness (test)"] = report.summary_text()
+        return self.load(run.model_dir, device=str(engine.device))
 
     def load(self, folder, device: str = "auto", precision: str = "auto") -> SupervisedPredictor:
         model, card = load_classifier(folder)

@@ -22,14 +22,28 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from dermkit.data.vqa import DEFAULT_TEMPLATE
+from dermkit.data.images import open_image
+from dermkit.data.vqa import DEFAULT_TEMPLATE, option_labels, write_instructions
 from dermkit.engine.batching import index_batches, steps_per_epoch
 from dermkit.engine.loop import EngineConfig
-from dermkit.runtime import epoch_seed, resolve_device
 from dermkit.errors import ConfigError, ModelError
 from dermkit.methods.base import ClassifierConfig, Method, Predictor, register_method
-from dermkit.models.generative import LANGUAGE_LINEAR
+from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
+from dermkit.models.generative import (
+    LANGUAGE_LINEAR,
+    add_lora,
+    answer_batch,
+    apply_adapter,
+    folder_fingerprint,
+    load_generative,
+    lora_tensors,
+    option_probabilities,
+    peft_config_dict,
+    save_adapter,
+)
+from dermkit.runtime import epoch_seed, resolve_device
 
 
 @dataclass
@@ -70,24 +84,20 @@ class VQAPredictor(Predictor):
 
     method = "vqa"
 
-    def __init__(self, model, processor, card: dict, adapter: dict[str, torch.Tensor] | None = None):
-        super().__init__(card)
+    def __init__(self, model, processor, model_card: dict, adapter: dict[str, torch.Tensor] | None = None):
+        super().__init__(model_card)
         self.model, self.processor, self.adapter = model, processor, adapter
 
     def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
-        from tqdm.auto import tqdm
-
-        from dermkit.data.images import open_image
-        from dermkit.models.generative import option_probabilities
-
         self.model.eval()
-        question = self.card["question"]
-        return np.stack([option_probabilities(self.model, self.processor, open_image(p), question, self.card["options"])
+        question = self.model_card["question"]
+        options = self.model_card["options"]
+        return np.stack([option_probabilities(self.model, self.processor, open_image(p), question, options)
                          for p in tqdm(paths, desc="vqa options", disable=not progress)]) if len(paths) else \
             np.zeros((0, len(self.classes)))
 
     def _state(self):
-        return dict(self.adapter or {}), self.card
+        return dict(self.adapter or {}), self.model_card
 
 
 class _LoraModel(nn.Module):
@@ -112,7 +122,8 @@ class VQA(Method):
     name = "vqa"
     config_class = VQAConfig
     description = "generative VLM (transformers folder) as a closed-ended VQA classifier: option probabilities; LoRA"
-    tiny_config = {"data": "{data}", "model": "{vlm}", "template": "what is the lesion type ? choose one of : {options} .",
+    tiny_config = {"data": "{data}", "model": "{vlm}",
+                   "template": "what is the lesion type ? choose one of : {options} .",
                    "lora": True, "lora_rank": 2, "epochs": 1, "batch_size": 4, "lr": 1e-3, "n_bootstrap": 20}
 
     def check(self, config: VQAConfig) -> list[str]:
@@ -125,9 +136,6 @@ class VQA(Method):
         return warnings
 
     def fit(self, config: VQAConfig, run) -> VQAPredictor:
-        from dermkit.data.vqa import option_labels, write_instructions
-        from dermkit.models.generative import folder_fingerprint, load_generative
-
         card = run.card()
         device = str(resolve_device(config.engine.device))
         model, processor = load_generative(config.model, device="cpu")
@@ -144,13 +152,11 @@ class VQA(Method):
             run.save_best(predictor)
             return predictor
         for split in ("train", "val"):
-            write_instructions(card, split, run.out_dir / f"instructions_{split}.jsonl", config.options, config.template)
+            write_instructions(card, split, run.out_dir / f"instructions_{split}.jsonl", config.options,
+                               config.template)
         return self._fit_lora(config, run, card, model, processor, labels, info, device)
 
     def _fit_lora(self, config, run, card, model, processor, labels, info, device) -> VQAPredictor:
-        from dermkit.data.images import open_image
-        from dermkit.models.generative import add_lora, answer_batch, lora_tensors, peft_config_dict, save_adapter
-
         torch.manual_seed(config.engine.seed)
         peft_model = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets,
                               config.tune_projector, config.tune_vision)
@@ -207,9 +213,6 @@ class VQA(Method):
 
     def load(self, folder, device: str = "auto") -> VQAPredictor:
         """A vqa model folder on its base model (checked by fingerprint), with its adapter."""
-        from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
-        from dermkit.models.generative import apply_adapter, folder_fingerprint, load_generative
-
         folder = Path(folder)
         card = read_model_card(folder)
         base = Path(card["base_model"])

@@ -10,7 +10,9 @@ The saved classifier folder holds the class embeddings (``model.safetensors``) a
 encoder by spec and fingerprint (``model.json``), so ``dermkit predict/evaluate --model`` load it.
 
     >>> run({"method": "zeroshot", "model": "hf-hub:org/derm-clip", "data": "ph2"}, out="runs/zs")
-    >>> run_zeroshot("hf-hub:org/derm-clip", ["ph2", "ham10000"], "runs/zs")   # one table, many datasets
+
+Several datasets, one table (``dermkit zeroshot``): :func:`dermkit.experiment.run_zeroshot` runs
+:func:`zeroshot_report` per dataset and :func:`write_zeroshot_table`.
 """
 
 from __future__ import annotations
@@ -24,12 +26,24 @@ import numpy as np
 import pandas as pd
 
 from dermkit import io
-from dermkit.data.card import DatasetCard, load_card
-from dermkit.errors import ConfigError, DataError
-from dermkit.methods.base import ClassEmbeddingPredictor, ClassifierConfig, Method, portable_spec, register_method
+from dermkit.data.card import DatasetCard
+from dermkit.data.prompts import prompt_spec
+from dermkit.errors import ConfigError
+from dermkit.evaluate import evaluate
+from dermkit.evaluate.tables import markdown_table, number, with_ci
+from dermkit.methods.base import (
+    ClassEmbeddingPredictor,
+    ClassifierConfig,
+    DatasetResult,
+    Method,
+    portable_spec,
+    register_method,
+)
+from dermkit.models.encoders import load_encoder
 from dermkit.models.text import class_embeddings, require_text
 
-__all__ = ["ZeroShotConfig", "ZeroShotPredictor", "ZeroShot", "run_zeroshot", "positive_vs_rest"]
+__all__ = ["ZeroShotConfig", "ZeroShotPredictor", "ZeroShot", "zeroshot_classifier", "zeroshot_report",
+           "write_zeroshot_table", "positive_vs_rest"]
 
 
 @dataclass
@@ -60,8 +74,6 @@ class ZeroShotPredictor(ClassEmbeddingPredictor):
 
 def _card_prompts(card: DatasetCard, prompts) -> dict[str, list[str]]:
     """Class -> texts: given as a mapping, or from a prompt file / the card's prompts."""
-    from dermkit.data.prompts import prompt_spec
-
     if isinstance(prompts, Mapping):
         return {c: list(v) for c, v in prompts.items()}
     return prompt_spec(card, prompts).texts()
@@ -90,8 +102,6 @@ class ZeroShot(Method):
     tiny_config = {"data": "{data}", "model": "{clip}", "num_workers": 0, "n_bootstrap": 20}
 
     def fit(self, config: ZeroShotConfig, run) -> ZeroShotPredictor:
-        from dermkit.models.encoders import load_encoder
-
         enc = load_encoder(config.model, device=config.device)
         predictor = zeroshot_classifier(enc, run.card(), config.prompts, spec=config.model, task=config.task,
                                         negative_name=config.negative_name, cache_dir=config.cache_dir,
@@ -114,8 +124,6 @@ def positive_vs_rest(preds: pd.DataFrame, positive: str, n_bootstrap: int = 1000
     = class vs rest), so the CI uses the same stratified (and, with a ``group`` column, grouped)
     percentile bootstrap as every other metric.
     """
-    from dermkit.evaluate import evaluate
-
     rest = f"not {positive}"
     p = preds[f"prob:{positive}"].to_numpy(dtype=float)
     frame = pd.DataFrame({
@@ -137,74 +145,56 @@ def positive_vs_rest(preds: pd.DataFrame, positive: str, n_bootstrap: int = 1000
             "method": "binary evaluate(): class probability vs rest, stratified percentile bootstrap"}
 
 
-def run_zeroshot(
-    model_spec: str,
-    datasets: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    split: str = "test",
-    n_bootstrap: int = 1000,
-    prompts: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    progress: bool = True,
-    enc=None,
-) -> pd.DataFrame:
-    """Zero-shot evaluation of one model on several datasets; returns the summary table.
+def zeroshot_report(enc, card: DatasetCard, out_dir: str | os.PathLike, model_spec: str, split: str = "test",
+                    n_bootstrap: int = 1000, prompts: str | os.PathLike | None = None,
+                    cache_dir: str | os.PathLike | None = None, seed: int = 0, progress: bool = True) -> DatasetResult:
+    """The zero-shot classifier of ``enc`` for ``card``, evaluated on ``split``.
 
-    Writes ``out_dir/<dataset>/`` (the evaluation report: metrics.json, predictions.csv,
-    report.md/.html, plots; ``model/``, the zero-shot classifier folder that ``dermkit predict``
-    loads; prompts.json with the texts used; positive_vs_rest.json for datasets with a positive
-    class) and ``out_dir/zeroshot_table.md`` + ``.csv`` (dataset, n, classes, accuracy, balanced
-    accuracy, macro AUC with 95% CI, macro F1, and the positive class's (melanoma's) one-vs-rest
-    AUROC with 95% CI). ``enc`` skips loading ``model_spec``.
+    Writes ``out_dir``: the evaluation report (metrics.json, predictions.csv, report.md/.html,
+    plots), ``model/`` (the zero-shot classifier folder that ``dermkit predict`` loads),
+    ``prompts.json`` with the texts used, and ``positive_vs_rest.json`` for a card with a positive
+    class. The table row: dataset, n, classes, accuracy, balanced accuracy, macro AUC with 95% CI,
+    macro F1, and the positive class's (melanoma's) one-vs-rest AUROC with 95% CI.
     """
-    from dermkit.data.prompts import prompt_spec
-    from dermkit.evaluate import evaluate
-    from dermkit.evaluate.tables import markdown_table, number, with_ci
-
-    if not datasets:
-        raise DataError("no datasets given; pass one or more dataset names or folders")
-    if enc is None:
-        from dermkit.models.encoders import load_encoder
-
-        enc = load_encoder(model_spec, device=device)
-    require_text(enc)
+    spec = prompt_spec(card, prompts)
     out = Path(out_dir)
-    cards = [load_card(d) for d in datasets]
-    specs = [prompt_spec(c, prompts) for c in cards]  # fail on a bad prompt file before any compute
-    rows = []
-    for card, spec, folder in zip(cards, specs, io.unique_names(c.name for c in cards)):
-        predictor = zeroshot_classifier(enc, card, prompts, spec=model_spec, cache_dir=cache_dir)
-        preds = predictor.predict_split(card, split, progress=progress)
-        report = evaluate(preds, n_bootstrap=n_bootstrap, seed=seed,
-                          title=f"Zero-shot {enc.name} on {card.name} ({split} split)")
-        report.save(out / folder)
-        predictor.save(out / folder / "model")
-        io.write_json(out / folder / "prompts.json", {**spec.to_dict(), "texts": spec.texts()})
-        m = report.metrics
-        row = {
-            "dataset": card.name, "split": split, "n": m["n"], "classes": len(card.classes),
-            "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
-            "macro_auc": m["macro_auc"], "macro_auc_low": m["ci"]["macro_auc"]["low"],
-            "macro_auc_high": m["ci"]["macro_auc"]["high"], "macro_f1": m["macro_f1"],
-            "positive_class": card.positive_class, "positive_auroc": None,
-            "positive_auroc_low": None, "positive_auroc_high": None,
-        }
-        if card.positive_class is not None:
-            pos = positive_vs_rest(preds, card.positive_class, n_bootstrap=n_bootstrap, seed=seed)
-            io.write_json(out / folder / "positive_vs_rest.json", pos)
-            row.update(positive_auroc=pos["auroc"], positive_auroc_low=pos["low"], positive_auroc_high=pos["high"])
-        rows.append(row)
-    table = pd.DataFrame(rows)
+    predictor = zeroshot_classifier(enc, card, prompts, spec=model_spec, cache_dir=cache_dir)
+    preds = predictor.predict_split(card, split, progress=progress)
+    report = evaluate(preds, n_bootstrap=n_bootstrap, seed=seed,
+                      title=f"Zero-shot {enc.name} on {card.name} ({split} split)")
+    report.save(out)
+    predictor.save(out / "model")
+    io.write_json(out / "prompts.json", {**spec.to_dict(), "texts": spec.texts()})
+    m = report.metrics
+    row = {
+        "dataset": card.name, "split": split, "n": m["n"], "classes": len(card.classes),
+        "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
+        "macro_auc": m["macro_auc"], "macro_auc_low": m["ci"]["macro_auc"]["low"],
+        "macro_auc_high": m["ci"]["macro_auc"]["high"], "macro_f1": m["macro_f1"],
+        "positive_class": card.positive_class, "positive_auroc": None,
+        "positive_auroc_low": None, "positive_auroc_high": None,
+    }
+    if card.positive_class is not None:
+        pos = positive_vs_rest(preds, card.positive_class, n_bootstrap=n_bootstrap, seed=seed)
+        io.write_json(out / "positive_vs_rest.json", pos)
+        row.update(positive_auroc=pos["auroc"], positive_auroc_low=pos["low"], positive_auroc_high=pos["high"])
+    return DatasetResult(predictor, report, preds, out, [row], {"model": predictor.name, "split": split})
+
+
+def write_zeroshot_table(out_dir: str | os.PathLike, rows: Sequence[dict], encoder_name: str, split: str,
+                         n_bootstrap: int) -> pd.DataFrame:
+    """``out_dir/zeroshot_table.csv`` + ``.md`` from the rows of :func:`zeroshot_report` (with a mean row
+    over several datasets); returns the table."""
+    out = Path(out_dir)
+    table = pd.DataFrame(list(rows))
     io.write_csv(out / "zeroshot_table.csv", table)
 
     header = ["Dataset", "n", "Classes", "Accuracy", "Balanced acc.", "Macro AUC (95% CI)", "Macro F1",
               "Melanoma-vs-rest AUROC (95% CI)"]
     lines = []
     for r in table.to_dict("records"):
-        pos = "—" if r["positive_class"] is None else (
-            f"{with_ci(r['positive_auroc'], r['positive_auroc_low'], r['positive_auroc_high'])} [{r['positive_class']}]")
+        auroc = with_ci(r["positive_auroc"], r["positive_auroc_low"], r["positive_auroc_high"])
+        pos = "—" if r["positive_class"] is None else f"{auroc} [{r['positive_class']}]"
         lines.append([r["dataset"], r["n"], r["classes"], number(r["accuracy"]), number(r["balanced_accuracy"]),
                       with_ci(r["macro_auc"], r["macro_auc_low"], r["macro_auc_high"]), number(r["macro_f1"]), pos])
     if len(table) > 1:
@@ -212,14 +202,10 @@ def run_zeroshot(
         lines.append(["**mean**", "", "", number(mean["accuracy"]), number(mean["balanced_accuracy"]),
                       number(mean["macro_auc"]), number(mean["macro_f1"]), ""])
     io.write_text(out / "zeroshot_table.md", (
-        f"# Zero-shot: {enc.name} ({split} split)\n\n" + markdown_table(header, lines) +
+        f"# Zero-shot: {encoder_name} ({split} split)\n\n" + markdown_table(header, lines) +
         f"\nProbabilities: softmax of logit_scale x cosine similarity to the prompt-ensemble class "
         f"embedding. 95% CIs: percentile bootstrap ({n_bootstrap} resamples, stratified by class, "
         "grouped by lesion/patient where the dataset has a group column). The melanoma column is "
         "the one-vs-rest AUROC of the dataset's positive class [named in brackets], computed by a "
         "binary evaluation of that class's probability against all other classes.\n"))
-    io.write_json(out / "run.json", {"method": "zeroshot", "model": model_spec, "encoder": enc.name,
-                                     "fingerprint": enc.fingerprint, "split": split,
-                                     "datasets": [str(d) for d in datasets], "prompts": None if prompts is None
-                                     else str(prompts), "n_bootstrap": n_bootstrap, "seed": seed})
     return table

@@ -256,8 +256,9 @@ def _as_tensor(x, d_in: int | None = None) -> torch.Tensor:
 
 @dataclass
 class SAETrainConfig:
-    """PanDerm-2's recipe (the defaults). :func:`train_sae` reads these attributes from any object,
-    so a method's config with the same field names can be passed as it is."""
+    """PanDerm-2's recipe (the defaults). :func:`train_sae` reads these attributes from any object;
+    ``method: sae``'s config (:class:`dermkit.methods.sae.SAEConfig`) builds on this class, so its
+    keys are these."""
 
     activation: str = "relu_l1"
     expansion: int = 8

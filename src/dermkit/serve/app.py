@@ -58,7 +58,7 @@ def _fingerprint(predictor, folder: Path | None) -> str:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(chunk)
     else:
-        digest.update(json.dumps(predictor.card, sort_keys=True, default=str).encode("utf-8"))
+        digest.update(json.dumps(predictor.model_card, sort_keys=True, default=str).encode("utf-8"))
     return digest.hexdigest()[:16]
 
 
@@ -95,7 +95,7 @@ def _meta_fields(predictor) -> list[dict]:
 
 def model_info(predictor, folder: Path | None, limits: ServeLimits) -> dict[str, Any]:
     """What ``GET /api/model`` returns (computed once at start-up)."""
-    card = predictor.card
+    card = predictor.model_card
     modalities = list(getattr(predictor, "modalities", []) or [])
     summary = _run_summary(folder) or {}
     main = getattr(predictor, "main_view", None) if modalities else "image"

@@ -12,6 +12,7 @@ Explanations (Grad-CAM) and text ranking run on the same thread, one job at a ti
 
 from __future__ import annotations
 
+import base64
 import os
 import queue
 import tempfile
@@ -208,9 +209,7 @@ class BatchQueue:
         return self._saliency
 
     def _explain(self, job: PredictJob, result: dict) -> dict:
-        import base64
-
-        from dermkit.models.explain import overlay_png, saliency_map
+        from dermkit.models.explain import overlay_png, saliency_map  # torch: this module stays light
 
         saliency = self.saliency()
         if saliency is None:
@@ -220,7 +219,8 @@ class BatchQueue:
         heat, target = saliency_map(saliency, job.image, target)
         png = overlay_png(job.image, heat)
         layer = type(saliency.target_layers[0]).__name__
-        return {"available": True, "method": "Grad-CAM (pytorch-grad-cam)", "target_class": self.predictor.classes[target],
+        return {"available": True, "method": "Grad-CAM (pytorch-grad-cam)",
+                "target_class": self.predictor.classes[target],
                 "layer": layer, "tower": saliency.kind, "png_base64": base64.b64encode(png).decode("ascii"),
                 "seconds": time.perf_counter() - started}
 
@@ -228,7 +228,7 @@ class BatchQueue:
     def _run_rank(self, job: RankJob) -> None:
         import torch
 
-        from dermkit.models.text import encode_texts
+        from dermkit.models.text import encode_texts  # torch: this module stays light
 
         enc = self.rank_encoder
         started = time.perf_counter()

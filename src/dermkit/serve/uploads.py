@@ -10,6 +10,7 @@ ever opened.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from dermkit.data.images import decode_image_bytes
 from dermkit.errors import DataError
 
 __all__ = ["ServeLimits", "UploadError", "sniff_format", "decode_upload", "read_form", "Upload"]
@@ -39,8 +41,6 @@ class ServeLimits:
     max_fields: int = 64  # multipart fields per request
 
     def to_dict(self) -> dict:
-        import dataclasses
-
         return dataclasses.asdict(self)
 
 
@@ -106,8 +106,6 @@ class Upload:
 
 def decode_upload(data: bytes, field: str, filename: str, limits: ServeLimits) -> Upload:
     """Sniff, check and decode one uploaded image; :class:`UploadError` (415/422) says why not."""
-    from dermkit.data.images import decode_image_bytes
-
     shown = f"{field!r}" + (f" ({filename})" if filename else "")
     fmt = sniff_format(data)
     if fmt is None:

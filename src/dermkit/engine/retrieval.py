@@ -1,10 +1,13 @@
 """Image-text retrieval with a vision-language encoder, and ranking texts for one image.
 
-``run_retrieval`` pairs every image of a split with one caption made from its metadata
-(:func:`dermkit.data.captions.captions_for_split`), embeds both sides and scores the cosine
-similarity matrix with :func:`dermkit.evaluate.retrieval.retrieval_metrics`. Metadata captions
-are often identical for different images (same diagnosis, site, age and sex), so an image counts
-every text with exactly its caption as correct, and vice versa, instead of only its own copy.
+An encoder's evaluation, not a method (nothing is trained, no classifier is saved): it embeds
+with the feature cache (:mod:`dermkit.engine.features`) and scores with
+:mod:`dermkit.evaluate.retrieval`. ``run_retrieval`` pairs every image of a split with one
+caption made from its metadata (:func:`dermkit.data.captions.captions_for_split`), embeds both
+sides and scores the cosine similarity matrix with
+:func:`dermkit.evaluate.retrieval.retrieval_metrics`. Metadata captions are often identical for
+different images (same diagnosis, site, age and sex), so an image counts every text with exactly
+its caption as correct, and vice versa, instead of only its own copy.
 """
 
 from __future__ import annotations
@@ -18,8 +21,14 @@ import pandas as pd
 import torch
 
 from dermkit import io
+from dermkit.data.captions import captions_for_split
 from dermkit.data.card import load_card
+from dermkit.data.images import open_image
+from dermkit.engine.features import extract_split_features
 from dermkit.errors import DataError
+from dermkit.evaluate.retrieval import query_ranks, retrieval_markdown, retrieval_metrics
+from dermkit.models.encoders import load_encoder
+from dermkit.models.text import encode_texts, require_text
 
 __all__ = ["caption_ground_truth", "run_retrieval", "rank_texts"]
 
@@ -50,14 +59,7 @@ def run_retrieval(
     ``out_dir/captions.csv`` (image, caption, rank of the correct caption for that image).
     ``seed`` fixes the caption wording. ``enc`` skips loading ``model_spec``.
     """
-    from dermkit.data.captions import captions_for_split
-    from dermkit.engine.features import extract_split_features
-    from dermkit.evaluate.retrieval import query_ranks, retrieval_markdown, retrieval_metrics
-    from dermkit.models.text import encode_texts, require_text
-
     if enc is None:
-        from dermkit.models.encoders import load_encoder
-
         enc = load_encoder(model_spec, device=device)
     require_text(enc, "image-text retrieval")
     card = load_card(dataset)
@@ -86,9 +88,6 @@ def run_retrieval(
 @torch.inference_mode()
 def rank_texts(enc, image_path: str | os.PathLike, texts: Sequence[str]) -> list[tuple[str, float]]:
     """``(text, cosine similarity)`` for one image, best match first."""
-    from dermkit.data.images import open_image
-    from dermkit.models.text import encode_texts, require_text
-
     require_text(enc, "ranking texts")
     texts = [str(t) for t in texts]
     if not texts:
