@@ -45,11 +45,11 @@ def main() -> None:
     from dermkit.data import load_card
     from dermkit.data.captions import captions_with_negatives
     from dermkit.data.torchdata import decode_all, train_transform
-    from dermkit.runtime import resolve_device, resolve_precision
     from dermkit.engine.losses import soft_clip_loss
     from dermkit.methods.contrastive import set_trainable, trim_padding
     from dermkit.models.dermkit_clip import build_dermkit_clip, minilm_folder
     from dermkit.models.frozen_prefix import text_split, trunk_split
+    from dermkit.runtime import resolve_device, resolve_precision
 
     device = resolve_device("auto")
     dtype = resolve_precision("auto", device)
@@ -127,7 +127,8 @@ def main() -> None:
         t, text = results[mode]
         print(f"  {label:29s} {t:6.2f} s/step (text side {text:5.2f} s), epoch of {args.pairs} pairs "
               f"{epoch[mode] / 60:5.1f} min, x{epoch['pixels'] / epoch[mode]:.2f}")
-    print(f"  caching once: {cache_seconds * 1e3:.1f} ms per image view ({args.views} views: {build_images / 60:.1f} min), "
+    print(f"  caching once: {cache_seconds * 1e3:.1f} ms per image view "
+          f"({args.views} views: {build_images / 60:.1f} min), "
           f"{text_cache_seconds * 1e3:.1f} ms per caption ({args.draws} draws, captions and negatives: "
           f"{2 * build_texts / 60:.1f} min)")
     for mode, build in (("cached", build_images), ("both", build_images + build_texts),

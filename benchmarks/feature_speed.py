@@ -32,9 +32,9 @@ import torch
 
 from dermkit.data import load_card, open_image
 from dermkit.engine.features import extract_features
-from dermkit.runtime import cpu_has_bf16
 from dermkit.models.encoders import load_encoder
 from dermkit.models.onnx import inference_backend
+from dermkit.runtime import cpu_has_bf16
 
 
 def plain_loop(enc, paths, batch_size: int) -> np.ndarray:
@@ -142,7 +142,8 @@ def main() -> None:
         out = []
         with torch.no_grad():
             for start in range(0, n, args.batch_size):
-                x = torch.stack([transform(TF.pil_to_tensor(open_image(p))) for p in paths[start:start + args.batch_size]])
+                x = torch.stack([transform(TF.pil_to_tensor(open_image(p)))
+                                 for p in paths[start:start + args.batch_size]])
                 out.append(torch.softmax(model(x), 1).numpy())
         return np.concatenate(out)
 

@@ -65,7 +65,8 @@ def main() -> None:
         results[cache] = {"sec_per_epoch": float(history["train_seconds"].median()), "train_wall": wall,
                           "test": summary["test"]}
     c, u = results[True], results[False]
-    print(f"model {args.model}{' (random weights: timing only)' if random else ''}, {args.data} {args.task}, {args.variant}{'' if args.no_ift else ' + IFT'}, "
+    print(f"model {args.model}{' (random weights: timing only)' if random else ''}, "
+          f"{args.data} {args.task}, {args.variant}{'' if args.no_ift else ' + IFT'}, "
           f"{args.epochs} epochs, {torch.get_num_threads()} threads")
     print(f"{'':>10} {'s/epoch':>9} {'run wall s':>11} {'test ACC':>9} {'AUC':>7} {'F1':>7}")
     for name, r in (("cached", c), ("uncached", u)):

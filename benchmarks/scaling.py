@@ -70,9 +70,9 @@ def main() -> None:
                              progress=False)
             t_extract = time.perf_counter() - start
             folder = _subset_card(card, fraction, tmp)
-            config = {"method": "supervised", "data": str(folder), "model": args.classifier, "image_size": args.image_size,
-                      "epochs": 1, "batch_size": 32, "train_last": 7, "num_workers": args.num_workers,
-                      "n_bootstrap": 0, "warmup_epochs": 0}
+            config = {"method": "supervised", "data": str(folder), "model": args.classifier,
+                      "image_size": args.image_size, "epochs": 1, "batch_size": 32, "train_last": 7,
+                      "num_workers": args.num_workers, "n_bootstrap": 0, "warmup_epochs": 0}
             run_experiment(config, tmp / f"run_{fraction:g}", progress=False)
             history = pd.read_csv(tmp / f"run_{fraction:g}" / "history.csv")
             t_train = float(history["train_seconds"].iloc[0])

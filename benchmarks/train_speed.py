@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from dermkit.runtime import cpu_has_bf16
 from dermkit.models.freeze import train_only_last
 from dermkit.models.registry import create_classifier
+from dermkit.runtime import cpu_has_bf16
 
 
 def train_speed(model, size, batch, channels_last, bf16, steps=4):
@@ -60,12 +60,13 @@ def main() -> None:
     parser.add_argument("--skip-bf16", action="store_true", help="bf16 is emulated (slow) on CPUs without AVX512-BF16")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native CPU bf16: {cpu_has_bf16()}")
-    header = f"{'model':<20}{'size':>5}{'fp32':>8}{'fp32-CL':>9}{'bf16-CL':>9}{'frozen':>8}{'inf fp32':>10}{'inf bf16':>10}"
+    header = (f"{'model':<20}{'size':>5}{'fp32':>8}{'fp32-CL':>9}{'bf16-CL':>9}{'frozen':>8}"
+              f"{'inf fp32':>10}{'inf bf16':>10}")
     print(header + "   (images/s; 'frozen' = fp32-CL with train_last)")
     for name in args.models:
         for size in args.sizes:
             torch.manual_seed(0)
-            fresh = lambda: create_classifier(name, 7, pretrained=False)  # noqa: E731
+            fresh = lambda name=name: create_classifier(name, 7, pretrained=False)  # noqa: E731
             fp32 = train_speed(fresh(), size, 32, False, False)
             cl = train_speed(fresh(), size, 32, True, False)
             bf = float("nan") if args.skip_bf16 else train_speed(fresh(), size, 32, True, True)
@@ -74,7 +75,8 @@ def main() -> None:
             frozen = train_speed(partial, size, 32, True, False)
             inf32 = infer_speed(fresh(), size, 128, False)
             inf16 = float("nan") if args.skip_bf16 else infer_speed(fresh(), size, 128, True)
-            print(f"{name:<20}{size:>5}{fp32:>8.1f}{cl:>9.1f}{bf:>9.1f}{frozen:>8.1f}{inf32:>10.1f}{inf16:>10.1f}", flush=True)
+            print(f"{name:<20}{size:>5}{fp32:>8.1f}{cl:>9.1f}{bf:>9.1f}{frozen:>8.1f}{inf32:>10.1f}{inf16:>10.1f}",
+                  flush=True)
 
 
 if __name__ == "__main__":

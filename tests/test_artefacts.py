@@ -34,6 +34,7 @@ def test_biased_copies_put_the_shortcut_where_asked(tiny_dataset, tmp_path):
         assert card.image_path(t["image"].iloc[0]).is_file()  # unedited images through the images/ link
     tb = pd.read_csv(test.root / "metadata.csv", keep_default_na=False)
     tt = tb[tb["split"] == "test"]
-    assert (tt.loc[tt["diagnosis"] != "mel", "artefact"] == "ink").all() and (tt.loc[tt["diagnosis"] == "mel", "artefact"] == "").all()
+    assert ((tt.loc[tt["diagnosis"] != "mel", "artefact"] == "ink").all()
+            and (tt.loc[tt["diagnosis"] == "mel", "artefact"] == "").all())
     clean = pd.read_csv(biased.root / "metadata.csv", keep_default_na=False)
     assert (clean.loc[clean["split"] == "test", "artefact"] == "").all()

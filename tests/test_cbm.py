@@ -24,7 +24,8 @@ def cbm(tmp_path_factory, clip_folder):
                  "l1": 1e-3, "lr": 2e-3, "Cs": [1.0], **common}, out=root / "sae", progress=False)
     summary = dermkit.run({"method": "cbm", "sae": str(root / "sae" / "model"), "Cs": [0.1, 0.3, 1.0], **common},
                           out=root / "cbm", progress=False)
-    return {"data": data, "dir": root / "cbm", "summary": summary, "predictor": dermkit.load_predictor(root / "cbm" / "model")}
+    return {"data": data, "dir": root / "cbm", "summary": summary,
+            "predictor": dermkit.load_predictor(root / "cbm" / "model")}
 
 
 def _features(p: CBMPredictor, data):
@@ -97,7 +98,8 @@ def test_cli_show_intervene_and_predict(cbm, tmp_path, capsys):
     result = json.loads((tmp_path / "iv" / "intervention.json").read_text())
     assert [z["how"].split(" (")[0] for z in result["zeroed"]] == ["concept name", "text query"]
     assert set(result["before"]) == set(result["after"]) == {"accuracy", "balanced_accuracy", "macro_f1", "macro_auc"}
-    assert (tmp_path / "iv" / "before" / "metrics.json").is_file() and (tmp_path / "iv" / "after" / "report.html").is_file()
+    assert ((tmp_path / "iv" / "before" / "metrics.json").is_file()
+            and (tmp_path / "iv" / "after" / "report.html").is_file())
     capsys.readouterr()
     image = sorted((data / "images").glob("*test*.jpg"))[0]
     assert main(["predict", str(image), "--model", str(model)]) == 0

@@ -21,7 +21,8 @@ def test_soft_clip_loss_matches_clip_loss_for_distinct_captions():
     ours = soft_clip_loss(img, txt, scale, torch.arange(5))
     logits = scale * torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).T
     labels = torch.arange(5)
-    clip = 0.5 * (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels))
+    clip = 0.5 * (torch.nn.functional.cross_entropy(logits, labels)
+                  + torch.nn.functional.cross_entropy(logits.T, labels))
     assert ours.item() == pytest.approx(clip.item(), rel=1e-6)
 
 
@@ -32,7 +33,8 @@ def test_identical_captions_are_not_negatives():
     scale = torch.tensor(5.0)
     logits = scale * torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).T
     targets = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
-    expected = 0.5 * (-(targets * logits.log_softmax(1)).sum(1).mean() - (targets * logits.T.log_softmax(1)).sum(1).mean())
+    expected = 0.5 * (-(targets * logits.log_softmax(1)).sum(1).mean()
+                      - (targets * logits.T.log_softmax(1)).sum(1).mean())
     got = soft_clip_loss(img, txt, scale, torch.tensor([7, 7, 3]))
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
 
@@ -151,7 +153,8 @@ def test_trunk_split_reproduces_encode_image():
     model.eval()
     x = torch.randn(2, 3, 64, 64)
     cached = prefix(x)
-    assert not cached.requires_grad and cached.shape[-1] == 4  # stride 16: what enters the last 4 units (2 stages + head)
+    # stride 16: what enters the last 4 units (2 stages + head)
+    assert not cached.requires_grad and cached.shape[-1] == 4
     with torch.no_grad():
         torch.testing.assert_close(tail(cached), model.encode_image(x), atol=1e-5, rtol=1e-5)
     # Gradients reach the trained tail only.
@@ -195,7 +198,8 @@ def test_cached_balanced_hard_negative_training_resumes_exactly(tiny_dataset, tm
 
     cfg = {"method": "contrastive", "train_data": [str(tiny_dataset)], "data": str(tiny_dataset), "eval_data": [],
            "image_size": 32, "batch_size": 16, "num_workers": 0, "val_per_dataset": 18, "train_image_last": 3,
-           "train_text_last": 1, "n_bootstrap": 20, "cache_views": 2, "class_balance": 1.0, "hard_negatives": True, "cache_captions": 2,
+           "train_text_last": 1, "n_bootstrap": 20, "cache_views": 2, "class_balance": 1.0, "hard_negatives": True,
+           "cache_captions": 2,
            "engine": {"epochs": 2, "lr": 1e-3, "precision": "fp32", "warmup_epochs": 0.5,
                       "select_metric": "zeroshot_balanced_accuracy"}}
     straight = run_experiment(cfg, tmp_path / "a", progress=False)

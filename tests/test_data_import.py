@@ -57,7 +57,7 @@ def _card_table(out: Path) -> pd.DataFrame:
 def _ham_rows(per_class: int = 4) -> pd.DataFrame:
     meta = _shared("ham10000")
     picks = []
-    for dx, rows in meta.groupby("diagnosis"):
+    for _dx, rows in meta.groupby("diagnosis"):
         lesions = sorted(rows["lesion_id"].unique())[:per_class]
         picks.append(rows[rows["lesion_id"].isin(lesions)].head(8))
     return pd.concat(picks, ignore_index=True)
@@ -150,7 +150,8 @@ def test_corrupt_image_fails_the_check_and_leaves_nothing(tmp_path):
     src = _write_ham(tmp_path / "release", _ham_rows(per_class=3))
     victim = sorted((src / "HAM10000_images_part_1").iterdir())[0]
     victim.write_bytes(victim.read_bytes()[:200])  # truncated JPEG
-    with pytest.raises(DataError, match=r"(?s)fails `dermkit data check`; nothing was written.*truncated_image.*metadata\.csv line \d+"):
+    with pytest.raises(DataError, match=r"(?s)fails `dermkit data check`; nothing was written"
+                                        r".*truncated_image.*metadata\.csv line \d+"):
         import_release("ham10000", src, tmp_path / "out", progress=False)
     _no_leftovers(tmp_path / "out")
 
@@ -411,7 +412,8 @@ def _write_derm7pt(root: Path) -> pd.DataFrame:
             if not dest.exists():
                 shutil.copy(SHARED_DATA / "derm7pt" / src, dest)
     official = pd.DataFrame({
-        "case_num": rows["case_num"], "diagnosis": rows["diagnosis_fine"], "seven_point_score": rows["seven_point_score"],
+        "case_num": rows["case_num"], "diagnosis": rows["diagnosis_fine"],
+        "seven_point_score": rows["seven_point_score"],
         **{c: rows[c] for c in d7.CRITERIA},
         "level_of_diagnostic_difficulty": rows["level_of_diagnostic_difficulty"], "elevation": rows["elevation"],
         "location": rows["location"], "sex": rows["sex"], "management": rows["management"],

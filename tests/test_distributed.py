@@ -15,8 +15,8 @@ from torch import nn
 
 from dermkit.engine.batching import index_batches
 from dermkit.engine.loop import Engine, EngineConfig
-from dermkit.runtime import epoch_seed
 from dermkit.models.checkpoint import load_tensors
+from dermkit.runtime import epoch_seed
 
 N, BATCH = 14, 7  # two steps an epoch; 7 rows split 4 + 3 over two processes
 

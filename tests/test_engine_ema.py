@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import killed_after_first_checkpoint
 from dermkit.engine.loop import Engine, EngineConfig
 from dermkit.errors import ConfigError
-from conftest import killed_after_first_checkpoint
 
 
 def _engine(tmp_path, **kw):

@@ -27,7 +27,8 @@ def test_task_errors(tiny_dataset):
     with pytest.raises(ConfigError, match="unknown task"):
         derive_task(str(tiny_dataset), "one_vs_one")
     assert derive_task(str(tiny_dataset), "melanoma_vs_rest").classes == ["other", "mel"]  # the card's positive_class
-    (tiny_dataset / "dataset.yaml").write_text((tiny_dataset / "dataset.yaml").read_text().replace("positive_class: mel", ""))
+    (tiny_dataset / "dataset.yaml").write_text(
+        (tiny_dataset / "dataset.yaml").read_text().replace("positive_class: mel", ""))
     with pytest.raises(ConfigError, match="positive_class"):
         derive_task(str(tiny_dataset), "melanoma_vs_rest")
 

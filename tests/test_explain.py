@@ -48,7 +48,7 @@ def corner_model():
     model = CornerNet()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     x, y = _corner_images(256, rng)
-    for step in range(150):
+    for _ in range(150):
         idx = torch.from_numpy(rng.integers(0, len(x), 32))
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()
@@ -168,10 +168,8 @@ def test_saliency_module_computes_the_predictors_own_probabilities(method, tmp_p
     saliency = predictor.saliency_module()
     assert saliency is not None and saliency.kind == kind
     from dermkit.data.images import open_image
-
-    from dermkit.runtime import resolve_precision
-
     from dermkit.models.onnx import inference_backend
+    from dermkit.runtime import resolve_precision
 
     # the precision the predictor ran in: on ONNX Runtime (the CPU default) fp32; on PyTorch, feature
     # extraction and the supervised predictor use the engine's "auto" rule (bf16 autocast on CPUs

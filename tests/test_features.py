@@ -142,8 +142,8 @@ def test_damaged_index_is_recomputed(tiny_dataset, encoder, tmp_path):
 
 def test_image_only_encoders(tiny_dataset, tmp_path):
     from dermkit.models.checkpoint import save_model
-    from dermkit.models.registry import create_classifier
     from dermkit.models.encoders import load_encoder
+    from dermkit.models.registry import create_classifier
 
     paths = image_paths(tiny_dataset, "val")[:3]
     enc = load_encoder("timm:resnet18@random")

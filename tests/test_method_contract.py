@@ -100,7 +100,8 @@ def test_method_contract(method, tiny_dataset, clip_folder, tmp_path, monkeypatc
                  "--out", str(tmp_path / "eval"), "--n-bootstrap", "20"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for key, value in summary["test"].items():
-        assert metrics[key] == pytest.approx(value, abs=1e-9, nan_ok=True) if value is not None else metrics[key] is None
+        assert (metrics[key] == pytest.approx(value, abs=1e-9, nan_ok=True) if value is not None
+                else metrics[key] is None)
 
     capsys.readouterr()
     assert main(["predict", str(paths[0]), "--model", str(run_dir / "model"), "--json"]) == 0
@@ -155,7 +156,8 @@ def test_check_names_the_file_and_key_and_writes_nothing(bad, message, tmp_path,
 
 
 def test_train_and_run_read_the_same_config_file(tiny_dataset, tmp_path):
-    config = {"method": "supervised", **{k: _fill(v, tiny_dataset, None) for k, v in METHODS["supervised"].tiny_config.items()}}
+    config = {"method": "supervised",
+              **{k: _fill(v, tiny_dataset, None) for k, v in METHODS["supervised"].tiny_config.items()}}
     path = tmp_path / "sup.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["train", "--config", str(path), "--out", str(tmp_path / "a"), "--seed", "3"]) == 0

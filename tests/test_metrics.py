@@ -141,7 +141,7 @@ def test_ece_bin_edges_are_right_closed():
 
 def test_rank_auc_equals_sklearn_with_ties():
     rng = np.random.default_rng(3)
-    for trial in range(20):
+    for _ in range(20):
         n = int(rng.integers(5, 400))
         positive = rng.random(n) < rng.uniform(0.05, 0.9)
         if positive.all() or not positive.any():

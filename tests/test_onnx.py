@@ -51,7 +51,8 @@ def test_a_model_onnx_cannot_match_falls_back_to_torch(tmp_path):
 def test_unexportable_model_falls_back_with_a_warning(tmp_path):
     class Weird(torch.nn.Module):
         def forward(self, x):
-            return torch.as_tensor(np.asarray(x.sum().item()))[None].expand(len(x), 1) * 0 + x.flatten(1)[:, :1].numpy().sum()
+            return (torch.as_tensor(np.asarray(x.sum().item()))[None].expand(len(x), 1) * 0
+                    + x.flatten(1)[:, :1].numpy().sum())
 
     with pytest.warns(UserWarning, match="ONNX Runtime cannot run"):
         assert onnx_function(Weird(), (4, 4), key="weird", cache_dir=tmp_path) is None

@@ -41,7 +41,8 @@ PANDERM2_CONFIG = {
         "hf_pooler_type": "mean_pooler",
     },
 }
-WORDS = "a an the of with dermoscopic clinical image photo lesion skin melanoma nevus benign malignant basal cell carcinoma"
+WORDS = ("a an the of with dermoscopic clinical image photo lesion skin melanoma nevus benign malignant "
+         "basal cell carcinoma")
 TEXTS = ["a dermoscopic image of melanoma", "a dermoscopic image of a benign nevus"]
 
 

@@ -187,7 +187,8 @@ def test_end_to_end_run_predict_evaluate_and_transfer(clip_folder, tiny_dataset,
     summary = json.loads((tmp_path / "suite" / "full" / "summary.json").read_text())
     # IFT + learned prompts on colour classes: clearly better than chance (binary: 0.5).
     assert summary["test"]["balanced_accuracy"] > 0.7
-    assert summary["trainable_parameters"] > json.loads((tmp_path / "suite" / "coop" / "summary.json").read_text())["trainable_parameters"]
+    assert summary["trainable_parameters"] > json.loads(
+        (tmp_path / "suite" / "coop" / "summary.json").read_text())["trainable_parameters"]
     # A finished suite is reused, not retrained.
     mtime = (tmp_path / "suite" / "full" / "summary.json").stat().st_mtime
     run_suite(configs, tmp_path / "suite", progress=False)
@@ -247,6 +248,8 @@ def test_config_errors(clip_folder, tiny_dataset, tmp_path):
     with pytest.raises(ConfigError, match="unknown key"):
         PromptConfig.from_dict({"n_context": 4})
     with pytest.raises(ConfigError, match="is not a class"):
-        train_prompts(_config(clip_folder, data=str(tiny_dataset), task="binary:melanoma"), tmp_path / "y", progress=False)
+        train_prompts(_config(clip_folder, data=str(tiny_dataset), task="binary:melanoma"), tmp_path / "y",
+                      progress=False)
     with pytest.raises(ModelError, match="text encoder"):
-        train_prompts(_config("timm:tf_efficientnet_lite0@random", data=str(tiny_dataset)), tmp_path / "z", progress=False)
+        train_prompts(_config("timm:tf_efficientnet_lite0@random", data=str(tiny_dataset)), tmp_path / "z",
+                      progress=False)

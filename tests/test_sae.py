@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import make_dataset
 from torch import nn
 
 import dermkit
+from conftest import make_dataset
 from dermkit.cli import main
 from dermkit.errors import ConfigError, ModelError
 from dermkit.methods import get_method

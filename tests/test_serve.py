@@ -269,7 +269,8 @@ def test_too_large_bodies_get_413_declared_or_streamed(runs, client_of):
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
             "Content-Type: image/png\r\n\r\n").encode() + big + f"\r\n--{boundary}--\r\n".encode()
     chunks = (body[i:i + 1000] for i in range(0, len(body), 1000))
-    r = client.post("/api/predict", content=chunks, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    r = client.post("/api/predict", content=chunks,
+                    headers={"content-type": f"multipart/form-data; boundary={boundary}"})
     assert r.status_code == 413, r.text
     assert _post(client, _image(runs)).status_code == 200
 

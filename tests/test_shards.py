@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import killed_after_first_checkpoint
 from dermkit.cli import main
 from dermkit.data import load_card
 from dermkit.data.captions import captions_for_split
@@ -25,9 +26,8 @@ from dermkit.data.shards import (
     expand_shards,
     write_shards,
 )
-from dermkit.runtime import epoch_seed
 from dermkit.errors import ConfigError, DataError
-from conftest import killed_after_first_checkpoint
+from dermkit.runtime import epoch_seed
 
 
 def _members(folder):

@@ -156,7 +156,8 @@ def test_suite_adds_subgroup_gaps_and_baseline_columns(tiny_dataset, tmp_path):
     out = tmp_path / "suite"
     configs = []
     for k, name in enumerate(("base", "other")):
-        config = {"method": "linear_probe", "name": name, "data": str(tiny_dataset), "model": "timm:tf_efficientnet_lite0"}
+        config = {"method": "linear_probe", "name": name, "data": str(tiny_dataset),
+                  "model": "timm:tf_efficientnet_lite0"}
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         configs.append(path)

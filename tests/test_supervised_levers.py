@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import SHARED_DATA, killed_after_first_checkpoint
 from PIL import Image
 
 import dermkit
+from conftest import SHARED_DATA, killed_after_first_checkpoint
 from dermkit.data.torchdata import randaugment_transform, train_transform, tta_views
 from dermkit.engine.losses import WeightedCrossEntropy
 from dermkit.errors import ConfigError

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import SHARED_DATA, killed_after_first_checkpoint, make_dataset
 
 import dermkit
+from conftest import SHARED_DATA, killed_after_first_checkpoint, make_dataset
 from dermkit.errors import ConfigError, DataError
 from dermkit.experiment import run_experiment
 from dermkit.models.checkpoint import load_tensors

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import dermkit
+from conftest import killed_after_first_checkpoint
 from dermkit.engine.loop import lr_factor
 from dermkit.engine.losses import WeightedCrossEntropy, class_weights
 from dermkit.errors import ConfigError
@@ -17,7 +18,6 @@ from dermkit.methods.supervised import TrainConfig
 from dermkit.models.checkpoint import load_tensors
 from dermkit.models.freeze import train_only_last
 from dermkit.models.registry import create_classifier
-from conftest import killed_after_first_checkpoint
 
 
 def tiny_config(data, epochs=3, **engine) -> dict:
@@ -62,7 +62,8 @@ def test_partial_finetuning_freezes_early_units():
     model = create_classifier("resnet18", 3, pretrained=False)
     frozen = train_only_last(model, 2)  # layer4 + fc learn
     assert all(not p.requires_grad for unit in frozen for p in unit.parameters())
-    assert all(p.requires_grad for p in model.fc.parameters()) and all(p.requires_grad for p in model.layer4.parameters())
+    assert (all(p.requires_grad for p in model.fc.parameters())
+            and all(p.requires_grad for p in model.layer4.parameters()))
     assert not any(p.requires_grad for p in model.layer3.parameters())
     with pytest.raises(ConfigError):
         train_only_last(model, 99)
@@ -90,7 +91,8 @@ def test_train_beats_chance_and_writes_run_folder(tiny_dataset, tmp_path):
         assert (out / name).is_file(), name
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((out / "eval/test/metrics.json").read_text())
-    assert metrics["ci"]["balanced_accuracy"]["low"] <= metrics["balanced_accuracy"] <= metrics["ci"]["balanced_accuracy"]["high"]
+    assert (metrics["ci"]["balanced_accuracy"]["low"] <= metrics["balanced_accuracy"]
+            <= metrics["ci"]["balanced_accuracy"]["high"])
     assert metrics["bootstrap"]["grouped"] is True  # the tiny card has a lesion_id group column
 
     # Round trip: the saved model predicts what the run reported.
@@ -130,16 +132,17 @@ def test_unknown_config_key_is_reported():
 
 
 def test_shipped_configs_parse_and_match_benchmark():
-    import yaml
     from pathlib import Path
 
-    from dermkit.methods.supervised import benchmark_config
+    import yaml
 
     from dermkit.experiment import check_configs, load_config
+    from dermkit.methods.supervised import benchmark_config
 
     root = Path(__file__).resolve().parents[1] / "configs"
     shipped = sorted(root.glob("**/*.yaml"))
-    assert all(yaml.safe_load(p.read_text()).get("method") for p in shipped)  # one dialect: every config names its method
+    # one dialect: every config names its method
+    assert all(yaml.safe_load(p.read_text()).get("method") for p in shipped)
     assert len(check_configs(shipped)) == len(shipped)
     raw = {k: v for k, v in load_config(root / "benchmark_lite0_ham10000.yaml").items()
            if k not in ("method", "name", "_source")}

@@ -299,8 +299,7 @@ def test_hf_hub_offline_missing_then_cached(hf_text_clip, tmp_path, monkeypatch)
 
 
 def _hf_folder(kind: str, folder: Path):
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, SiglipConfig, SiglipImageProcessor,
-                              SiglipModel)
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, SiglipConfig, SiglipImageProcessor, SiglipModel
 
     tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
     torch.manual_seed(0)

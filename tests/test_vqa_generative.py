@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from conftest import LLAVA_WORDS as WORDS
-
 from dermkit.cli import main
 
 
@@ -48,7 +47,7 @@ def test_generate_resume_and_score(vlm_folder, tiny_dataset, tmp_path):
 
 def test_option_probabilities_sum_to_one_and_match_a_hand_computation(vlm_folder, tiny_dataset, tmp_path):
     from dermkit.data.images import open_image
-    from dermkit.models.generative import _prompt, load_generative
+    from dermkit.models.generative import chat_prompt, load_generative
 
     q = _questions(tiny_dataset, tmp_path, n=3)
     a = tmp_path / "a.jsonl"
@@ -60,8 +59,8 @@ def test_option_probabilities_sum_to_one_and_match_a_hand_computation(vlm_folder
     # By hand: one forward pass over prompt + option, mean log-prob of the option token, softmax.
     model, processor = load_generative(vlm_folder)
     question = json.loads(q.read_text().splitlines()[0])
-    inputs = processor(images=open_image(tiny_dataset / question["image"]), text=_prompt(processor, question["text"]),
-                       return_tensors="pt")
+    inputs = processor(images=open_image(tiny_dataset / question["image"]),
+                       text=chat_prompt(processor, question["text"]), return_tensors="pt")
     with torch.no_grad():
         logits = model(**inputs).logits[0, -1]
     logp = torch.log_softmax(logits.float(), -1)

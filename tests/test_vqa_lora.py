@@ -11,9 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import killed_after_first_checkpoint
-
 import dermkit
+from conftest import killed_after_first_checkpoint
 from dermkit.cli import main
 from dermkit.models.checkpoint import load_tensors
 
@@ -46,7 +45,8 @@ def test_loss_falls_and_files_are_written(lora_run):
     line = json.loads((run / "instructions_train.jsonl").read_text().splitlines()[0])
     assert line["conversations"][0]["value"].startswith("<image>\n") and line["conversations"][1]["value"] in \
         ("bcc", "mel", "nv")
-    assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "adapter" / "adapter_config.json").is_file()
+    assert ((run / "adapter" / "adapter_model.safetensors").is_file()
+            and (run / "adapter" / "adapter_config.json").is_file())
     assert not list(run.rglob("*.bin")) and not list(run.rglob("*.pt"))
     # A checkpoint holds the adapter only, not the frozen base model.
     ckpt = load_tensors(run / "checkpoints" / "last.safetensors")

@@ -83,7 +83,8 @@ def _fits(value, tp) -> bool:
         return value is None
     if origin in (list, tuple, typing.Sequence):
         args = typing.get_args(tp)
-        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value) if args else isinstance(value, (list, tuple))
+        return (isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value) if args
+                else isinstance(value, (list, tuple)))
     if origin is dict:
         return isinstance(value, dict)
     if tp is bool:
@@ -108,4 +109,5 @@ def _describe(tp) -> str:
     if origin in (list, tuple):
         args = typing.get_args(tp)
         return f"a list of {_describe(args[0])}" if args else "a list"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp)))

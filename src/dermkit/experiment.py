@@ -40,8 +40,17 @@ from dermkit.engine import distributed
 from dermkit.engine.loop import Engine
 from dermkit.errors import ConfigError, DataError, DermkitError
 from dermkit.evaluate import evaluate, read_predictions
+from dermkit.evaluate.calibration import (
+    apply_offsets,
+    apply_temperature,
+    calibration_markdown,
+    calibration_report,
+    fit_class_offsets,
+    fit_temperature,
+)
 from dermkit.evaluate.compare import compare_predictions, predictions_path, save_comparison
 from dermkit.evaluate.compare import suite_columns as compare_columns
+from dermkit.evaluate.predictions import prediction_arrays
 from dermkit.evaluate.subgroups import (
     attach_metadata,
     save_subgroups,
@@ -52,7 +61,7 @@ from dermkit.evaluate.subgroups import suite_columns as subgroup_columns
 from dermkit.evaluate.tables import markdown_table, percent_ci
 from dermkit.io import write_csv, write_json, write_text
 from dermkit.methods import get_method
-from dermkit.methods.base import DatasetResult, Method, Predictor
+from dermkit.methods.base import DatasetResult, Method, Predictor, Recalibrated
 from dermkit.methods.linear_probe import (
     DEFAULT_CS,
     DEFAULT_FRACTIONS,
@@ -187,10 +196,6 @@ class Run:
         """``calibrate: temperature`` (one temperature fitted on val by NLL) and/or ``decision:
         balanced`` (per-class offsets fitted on val for balanced accuracy, after the temperature):
         saved with the model; returns the recalibrated predictor (the report shows the effect)."""
-        from dermkit.evaluate.calibration import apply_temperature, fit_class_offsets, fit_temperature
-        from dermkit.evaluate.predictions import prediction_arrays, read_predictions
-        from dermkit.methods.base import Recalibrated
-
         val = predictor.predict_split(self.card(), "val", progress=self.progress)
         _, y, proba, _ = prediction_arrays(read_predictions(val))
         temperature = offsets = None
@@ -272,10 +277,6 @@ class Run:
 def _write_calibration(folder: Path, preds, predictor, n_bootstrap: int, seed: int) -> None:
     """``calibration.json`` / ``.md`` and the before/after reliability diagram of a model recalibrated
     by a temperature (its offsets, if any, count as part of "after")."""
-    from dermkit import io
-    from dermkit.evaluate.calibration import apply_offsets, apply_temperature, calibration_markdown, calibration_report
-    from dermkit.evaluate.predictions import prediction_arrays, read_predictions
-
     frame = read_predictions(preds)
     _, y, after, _ = prediction_arrays(frame)
     temperature = predictor.temperature

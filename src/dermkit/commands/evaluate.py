@@ -54,8 +54,8 @@ def evaluate_cmd(
     probabilities, classes absent from the targets, stripped whitespace, missing group ids.
     """
     from dermkit.evaluate import evaluate, read_predictions
-    from dermkit.evaluate.tables import format_ci, format_metric
     from dermkit.evaluate.subgroups import parse_bins, parse_subgroups
+    from dermkit.evaluate.tables import format_ci, format_metric
 
     attributes = parse_subgroups(subgroups) if subgroups is not None else []
     bin_edges = parse_bins(bins)

@@ -36,9 +36,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dermkit import io
-from dermkit.engine import distributed
+from dermkit.data.card import load_card
 from dermkit.data.images import as_path, open_image, read_image_bytes
+from dermkit.engine import distributed
 from dermkit.errors import DataError
+from dermkit.models.onnx import inference_backend, onnx_function
 from dermkit.runtime import resolve_precision
 
 __all__ = [
@@ -94,8 +96,6 @@ def _plan(enc) -> tuple[str, torch.dtype | None]:
     """``(backend, autocast dtype)`` of frozen inference: ONNX Runtime in fp32 on CPUs where it is
     installed (several times faster than eager PyTorch, same outputs), else PyTorch with the
     engine's precision rule."""
-    from dermkit.models.onnx import inference_backend
-
     backend = inference_backend(_device(enc))
     return backend, (None if backend == "onnx" else _autocast_dtype(_device(enc)))
 
@@ -235,8 +235,6 @@ class _EncodeImage(torch.nn.Module):
 
 def _onnx_encoder(enc):
     """The encoder's image tower on ONNX Runtime (None: not exportable, PyTorch runs it)."""
-    from dermkit.models.onnx import onnx_function
-
     if getattr(enc, "module", None) is None:
         return None
     size = enc.image_size if isinstance(enc.image_size, tuple) else (enc.image_size, enc.image_size)
@@ -292,7 +290,8 @@ def map_images(enc, paths: Sequence[Path], fn, batch_size: int = 64, num_workers
     loader = DataLoader(_ImageFiles(paths, enc.preprocess), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate)
     out = []
-    with torch.inference_mode(), tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+    with torch.inference_mode(), tqdm(total=len(paths), desc=desc, unit="img", disable=not progress,
+                                      leave=False) as bar:
         for _, pixels, errors in loader:
             if errors:
                 raise DataError(errors[0] + (f" (and {len(errors) - 1} more in this batch)" if len(errors) > 1 else ""))
@@ -317,7 +316,8 @@ def extract_features(
     Images whose (encoder, preprocessing, precision, file bytes) were embedded before are read
     from the cache in ``cache_dir`` (default :func:`default_cache_dir`); the rest are computed
     (identical files once) and added as a new shard; in a distributed run each process computes its
-    share. ``use_cache=False`` computes everything and writes nothing. Unreadable images raise :class:`~dermkit.errors.DataError` naming the file.
+    share. ``use_cache=False`` computes everything and writes nothing. Unreadable images raise
+    :class:`~dermkit.errors.DataError` naming the file.
     """
     paths = [as_path(p) for p in paths]
     backend, amp_dtype = _plan(enc)
@@ -353,8 +353,6 @@ def extract_split_features(enc, card, split: str, cache_dir: str | os.PathLike |
     ``labels`` are class indices into ``card.classes``; ``rows`` is ``card.rows(split)``.
     Extra keyword arguments go to :func:`extract_features`.
     """
-    from dermkit.data import load_card
-
     card = card if hasattr(card, "rows") else load_card(card)
     rows = card.rows(split)
     labels = card.labels(rows)

@@ -168,7 +168,8 @@ class Engine:
 
     # ----------------------------------------------------------------- precision helpers
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -213,7 +214,8 @@ class Engine:
         try:
             meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError as exc:
-            raise ModelError(f"{meta_path} is corrupt ({exc}); delete {self.checkpoint_path.parent} to start over") from exc
+            raise ModelError(f"{meta_path} is corrupt ({exc}); "
+                             f"delete {self.checkpoint_path.parent} to start over") from exc
         tensors = load_tensors(self.checkpoint_path)
         model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         expected = set(self._model_state())
@@ -301,7 +303,8 @@ class Engine:
                 seed_everything(epoch_seed(cfg.seed, epoch))
                 self.model.train()
                 start, seen, loss_sum, n_batches = time.perf_counter(), 0, 0.0, 0
-                bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
+                bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress,
+                           leave=False)
                 self.optimizer.zero_grad(set_to_none=True)
                 for i, batch in enumerate(make_train_batches(epoch)):
                     if i >= steps_per_epoch:
@@ -312,8 +315,8 @@ class Engine:
                     with self._sync(step_now), self.autocast():
                         loss = compute_loss(self.module, batch)
                         if not torch.isfinite(loss):
-                            raise ModelError(f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; lower --lr "
-                                             "or use --precision fp32")
+                            raise ModelError(f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; "
+                                             "lower --lr or use --precision fp32")
                         # DDP averages gradients over processes; weighting each process's mean loss by
                         # its share of the global batch makes that average the global batch mean.
                         share = (batch_size_fn(batch) * distributed.world_size() / n_global
@@ -324,7 +327,8 @@ class Engine:
                     loss_sum += loss.item() * share
                     n_batches += 1
                     seen += n_global or 0
-                    bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                    bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}",
+                                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
                     bar.update(1)
                 bar.close()
                 train_seconds = time.perf_counter() - start
@@ -336,7 +340,8 @@ class Engine:
                 metrics = validate_fn(self.eval_model) if self.main else None
                 metrics = distributed.broadcast_object(metrics)
                 if cfg.select_metric not in metrics:
-                    raise ConfigError(f"select metric {cfg.select_metric!r} not among validation metrics {sorted(metrics)}")
+                    raise ConfigError(f"select metric {cfg.select_metric!r} "
+                                      f"not among validation metrics {sorted(metrics)}")
                 score = float(metrics[cfg.select_metric])
                 improved = self._is_better(score)
                 if improved:

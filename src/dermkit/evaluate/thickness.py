@@ -205,8 +205,10 @@ class ThicknessReport:
 
     def to_markdown(self) -> str:
         names = REGRESSION_METRICS if self.kind == "regression" else ORDINAL_METRICS
+        target = ("Breslow thickness in mm (regression)" if self.kind == "regression" else
+                  "Breslow bin (ordinal): " + ", ".join(f"{i} = {b}" for i, b in enumerate(self.bin_names or [])))
         lines = [f"# {self.title}", "", f"- Lesions with a thickness target: {self.metrics.get('n', 0)}",
-                 f"- Target: {'Breslow thickness in mm (regression)' if self.kind == 'regression' else 'Breslow bin (ordinal): ' + ', '.join(f'{i} = {b}' for i, b in enumerate(self.bin_names or []))}",
+                 f"- Target: {target}",
                  "", "| Metric | Value | 95% CI |", "|---|---|---|"]
         for k in names:
             v, c = self.metrics.get(k), self.ci.get(k, {})
@@ -226,7 +228,8 @@ class ThicknessReport:
         io.write_text(folder / "thickness.md", self.to_markdown())
         if len(self.table):
             t, p = self.table["thickness_true"].to_numpy(float), self.table["thickness_pred"].to_numpy(float)
-            io.save_figure(folder / "thickness_agreement.png", plot_thickness_agreement(self.kind, t, p, self.bin_names))
+            io.save_figure(folder / "thickness_agreement.png",
+                           plot_thickness_agreement(self.kind, t, p, self.bin_names))
             io.save_figure(folder / "thickness_distribution.png",
                            plot_thickness_distribution(self.kind, t, p, self.bin_names))
         return folder

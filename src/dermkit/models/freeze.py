@@ -50,7 +50,8 @@ def unfreeze(modules: nn.Module | Iterable[nn.Module]) -> None:
             p.requires_grad_(True)
 
 
-def train_only_last(module: nn.Module, n: int | None, extra: Iterable[nn.Module] = (), what: str = "train_last") -> list[nn.Module]:
+def train_only_last(module: nn.Module, n: int | None, extra: Iterable[nn.Module] = (),
+                    what: str = "train_last") -> list[nn.Module]:
     """Freeze every unit of ``module`` but the last ``n`` (``None``: all train); ``extra`` modules
     (a projection head) train too. Returns the frozen units, which the caller keeps in eval mode
     while training so frozen BatchNorm keeps its pretrained statistics (see :func:`set_eval`)."""

@@ -97,7 +97,8 @@ def folder_fingerprint(folder: str | os.PathLike) -> str:
     return digest.hexdigest()[:16]
 
 
-def _prompt(processor, question: str) -> str:
+def chat_prompt(processor, question: str) -> str:
+    """The model's chat template around one image and one question (generation prompt appended)."""
     conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     return processor.apply_chat_template(conv, add_generation_prompt=True)
 
@@ -115,7 +116,7 @@ def _pad_id(processor) -> int:
 def option_probabilities(model, processor, image, question: str, options: Sequence[str]) -> np.ndarray:
     """Class probabilities of one image: each option's mean token log-likelihood after the chat
     prompt (one right-padded batch of prompt + option), softmaxed over the options."""
-    base = processor(images=image, text=_prompt(processor, question), return_tensors="pt")
+    base = processor(images=image, text=chat_prompt(processor, question), return_tensors="pt")
     prompt_ids = base["input_ids"][0]
     n_prompt = len(prompt_ids)
     option_ids = [_option_ids(processor, o) for o in options]
@@ -150,7 +151,7 @@ def answer_batch(processor, images: Sequence, questions: Sequence[str], answers:
     tok = processor.tokenizer
     rows, labels, pixels, extras = [], [], [], {}
     for image, question, answer in zip(images, questions, answers):
-        base = processor(images=image, text=_prompt(processor, question), return_tensors="pt")
+        base = processor(images=image, text=chat_prompt(processor, question), return_tensors="pt")
         prompt_ids = base["input_ids"][0].tolist()
         target = _option_ids(processor, answer) + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
         rows.append(prompt_ids + target)
@@ -197,7 +198,7 @@ def answer_questions(model, processor, questions: Sequence[dict], image_root: st
             record = {"question_id": q["question_id"], "prompt": q["text"],
                       "answer_id": f"{model_id}-{q['question_id']}", "model_id": model_id}
             if mode == "generate":
-                prompt = _prompt(processor, q["text"])
+                prompt = chat_prompt(processor, q["text"])
                 inputs = processor(images=image, text=prompt, return_tensors="pt").to(model.device)
                 with torch.inference_mode():
                     ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)

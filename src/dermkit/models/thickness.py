@@ -23,7 +23,6 @@ returns the class logits (ONNX export, Grad-CAM and the engine's validation need
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch import nn
@@ -98,7 +97,8 @@ def thickness_loss(kind: str, raw: torch.Tensor, target: torch.Tensor, stats: di
     return F.smooth_l1_loss(pred, z.float())
 
 
-def thickness_values(kind: str | None, raw: np.ndarray | None, stats: dict | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+def thickness_values(kind: str | None, raw: np.ndarray | None,
+                     stats: dict | None) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(point prediction, expected value): bins for ordinal (predicted, expected bin), mm for regression."""
     if kind is None or raw is None:
         return None, None

@@ -32,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from dermkit.data.card_schema import BOOLEAN_FALSE, BOOLEAN_TRUE
 from dermkit.errors import DermkitError
 from dermkit.serve.batching import BatchQueue, PredictJob, QueueFull, RankJob
 from dermkit.serve.uploads import ServeLimits, UploadError, decode_upload, finite_float, read_form
@@ -132,8 +133,6 @@ def model_info(predictor, folder: Path | None, limits: ServeLimits) -> dict[str,
 
 def _check_meta(predictor, fields: dict[str, list[str]]) -> dict[str, str] | None:
     """Metadata form fields checked against the model card (UploadError 422 names the field)."""
-    from dermkit.data.card_schema import BOOLEAN_FALSE, BOOLEAN_TRUE
-
     given = {k: v for k, v in fields.items() if k not in _RESERVED}
     if not given:
         return None
