@@ -23,6 +23,7 @@ def register(app: typer.Typer, groups: dict) -> None:
     groups["data"].command("import")(data_import)
     groups["data"].command("fetch")(data_fetch)
     groups["data"].command("shards")(data_shards)
+    groups["data"].command("audit")(data_audit)
 
 
 def data_check(
@@ -248,3 +249,43 @@ def data_shards(
                   f"({size:.1f} MB) to {out}")
     console.print(f"train on them: dermkit clip-train --shards '{out}/{manifest['pattern']}' --out RUN "
                   "(or shards: in a contrastive config)", soft_wrap=True)
+
+
+def data_audit(
+    dataset: str = typer.Argument(..., help="A known dataset name or a folder with metadata.csv."),
+    out: Path = typer.Option(..., help="Output folder: near_duplicates.csv, off_topic.csv, label_issues.csv, "
+                                       "audit.json and audit.html."),
+    model: str = typer.Option("efficientnet_lite0", help="Image encoder for the embeddings (any model string: "
+                                                         "timm:ARCH, a CLIP folder, hf-hub:...); cached by content "
+                                                         "hash like every feature."),
+    splits: Optional[str] = typer.Option(None, help="Splits to audit, separated by commas (default: all)."),
+    folds: int = typer.Option(5, help="Lesion-grouped folds of the out-of-fold probe for label issues."),
+    top: int = typer.Option(25, help="Rows of each list shown with thumbnails in audit.html."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Feature cache folder (default $DERMKIT_CACHE/features)."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+) -> None:
+    """Find near-duplicates (and leaks across splits), off-topic images and label issues.
+
+    Near-duplicate pairs come from perceptual hashes (resized, re-encoded, mirrored copies) and
+    from image embeddings (crops, colour shifts), ranked by one score; each pair says whether it
+    crosses splits and whether the two share a lesion id. Off-topic images are ranked by their
+    isolation in the embedding space; label issues by Confident Learning (cleanlab) on
+    out-of-fold probabilities of a probe on the embeddings. An interrupted audit resumes from its
+    cached embeddings. Open OUT/audit.html to confirm or reject the top of each list by eye.
+    """
+    from dermkit.engine.audit import run_audit
+
+    if folds < 2:
+        raise DataError(f"--folds must be >= 2, got {folds}")
+    if top < 1:
+        raise DataError(f"--top must be >= 1, got {top}")
+    chosen = [s.strip() for s in splits.split(",") if s.strip()] if splits else None
+    summary = run_audit(dataset, out, model=model, splits=chosen, cache_dir=cache_dir, device=device, folds=folds,
+                        top=top, progress=True)
+    nd, ot, li = summary["near_duplicates"], summary["off_topic"], summary["label_issues"]
+    console.print(f"[bold]{summary['dataset']}[/bold]: {summary['images']} images audited in {summary['seconds']} s")
+    console.print(f"near-duplicate pairs: {nd['flagged_pairs']} flagged, {nd['cross_split']} across splits "
+                  f"({nd['cross_split_hidden']} without a shared lesion id)")
+    console.print(f"off-topic images: {ot['flagged']} flagged")
+    console.print(f"label issues: {li['flagged']} flagged ({li['rate']:.1%})")
+    console.print(f"report: {Path(out) / 'audit.html'}")
