@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from conftest import TINY_CLASSES, make_dataset
 from dermkit.cli import main
@@ -100,6 +101,17 @@ def _duplicate_row(root):
     return 3 * 28 + 2, "image"  # the repeated row (the message names lines 9 and 86)
 
 
+def _near_duplicate(root):
+    """A train image that is a re-encoded (JPEG q50) copy of a test image of another lesion."""
+    df = load_card(root).table
+    train, test = df.index[df["split"] == "train"][3], df.index[df["split"] == "test"][2]
+    small = np.random.default_rng(0).integers(40, 216, size=(16, 16, 3), dtype=np.uint8)
+    picture = Image.fromarray(small).resize((96, 96), Image.Resampling.BICUBIC)  # detail a pHash sees
+    picture.save(root / df["image"][test], "JPEG", quality=90)
+    picture.save(root / df["image"][train], "JPEG", quality=50)
+    return min(train, test) + 2, "image"
+
+
 def _case_variants(root):
     set_cell(root, 31, "diagnosis", "MEL")
     return set_cell(root, 30, "diagnosis", "Mel"), "diagnosis"
@@ -127,6 +139,8 @@ BAD = [
     Bad("non-numeric-metadata", _value("age", "forty"), "non_numeric", "write a number"),
     Bad("group-in-two-splits", _group_leak, "group_leak", "move all rows"),
     Bad("duplicate-row", _duplicate_row, "duplicate_row", "keep one row per image"),
+    Bad("near-duplicate-in-two-splits", _near_duplicate, "near_duplicate_leak", "put both in one split",
+        images=True),
     Bad("semicolon-csv-missing-split", _semicolon_without_split, "missing_column", "add a 'split' column"),
     Bad("repeated-header-column", _repeated_header, None, "keep one column"),
     Bad("empty-csv", _empty_csv, None, "write a header line"),

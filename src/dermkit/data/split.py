@@ -4,7 +4,9 @@
 random order) go to the split furthest below its target number of images; the last groups are
 kept for splits that are still empty. It is deterministic for a seed, honours the fractions to
 within a group's size, and puts each class in every split as soon as the class has one group
-per split. ``write_split`` adds the result to a dataset's metadata.csv.
+per split. ``write_split`` adds the result to a dataset's metadata.csv; its groups join a
+lesion's rows, rows declared as copies and rows whose images are near-duplicates (perceptual
+hashes), so no picture ends up in two splits.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,7 @@ import pandas as pd
 from dermkit.data.card import DatasetCard, load_card
 from dermkit.data.card_schema import SPLITS
 from dermkit.data.metadata_csv import csv_lines
+from dermkit.data.near_duplicates import row_links
 from dermkit.errors import ConfigError, DataError
 from dermkit.io import write_csv
 
@@ -167,11 +170,16 @@ def effective_groups(
     group_column: str | None = None,
     duplicate_column: str | None = None,
     id_column: str | None = None,
+    links: Iterable[Sequence[int]] = (),
 ) -> pd.Series:
-    """Group key per row: ``group_column`` joined with rows declared identical in ``duplicate_column``.
+    """Group key per row: ``group_column`` joined with rows declared identical in ``duplicate_column``
+    and with the row pairs in ``links``.
 
     ``duplicate_column`` lists ids (of ``id_column``, else of ``image``) of identical copies,
-    separated by ``;``/``,``/spaces. Linked rows get one key so a split never separates copies.
+    separated by ``;``/``,``/spaces. ``links``: pairs ``(i, j, ...)`` of row *positions* that show
+    one picture (e.g. :func:`dermkit.data.near_duplicates.row_links`). Linked rows get one key
+    (``group:<first row of the cluster>``) so a split never separates copies; without links and
+    declared copies the keys are the group column's.
     """
     n = len(table)
     parent = list(range(n))
@@ -204,6 +212,8 @@ def effective_groups(
             for other in filter(None, re.split(r"[;,|\s]+", str(value))):
                 for j in where.get(other, []):
                     union(pos, j)
+    for link in links:
+        union(int(link[0]), int(link[1]))
     return pd.Series([f"group:{find(i)}" for i in range(n)], index=table.index, name="group")
 
 
@@ -214,11 +224,17 @@ def write_split(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     group: str | None | bool = None,
     force: bool = False,
+    near_duplicates: bool = True,
+    threads: int = 4,
 ) -> Path:
     """Add or replace the ``split`` column of a dataset's metadata.csv (written atomically).
 
     ``group`` None uses the card's ``group_column``; ``"none"`` (or False) disables grouping.
-    Rows named as copies of each other in the card's ``duplicate_column`` always share a split.
+    Rows named as copies of each other in the card's ``duplicate_column`` always share a split,
+    and so (with ``near_duplicates``) do rows whose images are near-duplicates (perceptual hashes,
+    :func:`dermkit.data.near_duplicates.row_links`, read in ``threads`` threads; images that are
+    missing or unreadable are left out): a cluster of them is one group, like a lesion. A table
+    without near-duplicates gets the same split as with ``near_duplicates=False``.
     An existing non-empty split column is only replaced with ``force=True``. ``out_csv``
     writes the result to another file instead of the dataset's metadata.csv. Returns the path.
     """
@@ -243,7 +259,11 @@ def write_split(
             f"{card.metadata_csv} has no group column {group_col!r}; pass an existing column "
             "as group, or group='none' to split images independently"
         )
-    groups = effective_groups(table, group_col, card.duplicate_column, card.id_column)
+    links = []
+    if near_duplicates and "image" in table.columns:
+        columns = ["image"] + ([card.second_view_column] if card.second_view_column else [])
+        links = row_links(table, card.root, columns, follow_symlinks=card.follow_symlinks, threads=threads)
+    groups = effective_groups(table, group_col, card.duplicate_column, card.id_column, links)
     table["split"] = make_splits(table, "diagnosis", groups, fractions=fractions, seed=seed)
     out = Path(out_csv) if out_csv is not None else card.metadata_csv
     write_csv(out, table)

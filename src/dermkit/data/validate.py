@@ -24,6 +24,7 @@ from PIL import Image
 
 from dermkit.data.card import DatasetCard, load_card
 from dermkit.data.card_schema import BOOLEAN_FALSE, BOOLEAN_TRUE, REQUIRED_COLUMNS, SPLITS
+from dermkit.data.hashes import HASH_BITS, hash_pairs
 from dermkit.data.images import (
     FOLLOW_SYMLINKS_HINT,
     IMAGE_FIXES,
@@ -34,6 +35,8 @@ from dermkit.data.images import (
     read_image_bytes,
 )
 from dermkit.data.metadata_csv import DELIMITER_NAMES, line_list
+from dermkit.data.near_duplicates import image_hash
+from dermkit.data.split import effective_groups
 from dermkit.errors import DataError
 from dermkit.io import write_csv, write_json
 from dermkit.values import spelling_difference, spelling_key
@@ -574,6 +577,56 @@ class _Checker:
                     severity="warning",
                 )
 
+    def near_duplicates(self, hashes: dict[tuple, np.ndarray], digests: dict[tuple, str]):
+        """Pairs of rows whose images look like one picture (resized, re-encoded, brightened or
+        mirrored: perceptual hashes within ``NEAR_DUPLICATE_BITS``). In different splits an error;
+        in one split a warning. Left out: byte-identical files (``identical_images``), one file
+        listed twice (``duplicate_row``) and rows that a split keeps together anyway (one group id,
+        or declared copies): a group or declared copy in two splits is reported as such."""
+        if len(hashes) < 2:
+            return
+        keys = sorted(hashes)
+        table, split = self.table, self.table["split"]
+        gcol = self.card.group_column if self.card.group_column in table.columns else None
+        groups = effective_groups(table, gcol, self.card.duplicate_column, self.card.id_column)
+        best: dict[tuple, tuple] = {}
+        for a, b, bits in hash_pairs([hashes[k] for k in keys]):
+            (ka, kb) = sorted((keys[a], keys[b]))
+            (i, ca), (j, cb) = ka, kb
+            if i == j or digests[ka] == digests[kb] or groups[i] == groups[j]:
+                continue
+            if _norm_rel(str(table[ca][i])) == _norm_rel(str(table[cb][j])):
+                continue
+            if split[i] not in SPLITS or split[j] not in SPLITS:
+                continue  # invalid_split / missing_value report these rows
+            if (i, j) not in best or bits < best[(i, j)][0]:
+                best[(i, j)] = (bits, ca, cb)
+        for (i, j), (bits, ca, cb) in sorted(best.items()):
+            first = f"line {self.line[i]} {ca} {table[ca][i]!r} ({split[i]})"
+            second = f"line {self.line[j]} {cb} {table[cb][j]!r} ({split[j]})"
+            how = f"{bits} of {HASH_BITS} perceptual-hash bits differ"
+            if split[i] != split[j]:
+                group = f"'{gcol}'" if gcol else "a group column (group_column in dataset.yaml)"
+                self.add(
+                    "near_duplicate_leak",
+                    f"{self.csv}: near-duplicate images in different splits ({how}: the same picture "
+                    f"resized, re-encoded, brightened or mirrored): {first} and {second}",
+                    f"put both in one split: give them one group id in {group}, or keep one copy "
+                    "(`dermkit data split --force` keeps near-duplicates in one split)",
+                    self.line[i],
+                    ca,
+                )
+            else:
+                self.add(
+                    "near_duplicates",
+                    f"{self.csv}: near-duplicate images ({how}): {first} and {second}",
+                    "harmless within one split (`dermkit data split` keeps them together); remove "
+                    "copies if they were not intended",
+                    self.line[i],
+                    ca,
+                    severity="warning",
+                )
+
     # -------------------------------------------------------------------------- metadata
     def metadata(self) -> pd.DataFrame:
         card = self.card
@@ -695,14 +748,15 @@ _REQUIRED_FIX = {
 
 
 def _inspect(path: Path):
-    """Read, hash and fully decode one image (runs in a worker thread)."""
+    """Read, hash and fully decode one image (runs in a worker thread): ``(digest, perceptual
+    hash or None, None)``, or ``(None, None, ImageProblem)``."""
     try:
         data = read_image_bytes(path)
         digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-        decode_image_bytes(data, path, convert=False)
-        return digest, None
+        image = decode_image_bytes(data, path, convert=False)
     except ImageProblem as problem:
-        return None, problem
+        return None, None, problem
+    return digest, image_hash(image), None
 
 
 def _inspect_chunk(paths: list[Path]) -> list[tuple]:
@@ -710,7 +764,8 @@ def _inspect_chunk(paths: list[Path]) -> list[tuple]:
 
 
 def _inspect_all(paths: list[Path], progress: bool, threads: int) -> dict[Path, tuple]:
-    """Inspect ``paths`` in a thread pool; returns path -> (digest | None, ImageProblem | None).
+    """Inspect ``paths`` in a thread pool; returns path -> (digest | None, perceptual hash | None,
+    ImageProblem | None).
 
     Pillow releases the GIL while decoding, so threads overlap decoding with header parsing and
     file reads. Paths go to the pool in chunks: one future per 200x150 image costs as much as
@@ -765,13 +820,18 @@ def check_dataset(
     diagnosis; label != index of diagnosis; split not train/val/test; an empty split; duplicate
     image rows; paths escaping the folder; missing images; non-numeric values in numeric
     metadata; a group (``group_column``) in two splits; identical images in two splits (declared
-    in ``duplicate_column``, or byte-identical files when ``check_images``). With
-    ``check_images`` every image (and second view) is also read, hashed (BLAKE2b) and fully
-    decoded in ``threads`` threads to find unreadable, truncated and decompression-bomb files.
-    Also errors: diagnoses differing only by case/spacing (from each other when the card lists
-    no classes, ``case_variant``; or from a listed class) and a header without rows. Warnings:
-    classes with < 5 images in a split, metadata columns > 50% empty, rows without a group id
-    (each its own group), a metadata.csv not separated by commas (read anyway), and similar.
+    in ``duplicate_column``, or byte-identical files when ``check_images``); near-duplicate
+    images in two splits (``near_duplicate_leak``, when ``check_images``: resized, re-encoded,
+    brightened or mirrored copies whose perceptual hashes differ in at most
+    ``NEAR_DUPLICATE_BITS`` of 256 bits, unless their rows share a group id or are declared
+    copies, which a group or declared-copy leak reports). With ``check_images`` every image (and
+    second view) is also read, hashed (BLAKE2b and a perceptual hash of the decoded image) and
+    fully decoded in ``threads`` threads to find unreadable, truncated and decompression-bomb
+    files. Also errors: diagnoses differing only by case/spacing (from each other when the card
+    lists no classes, ``case_variant``; or from a listed class) and a header without rows.
+    Warnings: classes with < 5 images in a split, byte-identical or near-duplicate images within
+    one split, metadata columns > 50% empty, rows without a group id (each its own group), a
+    metadata.csv not separated by commas (read anyway), and similar.
 
     Key columns are read as :attr:`DatasetCard.table` normalises them: surrounding spaces are
     dropped and "NA", "null", "None", "-", ... (plus the card's ``missing_values``) are missing.
@@ -816,15 +876,18 @@ def check_dataset(
             unique = sorted(set(paths.values()))
             results = _inspect_all(unique, progress, threads)
             images_checked = len(unique)
-            digests = {}
+            digests, hashes = {}, {}
             for key, path in paths.items():
-                digest, problem = results[path]
+                digest, phash, problem = results[path]
                 if problem is not None:
                     c.image_problem(key, path, problem)
                 else:
                     digests[key] = digest
+                    if phash is not None:
+                        hashes[key] = phash
             if "split" in has:
                 c.identical_images(digests)
+                c.near_duplicates(hashes, digests)
         else:
             c.files_exist(paths)
     if "split" in has:

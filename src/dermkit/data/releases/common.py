@@ -29,6 +29,7 @@ import yaml
 from dermkit.data.card import load_card
 from dermkit.data.card_schema import SPLITS, packaged_spec
 from dermkit.data.metadata_csv import line_list, read_metadata
+from dermkit.data.near_duplicates import row_links
 from dermkit.data.split import effective_groups, make_splits
 from dermkit.data.validate import CheckResult, check_dataset
 from dermkit.errors import DataError
@@ -342,7 +343,7 @@ def _duplicates(table: pd.DataFrame, card_dir: Path, id_column: str | None) -> p
 
 
 def _splits(table: pd.DataFrame, release: Release, mode: str, seed: int, group_column: str | None,
-            id_column: str | None):
+            id_column: str | None, card_dir: Path, image_columns: Sequence[str] = ("image",)):
     official = release.official_split
     if official is not None:
         official = official.reset_index(drop=True)
@@ -355,13 +356,15 @@ def _splits(table: pd.DataFrame, release: Release, mode: str, seed: int, group_c
         group_column = "_group"
     elif not (group_column and group_column in table.columns):
         group_column = None
-    # Rows that show byte-identical images are one group too (effective_groups reads duplicate_of).
-    groups = effective_groups(table, group_column, "duplicate_of", id_column)
+    # Rows that show byte-identical images are one group too (effective_groups reads duplicate_of),
+    # and so are rows whose images are near-duplicates (perceptual hashes of the placed files).
+    links = row_links(table, card_dir, image_columns)
+    groups = effective_groups(table, group_column, "duplicate_of", id_column, links)
     if "_group" in table.columns:  # dropped in place, as it was added above
         del table["_group"]
     split = make_splits(table, "diagnosis", groups, seed=seed)
     by = f", grouped by {group_column}" if group_column and group_column != "_group" else ""
-    why = f"grouped stratified split (70/15/15, seed {seed}{by}; identical images kept together)"
+    why = f"grouped stratified split (70/15/15, seed {seed}{by}; identical and near-duplicate images kept together)"
     if mode == "official" and official is not None:
         why += "; the official split does not cover train, val and test for every image, kept as official_split"
     elif mode == "official":
@@ -371,18 +374,28 @@ def _splits(table: pd.DataFrame, release: Release, mode: str, seed: int, group_c
     return split, why
 
 
+_OFFICIAL_LEAKS = ("duplicate_image_leak", "near_duplicate_leak")
+
+
 def _official_leaks(result: CheckResult, split_source: str) -> tuple[list, list]:
-    """(errors that block the import, notes): with the official split, identical images that the
-    release itself put in different splits are the benchmark as published: reported, not fatal."""
+    """(errors that block the import, notes): with the official split, identical and near-duplicate
+    images that the release itself put in different splits are the benchmark as published: reported,
+    not fatal."""
     if split_source != "official":
         return result.errors, []
-    leaks = [p for p in result.errors if p.kind == "duplicate_image_leak"]
     notes = []
-    if leaks:
+    identical = sum(p.kind == "duplicate_image_leak" for p in result.errors)
+    near = sum(p.kind == "near_duplicate_leak" for p in result.errors)
+    if identical:
         notes.append("the official split puts byte-identical images in different splits (`dermkit data check` "
-                     f"reports them: {len(leaks)} error(s), see duplicate_of): the benchmark as published; import "
+                     f"reports them: {identical} error(s), see duplicate_of): the benchmark as published; import "
                      "with --split grouped for a split without this leak")
-    return [p for p in result.errors if p.kind != "duplicate_image_leak"], notes
+    if near:
+        notes.append("the official split puts near-duplicate images (the same picture resized, re-encoded or "
+                     f"mirrored) in different splits (`dermkit data check` reports them: {near} "
+                     "near_duplicate_leak error(s)): the benchmark as published; import with --split grouped for a "
+                     "split that keeps them together")
+    return [p for p in result.errors if p.kind not in _OFFICIAL_LEAKS], notes
 
 
 def _prepare_out(out: Path, source: Path, force: bool, out_inside_ok: bool = False) -> None:
@@ -444,7 +457,10 @@ def build_card(
         card_dir.mkdir()
         _place(release.files, card_dir, src, link)
         table["duplicate_of"] = _duplicates(table, card_dir, id_column)
-        table["split"], split_source = _splits(table, release, split, seed, group_column, id_column)
+        view = spec.get("second_view_column", base.get("second_view_column"))
+        image_columns = ["image"] + ([view] if view and view in table.columns else [])
+        table["split"], split_source = _splits(table, release, split, seed, group_column, id_column, card_dir,
+                                               image_columns)
         spec["import"] = {"release": release_name, "from": str(source.resolve()), "split": split_source}
         write_csv(card_dir / "metadata.csv", table)
         write_text(card_dir / "dataset.yaml",
