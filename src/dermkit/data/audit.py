@@ -31,6 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
+from dermkit.data.hashes import pair_bits
 from dermkit.errors import DataError
 
 __all__ = [
@@ -73,13 +74,6 @@ class PairStats:
         return float(min(1.0, max(0.0, s_hash, s_cos)))
 
 
-def _pair_bits(hashes: np.ndarray, rows: slice) -> np.ndarray:
-    plain, mirrored = hashes[:, 0], hashes[:, 1]
-    block = plain[rows, None, :]
-    return np.minimum(np.bitwise_count(block ^ plain[None]).sum(axis=2, dtype=np.int32),
-                      np.bitwise_count(block ^ mirrored[None]).sum(axis=2, dtype=np.int32))
-
-
 def near_duplicate_pairs(embeddings: np.ndarray, hashes: np.ndarray, max_bits: int, min_cosine: float,
                          neighbours: int = 5, block: int = 512) -> PairStats:
     """All pairs ``i < j`` compared once, in blocks: the distributions of both distances, and as
@@ -100,7 +94,7 @@ def near_duplicate_pairs(embeddings: np.ndarray, hashes: np.ndarray, max_bits: i
     for start in range(0, n, block):
         rows = slice(start, min(n, start + block))
         cos = emb[rows] @ emb.T
-        bits = _pair_bits(hashes, rows)
+        bits = pair_bits(hashes, rows).astype(np.int64)
         ii = np.arange(rows.start, rows.stop)[:, None]
         upper = np.arange(n)[None, :] > ii  # each pair once
         bit_counts += np.bincount(bits[upper], minlength=len(bit_counts))
