@@ -10,8 +10,9 @@ What comes from where (DESIGN.md, "Data audit"):
   and re-encoded copies whatever the encoder. One score ranks them, each distance measured against
   its own cut-off: ``s_hash = 1 - bits / (2 * max_bits)`` and ``s_cos = 0.5 + 0.5 * (cos - c) / (1 - c)``
   (``c`` the cosine cut-off), clipped to [0, 1]; ``score = max(s_hash, s_cos)``. So 1 is an
-  identical picture, 0.5 is exactly at a cut-off (a pair is flagged at ``score >= 0.5``) and
-  unrelated pairs fall towards 0. The distributions of both distances over all pairs are kept to
+  identical picture, 0.5 is exactly at a cut-off and unrelated pairs fall towards 0. A pair is
+  flagged within the hash cut-off, or above the cosine cut-off when the two are each other's
+  nearest image (:meth:`PairStats.flagged`). The distributions of both distances over all pairs are kept to
   say how many pairs of the collection lie beyond each cut-off.
 - **Off-topic** images: isolation in the embedding space, the mean cosine distance to the ``k``
   nearest neighbours (SelfClean ranks with a single-linkage dendrogram (LAD); the k-NN distance
@@ -56,6 +57,17 @@ class PairStats:
     max_bits: int = 0  # the pHash cut-off
     min_cosine: float = 1.0  # the embedding cut-off
     candidates: dict = field(default_factory=dict)  # (i, j) -> (bits, cosine)
+    nearest: np.ndarray | None = None  # each image's nearest other image in the embedding space
+
+    def mutual(self, i: int, j: int) -> bool:
+        """True when ``i`` and ``j`` are each other's nearest neighbour in the embedding space."""
+        return self.nearest is not None and self.nearest[i] == j and self.nearest[j] == i
+
+    def flagged(self, i: int, j: int, bits: int, cosine: float) -> bool:
+        """A pair within the hash cut-off, or above the cosine cut-off *and* mutual nearest
+        neighbours (in a dense class, such as HAM10000's nevi, many pairs of different lesions pass
+        a cosine cut-off that keeps 95% of planted copies; a copy is its original's nearest image)."""
+        return bits <= self.max_bits or (cosine >= self.min_cosine and self.mutual(i, j))
 
     def p_bits(self, bits: int) -> float:
         """Share of pairs at most ``bits`` apart in their perceptual hashes."""
@@ -91,6 +103,7 @@ def near_duplicate_pairs(embeddings: np.ndarray, hashes: np.ndarray, max_bits: i
     cos_counts = np.zeros(_BINS, dtype=np.int64)
     candidates: dict[tuple[int, int], tuple[int, float]] = {}
     k = max(0, min(neighbours, n - 1))
+    nearest = np.zeros(n, dtype=np.int64)
     for start in range(0, n, block):
         rows = slice(start, min(n, start + block))
         cos = emb[rows] @ emb.T
@@ -101,15 +114,16 @@ def near_duplicate_pairs(embeddings: np.ndarray, hashes: np.ndarray, max_bits: i
         cos_counts += np.bincount(np.clip(((cos[upper] + 1.0) / 2.0 * _BINS).astype(np.int64), 0, _BINS - 1),
                                   minlength=_BINS)
         hit = upper & ((bits <= max_bits) | (cos >= min_cosine))
+        masked = np.where(np.arange(n)[None, :] == ii, -np.inf, cos)
+        nearest[rows] = masked.argmax(axis=1)
         if k:
-            masked = np.where(np.arange(n)[None, :] == ii, -np.inf, cos)
-            nearest = np.argpartition(-masked, k - 1, axis=1)[:, :k]
-            hit[np.arange(len(nearest))[:, None], nearest] = True
+            top = np.argpartition(-masked, k - 1, axis=1)[:, :k]
+            hit[np.arange(len(top))[:, None], top] = True
         for a, b in zip(*np.nonzero(hit)):
             i, j = sorted((int(a) + start, int(b)))
             if i != j:  # both distances are symmetric: the block's cell holds them
                 candidates[(i, j)] = (int(bits[a, b]), float(cos[a, b]))
-    return PairStats(n * (n - 1) // 2, bit_counts, cos_counts, max_bits, float(min_cosine), candidates)
+    return PairStats(n * (n - 1) // 2, bit_counts, cos_counts, max_bits, float(min_cosine), candidates, nearest)
 
 
 def off_topic_scores(embeddings: np.ndarray, k: int = 10, block: int = 1024) -> np.ndarray:

@@ -16,7 +16,8 @@ How the cut-offs are set (all written to audit.json): a near-duplicate pair is f
 perceptual hashes are within ``NEAR_DUPLICATE_BITS`` (calibrated on HAM10000, see
 :mod:`dermkit.data.hashes`) or its embeddings are at least as similar as 95% of *planted copies*
 of the collection's own images (resized, re-encoded, cropped, mirrored and colour-shifted copies of
-up to 60 images, made and embedded in a temporary folder); an image is off-topic beyond Tukey's
+up to 60 images, made and embedded in a temporary folder) and the two are each other's nearest
+image; an image is off-topic beyond Tukey's
 far-out fence of the isolation scores; a label issue is what Confident Learning flags.
 """
 
@@ -118,8 +119,9 @@ def run_audit(card, out_dir: str | os.PathLike, model: str = DEFAULT_AUDIT_MODEL
             "within_split_hidden": int((~flagged["cross_split"] & ~flagged["same_group"]).sum()),
             "cutoff": {"hash_bits": NEAR_DUPLICATE_BITS, "cosine": round(float(min_cos), 6),
                        "how": f"a pair is flagged when its 256-bit pHashes differ in <= {NEAR_DUPLICATE_BITS} bits "
-                              "(calibrated on HAM10000 copies) or its embeddings' cosine is at least that of "
-                              f"{COPY_RECALL:.0%} of planted copies of this collection's own images",
+                              "(calibrated on HAM10000 copies), or when the two are each other's nearest image and "
+                              f"their embeddings' cosine is at least that of {COPY_RECALL:.0%} of planted copies of "
+                              "this collection's own images",
                        "planted_copies": calibration,
                        "pairs_above_cosine_cutoff_share": stats.p_cos(min_cos)},
             "score": "max(1 - bits / (2 * hash cut-off), 0.5 + 0.5 * (cos - cosine cut-off) / (1 - cosine "
@@ -268,7 +270,7 @@ def _pair_table(rows: pd.DataFrame, groups: list[str], stats: PairStats, min_cos
                         "cross_split": bool(splits[i] != splits[j]), "same_group": bool(groups[i] == groups[j]),
                         "split_a": splits[i], "split_b": splits[j], "hash_bits": int(bits),
                         "cosine": round(float(cos), 6),
-                        "flagged": bool(bits <= stats.max_bits or cos >= stats.min_cosine)})
+                        "flagged": stats.flagged(i, j, bits, cos)})
     table = pd.DataFrame(records, columns=["image_a", "image_b", "score", "cross_split", "same_group", "split_a",
                                            "split_b", "hash_bits", "cosine", "flagged"])
     return table.sort_values(["score", "cosine"], ascending=False, kind="stable").reset_index(drop=True)
