@@ -45,6 +45,9 @@ def data_check(
     result = check_dataset(card, check_images=images, progress=True, follow_symlinks=follow_symlinks or None)
     console.print(f"[bold]{card.name}[/bold]  {card.root}")
     console.print(_frame_table(result.summary.reset_index(), "images per class and split"))
+    if result.extra.get("exclusion_note"):
+        console.print(f"[cyan]info[/cyan] {escape(result.extra['exclusion_note'])} (counted above; left out by "
+                      "every command that trains or evaluates)", soft_wrap=True)
     if result.metadata_coverage is not None and len(result.metadata_coverage):
         console.print(_frame_table(result.metadata_coverage, "metadata coverage"))
     errors = [p for p in result.problems if p.severity == "error"]

@@ -9,12 +9,19 @@ Image paths in metadata.csv are relative to the folder and must stay inside it. 
 ``images/`` is a symlink to where the images really live (a large shared image store) is refused
 unless ``dataset.yaml`` says ``follow_symlinks: true``; absolute paths and ``..`` that climbs out
 of the folder are refused even then.
+
+Exclusions are data: ``exclude: audit/excluded.csv`` in ``dataset.yaml`` names a CSV inside the
+folder with columns ``image,reason`` (``image`` as in metadata.csv). :meth:`DatasetCard.rows`
+leaves those images out, so every command that trains or evaluates on the card skips them, and
+says once (a warning) how many rows it left out and why. ``metadata.csv`` itself is untouched.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +78,9 @@ class DatasetCard:
     license, duplicate_column, id_column, missing_values, base_card and ``follow_symlinks``
     (default false: image paths that lead out of the folder through a symlink, e.g. ``images/``
     linked to an image store elsewhere, are refused; true follows such links deliberately;
-    absolute paths and ``..`` out of the folder stay refused). Other keys are kept in ``extra``.
+    absolute paths and ``..`` out of the folder stay refused) and ``exclude`` (a CSV inside the
+    folder, columns image,reason: images :meth:`rows` leaves out, see :attr:`exclusions`). Other
+    keys are kept in ``extra``.
     """
 
     def __init__(self, root: str | os.PathLike, spec: dict, sources: tuple[str, ...] = (),
@@ -93,6 +102,7 @@ class DatasetCard:
         self.required_metadata: list[str] = list(spec.get("required_metadata") or [])
         self.missing_values: list[str] = list(spec.get("missing_values") or [])
         self._follow_symlinks: bool = bool(spec.get("follow_symlinks") or False)
+        self.exclude: str | None = spec.get("exclude")
         self.extra: dict = {k: v for k, v in spec.items() if k not in CARD_KEYS}
         self._classes: list[str] | None = spec.get("classes")
         self._class_names: dict = dict(spec.get("class_names") or {})
@@ -105,6 +115,9 @@ class DatasetCard:
         # missing-value tokens (e.g. 'NA') of the cells that were read as missing.
         self._csv_delimiter: str = ","
         self._missing_tokens: dict[str, pd.Series] = {}
+        self._exclusions: pd.DataFrame | None = None
+        self._excluded_rows: pd.Series | None = None  # reason kind per excluded row of the table
+        self._exclusions_reported = False
 
     def __repr__(self) -> str:
         return f"DatasetCard(name={self.name!r}, root={str(self.root)!r})"
@@ -165,6 +178,8 @@ class DatasetCard:
         self._table = None
         self._resolver = None
         self._image_lines = None
+        self._exclusions = None
+        self._excluded_rows = None
 
     # ---------------------------------------------------------------- classes
     @property
@@ -330,8 +345,129 @@ class DatasetCard:
                 f"assign rows to {split!r} in {self.metadata_csv} or re-split with "
                 "`dermkit data split --force`"
             )
+        left_out = self.excluded_rows
+        if len(left_out):
+            self._report_exclusions()
+            kept = df[~df.index.isin(left_out.index)]
+            if kept.empty:
+                raise DataError(
+                    f"split {split!r} of dataset {self.name}: all {len(df)} rows are listed in the exclusion "
+                    f"list {self.exclude_csv}; remove some lines from it or re-split"
+                )
+            df = kept
         df["csv_line"] = np.asarray(df.index, dtype=np.int64) + 2
         return df
+
+    # ------------------------------------------------------------- exclusions
+    @property
+    def exclude_csv(self) -> Path | None:
+        """The exclusion list named by ``exclude:`` (checked to stay inside :attr:`root`), or None."""
+        if self.exclude is None:
+            return None
+        rel = str(self.exclude).strip()
+        text = rel.replace("\\", "/")
+        where = self._card_file()
+        if not text or text.startswith("/") or (len(text) >= 2 and text[1] == ":") or os.path.isabs(rel):
+            raise DataError(f"{where}: 'exclude: {rel}' must be a path relative to the dataset folder {self.root} "
+                            "(e.g. exclude: audit/excluded.csv)")
+        parts = os.path.normpath(text).split(os.sep)
+        if parts[0] == "..":
+            raise DataError(f"{where}: 'exclude: {rel}' leaves the dataset folder {self.root} through '..'; keep "
+                            "the exclusion list inside the folder")
+        path = self.root / text
+        if not self._follow_symlinks:
+            real, root = os.path.realpath(path), os.path.realpath(self.root)
+            if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+                raise DataError(f"{where}: 'exclude: {rel}' leads out of the dataset folder {self.root} through a "
+                                f"symlink (to {real}); keep the exclusion list inside the folder")
+        return path
+
+    def _card_file(self) -> str:
+        return next((s for s in self.sources if s.endswith("dataset.yaml")), str(self.root / "dataset.yaml"))
+
+    @property
+    def exclusions(self) -> pd.DataFrame:
+        """The exclusion list as read: columns image, reason, line (its line in the CSV, header =
+        1); empty without ``exclude:``. DataError naming the file (and line) when it is missing,
+        unreadable, has no ``image`` column, an empty image cell or an image not in metadata.csv."""
+        if self._exclusions is None:
+            self._exclusions = self._read_exclusions()
+        return self._exclusions
+
+    def _read_exclusions(self) -> pd.DataFrame:
+        empty = pd.DataFrame({"image": pd.Series(dtype=object), "reason": pd.Series(dtype=object),
+                              "line": pd.Series(dtype=np.int64)})
+        path = self.exclude_csv
+        if path is None:
+            return empty
+        fix = "a CSV with the header image,reason and one excluded image per line"
+        if not path.is_file():
+            raise DataError(f"{path} (exclude: in {self._card_file()}) does not exist; write {fix}, or remove the "
+                            "'exclude' key")
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path} line 1: the file is empty; write {fix}") from None
+        except (OSError, UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
+            raise DataError(f"{path}: cannot read the exclusion list ({str(exc).strip()}); write {fix}") from None
+        frame.columns = [str(c).strip() for c in frame.columns]
+        if "image" not in frame.columns:
+            raise DataError(f"{path} line 1 (header): no 'image' column (columns: {', '.join(frame.columns)}); "
+                            f"write {fix}")
+        frame["line"] = np.arange(len(frame), dtype=np.int64) + 2
+        frame = frame[(frame.drop(columns="line") != "").any(axis=1)]  # blank lines
+        image = frame["image"].str.strip()
+        reason = frame["reason"].str.strip() if "reason" in frame.columns else pd.Series("", index=frame.index)
+        blank = image == ""
+        if blank.any():
+            raise DataError(f"{path} line {int(frame['line'][blank].iloc[0])}: empty 'image' cell; give the image "
+                            "as in metadata.csv's image column, or delete the line")
+        known = set(self.table["image"].dropna().astype(str).str.strip()) if "image" in self.table.columns else set()
+        unknown = ~image.isin(known)
+        if unknown.any():
+            first = int(frame["line"][unknown].iloc[0])
+            more = f" (and {int(unknown.sum()) - 1} more lines)" if unknown.sum() > 1 else ""
+            raise DataError(f"{path} line {first}: image {image[unknown].iloc[0]!r} is not in {self.metadata_csv} "
+                            f"(column 'image'){more}; fix the path or delete the line")
+        out = pd.DataFrame({"image": image, "reason": reason.where(reason != "", "no reason given"),
+                            "line": frame["line"]}).drop_duplicates("image").reset_index(drop=True)
+        return out
+
+    @property
+    def excluded_rows(self) -> pd.Series:
+        """Kind of reason (see :func:`reason_kind`) per row of :attr:`table` that the exclusion list
+        leaves out, indexed like the table; empty without an exclusion list."""
+        if self._excluded_rows is None:
+            exclusions = self.exclusions
+            if exclusions.empty:
+                self._excluded_rows = pd.Series(dtype=object)
+            else:
+                kinds = dict(zip(exclusions["image"], exclusions["reason"].map(reason_kind)))
+                images = self.table["image"].dropna().astype(str).str.strip()
+                images = images[images.isin(kinds)]
+                self._excluded_rows = images.map(kinds)
+        return self._excluded_rows
+
+    @property
+    def excluded(self) -> dict[str, int]:
+        """Rows of metadata.csv the exclusion list leaves out, per kind of reason (most first);
+        empty without one."""
+        counts = self.excluded_rows.value_counts()
+        return {str(k): int(v) for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
+
+    def exclusion_note(self) -> str:
+        """One line: how many rows the exclusion list leaves out and why; empty without one."""
+        counts = self.excluded
+        if not counts:
+            return ""
+        why = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+        return (f"dataset {self.name}: {sum(counts.values())} of {len(self.table)} rows left out by the exclusion "
+                f"list {self.exclude_csv} ({why})")
+
+    def _report_exclusions(self) -> None:
+        if not self._exclusions_reported:
+            self._exclusions_reported = True
+            warnings.warn(self.exclusion_note(), UserWarning, stacklevel=3)
 
     def labels(self, df: pd.DataFrame) -> np.ndarray:
         """Class indices (int64) of ``df['diagnosis']``; DataError naming the CSV line if unknown."""
@@ -434,8 +570,17 @@ class DatasetCard:
             "id_column": self.id_column,
             "missing_values": self.missing_values,
             "follow_symlinks": self.follow_symlinks,
+            "exclude": self.exclude,
             **self.extra,
         }
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of an exclusion reason: its text before the first ':', '(' or ' of '
+    ("near-duplicate of X (cross-split)" -> "near-duplicate", "label issue: given ..." -> "label
+    issue"); per-kind counts are :attr:`DatasetCard.excluded`."""
+    kind = re.split(r"[:(]| of ", str(reason), maxsplit=1)[0].strip()
+    return kind or "no reason given"
 
 
 def _locate(source: str | os.PathLike) -> Path:

@@ -56,6 +56,7 @@ CARD_KEYS = (
     "missing_values",
     "base_card",
     "follow_symlinks",
+    "exclude",
 )
 # Keys whose mapping values are merged (dataset.yaml extends the packaged card) instead of replaced.
 _MERGED_KEYS = ("class_names", "synonyms", "metadata_columns")
@@ -181,6 +182,11 @@ def validate_spec(spec: dict, where: str) -> dict:
     out["required_metadata"] = _str_list(out.get("required_metadata"), "required_metadata", where)
     out["follow_symlinks"] = _bool(out.get("follow_symlinks"), "follow_symlinks", where)
     out["missing_values"] = _str_list(out.get("missing_values"), "missing_values", where)
+    exclude = _none_name(out.get("exclude"))
+    if exclude is not None and not isinstance(exclude, str):
+        raise DataError(f"{where}: 'exclude' must be the path of a CSV inside the dataset folder "
+                        f"(e.g. exclude: audit/excluded.csv), got {exclude!r}")
+    out["exclude"] = exclude
     for key in ("group_column", "second_view_column", "duplicate_column", "id_column", "positive_class"):
         value = _none_name(out.get(key))
         if value is not None and not isinstance(value, (str, int)):

@@ -898,6 +898,12 @@ def check_dataset(
     summary = c.summary(classes)
     if "diagnosis" in has and "split" in has:
         c.small_classes(summary, classes)
+    extra = {}
+    try:
+        if card.exclude is not None:
+            extra = {"excluded": card.excluded, "exclusion_note": card.exclusion_note()}
+    except DataError as exc:
+        c.add("exclusion_list", str(exc), "fix the exclusion list, or remove 'exclude:' from dataset.yaml")
     return CheckResult(
         name=card.name,
         root=card.root,
@@ -907,4 +913,5 @@ def check_dataset(
         images_checked=images_checked,
         seconds=time.perf_counter() - start,
         checked_images=check_images,
+        extra=extra,
     )
