@@ -266,6 +266,10 @@ def data_audit(
     top: int = typer.Option(25, help="Rows of each list shown with thumbnails in audit.html."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache folder (default $DERMKIT_CACHE/features)."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    confirm: bool = typer.Option(False, "--confirm", help="Write the flagged images (off-topic, label issues and the "
+                                 "later image of each near-duplicate pair across splits) to DATA/audit/excluded.csv "
+                                 "and set 'exclude: audit/excluded.csv' in DATA/dataset.yaml: every command then "
+                                 "leaves them out (entries already listed are kept)."),
 ) -> None:
     """Find near-duplicates (and leaks across splits), off-topic images and label issues.
 
@@ -274,9 +278,10 @@ def data_audit(
     crosses splits and whether the two share a lesion id. Off-topic images are ranked by their
     isolation in the embedding space; label issues by Confident Learning (cleanlab) on
     out-of-fold probabilities of a probe on the embeddings. An interrupted audit resumes from its
-    cached embeddings. Open OUT/audit.html to confirm or reject the top of each list by eye.
+    cached embeddings. Open OUT/audit.html to confirm or reject the top of each list by eye;
+    --confirm turns the flagged rows into the card's exclusion list.
     """
-    from dermkit.engine.audit import run_audit
+    from dermkit.engine.audit import confirm_exclusions, run_audit
 
     if folds < 2:
         raise DataError(f"--folds must be >= 2, got {folds}")
@@ -292,3 +297,7 @@ def data_audit(
     console.print(f"off-topic images: {ot['flagged']} flagged")
     console.print(f"label issues: {li['flagged']} flagged ({li['rate']:.1%})")
     console.print(f"report: {Path(out) / 'audit.html'}")
+    if confirm:
+        path, count = confirm_exclusions(dataset, out)
+        console.print(f"exclusion list: {count} image(s) in {path}; dataset.yaml says 'exclude: {path.parent.name}/"
+                      f"{path.name}' (every command leaves them out; delete lines to keep an image)", soft_wrap=True)

