@@ -147,6 +147,25 @@ def test_run_evaluate_and_suite_leave_the_images_out(tiny_dataset, tmp_path, cap
     assert found and all(len(pd.read_csv(p)) == 15 for p in found)
 
 
+def test_evaluate_predictions_with_data_leaves_the_images_out(tiny_dataset, tmp_path, capsys):
+    import json
+
+    table = pd.read_csv(tiny_dataset / "metadata.csv")
+    test = table[table["split"] == "test"]
+    frame = pd.DataFrame({"image": test["image"], "target": test["diagnosis"], "prediction": test["diagnosis"],
+                          **{f"prob:{c}": (test["diagnosis"] == c).astype(float) for c in ("bcc", "mel", "nv")}})
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    _exclude(tiny_dataset)
+    assert main(["evaluate", "--predictions", str(tmp_path / "p.csv"), "--data", str(tiny_dataset),
+                 "--out", str(tmp_path / "rep"), "--n-bootstrap", "20"]) == 0
+    assert "3 prediction(s) left out" in capsys.readouterr().err
+    assert len(pd.read_csv(tmp_path / "rep" / "predictions.csv")) == 15
+    assert any("exclusion list" in w for w in json.loads((tmp_path / "rep" / "metrics.json").read_text())["warnings"])
+    assert main(["evaluate", "--predictions", str(tmp_path / "p.csv"), "--out", str(tmp_path / "all"),
+                 "--n-bootstrap", "20"]) == 0  # without --data: every row
+    assert len(pd.read_csv(tmp_path / "all" / "predictions.csv")) == 18
+
+
 def _audit_folder(folder):
     folder.mkdir()
     pd.DataFrame({"image_a": ["images/mel_train_03.jpg", "images/bcc_train_00.jpg", "images/nv_val_00.jpg"],

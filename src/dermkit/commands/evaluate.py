@@ -79,6 +79,8 @@ def evaluate_cmd(
         title = f"{predictor.name} on {card.name} ({split} split)"
     else:
         raise ConfigError("give either --predictions P.csv, or --model DIR with --data DATASET")
+    if card is not None and card.exclude is not None:
+        preds = _leave_out_excluded(preds, card, drop=model is None)
     metadata = None
     if card is not None and attributes:
         metadata = card.table.copy()
@@ -106,6 +108,24 @@ def evaluate_cmd(
     if m.get("subgroups"):
         console.print(f"subgroups: {folder}/subgroups.csv, {folder}/subgroups_forest.png")
     console.print(f"report: {folder}/report.html")
+
+
+def _leave_out_excluded(preds, card, drop: bool):
+    """The predictions without the images of the card's exclusion list (``drop``: a predictions CSV;
+    a model's predictions never held them), with a note for the report's warnings."""
+    from dermkit.evaluate.predictions import WARNINGS_ATTR
+
+    attrs = dict(preds.attrs)
+    note = card.exclusion_note()
+    if drop:
+        listed = preds["image"].astype(str).str.strip().isin(set(card.exclusions["image"]))
+        preds = preds[~listed].reset_index(drop=True)
+        note = (f"{int(listed.sum())} prediction(s) left out: their images are in the exclusion list "
+                f"{card.exclude_csv} of dataset {card.name}") if listed.any() else ""
+    preds.attrs.update(attrs)
+    if note:
+        preds.attrs[WARNINGS_ATTR] = [*attrs.get(WARNINGS_ATTR, ()), note]
+    return preds
 
 
 def predict(
