@@ -833,6 +833,10 @@ def check_dataset(
     one split, metadata columns > 50% empty, rows without a group id (each its own group), a
     metadata.csv not separated by commas (read anyway), and similar.
 
+    An exclusion list (``exclude:`` in dataset.yaml) that is missing, unreadable, has no ``image``
+    column or names an image not in metadata.csv is an error (``exclusion_list``); otherwise its
+    per-reason counts are in ``extra['excluded']`` (information: the checks above see every row).
+
     Key columns are read as :attr:`DatasetCard.table` normalises them: surrounding spaces are
     dropped and "NA", "null", "None", "-", ... (plus the card's ``missing_values``) are missing.
 

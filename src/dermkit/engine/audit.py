@@ -209,7 +209,7 @@ def _set_exclude(card_file: Path, rel: str) -> None:
 def _audit_rows(card, splits: Sequence[str] | None) -> pd.DataFrame:
     table = card.table
     if "split" not in table.columns:
-        rows = table.copy()
+        rows = table[~table.index.isin(card.excluded_rows.index)].copy()  # rows() leaves them out too
         rows["split"] = "all"
         rows["csv_line"] = np.asarray(rows.index, dtype=np.int64) + 2
     else:
