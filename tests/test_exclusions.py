@@ -3,6 +3,7 @@ that every command leaves out; ``dermkit data audit --confirm`` writes one from 
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pandas as pd
@@ -132,6 +133,9 @@ def test_run_evaluate_and_suite_leave_the_images_out(tiny_dataset, tmp_path, cap
         assert main(["run", str(_cfg(tmp_path, tiny_dataset)), "--out", str(tmp_path / "run")]) == 0
     preds = pd.read_csv(tmp_path / "run" / "eval" / "test" / "predictions.csv")
     assert len(preds) == 15 and not set(preds["image"]) & set(EXCLUDED)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["excluded"] == load_card(tiny_dataset).excluded
+    assert sum(summary["excluded"].values()) == len(EXCLUDED)
 
     model = save_model(tmp_path / "model", create_classifier("resnet18", 3, pretrained=False),
                        {"model": "resnet18", "classes": ["bcc", "mel", "nv"], "image_size": 32,

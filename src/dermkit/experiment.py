@@ -268,6 +268,8 @@ class Run:
                 if key != "test":
                     t, t_ci = block(report)
                     summary["transfer"].append({"eval_dataset": key, "test": t, "test_ci": t_ci, "report": str(folder)})
+        if card is not None and card.excluded:  # rows the card's exclusion list left out, per reason
+            summary["excluded"] = card.excluded
         summary.update(self.summary)
         summary["wall_seconds"] = round(time.perf_counter() - self.started, 1)
         write_json(self.out_dir / "summary.json", summary)
