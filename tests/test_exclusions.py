@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -84,10 +85,12 @@ def test_hand_written_list_without_reasons_and_with_blank_lines(tiny_dataset):
      ["excluded.csv line 3", "'images/nope.jpg' is not in", "metadata.csv"]),
     ("image,reason\n,x\n", "audit/excluded.csv", ["excluded.csv line 2", "empty 'image' cell"]),
     (None, "../outside.csv", ["dataset.yaml", "leaves the dataset folder"]),
-    (None, "/tmp/abs.csv", ["dataset.yaml", "relative to the dataset folder"]),
+    (None, "ABSOLUTE", ["dataset.yaml", "relative to the dataset folder"]),  # tmp_path/abs.csv, made below
 ])
 def test_a_bad_exclusion_list_is_a_clear_error(tiny_dataset, tmp_path, capsys, text, rel, words):
-    if rel.startswith(("..", "/")):
+    if rel == "ABSOLUTE":
+        rel = str((tmp_path / "abs.csv").resolve())
+    if rel.startswith("..") or Path(rel).is_absolute():
         card = yaml.safe_load((tiny_dataset / "dataset.yaml").read_text())
         card["exclude"] = rel
         (tiny_dataset / "dataset.yaml").write_text(yaml.safe_dump(card))
