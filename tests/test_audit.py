@@ -22,7 +22,8 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import SHARED_DATA, make_dataset, requires_shared_data
 from dermkit.cli import main
-from dermkit.data.audit import label_issue_scores, near_duplicate_pairs, off_topic_scores
+from dermkit.data import load_card
+from dermkit.data.audit import label_issue_scores, mutual_nearest_pairs, near_duplicate_pairs, off_topic_scores
 from dermkit.data.hashes import NEAR_DUPLICATE_BITS, hash_distance, hash_pairs, perceptual_hash
 from dermkit.errors import DataError
 
@@ -32,6 +33,16 @@ from dermkit.errors import DataError
 def _unit(x):
     x = np.asarray(x, dtype=np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_mutual_nearest_pairs_need_both_directions_and_the_cutoff():
+    # 0-1 mutual and close; 2's nearest is 1 (not mutual); 3-4 mutual but below the cut-off
+    emb = _unit(np.array([[1.0, 0.0, 0.0], [0.999, 0.04, 0.0], [0.95, 0.3, 0.0], [0.0, 0.0, 1.0], [0.0, 0.6, 0.8]]))
+    pairs = mutual_nearest_pairs(emb, min_cosine=0.99, block=2)
+    assert [(i, j) for i, j, _ in pairs] == [(0, 1)]
+    assert pairs[0][2] == pytest.approx(float(emb[0] @ emb[1]))
+    assert [(i, j) for i, j, _ in mutual_nearest_pairs(emb, min_cosine=0.5)] == [(0, 1), (3, 4)]
+    assert mutual_nearest_pairs(emb[:1], 0.0) == []
 
 
 def test_off_topic_ranks_the_isolated_point_first():
@@ -151,6 +162,17 @@ def test_audit_writes_every_file_and_resumes_from_cached_embeddings(tiny_dataset
     again = pd.read_csv(tmp_path / "again" / "label_issues.csv")
     pd.testing.assert_frame_equal(again, issues)
 
+    # the audit left its encoder and cut-off beside the embeddings: data check uses them, computing nothing
+    from dermkit.engine.audit import audit_record, embedding_leaks
+
+    record = audit_record(load_card(tiny_dataset), cache)
+    assert record["model"] == "resnet18"
+    assert record["cosine_cutoff"] == pytest.approx(summary["near_duplicates"]["cutoff"]["cosine"], abs=1e-6)
+    found = embedding_leaks(tiny_dataset, cache)
+    assert found.images == found.of == len(table)
+    assert all(a["split"] != b["split"] for a, b, _ in found.pairs)
+    assert embedding_leaks(tiny_dataset, tmp_path / "empty") is None  # never audited there: hashes only
+
 
 # ------------------------------------------------------------------------------ planted answers on real images
 
@@ -207,7 +229,7 @@ def _non_skin(kind: str) -> Image.Image:
 @pytest.mark.realdata
 @pytest.mark.slow
 @requires_shared_data
-def test_planted_copies_non_skin_images_and_label_flips_rank_at_the_top(tmp_path):
+def test_planted_copies_non_skin_images_and_label_flips_rank_at_the_top(tmp_path, monkeypatch, capsys):
     rng = random.Random(0)
     root, rows = _real_slice(tmp_path, {"train": 110, "val": 30, "test": 40})
     planted_pairs = []
@@ -235,7 +257,9 @@ def test_planted_copies_non_skin_images_and_label_flips_rank_at_the_top(tmp_path
     rows.to_csv(root / "metadata.csv", index=False)
 
     out = tmp_path / "audit"
-    assert main(["data", "audit", str(root), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    monkeypatch.setenv("DERMKIT_CACHE", str(tmp_path / "cache"))  # data check reads the default cache
+    features = tmp_path / "cache" / "features"
+    assert main(["data", "audit", str(root), "--out", str(out), "--cache-dir", str(features)]) == 0
     pairs = pd.read_csv(out / "near_duplicates.csv")
     ranked = [frozenset((a, b)) for a, b in zip(pairs["image_a"], pairs["image_b"])]
     positions = [ranked.index(p) for p in planted_pairs]
@@ -253,3 +277,15 @@ def test_planted_copies_non_skin_images_and_label_flips_rank_at_the_top(tmp_path
     auc = roc_auc_score(y, issues.loc[candidates, "score"])
     assert auc > 0.75, auc  # flipped labels rank above clean rows
     assert truth[flip_rows].tolist() != rows["diagnosis"][flip_rows].tolist()
+
+    # data check: every planted copy is a cross-split error, the crop found by the cached embeddings
+    capsys.readouterr()
+    assert main(["data", "check", str(root)]) == 2
+    captured = capsys.readouterr()
+    leaks = " ".join(captured.err.split()).split("error [")[1:]  # rich wraps long lines
+    for kind in kinds:
+        assert any(f"copy_{kind}.jpg" in leak and leak.startswith("near_duplicate_leak") for leak in leaks), kind
+    cropped = next(leak for leak in leaks if "copy_cropped.jpg" in leak)
+    assert "perceptual-hash" in cropped or "embeddings of efficientnet_lite0" in cropped
+    out = " ".join(captured.out.split())
+    assert f"embedding check: {len(rows)} of {len(rows)} images had cached efficientnet_lite0 embeddings" in out

@@ -136,6 +136,9 @@ def test_run_evaluate_and_suite_leave_the_images_out(tiny_dataset, tmp_path, cap
         assert main(["run", str(_cfg(tmp_path, tiny_dataset)), "--out", str(tmp_path / "run")]) == 0
     preds = pd.read_csv(tmp_path / "run" / "eval" / "test" / "predictions.csv")
     assert len(preds) == 15 and not set(preds["image"]) & set(EXCLUDED)
+    cleaning = json.loads((tmp_path / "run" / "eval" / "test" / "metrics.json").read_text())["cleaning"]
+    assert (cleaning["n_full"], cleaning["n_cleaned"], cleaning["n_excluded"]) == (18, 15, 3)
+    assert "## Full vs cleaned split" in (tmp_path / "run" / "eval" / "test" / "report.md").read_text()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["excluded"] == load_card(tiny_dataset).excluded
     assert sum(summary["excluded"].values()) == len(EXCLUDED)
@@ -143,10 +146,12 @@ def test_run_evaluate_and_suite_leave_the_images_out(tiny_dataset, tmp_path, cap
     model = save_model(tmp_path / "model", create_classifier("resnet18", 3, pretrained=False),
                        {"model": "resnet18", "classes": ["bcc", "mel", "nv"], "image_size": 32,
                         "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})
-    with pytest.warns(UserWarning, match="left out"):
-        assert main(["evaluate", "--model", str(model), "--data", str(tiny_dataset), "--out", str(tmp_path / "rep"),
-                     "--n-bootstrap", "20"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model), "--data", str(tiny_dataset), "--out", str(tmp_path / "rep"),
+                 "--n-bootstrap", "20"]) == 0
+    assert "3 of 18 predicted images are in the exclusion list" in capsys.readouterr().err
     assert len(pd.read_csv(tmp_path / "rep" / "predictions.csv")) == 15
+    assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["cleaning"]["n_full"] == 18
 
     with pytest.warns(UserWarning, match="left out"):
         assert main(["suite", str(_cfg(tmp_path, tiny_dataset, "s")), "--out", str(tmp_path / "suite")]) == 0
@@ -165,9 +170,14 @@ def test_evaluate_predictions_with_data_leaves_the_images_out(tiny_dataset, tmp_
     _exclude(tiny_dataset)
     assert main(["evaluate", "--predictions", str(tmp_path / "p.csv"), "--data", str(tiny_dataset),
                  "--out", str(tmp_path / "rep"), "--n-bootstrap", "20"]) == 0
-    assert "3 prediction(s) left out" in capsys.readouterr().err
+    assert "3 of 18 predicted images are in the exclusion list" in capsys.readouterr().err
     assert len(pd.read_csv(tmp_path / "rep" / "predictions.csv")) == 15
-    assert any("exclusion list" in w for w in json.loads((tmp_path / "rep" / "metrics.json").read_text())["warnings"])
+    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert any("exclusion list" in w for w in metrics["warnings"])
+    # perfect predictions: the cleaned split is as perfect as the full one, the paired difference 0
+    accuracy = metrics["cleaning"]["metrics"]["accuracy"]
+    assert accuracy["full"] == accuracy["cleaned"] == 1.0 and accuracy["difference"] == 0.0
+    assert "Full vs cleaned split" in (tmp_path / "rep" / "report.html").read_text()
     assert main(["evaluate", "--predictions", str(tmp_path / "p.csv"), "--out", str(tmp_path / "all"),
                  "--n-bootstrap", "20"]) == 0  # without --data: every row
     assert len(pd.read_csv(tmp_path / "all" / "predictions.csv")) == 18
@@ -244,3 +254,42 @@ def test_data_audit_confirm_cli(tiny_dataset, tmp_path, capsys):
         with pytest.warns(UserWarning, match="left out"):
             rows = pd.concat([card.rows(s) for s in ("train", "val", "test")])
         assert len(rows) == 84 - len(listed)
+
+
+def test_cleaning_effect_matches_the_metrics_of_both_splits_and_pairs_the_resamples():
+    import numpy as np
+
+    from dermkit.evaluate.compare import cleaning_effect
+    from dermkit.evaluate.metrics import classification_metrics
+
+    rng = np.random.default_rng(0)
+    n = 120
+    y = np.arange(n) % 3
+    proba = rng.dirichlet(np.ones(3), n)
+    proba[np.arange(n), y] += 1.0  # mostly right ...
+    excluded = np.zeros(n, bool)
+    excluded[:15] = True
+    wrong = (y[:15] + 1) % 3
+    proba[:15] = 0.05
+    proba[np.arange(15), wrong] = 0.9  # ... except the excluded rows, confidently wrong
+    proba /= proba.sum(1, keepdims=True)
+    result = cleaning_effect(y, proba, excluded=excluded, n=300, seed=1)
+    full = classification_metrics(y, proba, ["a", "b", "c"])
+    clean = classification_metrics(y[~excluded], proba[~excluded], ["a", "b", "c"])
+    acc = result["metrics"]["accuracy"]
+    assert acc["full"] == pytest.approx(full["accuracy"]) and acc["cleaned"] == pytest.approx(clean["accuracy"])
+    assert result["metrics"]["macro_auc"]["cleaned"] == pytest.approx(clean["macro_auc"])
+    assert (result["n_full"], result["n_cleaned"], result["n_excluded"]) == (120, 105, 15)
+    # removing only wrong answers raises accuracy in every resample: the paired CI is above 0, p tiny
+    assert acc["difference"] > 0 and acc["ci"]["low"] > 0 and acc["p"] < 0.01
+    assert acc["full_ci"]["low"] <= acc["full"] <= acc["full_ci"]["high"]
+    assert acc["cleaned_ci"]["low"] <= acc["cleaned"] <= acc["cleaned_ci"]["high"]
+    # excluding rows at random changes little: the paired CI covers 0
+    random_rows = np.zeros(n, bool)
+    random_rows[rng.choice(n, 15, replace=False)] = True
+    proba_ok = proba.copy()
+    proba_ok[:15] = np.eye(3)[y[:15]] * 0.8 + 0.2 / 3
+    drift = cleaning_effect(y, proba_ok, excluded=random_rows, n=300, seed=1)["metrics"]["balanced_accuracy"]
+    assert drift["ci"]["low"] <= 0 <= drift["ci"]["high"]
+    with pytest.raises(Exception, match="every row is excluded"):
+        cleaning_effect(y, proba, excluded=np.ones(n, bool), n=10)

@@ -227,11 +227,17 @@ class Run:
         task = getattr(self.config, "task", None)
         reports = {}
         for eval_card in [card] + self.eval_cards():
-            predictions = predictor.predict(eval_card, split="test", progress=self.progress)
+            # The full test split, so the report shows it beside the cleaned one when the card excludes images.
+            predictions = predictor.predict(eval_card, split="test", progress=self.progress, keep_excluded=True)
             preds = predictions.frame()
+            excluded = eval_card.is_excluded(preds["image"])
             title = (f"{predictor.name} ({card.name}{'' if task in (None, '', 'all') else ', ' + task}) "
                      f"on {eval_card.name} test")
-            report = evaluate(preds, n_bootstrap=self.config.n_bootstrap, seed=seed, title=title)
+            report = evaluate(preds, n_bootstrap=self.config.n_bootstrap, seed=seed, title=title,
+                              excluded=excluded, excluded_note=eval_card.exclusion_note())
+            if excluded.any():
+                predictions = predictions.subset(~excluded)
+                preds = preds[~excluded].reset_index(drop=True)
             key = "test" if eval_card is card else eval_card.name
             folder = report.save(self.out_dir / "eval" / ("test" if key == "test" else f"{eval_card.name}_test"))
             if getattr(predictor, "temperature", None) and hasattr(predictor, "inner"):

@@ -34,6 +34,10 @@ def data_check(
     follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Allow image paths that lead out of the "
                                          "folder through a symlink (e.g. images/ linked to an image store), for "
                                          "this check; 'follow_symlinks: true' in dataset.yaml allows it always."),
+    embeddings: bool = typer.Option(True, "--embeddings/--no-embeddings", help="Also look for near-duplicates "
+                                    "across splits in the embeddings that the dataset's last `dermkit data audit` "
+                                    "cached (crops, flips, colour shifts that perceptual hashes miss); nothing is "
+                                    "computed, and a dataset never audited is checked by hashes only."),
 ) -> None:
     """Validate a dataset folder and print images per class and split, and metadata coverage.
 
@@ -43,11 +47,15 @@ def data_check(
 
     card = load_card(dataset)
     result = check_dataset(card, check_images=images, progress=True, follow_symlinks=follow_symlinks or None)
+    if images and embeddings:
+        _embedding_leaks(card, result)
     console.print(f"[bold]{card.name}[/bold]  {card.root}")
     console.print(_frame_table(result.summary.reset_index(), "images per class and split"))
     if result.extra.get("exclusion_note"):
         console.print(f"[cyan]info[/cyan] {escape(result.extra['exclusion_note'])} (counted above; left out by "
                       "every command that trains or evaluates)", soft_wrap=True)
+    if result.extra.get("embedding_check"):
+        console.print(f"[cyan]info[/cyan] {escape(result.extra['embedding_check'])}", soft_wrap=True)
     if result.metadata_coverage is not None and len(result.metadata_coverage):
         console.print(_frame_table(result.metadata_coverage, "metadata coverage"))
     errors = [p for p in result.problems if p.severity == "error"]
@@ -60,6 +68,32 @@ def data_check(
         err_console.print(f"[red]{len(errors)} error(s)[/red] in {card.root / 'metadata.csv'}")
         raise typer.Exit(2)
     console.print(f"[green]ok[/green]: {len(card.table)} rows, {len(warnings)} warning(s)")
+
+
+def _embedding_leaks(card, result) -> None:
+    """Add the cross-split near-duplicates of the audit's cached embeddings to ``result``."""
+    from dermkit.data.validate import Problem
+    from dermkit.engine.audit import embedding_leaks
+
+    found = embedding_leaks(card)
+    if found is None:
+        return
+    hashed = {(p.csv_line, p.column) for p in result.problems if p.kind == "near_duplicate_leak"}
+    for a, b, cosine in found.pairs:
+        if (a["csv_line"], "image") in hashed:
+            continue  # the perceptual hashes found this pair already
+        result.problems.append(Problem(
+            "near_duplicate_leak",
+            f"{card.metadata_csv.name}: near-duplicate images in different splits (embeddings of {found.model}: each "
+            f"the other's nearest image, cosine {cosine:.4f} >= the audit's cut-off {found.cutoff:.4f}): line "
+            f"{a['csv_line']} image {a['image']!r} ({a['split']}) and line {b['csv_line']} image {b['image']!r} "
+            f"({b['split']})",
+            "look at both: if they show one lesion, give them one group id or keep one copy (`dermkit data split "
+            "--force` keeps groups in one split); if they do not, `--no-embeddings` skips this check",
+            int(a["csv_line"]), "image"))
+    result.extra["embedding_check"] = (f"embedding check: {found.images} of {found.of} images had cached "
+                                       f"{found.model} embeddings from the last `dermkit data audit`; "
+                                       f"{len(found.pairs)} cross-split pair(s) at or above its cut-off")
 
 
 def _problem_text(p) -> str:

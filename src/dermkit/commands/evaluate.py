@@ -75,12 +75,13 @@ def evaluate_cmd(
         card = load_dataset(data)
         predictor = load_predictor(model)
         _set_tta(predictor, tta)
-        preds = predictor.predict_split(card, split)
+        preds = predictor.predict_split(card, split, keep_excluded=True)
         title = f"{predictor.name} on {card.name} ({split} split)"
     else:
         raise ConfigError("give either --predictions P.csv, or --model DIR with --data DATASET")
+    excluded, excluded_note = None, ""
     if card is not None and card.exclude is not None:
-        preds = _leave_out_excluded(preds, card, drop=model is None)
+        excluded, excluded_note = _excluded_rows(preds, card)
     metadata = None
     if card is not None and attributes:
         metadata = card.table.copy()
@@ -88,7 +89,8 @@ def evaluate_cmd(
     report = evaluate(preds, n_bootstrap=n_bootstrap, seed=seed, title=title, allow_duplicates=allow_duplicates,
                       subgroups=attributes or None, bins=bin_edges,
                       metadata=metadata,
-                      missing_values=card.missing_values if card is not None else ())
+                      missing_values=card.missing_values if card is not None else (),
+                      excluded=excluded, excluded_note=excluded_note)
     folder = report.save(out)
     for warning in report.warnings:
         err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
@@ -110,22 +112,14 @@ def evaluate_cmd(
     console.print(f"report: {folder}/report.html")
 
 
-def _leave_out_excluded(preds, card, drop: bool):
-    """The predictions without the images of the card's exclusion list (``drop``: a predictions CSV;
-    a model's predictions never held them), with a note for the report's warnings."""
-    from dermkit.evaluate.predictions import WARNINGS_ATTR
-
-    attrs = dict(preds.attrs)
-    note = card.exclusion_note()
-    if drop:
-        listed = preds["image"].astype(str).str.strip().isin(set(card.exclusions["image"]))
-        preds = preds[~listed].reset_index(drop=True)
-        note = (f"{int(listed.sum())} prediction(s) left out: their images are in the exclusion list "
-                f"{card.exclude_csv} of dataset {card.name}") if listed.any() else ""
-    preds.attrs.update(attrs)
-    if note:
-        preds.attrs[WARNINGS_ATTR] = [*attrs.get(WARNINGS_ATTR, ()), note]
-    return preds
+def _excluded_rows(preds, card):
+    """Which predictions are of images in the card's exclusion list, and a note naming the list: the
+    report shows its metrics on the rows left (the cleaned split) beside the full split."""
+    excluded = card.is_excluded(preds["image"])
+    if not excluded.any():
+        return None, ""
+    return excluded, (f"{int(excluded.sum())} of {len(preds)} predicted images are in the exclusion list "
+                      f"{card.exclude_csv} of dataset {card.name}")
 
 
 def predict(

@@ -38,6 +38,7 @@ from dermkit.errors import DataError
 __all__ = [
     "PairStats",
     "near_duplicate_pairs",
+    "mutual_nearest_pairs",
     "off_topic_scores",
     "isolation_cutoff",
     "label_issue_scores",
@@ -124,6 +125,24 @@ def near_duplicate_pairs(embeddings: np.ndarray, hashes: np.ndarray, max_bits: i
             if i != j:  # both distances are symmetric: the block's cell holds them
                 candidates[(i, j)] = (int(bits[a, b]), float(cos[a, b]))
     return PairStats(n * (n - 1) // 2, bit_counts, cos_counts, max_bits, float(min_cosine), candidates, nearest)
+
+
+def mutual_nearest_pairs(embeddings: np.ndarray, min_cosine: float, block: int = 512) -> list[tuple[int, int, float]]:
+    """Pairs ``(i, j, cosine)``, ``i < j``, of images that are each other's nearest image and whose
+    (L2-normalised) embeddings reach ``min_cosine``: the embedding-only rule of the audit's flags."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    n = len(emb)
+    if n < 2:
+        return []
+    nearest = np.empty(n, dtype=np.int64)
+    best = np.empty(n, dtype=np.float32)
+    for start in range(0, n, block):
+        cos = emb[start:start + block] @ emb.T
+        cos[np.arange(len(cos)), np.arange(start, start + len(cos))] = -np.inf
+        nearest[start:start + len(cos)] = cos.argmax(axis=1)
+        best[start:start + len(cos)] = cos.max(axis=1)
+    return [(i, int(nearest[i]), float(best[i])) for i in range(n)
+            if i < nearest[i] and nearest[nearest[i]] == i and best[i] >= min_cosine]
 
 
 def off_topic_scores(embeddings: np.ndarray, k: int = 10, block: int = 1024) -> np.ndarray:

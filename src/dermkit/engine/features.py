@@ -46,6 +46,7 @@ from dermkit.runtime import resolve_precision
 __all__ = [
     "extract_features",
     "extract_split_features",
+    "cached_features",
     "map_images",
     "default_cache_dir",
     "content_hash",
@@ -345,6 +346,20 @@ def extract_features(
     if not paths:
         return np.zeros((0, cache.dim or int(getattr(enc, "embed_dim", 0))), dtype=np.float32)
     return cache.read(hashes)
+
+
+def cached_features(enc, paths: Sequence[str | os.PathLike],
+                    cache_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The cached embeddings of ``paths`` without computing any: ``(features of the cached ones,
+    bool mask over paths)``. For checks that use embeddings only when an earlier command made them."""
+    paths = [as_path(p) for p in paths]
+    cache = FeatureCache(cache_dir if cache_dir is not None else default_cache_dir(), cache_key(enc))
+    index = cache.index()
+    hashes = [content_hash(p) if p.is_file() else "" for p in paths]
+    mask = np.array([h in index for h in hashes], dtype=bool)
+    if not mask.any():
+        return np.zeros((0, cache.dim or 0), dtype=np.float32), mask
+    return cache.read([h for h, m in zip(hashes, mask) if m]), mask
 
 
 def extract_split_features(enc, card, split: str, cache_dir: str | os.PathLike | None = None, **kwargs):

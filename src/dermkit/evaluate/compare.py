@@ -31,10 +31,12 @@ from ..errors import DataError, DermkitError
 from .bootstrap import WeightedHeadline, bootstrap_p_value, percentile_ci, resample_indices, resample_weights
 from .metrics import HEADLINE_METRICS, SPECIFICITIES, check_arrays, classification_metrics, quiet
 from .predictions import class_names, prediction_arrays, read_predictions
-from .tables import format_ci, format_metric, format_p, markdown_table, percent_ci
+from .tables import format_ci, format_metric, format_p, markdown_table, percent_ci, with_ci
 
 __all__ = [
     "MCNEMAR_EXACT_BELOW",
+    "cleaning_effect",
+    "cleaning_rows",
     "compare_predictions",
     "comparison_markdown",
     "delong_components",
@@ -203,6 +205,32 @@ def mcnemar_test(correct_a, correct_b, exact_below: int = MCNEMAR_EXACT_BELOW) -
 # ---------------------------------------------------------------------------- paired bootstrap
 
 
+def _paired_samples(head_a: WeightedHeadline, head_b: WeightedHeadline, y_true, groups, keys, n: int, seed: int,
+                    keep_b: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """``{metric: (3, n)}`` values of A, B and B - A on the same ``n`` resamples of the rows; B sees
+    only the rows where ``keep_b`` is true (a nested subset of the cases, e.g. a cleaned split)."""
+    samples = {k: np.empty((3, n)) for k in keys}
+    chunk = max(1, _CHUNK_ELEMENTS // len(y_true))
+    indices = resample_indices(y_true, groups, n=n, seed=seed)
+    done = 0
+    with quiet():
+        while done < n:
+            batch = [next(indices) for _ in range(min(chunk, n - done))]
+            weights = resample_weights(batch, len(y_true))
+            values_a = head_a(weights)
+            values_b = head_b(weights if keep_b is None else weights * keep_b)
+            for k in keys:
+                rows = slice(done, done + len(batch))
+                samples[k][0, rows], samples[k][1, rows] = values_a[k], values_b[k]
+                samples[k][2, rows] = values_b[k] - values_a[k]
+            done += len(batch)
+    return samples
+
+
+def _metric_keys(point: dict) -> list[str]:
+    return [k for k in point if k in HEADLINE_METRICS or k.startswith("sensitivity_at_specificity_")]
+
+
 def paired_bootstrap(y_true, proba_a, proba_b, y_pred_a=None, y_pred_b=None, groups=None, n: int = 1000,
                      seed: int = 0, level: float = 0.95,
                      specificities: Sequence[float] = SPECIFICITIES) -> dict:
@@ -220,25 +248,65 @@ def paired_bootstrap(y_true, proba_a, proba_b, y_pred_a=None, y_pred_b=None, gro
     head_b = WeightedHeadline(y_true, proba_b, y_pred_b, specificities=specificities)
     ones = np.ones((1, len(y_true)))
     point_a, point_b = head_a(ones), head_b(ones)
-    keys = [k for k in point_a if k in HEADLINE_METRICS or k.startswith("sensitivity_at_specificity_")]
-    samples = {k: np.empty(n) for k in keys}
-    chunk = max(1, _CHUNK_ELEMENTS // len(y_true))
-    indices = resample_indices(y_true, groups, n=n, seed=seed)
-    done = 0
-    with quiet():
-        while done < n:
-            batch = [next(indices) for _ in range(min(chunk, n - done))]
-            weights = resample_weights(batch, len(y_true))
-            values_a, values_b = head_a(weights), head_b(weights)
-            for k in keys:
-                samples[k][done:done + len(batch)] = values_b[k] - values_a[k]
-            done += len(batch)
+    keys = _metric_keys(point_a)
+    samples = _paired_samples(head_a, head_b, y_true, groups, keys, n, seed)
     out = {}
     for k in keys:
         out[k] = {"a": float(point_a[k][0]), "b": float(point_b[k][0]),
                   "difference": float(point_b[k][0] - point_a[k][0]),
-                  "ci": percentile_ci(samples[k], level), "p": bootstrap_p_value(samples[k])}
+                  "ci": percentile_ci(samples[k][2], level), "p": bootstrap_p_value(samples[k][2])}
     return out
+
+
+def cleaning_effect(y_true, proba, y_pred=None, excluded=None, groups=None, n: int = 1000, seed: int = 0,
+                    level: float = 0.95, specificities: Sequence[float] = SPECIFICITIES) -> dict:
+    """One model's metrics on a full split and on the same split without its ``excluded`` rows.
+
+    The cleaned split is a subset of the full one, so the two are compared by a **paired
+    bootstrap**: each resample draws rows (whole groups, stratified by class, as
+    :func:`paired_bootstrap`) from the full split; the full metric uses all drawn rows, the
+    cleaned metric the drawn rows that are not excluded. What the two share cancels in the
+    difference cleaned - full, whose CI and two-sided p-value come from those resamples.
+
+    Returns ``{"n_full", "n_cleaned", "n_excluded", "metrics": {metric: {"full", "full_ci",
+    "cleaned", "cleaned_ci", "difference", "ci", "p"}}}`` (difference = cleaned - full).
+    """
+    n_classes = np.shape(proba)[1]
+    y_true, proba, y_pred = check_arrays(y_true, proba, [str(i) for i in range(n_classes)], y_pred)
+    excluded = np.asarray(excluded if excluded is not None else np.zeros(len(y_true)), dtype=bool)
+    if excluded.shape != (len(y_true),):
+        raise DermkitError(f"excluded has {excluded.shape[0] if excluded.ndim else 0} values for {len(y_true)} rows")
+    if excluded.all():
+        raise DermkitError("every row is excluded: nothing is left to compare the full split with")
+    head = WeightedHeadline(y_true, proba, y_pred, specificities=specificities)
+    keep = (~excluded).astype(float)
+    point_full, point_clean = head(np.ones((1, len(y_true)))), head(keep[None, :])
+    keys = _metric_keys(point_full)
+    samples = _paired_samples(head, head, y_true, groups, keys, n, seed, keep_b=keep) if n > 0 else None
+    nan_ci = {"low": float("nan"), "high": float("nan"), "level": level}
+    metrics = {}
+    for k in keys:
+        full, clean = float(point_full[k][0]), float(point_clean[k][0])
+        metrics[k] = {"full": full, "cleaned": clean, "difference": clean - full,
+                      "full_ci": percentile_ci(samples[k][0], level) if samples else nan_ci,
+                      "cleaned_ci": percentile_ci(samples[k][1], level) if samples else nan_ci,
+                      "ci": percentile_ci(samples[k][2], level) if samples else nan_ci,
+                      "p": bootstrap_p_value(samples[k][2]) if samples else float("nan")}
+    return {"n_full": int(len(y_true)), "n_cleaned": int((~excluded).sum()), "n_excluded": int(excluded.sum()),
+            "metrics": metrics}
+
+
+def cleaning_rows(result: dict) -> list[list[str]]:
+    """Rows ``[metric, full (CI), cleaned (CI), cleaned - full, 95% CI, p]`` of :func:`cleaning_effect`."""
+    rows = []
+    for key, r in result["metrics"].items():
+        name = key.replace("sensitivity_at_specificity_", "sensitivity at specificity ")
+        if key in LOWER_IS_BETTER:
+            name += " (lower is better)"
+        rows.append([name, with_ci(r["full"], r["full_ci"]["low"], r["full_ci"]["high"]),
+                     with_ci(r["cleaned"], r["cleaned_ci"]["low"], r["cleaned_ci"]["high"]),
+                     format_metric(r["difference"]), format_ci(r["ci"], 4, "[{low}, {high}]"), format_p(r["p"])])
+    return rows
 
 
 # -------------------------------------------------------------------------- two prediction files

@@ -26,6 +26,7 @@ import pandas as pd
 from .. import io
 from ..errors import DermkitError
 from .bootstrap import bootstrap_metrics, group_codes
+from .compare import cleaning_effect, cleaning_rows
 from .metrics import HEADLINE_METRICS, class_coverage_warning, classification_metrics, prediction_column_warning
 from .predictions import SOURCE_ATTR, WARNINGS_ATTR, normalise_groups, prediction_arrays, read_predictions
 from .selective import risk_coverage, selective_with_ci
@@ -77,6 +78,8 @@ def evaluate(
     bins: Mapping[str, Sequence[float]] | None = None,
     metadata: pd.DataFrame | None = None,
     missing_values: Sequence[str] = (),
+    excluded: Sequence[bool] | None = None,
+    excluded_note: str = "",
 ) -> Report:
     """Metrics with bootstrap CIs for a predictions table (path or DataFrame).
 
@@ -98,6 +101,11 @@ def evaluate(
     :mod:`dermkit.evaluate.subgroups`, ``bins`` = cut points per numeric column) adds
     ``metrics["subgroups"]``; the columns come from the table itself or from ``metadata`` (a
     dataset's metadata table, joined on ``image``; ``missing_values`` = its extra missing tokens).
+
+    ``excluded`` (one bool per row: the rows a dataset card's exclusion list leaves out) makes the
+    report's metrics those of the **cleaned** rows and adds ``metrics["cleaning"]``: every headline
+    metric on the full and on the cleaned rows side by side, with CIs and the paired difference
+    (:func:`dermkit.evaluate.compare.cleaning_effect`); ``excluded_note`` says where the list came from.
     """
     frame = read_predictions(preds, allow_duplicates=allow_duplicates)
     warnings = list(frame.attrs.get(WARNINGS_ATTR, ()))
@@ -115,6 +123,23 @@ def evaluate(
     valid_n = isinstance(n_bootstrap, (int, np.integer)) and not isinstance(n_bootstrap, bool)
     if not valid_n or n_bootstrap < 0:
         raise DermkitError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap}")
+    cleaning = None
+    if excluded is not None:
+        mask = np.asarray(excluded, dtype=bool)
+        if mask.shape != (len(frame),):
+            raise DermkitError(f"excluded has {mask.size} values for {len(frame)} prediction rows")
+        if mask.any():
+            classes, y_true, proba, y_pred = prediction_arrays(frame)
+            full_groups = frame["group"].to_numpy() if "group" in frame.columns else None
+            cleaning = cleaning_effect(y_true, proba, y_pred, mask, full_groups, n=int(n_bootstrap), seed=seed,
+                                       level=level)
+            cleaning["note"] = excluded_note
+            warnings.append(f"{excluded_note or f'{int(mask.sum())} rows are excluded'}: the metrics are on the "
+                            f"{cleaning['n_cleaned']} rows left (the cleaned split); 'Full vs cleaned split' "
+                            f"compares them with all {len(frame)}")
+            attrs = dict(frame.attrs)
+            frame = frame[~mask].reset_index(drop=True)
+            frame.attrs.update(attrs)
     grouped = "group" in frame.columns
     classes, y_true, proba, y_pred = prediction_arrays(frame)
 
@@ -141,6 +166,8 @@ def evaluate(
         labels, how = subgroup_labels(table, list(subgroups), bins, missing_values=missing_values)
         metrics["subgroups"] = subgroup_analysis(frame, labels, how, n_bootstrap=int(n_bootstrap), seed=seed,
                                                  level=level)
+    if cleaning is not None:
+        metrics["cleaning"] = cleaning
     metrics["bootstrap"] = {
         "n": int(n_bootstrap),
         "seed": seed,
@@ -278,6 +305,16 @@ class Report:
                 "<h3>Worst minus best subgroup</h3>",
                 html_table(["Attribute", "Metric", "Gap (95% CI)", "Worst vs best", "p"], gaps)]
 
+    def _cleaning_note(self) -> str:
+        c = self.metrics["cleaning"]
+        return (f"The metrics above are on the cleaned split: {c['n_cleaned']} of {c['n_full']} images, "
+                f"{c['n_excluded']} left out by the exclusion list" + (f" ({c['note']})" if c.get("note") else "")
+                + ". Full and cleaned split side by side; the difference is cleaned - full, its CI and p from a "
+                "paired bootstrap (the same resamples of the full split, the cleaned metric on their kept rows).")
+
+    _CLEANING_HEADER = ("Metric", "Full split (95% CI)", "Cleaned split (95% CI)", "Cleaned - full", "95% CI",
+                        "p (bootstrap)")
+
     def _figure_names(self) -> dict[str, str]:
         names = dict(FIGURES)
         if self.metrics.get("subgroups"):
@@ -300,6 +337,9 @@ class Report:
             positive = self.classes[1]
             lines += [f"## Sensitivity at fixed specificity (positive class: {positive})", ""]
             lines += [markdown_table(["Specificity", "Sensitivity", "95% CI"], self._sens_at_spec_rows())]
+        if m.get("cleaning"):
+            lines += ["## Full vs cleaned split", "", self._cleaning_note(), ""]
+            lines += [markdown_table(list(self._CLEANING_HEADER), cleaning_rows(m["cleaning"]))]
         lines += ["## Per-class metrics (one-vs-rest)", ""]
         lines += [markdown_table(["Class", "Sensitivity", "Specificity", "PPV", "NPV", "F1", "AUC", "Support"],
                                  self._per_class_rows())]
@@ -341,6 +381,9 @@ class Report:
                 f"{esc(self.classes[1])})</h2>",
                 html_table(["Specificity", "Sensitivity", "95% CI"], self._sens_at_spec_rows()),
             ]
+        if m.get("cleaning"):
+            parts += ["<h2>Full vs cleaned split</h2>", f"<p class='note'>{esc(self._cleaning_note())}</p>",
+                      html_table(list(self._CLEANING_HEADER), cleaning_rows(m["cleaning"]))]
         parts += [
             "<h2>Per-class metrics (one-vs-rest)</h2>",
             html_table(["Class", "Sensitivity", "Specificity", "PPV", "NPV", "F1", "AUC", "Support"],

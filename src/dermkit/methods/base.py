@@ -151,6 +151,19 @@ class Predictions:
             frame["thickness"] = np.asarray(self.thickness)
         return frame
 
+    def subset(self, keep) -> "Predictions":
+        """The rows where ``keep`` (one bool per row) is true."""
+        keep = np.asarray(keep, dtype=bool)
+
+        def pick(values):
+            return None if values is None else [v for v, k in zip(values, keep) if k]
+
+        def pick_array(values):
+            return None if values is None else np.asarray(values)[keep]
+
+        return Predictions(pick(self.ids), self.proba[keep], self.classes, pick(self.targets), pick(self.groups),
+                           pick_array(self.thickness), pick_array(self.thickness_target))
+
 
 class Predictor:
     """A trained classifier: ``classes``, ``model_card`` (its model.json, a dict), ``predict``, ``save``.
@@ -203,19 +216,21 @@ class Predictor:
             card = derive_task(card, task, negative_name=self.model_card.get("negative_name", "other skin lesion"))
         return card
 
-    def predict_split(self, card, split: str = "test", progress: bool = True) -> pd.DataFrame:
+    def predict_split(self, card, split: str = "test", progress: bool = True,
+                      keep_excluded: bool = False) -> pd.DataFrame:
         """The evaluation layer's predictions table for one split of a dataset card."""
-        return self.predict(card, split=split, progress=progress).frame()
+        return self.predict(card, split=split, progress=progress, keep_excluded=keep_excluded).frame()
 
-    def predict(self, images, split: str = "test", progress: bool = False) -> Predictions:
-        """Predictions for image paths, or for ``split`` of a dataset (a card, name or folder)."""
+    def predict(self, images, split: str = "test", progress: bool = False, keep_excluded: bool = False) -> Predictions:
+        """Predictions for image paths, or for ``split`` of a dataset (a card, name or folder);
+        ``keep_excluded``: also the rows the card's exclusion list leaves out (the full split)."""
         is_dataset = isinstance(images, DatasetCard) or (
             isinstance(images, (str, os.PathLike)) and not Path(images).is_file())
         if not is_dataset:
             paths = [images] if isinstance(images, (str, os.PathLike)) else list(images)
             return Predictions([str(p) for p in paths], self.predict_paths(paths, progress=progress), self.classes)
         card = self.task_card(images)
-        rows = card.rows(split)
+        rows = card.rows(split, keep_excluded=keep_excluded)
         targets = rows["diagnosis"]
         unknown = sorted(set(targets.dropna()) - set(self.classes))
         if unknown:
