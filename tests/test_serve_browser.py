@@ -53,7 +53,7 @@ def server(tmp_path_factory):
     from dermkit.serve import create_app
 
     root = tmp_path_factory.mktemp("browser")
-    data = make_dataset(root)
+    data = make_dataset(root, size=128)  # large enough for the image-quality gate
     dermkit.run({"method": "supervised", "data": str(data), "model": "timm:test_resnet@random", "image_size": 32,
                  "batch_size": 16, "num_workers": 0, "epochs": 1, "n_bootstrap": 20}, out=root / "run", progress=False)
     port = _free_port()
@@ -65,7 +65,7 @@ def server(tmp_path_factory):
     while not server.started and time.time() < deadline:
         time.sleep(0.05)
     assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", root / "run" / "model"
+    yield f"http://127.0.0.1:{port}", root / "run" / "model", data
     server.should_exit = True
     thread.join(10)
 
@@ -97,7 +97,7 @@ def test_page_uploads_a_real_image_and_shows_the_models_answer(server, browser):
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    url, model_dir = server
+    url, model_dir, _ = server
     rows = pd.read_csv(SHARED_DATA / "ham10000" / "metadata.csv")
     image = SHARED_DATA / "ham10000" / rows[(rows["split"] == "test") & (rows["diagnosis"] == "mel")]["image"].iloc[0]
     predictor = dermkit.load_predictor(model_dir)
@@ -112,6 +112,15 @@ def test_page_uploads_a_real_image_and_shows_the_models_answer(server, browser):
     browser.find_element(By.ID, "file").send_keys(str(image))
     wait.until(EC.text_to_be_present_in_element_attribute((By.ID, "status"), "data-state", "done"))
 
+    # a dermoscopic photo is nothing like the coloured squares this model was trained on: the page says so
+    # instead of presenting the bars as a diagnosis, and shows them one click further
+    notice = browser.find_element(By.ID, "domain-notice")
+    assert notice.is_displayed()
+    assert "does not look like the images this model was trained on" in notice.text
+    assert "not a diagnosis" in notice.text
+    assert not browser.find_element(By.ID, "top-class").is_displayed()
+    browser.find_element(By.CSS_SELECTOR, "#answer-anyway summary").click()
+    wait.until(lambda d: d.find_element(By.ID, "top-class").is_displayed())
     top = browser.find_element(By.ID, "top-class").text
     assert top == predictor.classes[int(np.argmax(expected))]
     bars = browser.find_elements(By.CSS_SELECTOR, "#bars .bar")
@@ -138,7 +147,7 @@ def test_page_shows_a_refused_upload_as_an_error(server, browser, tmp_path):
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    url, _ = server
+    url, _, _ = server
     fake = tmp_path / "notes.jpg"
     fake.write_text("not an image at all")
     browser.get(url)
@@ -146,3 +155,23 @@ def test_page_shows_a_refused_upload_as_an_error(server, browser, tmp_path):
     WebDriverWait(browser, 60).until(EC.text_to_be_present_in_element_attribute((By.ID, "status"), "data-state",
                                                                                 "error"))
     assert "not an image" in browser.find_element(By.ID, "status").text
+
+
+def test_an_image_like_the_training_images_is_answered_without_a_notice(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, model_dir, data = server
+    card = dermkit.load_dataset(data)
+    image = card.image_path(card.rows("test")["image"].iloc[0])
+    predictor = dermkit.load_predictor(model_dir)
+    assert predictor.ood.in_domain(predictor.image_features([image]), predictor.predict_paths([image]))[0]
+    browser.get(url)
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    WebDriverWait(browser, 60).until(EC.text_to_be_present_in_element_attribute((By.ID, "status"), "data-state",
+                                                                                "done"))
+    assert not browser.find_element(By.ID, "domain-notice").is_displayed()
+    assert browser.find_element(By.ID, "top-class").is_displayed()
+    assert "in domain" in browser.find_element(By.ID, "trust").text
+    assert "image quality: ok" in browser.find_element(By.ID, "trust").text

@@ -70,6 +70,7 @@ from dermkit.methods.linear_probe import (
     probe_sweep,
     write_probe_table,
 )
+from dermkit.methods.ood import fit_detector
 from dermkit.methods.zeroshot import ZeroShotConfig, write_zeroshot_table, zeroshot_report
 from dermkit.models.encoders import load_encoder
 from dermkit.models.text import require_text
@@ -210,6 +211,25 @@ class Run:
         self.save_best(recalibrated)
         self.reports = None  # a method that reported inside fit (fusion) is reported again, recalibrated
         return recalibrated
+
+    def fit_ood(self, predictor: Predictor) -> None:
+        """Fit the model's out-of-distribution detector (train split fits, val split calibrates) into
+        the model folder, unless the config's ``ood_acceptance`` is null or the method fits none."""
+        acceptance = getattr(self.config, "ood_acceptance", None)
+        if acceptance is None or not predictor.fits_ood or not isinstance(getattr(self.config, "data", None), str):
+            return
+        card = self.card()
+        splits = set(card.table["split"]) if "split" in card.table.columns else set()
+        if not {"train", "val"} <= splits:
+            self.summary["ood"] = {"fitted": False, "why": f"{card.name} has no train and val split to fit and "
+                                   "calibrate an out-of-distribution detector on"}
+            return
+        seed = getattr(getattr(self.config, "engine", None), "seed", 0)
+        detector = fit_detector(predictor, card, self.model_dir, acceptance=acceptance, seed=seed,
+                                progress=self.progress)
+        self.summary["ood"] = {"default": detector.default, "acceptance": detector.acceptance,
+                               "thresholds": detector.thresholds, "val_auroc_vs_synthetic": detector.val_auroc,
+                               "description": detector.describe()}
 
     # -- reports
     def report(self, predictor: Predictor) -> dict[str, tuple]:
@@ -355,6 +375,7 @@ def run_experiment(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool
                                   or getattr(config, "decision", None) == "balanced"):
         predictor = run.recalibrate(predictor)
     if predictor is not None:
+        run.fit_ood(predictor)
         run.report(predictor)
     return run.finish(predictor)
 
@@ -477,6 +498,7 @@ def _dataset_summary(run: Run, result: DatasetResult) -> dict:
     """``result.folder/summary.json`` of one dataset of a multi-dataset command (the schema of a run's)."""
     run.record_report(result.report, result.folder, result.predictions)
     run.summary.update(result.summary)
+    run.fit_ood(result.predictor)
     return run.finish(result.predictor)
 
 

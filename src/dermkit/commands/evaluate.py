@@ -45,6 +45,12 @@ def evaluate_cmd(
                                              "COLUMN:EDGE,EDGE,... (repeatable), e.g. --bins age:40,60."),
     tta: Optional[str] = typer.Option(None, help="Test-time augmentation of a supervised model, overriding the one "
                                                  "saved with it: none | flip (3 views) | flip_rot (8 views)."),
+    ood_data: Optional[str] = typer.Option(None, "--ood-data", help="With --model: out-of-distribution detection "
+                                           "of the model's detector, --split images vs each of these, separated by "
+                                           "commas: datasets (their test split, else every row; NAME:COLUMN for "
+                                           "another image column, e.g. derm7pt:clinic_image), 'synthetic' "
+                                           "(generated non-skin images) or 'bundled' (sample photos of installed "
+                                           "packages). AUROC and FPR at 95% TPR of each score with CIs, a histogram."),
 ) -> None:
     """Metrics with bootstrap CIs, plots and reports, from a predictions CSV or a model run over a split.
 
@@ -57,6 +63,7 @@ def evaluate_cmd(
     from dermkit.evaluate.subgroups import parse_bins, parse_subgroups
     from dermkit.evaluate.tables import format_ci, format_metric
 
+    others = _ood_sets(ood_data, model)  # checked before anything is predicted
     attributes = parse_subgroups(subgroups) if subgroups is not None else []
     bin_edges = parse_bins(bins)
     if bin_edges and not attributes:
@@ -91,6 +98,14 @@ def evaluate_cmd(
                       metadata=metadata,
                       missing_values=card.missing_values if card is not None else (),
                       excluded=excluded, excluded_note=excluded_note)
+    if ood_data is not None:
+        from dermkit.methods.ood import evaluate_detection
+
+        kept = report.predictions["image"].tolist()
+        proba = report.predictions[[f"prob:{c}" for c in predictor.classes]].to_numpy()
+        report.metrics["ood"], report.ood_scores = evaluate_detection(
+            predictor, [card.image_path(rel) for rel in kept], proba, others, id_name=f"{card.name} {split}",
+            n_boot=n_bootstrap, seed=seed)
     folder = report.save(out)
     for warning in report.warnings:
         err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
@@ -109,7 +124,30 @@ def evaluate_cmd(
             f"{format_metric(gap['gap'], 3)} {ci} ({escape(str(gap['worst']))} vs {escape(str(gap['best']))})"))
     if m.get("subgroups"):
         console.print(f"subgroups: {folder}/subgroups.csv, {folder}/subgroups_forest.png")
+    for name, entry in (m.get("ood") or {}).get("sets", {}).items():
+        r = entry["scores"][m["ood"]["default"]]
+        console.print(f"{'OOD ' + m['ood']['default']:>18}: vs {escape(name)}: AUROC {format_metric(r['auroc'])} "
+                      f"{format_ci(r['ci']['auroc'], 3, '[{low}, {high}]')}, FPR95 {format_metric(r['fpr95'])}, "
+                      f"{entry['accepted']:.1%} accepted", soft_wrap=True)
     console.print(f"report: {folder}/report.html")
+
+
+def _ood_sets(ood_data: Optional[str], model) -> list[str]:
+    """The ``--ood-data`` entries, each dataset's card loaded once to fail early on a wrong name."""
+    if ood_data is None:
+        return []
+    if model is None:
+        raise ConfigError("--ood-data needs --model (the model's out-of-distribution detector scores the images)")
+    from dermkit.data import load_card
+    from dermkit.methods.ood import BUNDLED, SYNTHETIC
+
+    others = [s.strip() for s in ood_data.split(",") if s.strip()]
+    if not others:
+        raise ConfigError("--ood-data: name at least one dataset, 'synthetic' or 'bundled'")
+    for spec in others:
+        if spec not in (SYNTHETIC, BUNDLED):
+            load_card(spec.partition(":")[0])
+    return others
 
 
 def _excluded_rows(preds, card):
@@ -136,10 +174,20 @@ def predict(
                                 "image; with several images a folder holding <image>.gradcam.png for each."),
     tta: Optional[str] = typer.Option(None, help="Test-time augmentation of a supervised model, overriding the one "
                                                  "saved with it: none | flip (3 views) | flip_rot (8 views)."),
+    out_csv: Optional[Path] = typer.Option(None, "--out", help="Also write FILE.csv: one row per image with image, "
+                                       "prob:<class> for every class, prediction, ood_score, in_domain, quality."),
 ) -> None:
-    """Top-k classes with probabilities for each image (and, with --explain, where the model looked)."""
+    """Top-k classes with probabilities for each image, and whether to trust them.
+
+    Every image also gets an image-quality check (blank, over/under-exposed, blurry, tiny: the
+    measured value and the limit it broke) and, when the model folder has an out-of-distribution
+    detector (fitted by `dermkit run`, or `dermkit ood fit`), its OOD score (higher = further from
+    the training data) and in_domain yes/no. With --explain, where the model looked.
+    """
     from dermkit.api import load_predictor
     from dermkit.data.images import command_line_path
+    from dermkit.evaluate.predictions import predictions_frame
+    from dermkit.methods.ood import TRUST_KEYS, assess, trust_fields, trust_text
 
     images = [command_line_path(p) for p in images]  # errors name the file as given, not a CSV row
     predictor = load_predictor(model)
@@ -154,12 +202,16 @@ def predict(
                 raise ConfigError(f"--meta {item!r}: write KEY=VALUE, e.g. --meta age=55")
             pairs[key.strip()] = value.strip()
         predictor.set_extra_inputs(clinical=clinical or None, meta=pairs or None)
+    if out_csv is not None and out_csv.suffix.lower() != ".csv":
+        raise ConfigError(f"--out {out_csv}: give a .csv file name (one row per image)")
     proba = predictor.predict_paths(images)
+    checks = assess(predictor, images, proba=proba)
     results = []
-    for path, p in zip(images, proba):
+    for path, p, check in zip(images, proba, checks):
         order = p.argsort()[::-1][:top_k]
         results.append({"image": str(path), "top": [{"class": predictor.classes[i],
-                                                     "probability": round(float(p[i]), 6)} for i in order]})
+                                                     "probability": round(float(p[i]), 6)} for i in order],
+                        **trust_fields(check)})
     if explain is not None:
         from dermkit.data.images import open_image
         from dermkit.models.explain import saliency_map, save_overlay
@@ -177,6 +229,15 @@ def predict(
     if hasattr(predictor, "predict_details"):  # e.g. a thickness, the modalities a fusion model used
         for r, extra in zip(results, predictor.predict_details(images)):
             r.update(extra)
+    if out_csv is not None:
+        from dermkit import io
+
+        table = predictions_frame([str(p) for p in images], proba, predictor.classes)
+        table = table[["image", *(f"prob:{c}" for c in predictor.classes), "prediction"]]
+        for key in ("ood_score", "in_domain", "quality"):
+            table[key] = [r[key] for r in results]
+        out_csv.parent.mkdir(parents=True, exist_ok=True)
+        io.write_csv(out_csv, table)
     if as_json:
         print(json.dumps(results, indent=2))
         return
@@ -185,9 +246,12 @@ def predict(
         for t in r["top"]:
             table.add_row(t["class"], f"{t['probability']:.3f}")
         console.print(table)
+        console.print(f"  {escape(trust_text(r))}", soft_wrap=True)
         for key, value in r.items():
-            if key not in ("image", "top"):
+            if key not in ("image", "top", *TRUST_KEYS):
                 console.print(f"  {key}: {value}")
+    if out_csv is not None:
+        console.print(f"predictions: {out_csv}")
 
 
 def _set_tta(predictor, tta: Optional[str]) -> None:

@@ -104,7 +104,9 @@ __all__ = [
     "SCORES",
     "acceptance_threshold",
     "detection_metrics",
+    "detection_summary",
     "plot_score_histograms",
+    "score_histogram_figure",
     "refit_hint",
 ]
 
@@ -174,6 +176,7 @@ class OODDetector:
         n_val: int | None = None,
         n_outliers: int | None = None,
         folder: str | Path | None = None,
+        domain: str | None = None,
     ):
         self.means = None if means is None else np.ascontiguousarray(means, dtype=np.float32)
         self.precision = None if precision is None else np.ascontiguousarray(precision, dtype=np.float32)
@@ -192,6 +195,8 @@ class OODDetector:
         self.n_val = n_val
         self.n_outliers = n_outliers
         self.folder = None if folder is None else Path(folder)
+        #: What the training images were, in words (e.g. "dermoscopic images of skin lesions (ham10000)").
+        self.domain = domain
         self._mahalanobis = None
         self._knn = None
 
@@ -390,6 +395,7 @@ class OODDetector:
             "knn_k": self.knn_k,
             "knn_bank_rows": None if self.bank is None else len(self.bank),
             "seed": self.seed,
+            "domain": self.domain,
             "fingerprint_probes": None if self.fingerprint is None else len(self.fingerprint),
             "tensors": None if digest is None else {"file": OOD_TENSORS, "sha256": digest},
             "library": {"pytorch-ood": _pytorch_ood_version()},
@@ -439,6 +445,7 @@ class OODDetector:
                 n_val=card["n_val"],
                 n_outliers=card["n_outliers"],
                 folder=folder,
+                domain=card.get("domain"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelError(f"{card_path} is incomplete or invalid ({type(exc).__name__}: {exc}); "
@@ -583,7 +590,15 @@ def _detection_from_blocks(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray
 # ------------------------------------------------------------------------------------------- figure
 def plot_score_histograms(scores_by_set: Mapping[str, np.ndarray], threshold: float | None, path: str | Path,
                           title: str | None = None) -> Path:
-    """Write a PNG of the score distribution of each set (e.g. ID test, each outlier dataset).
+    """Write :func:`score_histogram_figure` as a PNG."""
+    from ..io import save_figure
+
+    return save_figure(path, score_histogram_figure(scores_by_set, threshold, title))
+
+
+def score_histogram_figure(scores_by_set: Mapping[str, np.ndarray], threshold: float | None,
+                           title: str | None = None):
+    """The score distribution of each set (e.g. ID test, each outlier dataset), a matplotlib Figure.
 
     One outlined histogram per set on shared bins, each normalised to its own size (the y axis is
     the share of the set's images), and the threshold as a dashed vertical line with the share of
@@ -592,7 +607,6 @@ def plot_score_histograms(scores_by_set: Mapping[str, np.ndarray], threshold: fl
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    from ..io import save_figure
     from .plots import short_label
 
     sets = {name: _score_vector(values, f"scores of {name!r}") for name, values in scores_by_set.items()}
@@ -624,7 +638,27 @@ def plot_score_histograms(scores_by_set: Mapping[str, np.ndarray], threshold: fl
     ax.set_title(title or "Out-of-distribution scores")
     ax.legend(loc="upper right", fontsize="small")
     fig.tight_layout()
-    return save_figure(path, fig)
+    return fig
+
+
+def detection_summary(id_scores: Mapping[str, np.ndarray], ood_sets: Mapping[str, Mapping[str, np.ndarray]],
+                      default: str, threshold: float, *, id_name: str = "in-distribution test",
+                      n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Every score's :func:`detection_metrics` of the in-distribution images against each other
+    set, and the share of each set the detector's default threshold accepts (JSON-ready)."""
+    default_id = _score_vector(id_scores[default], f"{id_name} scores")
+    sets = {}
+    for name, scores in ood_sets.items():
+        values = _score_vector(scores[default], f"scores of {name!r}")
+        sets[name] = {"n": int(len(values)), "accepted": float(np.mean(values <= threshold)),
+                      "scores": {score: detection_metrics(id_scores[score], scores[score], n_boot=n_boot, seed=seed,
+                                                          level=level)
+                                 for score in SCORES if score in scores and score in id_scores}}
+    return {"id": id_name, "n_id": int(len(default_id)), "default": default, "threshold": float(threshold),
+            "id_accepted": float(np.mean(default_id <= threshold)), "sets": sets,
+            "how": "AUROC: OOD images positive (higher score = more OOD); FPR95: share of the other set accepted "
+                   "when 95% of the in-distribution images are; percentile bootstrap CIs, each set resampled "
+                   "on its own"}
 
 
 # ---------------------------------------------------------------------------------------- internals

@@ -28,6 +28,7 @@ from ..errors import DermkitError
 from .bootstrap import bootstrap_metrics, group_codes
 from .compare import cleaning_effect, cleaning_rows
 from .metrics import HEADLINE_METRICS, class_coverage_warning, classification_metrics, prediction_column_warning
+from .ood import score_histogram_figure
 from .predictions import SOURCE_ATTR, WARNINGS_ATTR, normalise_groups, prediction_arrays, read_predictions
 from .selective import risk_coverage, selective_with_ci
 from .subgroups import (
@@ -51,6 +52,9 @@ FIGURES = {
 }
 #: Written only when the report has subgroups.
 SUBGROUP_FIGURE = ("subgroups_forest.png", "Subgroup forest plot (95% CIs; hollow = too few cases)")
+#: Written only when the report has out-of-distribution scores.
+OOD_FIGURE = ("ood_scores.png", "Out-of-distribution scores of the test images and of each other set (dashed: "
+              "the detector's threshold)")
 
 _LABELS = {
     "accuracy": "Accuracy",
@@ -197,6 +201,9 @@ class Report:
     #: with the probabilities, classes absent from the targets. Shown at the top of report.md and
     #: report.html and saved as ``"warnings"`` in metrics.json (``[]`` when there are none).
     warnings: list[str] = field(default_factory=list)
+    #: Out-of-distribution scores per image set (``{set name: (N,) default scores}``) for the
+    #: histogram of a report with ``metrics["ood"]`` (:func:`dermkit.evaluate.ood.detection_summary`).
+    ood_scores: dict | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -315,8 +322,29 @@ class Report:
     _CLEANING_HEADER = ("Metric", "Full split (95% CI)", "Cleaned split (95% CI)", "Cleaned - full", "95% CI",
                         "p (bootstrap)")
 
+    def _ood_rows(self) -> list[list[str]]:
+        o = self.metrics["ood"]
+        rows = [[o["id"], str(o["n_id"]), f"{o['id_accepted']:.1%}", "\u2014", "\u2014", "\u2014"]]
+        for name, entry in o["sets"].items():
+            for score, r in entry["scores"].items():
+                rows.append([name, str(entry["n"]), f"{entry['accepted']:.1%}" if score == o["default"] else "",
+                             score + (" (default)" if score == o["default"] else ""),
+                             with_ci(r["auroc"], r["ci"]["auroc"]["low"], r["ci"]["auroc"]["high"]),
+                             with_ci(r["fpr95"], r["ci"]["fpr95"]["low"], r["ci"]["fpr95"]["high"])])
+        return rows
+
+    def _ood_note(self) -> str:
+        o = self.metrics["ood"]
+        return (f"Out-of-distribution detection: the model's detector ({o['default']} score by default, threshold "
+                f"{o['threshold']:.4g}) on the {o['id']} images against each other set. 'Accepted' is the share "
+                f"the threshold takes as in-distribution. {o['how']}.")
+
+    _OOD_HEADER = ("Images", "n", "Accepted", "Score", "AUROC (95% CI)", "FPR at 95% TPR (95% CI)")
+
     def _figure_names(self) -> dict[str, str]:
         names = dict(FIGURES)
+        if self.ood_scores:
+            names[OOD_FIGURE[0]] = OOD_FIGURE[1]
         if self.metrics.get("subgroups"):
             names[SUBGROUP_FIGURE[0]] = SUBGROUP_FIGURE[1]
         return names
@@ -354,6 +382,9 @@ class Report:
                                       "Melanomas deferred"], selective)]
         if m.get("subgroups"):
             lines += [subgroups_markdown(m["subgroups"]), ""]
+        if m.get("ood"):
+            lines += ["## Out-of-distribution detection", "", self._ood_note(), ""]
+            lines += [markdown_table(list(self._OOD_HEADER), self._ood_rows())]
         lines += ["## Figures", ""]
         lines += [f"![{alt}]({name})\n" for name, alt in self._figure_names().items()]
         return "\n".join(lines)
@@ -400,6 +431,9 @@ class Report:
                                   "Melanomas deferred"], selective)]
         if m.get("subgroups"):
             parts += self._subgroups_html()
+        if m.get("ood"):
+            parts += ["<h2>Out-of-distribution detection</h2>", f"<p class='note'>{esc(self._ood_note())}</p>",
+                      html_table(list(self._OOD_HEADER), self._ood_rows())]
         parts.append("<h2>Figures</h2>")
         for name, alt in self._figure_names().items():
             if images and name in images:
@@ -426,6 +460,10 @@ class Report:
         }
         if self.metrics.get("subgroups"):
             out[SUBGROUP_FIGURE[0]] = forest_figure(self.metrics["subgroups"], self.title)
+        if self.ood_scores:
+            o = self.metrics.get("ood") or {}
+            out[OOD_FIGURE[0]] = score_histogram_figure(self.ood_scores, o.get("threshold"),
+                                                        f"Out-of-distribution scores ({o.get('default', 'default')})")
         return out
 
     def save(self, out_dir: str | os.PathLike) -> Path:

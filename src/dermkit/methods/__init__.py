@@ -23,6 +23,7 @@ from dermkit.methods import (  # noqa: F401  (each module registers its method)
     zeroshot,
 )
 from dermkit.methods.base import METHODS, Method, Predictions, Predictor, Recalibrated
+from dermkit.methods.ood import attach_detector
 from dermkit.models.checkpoint import read_model_card
 
 __all__ = ["METHODS", "Method", "Predictions", "Predictor", "get_method", "list_methods", "load_predictor"]
@@ -39,7 +40,8 @@ def get_method(name: str | None, where: str = "config") -> Method:
 
 
 def load_predictor(folder: str | os.PathLike, device: str = "auto") -> Predictor:
-    """The predictor of any dermkit model folder (dispatch on ``model.json["method"]``)."""
+    """The predictor of any dermkit model folder (dispatch on ``model.json["method"]``), with the
+    folder's out-of-distribution detector when it has one (``predictor.ood``; else ``ood_note``)."""
     card = read_model_card(folder)
     method = card.get("method", "supervised")
     if method not in METHODS:
@@ -52,4 +54,4 @@ def load_predictor(folder: str | os.PathLike, device: str = "auto") -> Predictor
             predictor = Recalibrated(predictor, temperature, offsets)
         except (ModelError, TypeError, ValueError) as exc:
             raise ModelError(f"{Path(folder) / 'model.json'}: {exc}") from None
-    return predictor
+    return attach_detector(predictor, folder)

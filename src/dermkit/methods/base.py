@@ -82,7 +82,9 @@ class ClassifierConfig:
     ``n_bootstrap``: resamples of the 95% CIs; ``calibrate: temperature``: after training, fit one
     temperature on the val split by NLL; ``decision: balanced``: fit per-class decision offsets on
     the val split for balanced accuracy; both are applied to every prediction of the saved model
-    (:class:`Recalibrated`).
+    (:class:`Recalibrated`). ``ood_acceptance``: when training ends, an out-of-distribution detector
+    is fitted on the train split's image features and its threshold set to accept this share of the
+    val split (:mod:`dermkit.methods.ood`); null fits none.
     """
 
     data: str = "ham10000"
@@ -92,6 +94,7 @@ class ClassifierConfig:
     n_bootstrap: int = 1000
     calibrate: str | None = None  # None | temperature
     decision: str | None = None  # None | balanced (per-class thresholds tuned on val for balanced accuracy)
+    ood_acceptance: float | None = 0.95  # the OOD detector accepts this share of val; null: fit none
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "config"):
@@ -114,6 +117,9 @@ class ClassifierConfig:
         if self.decision not in (None, "", "none", "argmax", "balanced"):
             raise ConfigError(f"decision must be balanced (thresholds tuned on val) or null (argmax), got "
                               f"{self.decision!r}")
+        if self.ood_acceptance is not None and not 0.5 <= self.ood_acceptance <= 1.0:
+            raise ConfigError("ood_acceptance must be between 0.5 and 1 (the share of val images the out-of-"
+                              f"distribution detector accepts), or null for no detector; got {self.ood_acceptance}")
         if (self.task not in (None, "", "all", "melanoma_vs_rest", "positive_vs_rest")
                 and not str(self.task).startswith("binary:")):
             raise ConfigError(f"task must be all, melanoma_vs_rest or binary:CLASS, got {self.task!r}")
@@ -175,6 +181,11 @@ class Predictor:
     """
 
     method: str = ""
+    #: Whether a run fits an out-of-distribution detector for it (:mod:`dermkit.methods.ood`).
+    fits_ood: ClassVar[bool] = True
+    #: The detector (:class:`dermkit.evaluate.ood.OODDetector`) and why there is none, when none.
+    ood = None
+    ood_note: str = ""
 
     def __init__(self, model_card: dict[str, Any]):
         self.model_card = dict(model_card)
@@ -187,6 +198,12 @@ class Predictor:
     def _state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """``(tensors, card)`` to save: safetensors-able tensors and a JSON-able card."""
         raise NotImplementedError
+
+    def image_features(self, paths: Sequence[str | os.PathLike], progress: bool = False) -> np.ndarray | None:
+        """``(N, D)`` features of the model's image tower for its out-of-distribution detector
+        (:mod:`dermkit.methods.ood`), or None when the model has none (the detector then has only
+        the max-softmax score). Overridden by every predictor with an image tower."""
+        return None
 
     def saliency_module(self):
         """What Grad-CAM needs to explain a prediction (a :class:`dermkit.models.explain.SaliencyModule`:
@@ -366,6 +383,9 @@ class Recalibrated(Predictor):
     def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
         return self.recalibrate(self.inner.predict_paths(paths, progress=progress))
 
+    def image_features(self, paths, progress: bool = False) -> np.ndarray | None:
+        return self.inner.image_features(paths, progress=progress)
+
     def _predict_rows(self, card, rows: pd.DataFrame, groups, progress: bool) -> Predictions:
         preds = self.inner._predict_rows(card, rows, groups, progress)  # e.g. fusion reads each row's metadata
         preds.proba = self.recalibrate(preds.proba)
@@ -476,9 +496,12 @@ class EncoderHeadPredictor(Predictor):
         return super().save(folder)
 
     def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
-        feats = extract_features(self.enc, [as_path(p) for p in paths], cache_dir=self.cache_dir,
-                                 batch_size=self.batch_size, num_workers=self.num_workers, progress=progress)
-        return self.head(feats)
+        return self.head(self.image_features(paths, progress=progress))
+
+    def image_features(self, paths, progress: bool = False) -> np.ndarray:
+        """The frozen encoder's L2-normalised embeddings (from the feature cache)."""
+        return extract_features(self.enc, [as_path(p) for p in paths], cache_dir=self.cache_dir,
+                                batch_size=self.batch_size, num_workers=self.num_workers, progress=progress)
 
     @staticmethod
     def read(folder, device: str = "auto"):

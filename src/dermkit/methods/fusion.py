@@ -582,6 +582,13 @@ class FusionPredictor(Predictor):
         """(N, C) probabilities; ``paths`` are the model's main view (other modalities masked unless set)."""
         return self._outputs(paths, progress)["proba"]
 
+    def image_features(self, paths, progress: bool = False) -> np.ndarray | None:
+        """The frozen image encoder's embeddings of the main view (None for a metadata-only model)."""
+        if self.main_view is None or self.image_encoder is None:
+            return None
+        return extract_features(self.image_encoder, [Path(p) for p in paths], cache_dir=self.cache_dir,
+                                progress=progress)
+
     def _details(self, out: dict) -> list[dict]:
         n = len(out["proba"])
         point, expected = thickness_values(self.thickness_kind, out.get("thickness_raw"), self.thickness_stats)

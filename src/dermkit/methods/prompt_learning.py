@@ -419,6 +419,14 @@ class PromptPredictor(Predictor):
     def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
         return _proba(self.model, tail_inputs(self.model, [Path(p) for p in paths], progress=progress, desc="encoding"))
 
+    def image_features(self, paths, progress: bool = False) -> np.ndarray:
+        """The image embeddings the learned prompts are compared with (the tuned tail included)."""
+        inputs = tail_inputs(self.model, [Path(p) for p in paths], progress=progress, desc="encoding")
+        self.model.eval()
+        with torch.no_grad():
+            return torch.cat([self.model.image_features(inputs[i:i + 256].to(self.model.logit_scale.device)).float()
+                              .cpu() for i in range(0, len(inputs), 256)]).numpy()
+
     def saliency_module(self):
         """Grad-CAM through the whole image tower (its tuned tail included) against the learned prompts."""
         model = self.model

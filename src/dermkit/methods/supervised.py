@@ -280,6 +280,19 @@ class SupervisedPredictor(Predictor):
     def predict_paths(self, paths, progress: bool = False) -> np.ndarray:
         return self._outputs(paths, progress)[:, :len(self.classes)]
 
+    def image_features(self, paths, progress: bool = False) -> np.ndarray:
+        """The classifier's pooled pre-logit features (timm ``forward_head(pre_logits=True)``), in
+        fp32 without test-time views: what the out-of-distribution detector measures distances in."""
+        loader = torch.utils.data.DataLoader(self.dataset([as_path(p) for p in paths], progress), batch_size=64,
+                                             num_workers=0)
+        out = []
+        self.model.eval()
+        with torch.inference_mode():
+            for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
+                x = batch[0].to(self.device).contiguous(memory_format=torch.channels_last)
+                out.append(self.model.forward_head(self.model.forward_features(x), pre_logits=True).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, self.model.num_features), dtype=np.float32)
+
     def _onnx(self):
         """The frozen classifier (+ softmax, + thickness outputs) on ONNX Runtime where that is the
         CPU backend, else None."""

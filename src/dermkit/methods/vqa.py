@@ -82,6 +82,7 @@ class VQAConfig(ClassifierConfig):
 class VQAPredictor(Predictor):
     """Option-likelihood class probabilities of a generative VLM (+ its LoRA adapter)."""
 
+    fits_ood = False  # a generative VLM per image per class: no detector is fitted by default
     method = "vqa"
 
     def __init__(self, model, processor, model_card: dict, adapter: dict[str, torch.Tensor] | None = None):

@@ -34,6 +34,7 @@ from typing import Any
 
 from dermkit.data.card_schema import BOOLEAN_FALSE, BOOLEAN_TRUE
 from dermkit.errors import DermkitError
+from dermkit.methods.ood import NOT_IN_DOMAIN
 from dermkit.serve.batching import BatchQueue, PredictJob, QueueFull, RankJob
 from dermkit.serve.uploads import ServeLimits, UploadError, decode_upload, finite_float, read_form
 
@@ -44,6 +45,22 @@ log = logging.getLogger("dermkit.serve")
 NOTICE = ("Research use only. Not a medical device: not for diagnosis, screening or treatment decisions. "
           "A dermatologist must assess every lesion.")
 _RESERVED = {"image", "clinical_image", "top_k", "explain"}
+
+
+def domain_notice(trust: dict) -> str | None:
+    """What the page shows instead of a diagnosis when the image is out of the model's domain or of
+    poor quality (None when neither)."""
+    parts = []
+    if trust.get("in_domain") is False:
+        parts.append(f"{NOT_IN_DOMAIN[0].upper()}{NOT_IN_DOMAIN[1:]}"
+                     + (f": {trust['domain']}" if trust.get("domain") else "")
+                     + f" (out-of-distribution score {trust['ood_score']:.4g} above the limit "
+                       f"{trust['ood_limit']:.4g}).")
+    if trust.get("quality_flags"):
+        parts.append(f"Image quality: {trust['quality']}.")
+    if not parts:
+        return None
+    return " ".join(parts) + " The probabilities below are not a diagnosis."
 
 
 # ------------------------------------------------------------------------------ the model card
@@ -362,6 +379,8 @@ def create_app(model, limits: ServeLimits | None = None, *, device: str = "auto"
             "timing_ms": {"decode": round(1000 * (decoded - arrived), 2), "queue": round(1000 * result["queue_s"], 2),
                           "inference": round(1000 * result["inference_s"], 2),
                           "total": round(1000 * (time.perf_counter() - arrived), 2)},
+            **result["trust"],
+            "domain_notice": domain_notice(result["trust"]),
             "notice": NOTICE,
         }
         if explain:

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from dermkit.methods.ood import assess, trust_fields
+
 __all__ = ["BatchQueue", "PredictJob", "RankJob", "QueueFull"]
 
 
@@ -182,6 +184,7 @@ class BatchQueue:
                                                meta=meta)
                 proba = np.asarray(predictor.predict_paths(paths), dtype=float)
                 details = predictor.predict_details(paths) if hasattr(predictor, "predict_details") else None
+                trust = [trust_fields(check) for check in assess(predictor, paths, proba=proba)]
             finally:
                 if extra:
                     predictor.set_extra_inputs(None, None)
@@ -190,7 +193,8 @@ class BatchQueue:
         self.jobs += len(jobs)
         out = []
         for i, job in enumerate(jobs):
-            out.append({"proba": proba[i], "details": details[i] if details else {}, "batch_size": len(jobs),
+            out.append({"proba": proba[i], "details": details[i] if details else {}, "trust": trust[i],
+                        "batch_size": len(jobs),
                         "queue_s": started - job.queued_at, "inference_s": inference})
         return out
 

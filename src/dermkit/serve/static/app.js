@@ -95,6 +95,19 @@ function showResult(data) {
     const value = document.createElement("span"); value.className = "value"; text(value, pct(t.probability));
     bar.append(name, track, value); bars.append(bar);
   });
+  // Out of the model's domain or a poor image: a notice instead of the answer, the bars one click away.
+  const answer = $("answer"), anyway = $("answer-anyway"), result = $("result");
+  const warned = Boolean(data.domain_notice);
+  $("domain-notice").hidden = !warned;
+  text($("domain-notice-text"), data.domain_notice || "");
+  if (warned) { $("answer-slot").append(answer); anyway.open = false; }
+  else { result.insertBefore(answer, anyway); }
+  anyway.hidden = !warned;
+  const checks = [];
+  if (data.in_domain === true) checks.push(`in domain (OOD score ${data.ood_score.toFixed(3)} ≤ ${data.ood_limit.toFixed(3)})`);
+  else if (data.in_domain == null && data.ood_note) checks.push(data.ood_note);
+  if (!warned) checks.push(`image quality: ${data.quality}`);
+  text($("trust"), checks.join(" · "));
   const timing = data.timing_ms;
   text($("timing"), `total ${timing.total.toFixed(0)} ms (inference ${timing.inference.toFixed(0)} ms` +
     (timing.explain != null ? `, Grad-CAM ${timing.explain.toFixed(0)} ms` : "") + `, batch of ${data.batch_size})`);
