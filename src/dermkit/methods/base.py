@@ -26,6 +26,7 @@ import dataclasses
 import inspect
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -63,6 +64,7 @@ __all__ = [
     "ClassEmbeddingPredictor",
     "Recalibrated",
     "DatasetResult",
+    "scratch_feature_cache",
 ]
 
 METHODS: dict[str, "Method"] = {}
@@ -277,6 +279,22 @@ class DatasetResult:
     folder: Path
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
+
+
+@contextmanager
+def scratch_feature_cache(predictor: "Predictor", folder: str | os.PathLike):
+    """Within the block, a predictor that caches image features (``cache_dir``) caches them in
+    ``folder``: images made on the fly (probe images, stress-test copies, uploads) leave nothing in
+    the user's feature cache."""
+    target = getattr(predictor, "inner", predictor)  # a Recalibrated model's own predictor
+    if "cache_dir" not in vars(target):
+        yield predictor
+        return
+    saved, target.cache_dir = target.cache_dir, str(Path(folder) / "features")
+    try:
+        yield predictor
+    finally:
+        target.cache_dir = saved
 
 
 # ------------------------------------------------------------------------------ methods

@@ -34,7 +34,7 @@ from dermkit.data.outliers import bundled_photos, probe_images, synthetic_outlie
 from dermkit.data.quality import check_quality
 from dermkit.errors import DataError, ModelError
 from dermkit.evaluate.ood import DEFAULT_ACCEPTANCE, OODDetector, detection_summary, refit_hint
-from dermkit.methods.base import Predictor
+from dermkit.methods.base import Predictor, scratch_feature_cache
 from dermkit.values import is_missing
 
 __all__ = ["OUTLIERS", "NO_DETECTOR", "NOT_IN_DOMAIN", "TRUST_KEYS", "fit_detector", "attach_detector", "assess",
@@ -101,19 +101,6 @@ def fit_detector(predictor: Predictor, card, out: str | os.PathLike | None = Non
     return detector
 
 
-def _uncached(predictor: Predictor, folder: Path, compute):
-    """``compute()`` with the predictor's feature cache (if it has one) inside ``folder``: loading a
-    model leaves nothing in the user's cache."""
-    target = getattr(predictor, "inner", predictor)
-    if "cache_dir" not in vars(target):
-        return compute()
-    saved, target.cache_dir = target.cache_dir, str(folder / "features")
-    try:
-        return compute()
-    finally:
-        target.cache_dir = saved
-
-
 def attach_detector(predictor: Predictor, folder: str | os.PathLike) -> Predictor:
     """Give ``predictor`` the detector saved in ``folder`` after checking its fingerprint; without
     one (or with one of another encoder) it predicts with ``ood_note`` saying why not checked."""
@@ -123,8 +110,8 @@ def attach_detector(predictor: Predictor, folder: str | os.PathLike) -> Predicto
         return predictor
     if detector.fingerprint is not None:
         with tempfile.TemporaryDirectory(prefix="dermkit-ood-") as tmp:
-            features = _uncached(predictor, Path(tmp), lambda: predictor.image_features(
-                _as_files(probe_images(), Path(tmp), "probe")))
+            with scratch_feature_cache(predictor, tmp):
+                features = predictor.image_features(_as_files(probe_images(), Path(tmp), "probe"))
         try:
             if features is None:
                 raise ModelError(f"the OOD detector in {folder} was fitted on image features but this model has no "
