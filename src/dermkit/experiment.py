@@ -51,6 +51,7 @@ from dermkit.evaluate.calibration import (
 from dermkit.evaluate.compare import compare_predictions, predictions_path, save_comparison
 from dermkit.evaluate.compare import suite_columns as compare_columns
 from dermkit.evaluate.predictions import prediction_arrays
+from dermkit.evaluate.stress import save_stress
 from dermkit.evaluate.subgroups import (
     attach_metadata,
     save_subgroups,
@@ -60,7 +61,7 @@ from dermkit.evaluate.subgroups import (
 from dermkit.evaluate.subgroups import suite_columns as subgroup_columns
 from dermkit.evaluate.tables import markdown_table, percent_ci
 from dermkit.io import write_csv, write_json, write_text
-from dermkit.methods import get_method
+from dermkit.methods import get_method, load_predictor
 from dermkit.methods.base import DatasetResult, Method, Predictor, Recalibrated
 from dermkit.methods.linear_probe import (
     DEFAULT_CS,
@@ -71,6 +72,7 @@ from dermkit.methods.linear_probe import (
     write_probe_table,
 )
 from dermkit.methods.ood import fit_detector
+from dermkit.methods.stress import run_stress
 from dermkit.methods.zeroshot import ZeroShotConfig, write_zeroshot_table, zeroshot_report
 from dermkit.models.encoders import load_encoder
 from dermkit.models.text import require_text
@@ -404,7 +406,8 @@ def check_configs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, list[st
 
 def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, rerun: bool = False,
               progress: bool = True, overrides: dict[str, Any] | None = None, subgroups: Sequence[str] | None = None,
-              bins: dict | None = None, baseline: str | None = None, n_bootstrap: int = 1000) -> pd.DataFrame:
+              bins: dict | None = None, baseline: str | None = None, n_bootstrap: int = 1000,
+              stress: str | None = None) -> pd.DataFrame:
     """Run every config into ``out_dir/<name>/`` and write the comparison table.
 
     A config whose folder already has ``summary.json`` is not rerun (so an interrupted suite
@@ -467,6 +470,8 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
                 if progress:
                     print(f"{raw['name']}: no subgroup table: {exc}")
                 cells.update({f"ΔBACC {a}": "n/a" for a in subgroups})
+        if stress:
+            _suite_stress(raw, summary, out_dir / raw["name"], stress, n_bootstrap, cells, progress)
         if base_dir is not None:
             label = Path(baseline).name
             if raw["name"] == baseline or (report and base_csv.resolve() == predictions_path(report).resolve()):
@@ -489,6 +494,30 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     write_text(out_dir / "suite.md", suite_markdown(table))
     write_json(out_dir / "suite.json", summaries)
     return table
+
+
+def _suite_stress(raw: dict, summary: dict, run_dir: Path, plan: str, n_bootstrap: int, cells: dict,
+                  progress: bool) -> None:
+    """A suite run's stress test on its test predictions (``<run>/stress/``) and its two table cells."""
+    report = summary.get("report")
+    try:
+        if not report or not isinstance(raw.get("data"), str) or not (run_dir / "model").is_dir():
+            raise DermkitError("the run has no model folder and test report on a dataset card")
+        predictor = load_predictor(run_dir / "model")
+        card = predictor.task_card(load_card(raw["data"]))
+        table, result = run_stress(predictor, card, read_predictions(Path(report) / "predictions.csv"), plan,
+                                   n_bootstrap=n_bootstrap, progress=progress)
+        save_stress(table, run_dir / "stress", result, title=raw["name"])
+        rel = result["mean_relative_drop"]
+        cells["stress: BACC / AUC drop"] = (f"{100 * rel['balanced_accuracy']:.1f}% / "
+                                            f"{100 * rel['macro_auc']:.1f}%")
+        worst = result["worst"]
+        cells["stress: worst (flipped)"] = (f"{worst['transform']} ({100 * worst['flip_rate']:.0f}%)"
+                                           if worst else "n/a")
+    except DermkitError as exc:
+        if progress:
+            print(f"{raw['name']}: no stress test: {exc}")
+        cells["stress: BACC / AUC drop"] = "n/a"
 
 
 # ------------------------------------------------------------------------------ one encoder, several datasets

@@ -76,7 +76,9 @@ def concepts_show(
 def concepts_bias_data(
     data: str = typer.Option(..., help="Dataset name or folder (with an images/ folder and a positive class)."),
     out: Path = typer.Option(..., help="Folder for the two biased dataset folders (biased/, biased_test/)."),
-    artefact: str = typer.Option("ink", help="ink (a purple ink mark) | ruler (a ruler bar along one edge)."),
+    artefact: str = typer.Option("ink", help="ink (a purple ink mark) | ruler (a ruler bar along one edge) | hair "
+                                             "(dark strands) | vignette (dark dermoscope corners) | bubbles (gel "
+                                             "bubbles)."),
     fraction: float = typer.Option(0.8, help="Fraction of the positive train/val images (and of the negative "
                                              "test images in biased_test/) that get the artefact."),
     seed: int = typer.Option(0, help="Random seed of which images get it and where it is drawn."),

@@ -45,6 +45,12 @@ def evaluate_cmd(
                                              "COLUMN:EDGE,EDGE,... (repeatable), e.g. --bins age:40,60."),
     tta: Optional[str] = typer.Option(None, help="Test-time augmentation of a supervised model, overriding the one "
                                                  "saved with it: none | flip (3 views) | flip_rot (8 views)."),
+    stress: Optional[str] = typer.Option(None, "--stress", help="With --model: robustness stress test: the metrics "
+                                         "on the split and on seeded, transformed copies made on the fly (nothing is "
+                                         "written to the dataset). quick (12 transforms x severities 2 and 4) | full "
+                                         "(25 transforms x 1-5) | a family (acquisition, corruption, artefact) | "
+                                         "NAME[:SEVERITY],... (e.g. hair:3,motion_blur). Writes stress.csv and "
+                                         "stress.png; paired-bootstrap differences to clean and flip rates."),
     ood_data: Optional[str] = typer.Option(None, "--ood-data", help="With --model: out-of-distribution detection "
                                            "of the model's detector, --split images vs each of these, separated by "
                                            "commas: datasets (their test split, else every row; NAME:COLUMN for "
@@ -64,6 +70,12 @@ def evaluate_cmd(
     from dermkit.evaluate.tables import format_ci, format_metric
 
     others = _ood_sets(ood_data, model)  # checked before anything is predicted
+    if stress is not None:
+        if model is None:
+            raise ConfigError("--stress needs --model (the model predicts each transformed copy)")
+        from dermkit.data.stress import parse_stress
+
+        parse_stress(stress)
     attributes = parse_subgroups(subgroups) if subgroups is not None else []
     bin_edges = parse_bins(bins)
     if bin_edges and not attributes:
@@ -106,6 +118,13 @@ def evaluate_cmd(
         report.metrics["ood"], report.ood_scores = evaluate_detection(
             predictor, [card.image_path(rel) for rel in kept], proba, others, id_name=f"{card.name} {split}",
             n_boot=n_bootstrap, seed=seed)
+    if stress is not None:
+        from dermkit.evaluate.stress import stress_json
+        from dermkit.methods.stress import run_stress
+
+        table, summary = run_stress(predictor, predictor.task_card(card), report.predictions, stress, seed=seed,
+                                    n_bootstrap=n_bootstrap)
+        report.stress, report.metrics["stress"] = table, stress_json(table, summary)
     folder = report.save(out)
     for warning in report.warnings:
         err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
@@ -124,6 +143,8 @@ def evaluate_cmd(
             f"{format_metric(gap['gap'], 3)} {ci} ({escape(str(gap['worst']))} vs {escape(str(gap['best']))})"))
     if m.get("subgroups"):
         console.print(f"subgroups: {folder}/subgroups.csv, {folder}/subgroups_forest.png")
+    if m.get("stress"):
+        console.print(f"{'stress':>18}: {escape(m['stress']['summary']['line'])}", soft_wrap=True)
     for name, entry in (m.get("ood") or {}).get("sets", {}).items():
         r = entry["scores"][m["ood"]["default"]]
         console.print(f"{'OOD ' + m['ood']['default']:>18}: vs {escape(name)}: AUROC {format_metric(r['auroc'])} "

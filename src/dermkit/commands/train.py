@@ -159,7 +159,11 @@ def suite_cmd(
     baseline: Optional[str] = typer.Option(None, help="A run of the suite (its name) or a run folder: adds every "
                                            "run's paired comparison with it (ΔBACC, ΔAUC with CI and p, DeLong and "
                                            "McNemar p); details in OUT/<run>/compare_vs_<baseline>/."),
-    n_bootstrap: int = typer.Option(1000, min=1, help="Bootstrap resamples for --subgroups and --baseline."),
+    n_bootstrap: int = typer.Option(1000, min=1, help="Bootstrap resamples for --subgroups, --baseline and --stress."),
+    stress: Optional[str] = typer.Option(None, help="Robustness stress test of every run's model on its test split "
+                                         "(quick | full | a family | NAME[:SEVERITY],...; see `dermkit evaluate "
+                                         "--help`): each run's mean relative drop and worst transform in the table, "
+                                         "details in OUT/<run>/stress/. The same transformed images for every run."),
 ) -> None:
     """Run several configs (ablations) and print one comparison table (ACC, BACC, F1, AUC with 95% CIs).
 
@@ -172,8 +176,12 @@ def suite_cmd(
     bin_edges = parse_bins(bins)
     if bin_edges and not attributes:
         raise ConfigError("--bins cuts the columns named in --subgroups; add --subgroups (e.g. --subgroups age_band)")
+    if stress is not None:
+        from dermkit.data.stress import parse_stress
+
+        parse_stress(stress)  # a wrong name fails before any run
     table = run_suite(configs, out, rerun=rerun, overrides={"epochs": epochs} if epochs else None,
-                      subgroups=attributes, bins=bin_edges, baseline=baseline, n_bootstrap=n_bootstrap)
+                      subgroups=attributes, bins=bin_edges, baseline=baseline, n_bootstrap=n_bootstrap, stress=stress)
     print_frame(table, f"suite ({len(table)} runs), metrics in %, 95% CI")
     console.print(f"table: {out / 'suite.md'}")
 

@@ -31,6 +31,7 @@ from .metrics import HEADLINE_METRICS, class_coverage_warning, classification_me
 from .ood import score_histogram_figure
 from .predictions import SOURCE_ATTR, WARNINGS_ATTR, normalise_groups, prediction_arrays, read_predictions
 from .selective import risk_coverage, selective_with_ci
+from .stress import STRESS_HEADER, stress_figure, stress_markdown, stress_rows
 from .subgroups import (
     SUBGROUP_METRICS,
     attach_metadata,
@@ -52,6 +53,8 @@ FIGURES = {
 }
 #: Written only when the report has subgroups.
 SUBGROUP_FIGURE = ("subgroups_forest.png", "Subgroup forest plot (95% CIs; hollow = too few cases)")
+#: Written only when the report has a stress test.
+STRESS_FIGURE = ("stress.png", "Robustness stress test: each metric against severity, per transform family")
 #: Written only when the report has out-of-distribution scores.
 OOD_FIGURE = ("ood_scores.png", "Out-of-distribution scores of the test images and of each other set (dashed: "
               "the detector's threshold)")
@@ -204,6 +207,9 @@ class Report:
     #: Out-of-distribution scores per image set (``{set name: (N,) default scores}``) for the
     #: histogram of a report with ``metrics["ood"]`` (:func:`dermkit.evaluate.ood.detection_summary`).
     ood_scores: dict | None = None
+    #: The robustness stress test (:func:`dermkit.evaluate.stress.stress_table`) of a report with
+    #: ``metrics["stress"]``: written as stress.csv, plotted, and tabled in the report.
+    stress: pd.DataFrame | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -345,6 +351,8 @@ class Report:
         names = dict(FIGURES)
         if self.ood_scores:
             names[OOD_FIGURE[0]] = OOD_FIGURE[1]
+        if self.stress is not None:
+            names[STRESS_FIGURE[0]] = STRESS_FIGURE[1]
         if self.metrics.get("subgroups"):
             names[SUBGROUP_FIGURE[0]] = SUBGROUP_FIGURE[1]
         return names
@@ -385,6 +393,8 @@ class Report:
         if m.get("ood"):
             lines += ["## Out-of-distribution detection", "", self._ood_note(), ""]
             lines += [markdown_table(list(self._OOD_HEADER), self._ood_rows())]
+        if self.stress is not None:
+            lines += [stress_markdown(self.stress, m["stress"]["summary"]), ""]
         lines += ["## Figures", ""]
         lines += [f"![{alt}]({name})\n" for name, alt in self._figure_names().items()]
         return "\n".join(lines)
@@ -434,6 +444,11 @@ class Report:
         if m.get("ood"):
             parts += ["<h2>Out-of-distribution detection</h2>", f"<p class='note'>{esc(self._ood_note())}</p>",
                       html_table(list(self._OOD_HEADER), self._ood_rows())]
+        if self.stress is not None:
+            parts += ["<h2>Robustness stress test</h2>", f"<p>{esc(m['stress']['summary']['line'])}</p>",
+                      "<p class='note'>Differences are condition - clean with 95% CIs and p from a paired bootstrap; "
+                      "flipped = share of images whose predicted class changes. Details: stress.csv.</p>",
+                      html_table(list(STRESS_HEADER), stress_rows(self.stress))]
         parts.append("<h2>Figures</h2>")
         for name, alt in self._figure_names().items():
             if images and name in images:
@@ -460,6 +475,8 @@ class Report:
         }
         if self.metrics.get("subgroups"):
             out[SUBGROUP_FIGURE[0]] = forest_figure(self.metrics["subgroups"], self.title)
+        if self.stress is not None:
+            out[STRESS_FIGURE[0]] = stress_figure(self.stress, title=f"Robustness: {self.title}")
         if self.ood_scores:
             o = self.metrics.get("ood") or {}
             out[OOD_FIGURE[0]] = score_histogram_figure(self.ood_scores, o.get("threshold"),
@@ -479,6 +496,8 @@ class Report:
         for name, fig in figures.items():
             io.save_figure(out / name, fig)
             images[name] = (out / name).read_bytes()
+        if self.stress is not None:
+            io.write_csv(out / "stress.csv", self.stress)
         if self.metrics.get("subgroups"):
             io.write_csv(out / "subgroups.csv", subgroup_table(self.metrics["subgroups"]))
             io.write_csv(out / "subgroup_gaps.csv", gap_table(self.metrics["subgroups"]))

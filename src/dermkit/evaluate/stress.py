@@ -269,8 +269,17 @@ def stress_markdown(table: pd.DataFrame, summary: dict | None = None, heading: s
                   f"- Worst condition: {wc['transform']} at severity {wc['severity']}: balanced accuracy "
                   f"-{format_metric(wc['balanced_accuracy_drop'], 3)}, {_percent(wc['flip_rate'])} flipped",
                   f"- Three worst transforms: {', '.join(summary['worst3'])}", ""]
-    header = ["Transform", "Family", "Severity", "BACC", "ΔBACC [CI]", "p", "AUC", "ΔAUC [CI]", "p",
-              "Acc", "ΔAcc [CI]", "p", "Flipped"]
+    lines.append(markdown_table(list(STRESS_HEADER), stress_rows(table)))
+    return "\n".join(lines)
+
+
+#: The header of :func:`stress_rows` (report.md and report.html).
+STRESS_HEADER = ("Transform", "Family", "Severity", "BACC", "ΔBACC [CI]", "p", "AUC", "ΔAUC [CI]", "p",
+                 "Acc", "ΔAcc [CI]", "p", "Flipped")
+
+
+def stress_rows(table: pd.DataFrame) -> list[list]:
+    """The cells of the conditions table, one row per condition (clean first)."""
     rows = []
     for _, row in table.iterrows():
         cells = [row["transform"], row["family"], int(row["severity"])]
@@ -280,8 +289,7 @@ def stress_markdown(table: pd.DataFrame, summary: dict | None = None, heading: s
                       "" if is_clean else format_p(row[f"{m}_p"])]
         cells.append(_percent(row["flip_rate"]))
         rows.append(cells)
-    lines.append(markdown_table(header, rows))
-    return "\n".join(lines)
+    return rows
 
 
 def save_stress(table: pd.DataFrame, out_dir: str | os.PathLike, summary: dict | None = None,
