@@ -24,6 +24,7 @@ def register(app: typer.Typer, groups: dict) -> None:
     groups["data"].command("fetch")(data_fetch)
     groups["data"].command("shards")(data_shards)
     groups["data"].command("audit")(data_audit)
+    groups["data"].command("sheet")(data_sheet)
 
 
 def data_check(
@@ -335,3 +336,32 @@ def data_audit(
         path, count = confirm_exclusions(dataset, out)
         console.print(f"exclusion list: {count} image(s) in {path}; dataset.yaml says 'exclude: {path.parent.name}/"
                       f"{path.name}' (every command leaves them out; delete lines to keep an image)", soft_wrap=True)
+
+
+def data_sheet(
+    dataset: str = typer.Argument(..., help="A known dataset name (ham10000, derm7pt, ph2, isic2017, pad_ufes20; "
+                                            "resolved under $DERMKIT_DATA) or a folder with metadata.csv."),
+    out: Optional[Path] = typer.Option(None, help="Also write datasheet.md, datasheet.html and datasheet.json "
+                                                  "into this folder."),
+) -> None:
+    """Print the dataset's datasheet: the CLEAR Derm data items computed from its card.
+
+    Image type, licence, label source (e.g. HAM10000's dx_type) and its share, class counts per
+    split, partition level, Fitzpatrick / Monk skin type, age, sex and body site, declared
+    duplicates and the exclusion list. Reads metadata.csv only (no image is decoded).
+    """
+    from rich.markdown import Markdown
+
+    from dermkit.data import load_card
+    from dermkit.data.datasheet import datasheet, datasheet_markdown, save_datasheet
+
+    card = load_card(dataset)
+    sheet = datasheet(card)
+    text = datasheet_markdown(sheet)
+    if console.is_terminal:
+        console.print(Markdown(text))
+    else:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+    if out is not None:
+        for path in save_datasheet(card, out, sheet).values():
+            console.print(f"wrote {path}", highlight=False, soft_wrap=True)

@@ -1,0 +1,157 @@
+"""Datasheets (issue 27): every number equals a count computed directly on the card's table."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import SHARED_DATA, requires_shared_data
+from dermkit.cli import main
+from dermkit.data import load_card
+from dermkit.data.datasheet import datasheet, datasheet_html, datasheet_markdown, fitzpatrick_type, save_datasheet
+
+FITZ = ["1", "I", "2.0", "iii", "", "4", "V", "6", "unknown", "7"]
+DX = ["histo", "follow_up", "consensus", "confocal", "histo"]
+SITES = ["back", "face", "Back", "", "scalp", "trunk", "foot", "neck", "ear", "nose", "lip", "hand", "chest"]
+
+
+def _enriched(folder):
+    """tiny_dataset with Fitzpatrick, dx_type, body site and some missing age/sex cells."""
+    path = folder / "metadata.csv"
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    n = len(table)
+    table["fitzpatrick"] = [FITZ[i % len(FITZ)] for i in range(n)]
+    table["dx_type"] = [DX[i % len(DX)] for i in range(n)]
+    table["localization"] = [SITES[i % len(SITES)] for i in range(n)]
+    table.loc[::7, "age"] = ""
+    table.loc[::11, "sex"] = "unknown"
+    table.loc[::13, "duplicate_of"] = "images/x.jpg"
+    table["duplicate_of"] = table["duplicate_of"].fillna("")
+    table.to_csv(path, index=False)
+    spec = yaml.safe_load((folder / "dataset.yaml").read_text())
+    spec["duplicate_column"] = "duplicate_of"
+    (folder / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    return load_card(folder)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (1, "I"), ("1", "I"), ("1.0", "I"), ("I", "I"), ("vi", "VI"), ("type III", "III"), ("4.0", "IV"),
+    ("", None), (None, None), (float("nan"), None), ("UNK", None), ("7", None), ("2.5", None), ("x", None),
+])
+def test_fitzpatrick_mapping(value, expected):
+    assert fitzpatrick_type(value) == expected
+
+
+def test_numbers_equal_direct_counts(tiny_dataset):
+    card = _enriched(tiny_dataset)
+    t = card.table
+    sheet = datasheet(card)
+    assert sheet["identity"]["rows"] == len(t) == 84
+    assert sheet["identity"]["image_type"] == "dermoscopic"
+    assert sheet["identity"]["licence"] == "CC0 (generated for tests)"
+    assert sheet["identity"]["source"] == "not stated in the card"
+    # classes per split and totals
+    direct = t.groupby(["split", "diagnosis"]).size()
+    for split, counts in sheet["classes"]["per_split"].items():
+        for cls, n in counts.items():
+            assert n == direct.get((split, cls), 0)
+    assert sheet["classes"]["total"] == t["diagnosis"].value_counts().to_dict()
+    assert sheet["identity"]["splits"] == t["split"].value_counts().to_dict()
+    # partition
+    part = sheet["partition"]
+    sizes = t.groupby("lesion_id").size()
+    assert part["level"] == "lesion" and part["groups"] == t["lesion_id"].nunique()
+    assert part["images_per_group_max"] == sizes.max()
+    assert part["images_per_group_mean"] == pytest.approx(sizes.mean())
+    assert part["groups_across_splits"] == int((t.groupby("lesion_id")["split"].nunique() > 1).sum()) == 0
+    # label source
+    ls = sheet["label_source"]
+    words = {"histo": "histopathology", "follow_up": "follow-up", "consensus": "expert consensus",
+             "confocal": "confocal microscopy"}
+    assert ls["column"] == "dx_type"
+    assert ls["counts"] == t["dx_type"].map(words).value_counts().to_dict()
+    assert sum(ls["shares"].values()) == pytest.approx(1.0)
+    for split, counts in ls["per_split"].items():
+        direct_split = t[t["split"] == split]["dx_type"].map(words).value_counts()
+        assert counts == {k: int(direct_split.get(k, 0)) for k in ls["counts"]}
+    # Fitzpatrick
+    fz = sheet["skin_type"]["fitzpatrick"]
+    mapped = t["fitzpatrick"].map(fitzpatrick_type)
+    assert fz["counts"] == {k: int((mapped == k).sum()) for k in ["I", "II", "III", "IV", "V", "VI"]}
+    missing = int(t["fitzpatrick"].isna().sum() + (t["fitzpatrick"] == "unknown").sum())
+    assert fz["missing"] == missing and fz["missing_share"] == pytest.approx(missing / len(t))
+    assert fz["unreadable"] == int((t["fitzpatrick"] == "7").sum())
+    assert sheet["skin_type"]["monk"]["recorded"] is False
+    # age
+    age = sheet["demographics"]["age"]
+    a = pd.to_numeric(t["age"], errors="coerce").dropna()
+    assert age["n"] == len(a) and age["missing"] == len(t) - len(a)
+    assert age["median"] == a.median() and age["q1"] == a.quantile(0.25) and age["q3"] == a.quantile(0.75)
+    assert age["bands"] == {"<30": int((a < 30).sum()), "30-44": int(((a >= 30) & (a < 45)).sum()),
+                            "45-59": int(((a >= 45) & (a < 60)).sum()), "60-74": int(((a >= 60) & (a < 75)).sum()),
+                            ">=75": int((a >= 75).sum())}
+    # sex
+    sex = sheet["demographics"]["sex"]
+    known = t["sex"][t["sex"] != "unknown"]
+    assert sex["counts"] == known.value_counts().to_dict() and sex["missing"] == (t["sex"] == "unknown").sum()
+    # body site: casefolded, top 10 + other
+    site = sheet["demographics"]["body_site"]
+    s = t["localization"].dropna().str.casefold().value_counts()
+    assert site["missing"] == t["localization"].isna().sum() and site["distinct"] == len(s)
+    assert sum(site["counts"].values()) == site["n"] == s.sum()
+    assert site["counts"]["back"] == s["back"] and len(site["counts"]) == 11
+    # duplicates
+    assert sheet["duplicates"]["declared"] == int(t["duplicate_of"].notna().sum()) == len(range(0, 84, 13))
+    assert sheet["duplicates"]["excluded_total"] == 0
+    json.dumps(sheet, allow_nan=False)
+
+
+def test_rendering_escapes_and_covers_sections(tiny_dataset):
+    spec = yaml.safe_load((tiny_dataset / "dataset.yaml").read_text())
+    spec["license"] = "<script>alert(1)</script> | pipe"
+    del spec["group_column"]
+    (tiny_dataset / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    sheet = datasheet(load_card(tiny_dataset))
+    assert sheet["partition"]["level"] == "image" and sheet["partition"]["groups"] == 84
+    assert sheet["label_source"]["recorded"] is False and sheet["skin_type"]["fitzpatrick"]["recorded"] is False
+    md, page = datasheet_markdown(sheet), datasheet_html(sheet)
+    for title in ("Classes per split", "Partition", "Label source", "Skin type", "Demographics", "Duplicates",
+                  "CLEAR Derm items covered"):
+        assert title in md and title in page
+    assert "<script>" not in page and "&lt;script&gt;" in page and "not recorded" in md
+
+
+def test_cli_writes_three_files(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "sheet"
+    assert main(["data", "sheet", str(tiny_dataset), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["datasheet.html", "datasheet.json", "datasheet.md"]
+    text = capsys.readouterr().out
+    assert "Datasheet: tiny" in text and "datasheet.json" in text
+    saved = json.loads((out / "datasheet.json").read_text())
+    assert saved == json.loads(json.dumps(datasheet(tiny_dataset)))
+    again = save_datasheet(tiny_dataset, tmp_path / "again")
+    assert again["markdown"].read_text() == (out / "datasheet.md").read_text()
+
+
+def test_cli_unknown_dataset_exits_2(capsys):
+    assert main(["data", "sheet", "no_such_dataset_xyz"]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+@requires_shared_data
+def test_real_pad_ufes20_and_ham10000():
+    pad = load_card(SHARED_DATA / "pad_ufes20")
+    fz = datasheet(pad)["skin_type"]["fitzpatrick"]
+    direct = pd.to_numeric(pad.table["fitspatrick"], errors="coerce").value_counts()
+    assert fz["column"] == "fitspatrick"
+    assert {k: v for k, v in fz["counts"].items() if v} == {
+        ["I", "II", "III", "IV", "V", "VI"][int(k) - 1]: int(v) for k, v in direct.items()}
+    assert fz["missing"] == int(pad.table["fitspatrick"].isna().sum())
+    ham = datasheet(load_card(SHARED_DATA / "ham10000"))
+    ls = ham["label_source"]
+    assert ls["column"] == "dx_type" and sum(ls["shares"].values()) == pytest.approx(1.0)
+    assert ls["n"] == ham["identity"]["rows"]
+    assert ham["partition"]["level"] == "lesion" and ham["partition"]["groups_across_splits"] == 0
