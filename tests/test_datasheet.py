@@ -155,3 +155,20 @@ def test_real_pad_ufes20_and_ham10000():
     assert ls["column"] == "dx_type" and sum(ls["shares"].values()) == pytest.approx(1.0)
     assert ls["n"] == ham["identity"]["rows"]
     assert ham["partition"]["level"] == "lesion" and ham["partition"]["groups_across_splits"] == 0
+
+
+def test_data_check_sheet_prints_it_and_a_runs_report_links_the_test_datas_sheet(tiny_dataset, tmp_path, capsys):
+    assert main(["data", "check", str(tiny_dataset), "--no-images", "--sheet"]) == 0
+    printed = capsys.readouterr().out
+    assert "# Datasheet: tiny" in printed and "Images (rows of metadata.csv): 84" in printed
+    import dermkit
+
+    dermkit.run({"method": "supervised", "data": str(tiny_dataset), "model": "timm:test_resnet@random",
+                 "image_size": 32, "num_workers": 0, "epochs": 1, "n_bootstrap": 10, "ood_acceptance": None},
+                out=tmp_path / "run", progress=False)
+    test = tmp_path / "run" / "eval" / "test"
+    assert (test / "datasheet.html").is_file() and (test / "datasheet.md").is_file()
+    assert "[datasheet.html](datasheet.html)" in (test / "report.md").read_text()
+    assert "href='datasheet.html'" in (test / "report.html").read_text()
+    sheet = json.loads((test / "datasheet.json").read_text())
+    assert sheet == json.loads(json.dumps(datasheet(load_card(tiny_dataset)), default=str))

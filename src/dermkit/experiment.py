@@ -34,6 +34,7 @@ import yaml
 
 from dermkit import io
 from dermkit.data.card import load_card
+from dermkit.data.datasheet import save_datasheet
 from dermkit.data.prompts import prompt_spec
 from dermkit.data.tasks import derive_task
 from dermkit.engine import distributed
@@ -261,7 +262,10 @@ class Run:
                 predictions = predictions.subset(~excluded)
                 preds = preds[~excluded].reset_index(drop=True)
             key = "test" if eval_card is card else eval_card.name
-            folder = report.save(self.out_dir / "eval" / ("test" if key == "test" else f"{eval_card.name}_test"))
+            folder = self.out_dir / "eval" / ("test" if key == "test" else f"{eval_card.name}_test")
+            save_datasheet(eval_card, folder)
+            report.links["Datasheet of the test data"] = "datasheet.html"
+            report.save(folder)
             if getattr(predictor, "temperature", None) and hasattr(predictor, "inner"):
                 _write_calibration(folder, preds, predictor, self.config.n_bootstrap, seed)
             if key == "test" and predictions.thickness is not None and predictions.thickness_target is not None:

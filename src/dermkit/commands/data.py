@@ -35,6 +35,7 @@ def data_check(
     follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Allow image paths that lead out of the "
                                          "folder through a symlink (e.g. images/ linked to an image store), for "
                                          "this check; 'follow_symlinks: true' in dataset.yaml allows it always."),
+    sheet: bool = typer.Option(False, "--sheet", help="Also print the dataset's datasheet (`dermkit data sheet`)."),
     embeddings: bool = typer.Option(True, "--embeddings/--no-embeddings", help="Also look for near-duplicates "
                                     "across splits in the embeddings that the dataset's last `dermkit data audit` "
                                     "cached (crops, flips, colour shifts that perceptual hashes miss); nothing is "
@@ -59,6 +60,10 @@ def data_check(
         console.print(f"[cyan]info[/cyan] {escape(result.extra['embedding_check'])}", soft_wrap=True)
     if result.metadata_coverage is not None and len(result.metadata_coverage):
         console.print(_frame_table(result.metadata_coverage, "metadata coverage"))
+    if sheet:
+        from dermkit.data.datasheet import datasheet, datasheet_markdown
+
+        console.print(datasheet_markdown(datasheet(card)), markup=False, highlight=False, soft_wrap=True)
     errors = [p for p in result.problems if p.severity == "error"]
     warnings = [p for p in result.problems if p.severity != "error"]
     for p in warnings:

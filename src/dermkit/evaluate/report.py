@@ -210,6 +210,8 @@ class Report:
     #: The robustness stress test (:func:`dermkit.evaluate.stress.stress_table`) of a report with
     #: ``metrics["stress"]``: written as stress.csv, plotted, and tabled in the report.
     stress: pd.DataFrame | None = None
+    #: Files next to the report that it links to, ``{what: relative path}`` (e.g. the test data's datasheet).
+    links: dict = field(default_factory=dict)
 
     @property
     def classes(self) -> list[str]:
@@ -365,6 +367,7 @@ class Report:
         lines = [f"# {self.title}", ""]
         for warning in self.warnings:
             lines += [f"> **Warning:** {markdown_cell(warning)}", ""]
+        lines += [f"- {what}: [{path}]({path})" for what, path in self.links.items()]
         lines += [f"- Samples: {m['n']}",
                  f"- Classes ({len(self.classes)}): {', '.join(self.classes)}", "",
                  self._method_note(), "", "## Headline metrics", ""]
@@ -413,6 +416,7 @@ class Report:
             f"<p>Samples: <b>{m['n']}</b> &middot; Classes ({len(self.classes)}): "
             f"{esc(', '.join(self.classes))}</p>",
             f"<p class='note'>{esc(self._method_note())}</p>",
+            *(f"<p>{esc(what)}: <a href='{esc(path)}'>{esc(path)}</a></p>" for what, path in self.links.items()),
             "<h2>Headline metrics</h2>",
             html_table(["Metric", "Value", "95% CI"], self._headline_rows()),
         ]
