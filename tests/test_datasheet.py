@@ -172,3 +172,27 @@ def test_data_check_sheet_prints_it_and_a_runs_report_links_the_test_datas_sheet
     assert "href='datasheet.html'" in (test / "report.html").read_text()
     sheet = json.loads((test / "datasheet.json").read_text())
     assert sheet == json.loads(json.dumps(datasheet(load_card(tiny_dataset)), default=str))
+
+
+def test_skin_type_is_one_column_whatever_the_release_calls_it(tiny_dataset, tmp_path, capsys):
+    from dermkit.data.skin_type import with_skin_type
+
+    table = pd.DataFrame({"fitspatrick": ["1.0", "3", "VI", "", "7", None], "x": range(6)})
+    out = with_skin_type(table)
+    assert out["fitzpatrick"].where(out["fitzpatrick"].notna(), None).tolist() == ["I", "III", "VI", None, None, None]
+    assert "fitzpatrick" not in table.columns  # the input is not changed
+    assert with_skin_type(pd.DataFrame({"age": [1]})).columns.tolist() == ["age"]
+    # `evaluate --subgroups fitzpatrick` on a card that names it fitspatrick (PAD-UFES-20's spelling)
+    meta = pd.read_csv(tiny_dataset / "metadata.csv")
+    meta["fitspatrick"] = [["2.0", "3.0", "4.0"][i % 3] for i in range(len(meta))]
+    meta.to_csv(tiny_dataset / "metadata.csv", index=False)
+    test = meta[meta["split"] == "test"]
+    frame = pd.DataFrame({"image": test["image"], "target": test["diagnosis"], "prediction": test["diagnosis"],
+                          **{f"prob:{c}": (test["diagnosis"] == c).astype(float) for c in ("bcc", "mel", "nv")}})
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    assert main(["evaluate", "--predictions", str(tmp_path / "p.csv"), "--data", str(tiny_dataset), "--out",
+                 str(tmp_path / "rep"), "--subgroups", "fitzpatrick", "--n-bootstrap", "20"]) == 0
+    levels = pd.read_csv(tmp_path / "rep" / "subgroups.csv")
+    got = dict(zip(levels["level"], levels["n"]))
+    expected = test["fitspatrick"].map({"2.0": "II", "3.0": "III", "4.0": "IV"}).value_counts().to_dict()
+    assert {k: v for k, v in got.items() if k in expected} == expected

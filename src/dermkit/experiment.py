@@ -465,7 +465,8 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
                     raise DermkitError("the run has no test report on a dataset card")
                 card = load_card(raw["data"])
                 frame = read_predictions(Path(report) / "predictions.csv")
-                labels, how = subgroup_labels(attach_metadata(frame, card.table, str(card.metadata_csv)), subgroups,
+                labels, how = subgroup_labels(attach_metadata(frame, card.analysis_table(), str(card.metadata_csv)),
+                                              subgroups,
                                               bins, missing_values=card.missing_values)
                 result = subgroup_analysis(frame, labels, how, n_bootstrap=n_bootstrap)
                 save_subgroups(result, out_dir / raw["name"] / "subgroups", title=raw["name"])

@@ -103,7 +103,7 @@ def evaluate_cmd(
         excluded, excluded_note = _excluded_rows(preds, card)
     metadata = None
     if card is not None and attributes:
-        metadata = card.table.copy()
+        metadata = card.analysis_table()  # + fitzpatrick (I-VI) whatever the release calls it
         metadata.attrs["source"] = str(card.metadata_csv)  # named when a predicted image is not in it
     report = evaluate(preds, n_bootstrap=n_bootstrap, seed=seed, title=title, allow_duplicates=allow_duplicates,
                       subgroups=attributes or None, bins=bin_edges,

@@ -30,6 +30,7 @@ import pandas as pd
 from dermkit.data.card_schema import CARD_KEYS, RESERVED_COLUMNS, SPLITS, folder_spec, infer_type, known_cards
 from dermkit.data.images import PathResolver, SymlinkEscape, csv_image_path
 from dermkit.data.metadata_csv import csv_lines, line_list, read_metadata_and_delimiter
+from dermkit.data.skin_type import with_skin_type
 from dermkit.errors import DataError
 from dermkit.values import missing_mask, spelling_difference, spelling_key
 
@@ -138,6 +139,11 @@ class DatasetCard:
             table, self._csv_delimiter = read_metadata_and_delimiter(self.metadata_csv)
             self._table = self._normalise(table)
         return self._table
+
+    def analysis_table(self) -> pd.DataFrame:
+        """A copy of :attr:`table` with the columns analyses group by under one name whatever the
+        release calls them: ``fitzpatrick`` (I-VI, see :mod:`dermkit.data.skin_type`)."""
+        return with_skin_type(self.table.copy())
 
     @property
     def csv_delimiter(self) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from dermkit.data.card_schema import SPLITS
+from dermkit.data.skin_type import FITZPATRICK_COLUMNS, FITZPATRICK_TYPES, MONK_COLUMNS, find_column, fitzpatrick_type
 from dermkit.io import json_ready, write_json, write_text
 from dermkit.values import is_unknown
 
@@ -29,9 +30,6 @@ __all__ = ["datasheet", "datasheet_markdown", "datasheet_html", "save_datasheet"
 
 NOT_STATED = "not stated in the card"
 NOT_RECORDED = "not recorded"
-FITZPATRICK_TYPES = ("I", "II", "III", "IV", "V", "VI")
-FITZPATRICK_COLUMNS = ("fitzpatrick", "fitspatrick", "fitzpatrick_scale", "fitzpatrick_type", "skin_type")
-MONK_COLUMNS = ("monk", "monk_skin_tone", "monk_scale", "mst")
 LABEL_SOURCE_COLUMNS = ("dx_type", "diagnosis_confirm_type", "diagnosis_method", "label_source", "ground_truth",
                         "biopsed", "biopsied", "biopsy")
 AGE_COLUMNS = ("age", "age_approximate", "age_approx", "patient_age")
@@ -59,12 +57,6 @@ CLEAR_DERM_ITEMS = (
 
 
 # --------------------------------------------------------------------------- helpers
-def find_column(table: pd.DataFrame, names) -> str | None:
-    """First column of ``table`` named like one of ``names`` (case-insensitive), or None."""
-    folded = {str(c).strip().casefold(): c for c in table.columns}
-    return next((folded[n] for n in names if n in folded), None)
-
-
 def _present(series: pd.Series, extra=()) -> pd.Series:
     """Bool mask: the cell holds a value (not missing, not an "unknown" word)."""
     return ~series.map(lambda v: is_unknown(v, extra)).astype(bool)
@@ -78,24 +70,6 @@ def _counts(values: pd.Series, order=None) -> dict[str, int]:
 
 def _shares(counts: dict[str, int], total: int) -> dict[str, float]:
     return {k: (v / total if total else 0.0) for k, v in counts.items()}
-
-
-def fitzpatrick_type(value) -> str | None:
-    """Fitzpatrick type I-VI of a cell (1-6, "1.0", "I"-"VI", "type II"), None when missing or unreadable."""
-    if is_unknown(value):
-        return None
-    text = str(value).strip().upper()
-    for prefix in ("FITZPATRICK", "TYPE", "FST"):
-        text = text.removeprefix(prefix).strip(" -_:")
-    if text in FITZPATRICK_TYPES:
-        return text
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    if number.is_integer() and 1 <= number <= 6:
-        return FITZPATRICK_TYPES[int(number) - 1]
-    return None
 
 
 def _split_order(table: pd.DataFrame) -> list[str]:
