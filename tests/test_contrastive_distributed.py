@@ -101,6 +101,10 @@ def _gather_worker(rank, world, port, out):
         loss = global_clip_loss(mine_img, mine_txt, torch.tensor(3.0), ids[part])
         loss.backward()
         torch.save({"loss": loss.detach(), "img_grad": mine_img.grad, "txt_grad": mine_txt.grad}, f"{out}-{rank}.pt")
+        # Both ranks past their last collective before either tears gloo down: destroying the group while
+        # the other rank's backward all-gather is still in flight aborts the process ("terminate called
+        # without an active exception", seen once in CI).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

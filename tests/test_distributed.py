@@ -66,6 +66,7 @@ def _worker(rank, world, port, out, resume, die, grad_accum):
     try:
         engine = _train(out, resume=resume, die_after_first_epoch=die, grad_accum=grad_accum)
         assert engine.distributed and isinstance(engine.model, nn.parallel.DistributedDataParallel)
+        dist.barrier()  # no rank destroys the group while the other is still in a collective
     except SystemExit:
         pass
     finally:
@@ -139,6 +140,7 @@ def _extract_worker(rank, world, port, clip, paths, cache, out):
     try:
         feats = extract_features(load_encoder(clip), paths, cache_dir=cache, num_workers=0, progress=False)
         np.save(f"{out}-{rank}.npy", feats)
+        dist.barrier()  # no rank destroys the group while the other is still in a collective
     finally:
         dist.destroy_process_group()
 
