@@ -489,6 +489,14 @@ def test_pad_ufes20_nested_zips_patient_groups_and_types(tmp_path):
     assert table.groupby("patient_id")["split"].nunique().max() == 1
     assert table.loc[table["img_id"] == official.loc[0, "img_id"], "grew"].iloc[0] == "UNK"
     assert card.metadata_columns["fitspatrick"] == "numeric" and card.metadata_columns["itch"] == "boolean"
+    # the skin type as the one column every card shares: fitspatrick 1.0-6.0 -> I-VI, value by value
+    roman = {f"{i}.0": t for i, t in enumerate(("I", "II", "III", "IV", "V", "VI"), start=1)}
+    by_id = table.set_index("img_id")
+    for _, r in official.iterrows():
+        got = by_id.loc[r["img_id"], "fitzpatrick"]
+        want = roman.get(str(r["fitspatrick"]).strip())
+        assert (got if isinstance(got, str) and got else None) == want, r["img_id"]
+    assert card.metadata_columns["fitzpatrick"] == "categorical"
     assert table["image"].str.endswith(".png").all()
     assert check_dataset(card, progress=False).ok
 

@@ -40,9 +40,42 @@ def _enriched(folder):
 @pytest.mark.parametrize("value, expected", [
     (1, "I"), ("1", "I"), ("1.0", "I"), ("I", "I"), ("vi", "VI"), ("type III", "III"), ("4.0", "IV"),
     ("", None), (None, None), (float("nan"), None), ("UNK", None), ("7", None), ("2.5", None), ("x", None),
+    ("-1", None), ("-1.0", None), ("FST3", "III"), ("FST", None),
+    # the groups of releases that record no single type (DDI's 12/34/56)
+    ("12", "I-II"), ("34", "III-IV"), ("56", "V-VI"), ("I-II", "I-II"), ("v - vi", "V-VI"), ("3-4", "III-IV"),
+    ("II-IV", None), ("23", None),
 ])
 def test_fitzpatrick_mapping(value, expected):
     assert fitzpatrick_type(value) == expected
+
+
+@pytest.mark.parametrize("value, expected", [
+    (1, 1), ("7.0", 7), ("MST 10", 10), ("mst-3", 3), (0, None), (11, None), ("6.5", None), ("", None), (None, None),
+])
+def test_monk_mapping(value, expected):
+    from dermkit.data.skin_type import monk_tone
+
+    assert monk_tone(value) == expected
+
+
+def test_grouped_fitzpatrick_and_monk_in_the_datasheet(tiny_dataset):
+    meta = pd.read_csv(tiny_dataset / "metadata.csv")
+    meta["skin_tone"] = [("12", "34", "56", "")[i % 4] for i in range(len(meta))]
+    meta["monk_skin_tone"] = [("2", "5.0", "", "9")[i % 4] for i in range(len(meta))]
+    meta["fitzpatrick"] = meta["skin_tone"]  # as the DDI importer writes it (raw skin_tone kept)
+    meta.to_csv(tiny_dataset / "metadata.csv", index=False)
+    sheet = datasheet(load_card(tiny_dataset))
+    fz, monk = sheet["skin_type"]["fitzpatrick"], sheet["skin_type"]["monk"]
+    groups = {"12": "I-II", "34": "III-IV", "56": "V-VI"}
+    direct = meta["skin_tone"].map(groups).value_counts()
+    assert {k: v for k, v in fz["counts"].items() if v} == direct.to_dict()
+    assert list(fz["counts"])[:6] == ["I", "II", "III", "IV", "V", "VI"]  # single types listed, then the groups
+    assert fz["missing"] == int((meta["skin_tone"] == "").sum() + meta["skin_tone"].isna().sum())
+    want = pd.to_numeric(meta["monk_skin_tone"], errors="coerce").dropna().astype(int).value_counts()
+    assert {int(k): v for k, v in monk["counts"].items() if v} == want.to_dict()
+    table = load_card(tiny_dataset).analysis_table()
+    assert set(table["fitzpatrick"].dropna()) == {"I-II", "III-IV", "V-VI"}
+    assert set(table["monk_skin_tone"].dropna()) == {"2", "5", "9"}
 
 
 def test_numbers_equal_direct_counts(tiny_dataset):

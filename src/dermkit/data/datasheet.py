@@ -21,7 +21,15 @@ from pathlib import Path
 import pandas as pd
 
 from dermkit.data.card_schema import SPLITS
-from dermkit.data.skin_type import FITZPATRICK_COLUMNS, FITZPATRICK_TYPES, MONK_COLUMNS, find_column, fitzpatrick_type
+from dermkit.data.skin_type import (
+    FITZPATRICK_COLUMNS,
+    FITZPATRICK_ORDER,
+    FITZPATRICK_TYPES,
+    MONK_COLUMNS,
+    find_column,
+    fitzpatrick_type,
+    monk_tone,
+)
 from dermkit.io import json_ready, write_json, write_text
 from dermkit.values import is_unknown
 
@@ -185,20 +193,22 @@ def _skin_type(card, table: pd.DataFrame) -> dict:
         mapped = raw.map(fitzpatrick_type)
         missing = raw.map(lambda v: is_unknown(v, card.missing_values)).astype(bool)
         unreadable = int((mapped.isna() & ~missing).sum())
-        counts = _counts(mapped.dropna(), FITZPATRICK_TYPES)
+        # single types always listed; the groups (I-II, ...) only where the release records groups
+        order = [t for t in FITZPATRICK_ORDER if t in FITZPATRICK_TYPES or bool((mapped == t).any())]
+        counts = _counts(mapped.dropna(), order)
         out["fitzpatrick"] = {
             "column": column, "recorded": True, "counts": counts, "n": int(mapped.notna().sum()),
             "shares": _shares(counts, int(mapped.notna().sum())), "missing": int(missing.sum()),
             "missing_share": float(missing.mean()) if len(table) else 0.0, "unreadable": unreadable,
-            "per_split": _per_split(table, mapped.dropna(), FITZPATRICK_TYPES),
+            "per_split": _per_split(table, mapped.dropna(), order),
         }
     monk = find_column(table, MONK_COLUMNS)
     if monk is None:
         out["monk"] = {"column": None, "recorded": False, "note": NOT_RECORDED}
     else:
         raw = table[monk]
-        number = pd.to_numeric(raw.where(_present(raw, card.missing_values)), errors="coerce")
-        valid = number[number.between(1, 10) & (number % 1 == 0)].astype(int)
+        tone = raw.where(_present(raw, card.missing_values)).map(monk_tone)
+        valid = tone.dropna().astype(int)
         counts = _counts(valid, range(1, 11))
         out["monk"] = {"column": monk, "recorded": True, "counts": counts, "n": int(len(valid)),
                        "missing": int(len(table) - len(valid)),

@@ -50,6 +50,7 @@ DEFAULT_BINS: dict[str, tuple[float, ...]] = {"age": (30.0, 45.0, 60.0, 75.0)}
 #: Names a subgroup may be asked for by, and the metadata columns tried for it (first found wins).
 ALIASES: dict[str, tuple[str, ...]] = {
     "fitzpatrick": ("fitzpatrick", "fitspatrick", "fitzpatrick_type", "fitzpatrick_skin_type", "skin_type"),
+    "monk": ("monk_skin_tone", "monk", "monk_scale", "mst"),
     "sex": ("sex", "gender"),
     "localization": ("localization", "location", "region", "anatom_site_general", "site"),
     "age": ("age", "age_approx"),

@@ -15,6 +15,7 @@ import pandas as pd
 
 from dermkit.data.metadata_csv import line_list
 from dermkit.data.releases.common import Release, Source, map_codes, read_table, require_columns
+from dermkit.data.skin_type import fitzpatrick_type
 from dermkit.errors import DataError
 
 ARCHIVES = ("imgs_part_*.zip", "zr7vgbcyr2*.zip", "PAD-UFES-20*.zip")
@@ -63,13 +64,17 @@ def read(src: Source) -> Release:
                           "patient_id": meta["patient_id"].to_numpy(), "lesion_id": meta["lesion_id"].to_numpy()})
     for col in METADATA:
         table[col] = meta[col].to_numpy() if col in meta.columns else None
+    # the release's `fitspatrick` (1.0-6.0) as the one skin-type column every card shares (I-VI)
+    table["fitzpatrick"] = table["fitspatrick"].map(fitzpatrick_type).astype(object)
     card = {
         "name": "pad_ufes20",
         "base_card": "pad_ufes20",
         "description": "PAD-UFES-20 (Pacheco et al., Data in Brief 2020) imported from the official Mendeley Data "
                        "release by `dermkit data import pad_ufes20`: all smartphone clinical images (PNG) with "
                        "their patient and lesion metadata; split grouped by patient_id and stratified by "
-                       "diagnosis (the release has no official split).",
+                       "diagnosis (the release has no official split); `fitzpatrick` is the release's "
+                       "`fitspatrick` as I-VI.",
+        "metadata_columns": {"fitzpatrick": "categorical"},
     }
     pairs = meta.groupby(["patient_id", "lesion_id"]).ngroups
     notes = [f"read {path.name}: {len(table)} images, {meta['patient_id'].nunique()} patients, "
