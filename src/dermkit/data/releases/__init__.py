@@ -17,7 +17,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dermkit.data.releases import bcn20000, csv_table, derm7pt, folder, ham10000, isic, milk10k, pad_ufes20, ph2
+from dermkit.data.releases import (
+    bcn20000,
+    csv_table,
+    ddi,
+    derm7pt,
+    folder,
+    ham10000,
+    isic,
+    milk10k,
+    pad_ufes20,
+    ph2,
+    scin,
+)
 from dermkit.data.releases.common import ImportResult, build_card, safe_extract
 from dermkit.errors import DataError
 
@@ -33,6 +45,8 @@ RELEASES = {
     "pad_ufes20": (pad_ufes20.read, pad_ufes20.ARCHIVES),
     "bcn20000": (bcn20000.read, bcn20000.ARCHIVES),
     "milk10k": (milk10k.read, milk10k.ARCHIVES),
+    "ddi": (ddi.read, ddi.ARCHIVES),
+    "scin": (scin.read, scin.ARCHIVES),
 }
 KINDS = (*RELEASES, "folder", "csv")
 
