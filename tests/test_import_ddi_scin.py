@@ -91,6 +91,15 @@ def test_ddi_folder(tmp_path):
     assert "no patient id" in notes
     yaml_text = (tmp_path / "card" / "dataset.yaml").read_text()
     assert "base_card: ddi" in yaml_text
+    # the grouped skin types are read as such by the datasheet and the analyses (not "unreadable")
+    from dermkit.data import load_card
+    from dermkit.data.datasheet import datasheet
+
+    card = load_card(tmp_path / "card")
+    fz = datasheet(card)["skin_type"]["fitzpatrick"]
+    direct = pd.Series([EXPECT_GROUP[r[1]] for r in DDI_ROWS]).value_counts().to_dict()
+    assert {k: v for k, v in fz["counts"].items() if v} == direct and fz["unreadable"] == 0
+    assert card.analysis_table()["fitzpatrick"].value_counts().to_dict() == direct
 
 
 def test_ddi_zip_with_images_folder_and_old_malignancy_column(tmp_path):
