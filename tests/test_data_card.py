@@ -15,7 +15,9 @@ from dermkit.data import DatasetCard, data_root, known_cards, load_card
 from dermkit.data.card_schema import packaged_spec, validate_spec
 from dermkit.errors import DataError
 
-KNOWN = ["derm7pt", "ham10000", "isic2017", "pad_ufes20", "ph2"]
+KNOWN = ["derm7pt", "ham10000", "isic2017", "pad_ufes20", "ph2"]  # prepared in ../shared/data
+# packaged for `dermkit data import` only (no prepared copy in ../shared/data)
+IMPORTED = ["bcn20000", "ddi", "fitzpatrick17k", "isic2019", "isic2020", "milk10k", "scin"]
 
 
 def test_tiny_card_fields(tiny_dataset):
@@ -183,17 +185,25 @@ def test_header_spaces_are_ignored(tmp_path):
 
 # ---------------------------------------------------------------- packaged cards, merging
 def test_known_cards_are_packaged_and_valid():
-    assert known_cards() == KNOWN
-    for name in KNOWN:
-        spec = validate_spec(packaged_spec(name), name)
+    packaged = [n for n in IMPORTED if n in known_cards()]  # isic2019/2020 land with their importer
+    assert known_cards() == sorted(KNOWN + packaged)
+    for name in known_cards():
+        raw = packaged_spec(name)
+        spec = validate_spec(raw, name)
         assert spec["name"] == name
+        assert spec["license"]
+        assert spec["duplicate_column"] == "duplicate_of"
+        assert spec["group_column"] and spec["modality"]
+        # the datasheet's identity items: where the images come from, what to cite, the homepage
+        assert all(str(raw.get(key) or "").strip() for key in ("source", "citation", "url")), name
+        if name == "scin":  # its classes are the conditions the import finds (hundreds, most rare)
+            assert spec.get("classes") is None
+            continue
         # The shared data uses the alphabetically sorted class order for `label`.
         assert spec["classes"] == sorted(spec["classes"])
         assert set(spec["class_names"]) == set(spec["classes"])
         assert set(spec["synonyms"]) == set(spec["classes"])
         assert spec["positive_class"] in spec["classes"]
-        assert spec["license"]
-        assert spec["duplicate_column"] == "duplicate_of"
 
 
 def test_packaged_card_contents():

@@ -216,8 +216,8 @@ def data_import(
 
 
 def data_fetch(
-    name: str = typer.Argument(..., help="Release to download: ham10000, isic2017, isic2018, pad_ufes20, ph2 "
-                                         "(derm7pt needs a registration: the command says where)."),
+    name: str = typer.Argument(..., help="Release to download: ham10000, isic2017, isic2018, pad_ufes20, ph2, "
+                                         "fitzpatrick17k (derm7pt needs a registration: the command says where)."),
     out: Optional[Path] = typer.Option(None, help="Import the verified download as a dataset card into this folder."),
     cache: Optional[Path] = typer.Option(None, help="Download folder (default $DERMKIT_CACHE/downloads, else "
                                                     "~/.cache/dermkit/downloads); files land in CACHE/NAME/."),
@@ -230,6 +230,10 @@ def data_fetch(
     split: str = typer.Option("official", help="Passed to the import (official | grouped)."),
     seed: int = typer.Option(0, help="Passed to the import (seed of a grouped split)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
+    threads: int = typer.Option(4, min=1, max=4, help="Releases that list image URLs (fitzpatrick17k): images "
+                                                      "downloaded at a time (at most 4, to be polite)."),
+    retry_dead: bool = typer.Option(False, "--retry-dead", help="Releases that list image URLs: ask again for the "
+                                    "images an earlier fetch found gone for good (HTTP 404/410, not an image)."),
 ) -> None:
     """Download an official release with checksums (resumable), show its licence, then import it.
 
@@ -245,9 +249,12 @@ def data_fetch(
         accept_licence = typer.confirm("Do you accept these terms?", default=False)
     result = fetch(name, out, cache=cache, accept_licence=accept_licence, record_checksums=record_checksums,
                    manifest=manifest, progress=sys.stderr.isatty(),
-                   import_options={"split": split, "seed": seed, "force": force})
+                   import_options={"split": split, "seed": seed, "force": force},
+                   image_options={"threads": threads, "retry_dead": retry_dead})
     for path in result.files:
         console.print(f"verified {path}  sha256 {result.sha256[path.name]}", highlight=False)
+    if result.images is not None:
+        console.print(f"images: {result.images.summary()}", highlight=False, markup=False)
     if result.imported is not None:
         _report(result.imported)
     else:

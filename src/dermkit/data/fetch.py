@@ -61,6 +61,7 @@ class FetchResult:
     files: list[Path]
     sha256: dict[str, str]
     imported: object | None = None  # ImportResult when the release was imported
+    images: object | None = None  # UrlImagesResult for a release that lists image URLs (image_urls:)
 
 
 # ---------------------------------------------------------------------------- the manifest
@@ -342,8 +343,12 @@ def _read_pins(path: Path) -> dict[str, str]:
 def fetch(name: str, out: str | os.PathLike | None = None, *, cache: str | os.PathLike | None = None,
           accept_licence: bool = False, record_checksums: bool = False, manifest: str | os.PathLike | None = None,
           progress: bool = True, retries: int = 3, timeout: float = 60, backoff: float = 1.0,
-          import_options: dict | None = None) -> FetchResult:
-    """Download release ``name`` into ``cache/name`` and (with ``out``) import it as a card there."""
+          import_options: dict | None = None, image_options: dict | None = None) -> FetchResult:
+    """Download release ``name`` into ``cache/name`` and (with ``out``) import it as a card there.
+
+    A release whose manifest entry has ``image_urls:`` (Fitzpatrick17k: a table of image URLs)
+    then gets every listed image (:mod:`dermkit.data.url_images`; ``image_options``: threads,
+    retry_dead)."""
     spec = load_manifest(manifest)
     entry = release_entry(name, spec)
     if entry.get("access") == "registration":
@@ -379,6 +384,12 @@ def fetch(name: str, out: str | os.PathLike | None = None, *, cache: str | os.Pa
     if partial.is_dir() and not any(partial.iterdir()):
         partial.rmdir()
     result = FetchResult(name=name, folder=folder, files=paths, sha256=shas)
+    if entry.get("image_urls"):
+        from dermkit.data.url_images import fetch_listed_images
+
+        result.images = fetch_listed_images(folder, entry["image_urls"], release=name, progress=progress,
+                                            retries=retries, timeout=min(timeout, 30), backoff=backoff,
+                                            **(image_options or {}))
     if out is not None:
         if entry.get("archive_note") and any(p.suffix.lower() == ".rar" for p in paths):
             note = " ".join(str(entry["archive_note"]).split())

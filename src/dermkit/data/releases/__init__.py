@@ -22,6 +22,7 @@ from dermkit.data.releases import (
     csv_table,
     ddi,
     derm7pt,
+    fitzpatrick17k,
     folder,
     ham10000,
     isic,
@@ -47,6 +48,7 @@ RELEASES = {
     "milk10k": (milk10k.read, milk10k.ARCHIVES),
     "ddi": (ddi.read, ddi.ARCHIVES),
     "scin": (scin.read, scin.ARCHIVES),
+    "fitzpatrick17k": (fitzpatrick17k.read, fitzpatrick17k.ARCHIVES),
 }
 KINDS = (*RELEASES, "folder", "csv")
 
