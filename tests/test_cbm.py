@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import dermkit
@@ -19,6 +20,10 @@ def cbm(tmp_path_factory, clip_folder):
 
     root = tmp_path_factory.mktemp("cbm")
     data = make_dataset(root)
+    # The tiny card declares concept columns of its own (validity reads them like Derm7pt's).
+    with open(data / "dataset.yaml", "a") as f:
+        f.write("concept_annotations:\n  red: {column: diagnosis, positive: [mel]}\n"
+                "  white: {column: sex, positive: [female]}\n")
     common = {"data": str(data), "num_workers": 0, "cache_dir": str(root / "cache"), "n_bootstrap": 20}
     dermkit.run({"method": "sae", "model": str(clip_folder), "expansion": 4, "epochs": 30, "batch_size": 64,
                  "l1": 1e-3, "lr": 2e-3, "Cs": [1.0], **common}, out=root / "sae", progress=False)
@@ -51,9 +56,23 @@ def test_probabilities_equal_sklearn_on_the_same_activations(cbm):
     nonzero = int((np.abs(p.probe.coef) > 0).any(axis=0).sum())
     assert 0 < nonzero < p.sae.n_latents and cbm["summary"]["nonzero_concepts"] == nonzero
     assert {c["latent"] for c in p.concepts} == set(np.flatnonzero((np.abs(p.probe.coef) > 0).any(axis=0)).tolist())
-    # Named one-to-one from the vocabulary (the tiny CLIP has a text tower).
-    names = [c["name"] for c in p.concepts]
-    assert all(names) and len(set(names)) == len(names)
+    # Named one-to-one from the vocabulary (the tiny CLIP has a text tower), each with how sure it is:
+    # names kept only at a margin >= min_name_margin, the others shown as "latent N".
+    names = [c["name"] for c in p.concepts if c["name"]]
+    assert len(set(names)) == len(names)
+    naming = p.model_card["naming"]
+    assert naming["min_name_margin"] == 0.01 and naming["named"] == len(names)
+    assert naming["named"] + naming["unnamed"] == len(p.concepts)
+    for c in p.concepts:
+        assert {"similarity", "best_similarity", "margin", "candidate"} <= set(c)
+        if c["name"]:
+            assert c["margin"] >= 0.01 and c["best_similarity"] >= c["similarity"] - 1e-12
+            assert p.concept_name(c["latent"]) == c["name"]
+        else:
+            assert c["unnamed"] and p.concept_name(c["latent"]) == f"latent {c['latent']}"
+    # model.json round trip keeps the margins.
+    card = json.loads((cbm["dir"] / "model" / "model.json").read_text())
+    assert [c["margin"] for c in card["concepts"]] == [c["margin"] for c in p.concepts]
 
 
 def test_intervention_changes_exactly_the_named_columns(cbm):
@@ -70,8 +89,10 @@ def test_intervention_changes_exactly_the_named_columns(cbm):
     again = dermkit.load_predictor(cbm["dir"] / "intervened")
     assert again.zeroed == sorted(latents)
     np.testing.assert_allclose(again.head(feats), q.head(feats), atol=1e-12)
-    by_name = resolve_latents(p, [str(latents[0]), p.concepts[1]["name"]])
-    assert [r["latent"] for r in by_name] == latents
+    named = [c for c in p.concepts if c["name"]]
+    if named:
+        by_name = resolve_latents(p, [str(latents[0]), named[0]["name"]])
+        assert [r["latent"] for r in by_name] == [latents[0], named[0]["latent"]]
 
 
 def test_explanations_are_the_predicted_class_contributions(cbm):
@@ -90,13 +111,23 @@ def test_cli_show_intervene_and_predict(cbm, tmp_path, capsys):
     model, data = cbm["dir"] / "model", cbm["data"]
     assert main(["concepts", "show", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "show"),
                  "--top", "3", "--n-bootstrap", "10"]) == 0
+    shown = capsys.readouterr().out
     assert "<img src='data:image/jpeg;base64," in (tmp_path / "show" / "concepts.html").read_text()
-    assert (tmp_path / "show" / "validity.csv").is_file()
-    name = cbm["predictor"].concepts[0]["name"]
+    assert "margin" in shown and "best latent per annotation" in shown and "optimistic" in shown
+    validity = pd.read_csv(tmp_path / "show" / "validity.csv")
+    assert set(validity["latent"]) == {c["latent"] for c in cbm["predictor"].concepts}
+    best = pd.read_csv(tmp_path / "show" / "best_latents.csv")
+    assert list(best["annotation"]) == ["red", "white"] and best["latent"].notna().all()
+    matrix = pd.read_csv(tmp_path / "show" / "validity_matrix.csv")
+    assert len(matrix) == len(cbm["predictor"].concepts) and {"red", "white"} <= set(matrix.columns)
+    named = [c for c in cbm["predictor"].concepts if c["name"]]
+    name = named[0]["name"] if named else str(cbm["predictor"].concepts[0]["latent"])
     assert main(["concepts", "intervene", "--model", str(model), "--data", str(data), "--zero", f"{name},a ruler",
                  "--out", str(tmp_path / "iv"), "--n-bootstrap", "10"]) == 0
     result = json.loads((tmp_path / "iv" / "intervention.json").read_text())
-    assert [z["how"].split(" (")[0] for z in result["zeroed"]] == ["concept name", "text query"]
+    assert [z["how"].split(" (")[0] for z in result["zeroed"]] == ["concept name" if named else "latent id",
+                                                                   "text query"]
+    assert "margin" in capsys.readouterr().out
     assert set(result["before"]) == set(result["after"]) == {"accuracy", "balanced_accuracy", "macro_f1", "macro_auc"}
     assert ((tmp_path / "iv" / "before" / "metrics.json").is_file()
             and (tmp_path / "iv" / "after" / "report.html").is_file())

@@ -48,9 +48,13 @@ def test_hungarian_naming_recovers_a_permutation_one_to_one():
     named = name_latents(directions, latents, text, vocab)
     assert [n["name"] for n in named] == [vocab.names[p] for p in perm]
     assert len({n["name"] for n in named}) == 12 and all(n["similarity"] > 0.8 for n in named)
-    # More latents than names: the rest stay unnamed, never a duplicate name.
+    # More latents than names: the rest get no candidate, never a duplicate name; a latent the matching
+    # gives a name that is not its nearest (negative margin) stays unnamed too.
     many = name_latents(rng.normal(size=(len(vocab) + 5, 64)), range(len(vocab) + 5), text, vocab)
-    assert sum(n["name"] is None for n in many) == 5
+    assert sum(n["candidate"] is None for n in many) == 5
+    assert all(n["name"] is None for n in many if n["margin"] is not None and n["margin"] < 0)
+    kept = [n["name"] for n in many if n["name"]]
+    assert len(set(kept)) == len(kept)
     assert nearest_latents(text[perm[0]], directions, latents)[0][0] == latents[0]
 
 
@@ -69,3 +73,109 @@ def test_concept_validity_is_the_auroc_of_the_activation():
     assert veil["auroc"] == pytest.approx(roc_auc_score(present, activations[:, 2]))
     assert veil["low"] < veil["auroc"] < veil["high"] and veil["n_present"] == present.sum()
     assert table.set_index("name").loc["hair", "note"] == "not annotated in this dataset"
+
+
+# ------------------------------------------------------------------ naming that says how sure it is
+def _two_name_vocab():
+    from dermkit.models.concepts import Vocabulary
+
+    return Vocabulary(["hair", "ruler", "ink marks"], ["artefacts"] * 3, [["hair"], ["ruler"], ["ink"]], "test")
+
+
+def test_a_latent_between_two_names_stays_unnamed_and_a_clear_one_is_named():
+    vocab = _two_name_vocab()
+    text = np.eye(3, 8)  # three orthogonal unit "text embeddings"
+    directions = np.zeros((5, 8))
+    directions[1] = text[0] + 0.05 * np.eye(8)[5]                   # clearly "hair"
+    directions[3] = text[1] + 0.99 * text[2] + 0.1 * np.eye(8)[6]   # between "ruler" and "ink marks"
+    named = {n["latent"]: n for n in name_latents(directions, [1, 3], text, vocab, min_margin=0.05)}
+    clear, between = named[1], named[3]
+    assert clear["name"] == "hair" and clear["margin"] == pytest.approx(clear["similarity"])  # others are at 0
+    assert clear["best_similarity"] == pytest.approx(clear["similarity"]) and clear["unnamed"] is None
+    assert between["name"] is None and between["candidate"] in ("ruler", "ink marks")
+    assert 0 <= between["margin"] < 0.05 and "margin" in between["unnamed"]
+    unit = directions[3] / np.linalg.norm(directions[3])
+    assert between["similarity"] == pytest.approx(unit[1] if between["candidate"] == "ruler" else unit[2])
+    assert between["margin"] == pytest.approx(abs(unit[1] - unit[2]))
+    # With no margin required it takes the candidate; a minimum similarity can still refuse it.
+    loose = name_latents(directions, [3], text, vocab, min_margin=0.0)[0]
+    assert loose["name"] == between["candidate"]
+    assert name_latents(directions, [3], text, vocab, min_margin=0.0, min_similarity=0.9)[0]["name"] is None
+
+
+def test_hungarian_second_choice_has_a_negative_margin_and_stays_unnamed():
+    vocab = _two_name_vocab()
+    text = np.eye(3, 8)
+    directions = np.zeros((2, 8))
+    directions[0] = text[0] + 0.1 * text[1]
+    directions[1] = text[0] + 0.5 * text[1]  # loses "hair" to latent 0 and would get "ruler", not its nearest
+    named = name_latents(directions, [0, 1], text, vocab, min_margin=0.01)
+    assert named[0]["name"] == "hair"
+    assert named[1]["candidate"] == "ruler" and named[1]["margin"] < 0 and named[1]["name"] is None
+    assert named[1]["best_name"] == "hair"
+
+
+# ------------------------------------------------------------------ validity at scale
+def test_every_annotated_value_of_derm7pt_and_ph2_is_used():
+    expected = {"derm7pt": {"pigment_network", "streaks", "pigmentation", "regression_structures",
+                            "dots_and_globules", "blue_whitish_veil", "vascular_structures", "elevation"},
+                "ph2": {"asymmetry", "pigment_network", "dots_globules", "streaks", "regression_areas",
+                        "blue_whitish_veil", "color_white", "color_red", "color_light_brown", "color_dark_brown",
+                        "color_blue_gray", "color_black"}}
+    values = {"derm7pt": {"vascular_structures": {"arborizing", "comma", "hairpin", "dotted", "linear irregular",
+                                                  "within regression", "wreath"},
+                          "pigmentation": {"diffuse regular", "localized regular", "diffuse irregular",
+                                           "localized irregular"},
+                          "regression_structures": {"blue areas", "white areas", "combinations"}}}
+    for dataset, columns in expected.items():
+        annotations = concept_annotations(dataset)
+        assert {a["column"] for a in annotations.values()} == columns
+        for column, present in values.get(dataset, {}).items():
+            seen = {str(v) for a in annotations.values() if a["column"] == column for v in a["positive"]}
+            assert seen == present, column
+
+
+def test_a_card_declares_its_own_concept_annotations(tmp_path):
+    from conftest import make_dataset
+    from dermkit.data.card import load_card
+
+    folder = make_dataset(tmp_path)
+    spec = (folder / "dataset.yaml").read_text()
+    (folder / "dataset.yaml").write_text(spec + "\nconcept_annotations:\n  hair: {column: hairy, positive: [yes]}\n")
+    card = load_card(folder)
+    assert concept_annotations(card) == {"hair": {"column": "hairy", "positive": [True]}}  # YAML's unquoted yes
+    rows = pd.DataFrame({"image": list("abcd"), "hairy": ["yes", "no", "Yes", ""]})
+    table = concept_validity(np.array([[1.0], [0.0], [0.9], [0.5]]), [{"latent": 0, "name": "hair"}], rows,
+                             concept_annotations(card), n_bootstrap=20)
+    assert table.loc[0, "n"] == 3 and table.loc[0, "n_present"] == 2 and table.loc[0, "auroc"] == 1.0
+    (folder / "dataset.yaml").write_text(spec + "\nconcept_annotations:\n  hair: {column: hairy}\n")
+    with pytest.raises(DataError, match="hair"):
+        concept_annotations(load_card(folder))
+
+
+def test_known_answers_an_equal_latent_gets_1_and_a_random_one_about_half():
+    from dermkit.evaluate.concepts import best_latents, validity_matrix
+
+    rng = np.random.default_rng(3)
+    n = 400
+    present = rng.random(n) < 0.4
+    rows = pd.DataFrame({"image": [f"i{k}" for k in range(n)], "veil": np.where(present, "P", "A")})
+    acts = np.column_stack([present * 1.0, rng.random(n), rng.random(n)])
+    annotations = {"blue-whitish veil": {"column": "veil", "positive": ["P"]}}
+    named = [{"latent": 0, "name": "blue-whitish veil"}, {"latent": 1, "name": None}]
+    table = concept_validity(acts, named, rows, annotations, n_bootstrap=300)
+    assert table.loc[0, "auroc"] == pytest.approx(1.0) and table.loc[1, "note"] == "unnamed"
+    # The random latent under the veil's name: about 0.5, its CI covering 0.5.
+    random_named = concept_validity(acts, [{"latent": 1, "name": "blue-whitish veil"}], rows, annotations,
+                                    n_bootstrap=300).iloc[0]
+    assert abs(random_named["auroc"] - 0.5) < 0.08 and random_named["low"] < 0.5 < random_named["high"]
+    matrix = validity_matrix(acts, [0, 1, 2], rows, annotations)
+    assert matrix.loc[0, "blue-whitish veil"] == pytest.approx(1.0)
+    assert abs(matrix.loc[2, "blue-whitish veil"] - 0.5) < 0.1
+    # Best latent chosen on one split (here the first half), reported on the other.
+    half = n // 2
+    best = best_latents(acts[:half], rows.iloc[:half].reset_index(drop=True), acts[half:],
+                        rows.iloc[half:].reset_index(drop=True), [1, 2, 0], annotations,
+                        names={0: "blue-whitish veil"}, n_bootstrap=200).iloc[0]
+    assert best["latent"] == 0 and best["name_matches"] and best["auroc"] == pytest.approx(1.0)
+    assert best["val_auroc"] == pytest.approx(1.0) and "optimistic" in best["note"]

@@ -286,7 +286,9 @@ def test_dermkit_run_trains_reports_and_the_folder_predicts(tiny_dataset, clip_f
 
     summary = json.loads((run_dir / "summary.json").read_text())
     sae = summary["sae"]
-    assert sae["n_latents"] == 32 and sae["d_in"] == 16 and sae["activation"] == "relu_l1"
+    # activation: auto (the default) on 16-d embeddings (not PanDerm-2's 768): TopK, the reason recorded.
+    assert sae["n_latents"] == 32 and sae["d_in"] == 16 and sae["activation"] == "topk" and sae["k"] == 32
+    assert sae["activation_requested"] == "auto" and "768" in sae["activation_reason"]
     for split in ("train", "val"):
         assert {"fvu", "mean_l0", "dead", "n_latents"} <= set(sae[split]) and sae[split]["fvu"] >= 0
     info, info_other = sae["extra_data"]

@@ -33,14 +33,21 @@ from dermkit.data.split import row_groups
 from dermkit.engine.features import extract_features, extract_split_features
 from dermkit.errors import ConfigError, DataError, ModelError
 from dermkit.evaluate import evaluate
-from dermkit.evaluate.concepts import concept_annotations, concept_validity
+from dermkit.evaluate.concepts import (
+    BEST_LATENT_NOTE,
+    best_latents,
+    concept_annotations,
+    concept_validity,
+    validity_matrix,
+)
 from dermkit.methods.base import ClassifierConfig, EncoderHeadPredictor, Method, register_method
 from dermkit.models.concepts import load_vocabulary, name_latents, nearest_latents, vocabulary_embeddings
 from dermkit.models.linear import LinearProbe, check_probe_settings, fit_probe
 from dermkit.models.sae import SparseAutoencoder
 from dermkit.models.text import encode_texts
 
-__all__ = ["CBMConfig", "CBMPredictor", "ConceptBottleneck", "load_sae_folder"]
+__all__ = ["CBMConfig", "CBMPredictor", "ConceptBottleneck", "concept_gallery", "load_sae_folder", "order_by_validity",
+           "validity_tables"]
 
 _PROBE = ("coef", "intercept", "mean", "scale")
 
@@ -50,7 +57,12 @@ class CBMConfig(ClassifierConfig):
     """``sae``: the model folder of a ``method: sae`` run (its encoder and SAE are reused, frozen);
     ``Cs``: inverse L1 strengths tried on val (smaller = fewer concepts); ``vocabulary``: a file that
     extends the packaged concept vocabulary; ``name_concepts``: name the non-zero latents (needs a
-    vision-language encoder)."""
+    vision-language encoder); ``min_name_margin``: a latent keeps its name only when its cosine
+    similarity to that name exceeds its similarity to every other name by at least this much (default
+    0.01: CLIP text embeddings of related concepts sit close together, and a latent whose direction
+    is within 0.01 of two names does not say which it is); ``min_name_similarity``: and only when
+    its similarity to the name is at least this (default 0: a direction pointing away from a name
+    never takes it). Unnamed latents are shown as "latent N"."""
 
     sae: str = "runs/sae/model"
     Cs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
@@ -60,6 +72,8 @@ class CBMConfig(ClassifierConfig):
     max_iter: int = 300
     vocabulary: str | None = None
     name_concepts: bool = True
+    min_name_margin: float = 0.01
+    min_name_similarity: float | None = 0.0
     encode_batch_size: int = 64
     num_workers: int = 2
     cache_dir: str | None = None
@@ -70,6 +84,11 @@ class CBMConfig(ClassifierConfig):
         check_probe_settings(self.Cs, self.class_weight, self.max_iter)
         if self.encode_batch_size < 1 or self.num_workers < 0:
             raise ConfigError("encode_batch_size must be >= 1, num_workers >= 0")
+        if not self.min_name_margin >= 0:
+            raise ConfigError(f"min_name_margin must be >= 0 (cosine similarity), got {self.min_name_margin}")
+        if self.min_name_similarity is not None and not -1 <= self.min_name_similarity <= 1:
+            raise ConfigError("min_name_similarity must be a cosine in [-1, 1] or null, "
+                              f"got {self.min_name_similarity}")
         if self.vocabulary is not None and not Path(self.vocabulary).expanduser().is_file():
             raise ConfigError(f"vocabulary: {self.vocabulary} not found")
 
@@ -112,7 +131,8 @@ class CBMPredictor(EncoderHeadPredictor):
     # -- concepts
     @property
     def concepts(self) -> list[dict]:
-        """The latents with non-zero weight: ``{latent, name, group, similarity, weight}``."""
+        """The latents with non-zero weight: ``{latent, name, group, similarity, best_similarity, margin,
+        candidate, unnamed, weight}`` (``name`` None: unnamed, shown as "latent N")."""
         return list(self.model_card.get("concepts") or [])
 
     def concept_name(self, latent: int) -> str:
@@ -184,26 +204,33 @@ class ConceptBottleneck(Method):
         nonzero = [int(j) for j in np.flatnonzero((np.abs(probe.coef) > 0).any(axis=0))]
         if not nonzero:
             raise DataError("the L1 bottleneck kept no concept at any C; try larger Cs (weaker L1)")
-        concepts = [{"latent": j, "name": None, "group": None, "similarity": None,
+        concepts = [{"latent": j, "name": None, "group": None, "similarity": None, "best_similarity": None,
+                     "margin": None, "candidate": None, "unnamed": "not named (no text tower or name_concepts off)",
                      "weight": float(np.abs(probe.coef[:, j]).max())} for j in nonzero]
-        vocab_source = None
+        vocab_source, naming = None, None
         if config.name_concepts and getattr(enc, "has_text", False):
             vocab = load_vocabulary(config.vocabulary)
-            named = name_latents(sae.atoms.numpy(), nonzero, vocabulary_embeddings(enc, vocab), vocab)
+            named = name_latents(sae.atoms.numpy(), nonzero, vocabulary_embeddings(enc, vocab), vocab,
+                                 min_margin=config.min_name_margin, min_similarity=config.min_name_similarity)
             for c, n in zip(concepts, named):
-                c.update(name=n["name"], group=n["group"], similarity=n["similarity"])
+                c.update({k: n[k] for k in ("name", "group", "similarity", "best_similarity", "margin", "candidate",
+                                            "unnamed")})
             vocab_source = vocab.source
+            naming = {"min_name_margin": config.min_name_margin, "min_name_similarity": config.min_name_similarity,
+                      "named": sum(bool(c["name"]) for c in concepts),
+                      "unnamed": sum(not c["name"] for c in concepts)}
         info = {"model": f"CBM on {sae_card.get('model', 'SAE')}", "classes": list(card.classes),
                 "dataset": card.name, "task": config.task, "negative_name": config.negative_name,
                 "base_model": sae_card["base_model"], "base_fingerprint": sae_card.get("base_fingerprint"),
                 "sae_folder": str(Path(config.sae).expanduser().resolve()), "sae": sae_card.get("sae"),
                 "concepts": sorted(concepts, key=lambda c: -c["weight"]), "vocabulary": vocab_source,
+                "naming": naming,
                 "nonzero_concepts": len(nonzero), "penalty": "l1", "probe": probe.info,
                 "val_balanced_accuracy": {f"{c:g}": v for c, v in probe.val_scores.items()}}
         predictor = CBMPredictor(enc, sae, probe, info, cache_dir=config.cache_dir,
                                  batch_size=config.encode_batch_size, num_workers=config.num_workers)
         run.save_best(predictor)
-        run.summary.update(model=predictor.name, C=probe.C, nonzero_concepts=len(nonzero),
+        run.summary.update(model=predictor.name, C=probe.C, nonzero_concepts=len(nonzero), naming=naming,
                            converged=probe.info["converged"],
                            n_latents=sae.n_latents, selected_on="val balanced_accuracy",
                            best_val_score=probe.val_scores[probe.C], concepts=info["concepts"][:50])
@@ -267,20 +294,73 @@ def intervene(predictor: CBMPredictor, card, items: Sequence[str], out_dir, spli
     return result
 
 
-def concept_gallery(predictor: CBMPredictor, card, out_dir, split: str = "test", top: int = 8,
-                    n_bootstrap: int = 1000, progress: bool = True) -> Path:
-    """``concepts.html``: per concept (non-zero latent) its name, similarity, weight and its
-    ``top`` most activating images; ``validity.csv``: AUROC of each named latent against the
-    dataset's own concept annotations (where it has them)."""
+def validity_tables(predictor: CBMPredictor, card, split: str = "test", select_split: str = "val",
+                    n_bootstrap: int = 1000, progress: bool = True) -> dict:
+    """Validity of the model's concepts (latents with non-zero weight) against every concept
+    annotation the dataset carries (packaged ``annotations.yaml`` + the card's own
+    ``concept_annotations``): ``validity`` (each concept against its own name's annotation, AUROC
+    [95% CI] on ``split``), ``matrix`` (every concept against every annotation, plain AUROC on
+    ``split``), ``best`` (per annotation the latent with the highest AUROC on ``select_split``,
+    reported with a CI on ``split``), plus ``rows``, ``paths`` and ``activations`` of ``split``."""
+    annotations = concept_annotations(card)
+    latents = [int(c["latent"]) for c in predictor.concepts]
+    kw = dict(cache_dir=predictor.cache_dir, batch_size=predictor.batch_size, num_workers=predictor.num_workers,
+              progress=progress)
     rows = card.rows(split)
     paths = [card.image_path(p) for p in rows["image"]]
-    feats = extract_features(predictor.enc, paths, cache_dir=predictor.cache_dir, progress=progress)
-    acts = predictor.activations(feats)
-    validity = concept_validity(acts, predictor.concepts, rows, concept_annotations(card.name),
-                                groups=row_groups(rows, card.group_column), n_bootstrap=n_bootstrap)
+    acts = predictor.activations(extract_features(predictor.enc, paths, **kw))
+    groups = row_groups(rows, card.group_column)
+    validity = concept_validity(acts, predictor.concepts, rows, annotations, groups=groups, n_bootstrap=n_bootstrap)
+    matrix = validity_matrix(acts, latents, rows, annotations) if annotations else None
+    best = None
+    if annotations:
+        select_rows = card.rows(select_split)
+        if len(select_rows) == 0:
+            raise DataError(f"{card.name} has no {select_split} split to choose the best latent per annotation on")
+        select_acts = predictor.activations(extract_features(
+            predictor.enc, [card.image_path(p) for p in select_rows["image"]], **kw))
+        names = {int(c["latent"]): c["name"] for c in predictor.concepts if c.get("name")}
+        best = best_latents(select_acts, select_rows, acts, rows, latents, annotations, names=names, groups=groups,
+                            n_bootstrap=n_bootstrap, select_split=select_split, split=split)
+    return {"validity": validity, "matrix": matrix, "best": best, "annotations": annotations, "rows": rows,
+            "paths": paths, "activations": acts}
+
+
+def order_by_validity(predictor: CBMPredictor, validity) -> list[dict]:
+    """Concepts sorted for the gallery: validated names (AUROC CI above 0.5) first, then other named
+    concepts with an AUROC, both by the CI's lower bound; then the rest by weight."""
+    by_latent = {int(r["latent"]): r for r in validity.to_dict("records")} if len(validity) else {}
+
+    def key(c):
+        v = by_latent.get(int(c["latent"]), {})
+        low = v.get("low")
+        if low is None or not np.isfinite(low):
+            return (2, 0.0, -c["weight"])
+        return (0 if low > 0.5 else 1, -float(low), -c["weight"])
+
+    return sorted(predictor.concepts, key=key)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def concept_gallery(predictor: CBMPredictor, card, out_dir, split: str = "test", top: int = 8,
+                    n_bootstrap: int = 1000, progress: bool = True, select_split: str = "val") -> dict:
+    """``concepts.html``: per concept (non-zero latent), sorted by validity, its name (or "latent N"),
+    text similarity and margin, weight, AUROC against its name's annotation and its ``top`` most
+    activating images; ``validity.csv`` (each concept against its own name's annotation),
+    ``validity_matrix.csv`` (every concept against every annotation) and ``best_latents.csv``
+    (per annotation the best latent, chosen on ``select_split``, reported on ``split``).
+    Returns the tables of :func:`validity_tables` and ``page``."""
+    tables = validity_tables(predictor, card, split, select_split, n_bootstrap, progress)
+    rows, paths, acts, validity = tables["rows"], tables["paths"], tables["activations"], tables["validity"]
     out_dir = Path(out_dir)
     io.write_csv(out_dir / "validity.csv", validity)
-    auroc = {int(r["latent"]): r for r in validity.to_dict("records")}
+    if tables["matrix"] is not None:
+        io.write_csv(out_dir / "validity_matrix.csv", tables["matrix"].reset_index())
+        io.write_csv(out_dir / "best_latents.csv", tables["best"])
+    auroc = {int(r["latent"]): r for r in validity.to_dict("records")} if len(validity) else {}
 
     def thumb(path) -> str:
         image = open_image(path).convert("RGB")
@@ -289,24 +369,33 @@ def concept_gallery(predictor: CBMPredictor, card, out_dir, split: str = "test",
         image.save(buf, "JPEG", quality=80)
         return base64.b64encode(buf.getvalue()).decode("ascii")
 
+    naming = predictor.model_card.get("naming") or {}
     parts = [f"<h1>Concepts of {html.escape(predictor.name)}</h1><p>{html.escape(card.name)} {split} split, "
              f"{len(rows)} images; {len(predictor.concepts)} concepts with non-zero weight out of "
-             f"{predictor.sae.n_latents} latents. Names come from text similarity (Hungarian matching) and are "
-             "hypotheses; AUROC against the dataset's own annotation says how good a name is.</p>"]
-    for c in predictor.concepts:
+             f"{predictor.sae.n_latents} latents, sorted by validity (names whose AUROC CI lies above 0.5 first, "
+             "by the CI's lower bound). Names come from text similarity (Hungarian matching) and are hypotheses; "
+             f"a name is kept only when its margin over the next-best name is at least "
+             f"{naming.get('min_name_margin', 'n/a')} (else \"latent N\"); AUROC against the dataset's own "
+             "annotation says how good a name is.</p>"]
+    for c in order_by_validity(predictor, validity):
         j = c["latent"]
         order = np.argsort(-acts[:, j])[:top]
         v = auroc.get(j, {})
         valid = (f"AUROC {v['auroc']:.3f} [{v['low']:.3f}, {v['high']:.3f}] vs {v['column']}"
-                 if v.get("auroc") is not None else v.get("note", ""))
-        sim = f"{c['similarity']:.3f}" if c.get("similarity") is not None else "n/a"
-        parts.append(f"<h2>{html.escape(str(c.get('name') or 'unnamed'))} <small>(latent {j}, weight "
-                     f"{c['weight']:.3f}, text similarity {sim}; {html.escape(valid)})</small></h2><div>")
+                 if v.get("auroc") is not None and np.isfinite(v["auroc"]) else v.get("note", ""))
+        sure = (f"text similarity {_fmt(c.get('similarity'))}, margin {_fmt(c.get('margin'))}"
+                + ("" if c.get("name") or not c.get("candidate") else f", closest name {c['candidate']!r} not kept"))
+        parts.append(f"<h2>{html.escape(predictor.concept_name(j))} <small>(latent {j}, weight "
+                     f"{c['weight']:.3f}, {html.escape(sure)}; {html.escape(valid)})</small></h2><div>")
         for i in order:
             label = html.escape(f"{rows['diagnosis'].iloc[i]} · {acts[i, j]:.3f}")
             parts.append(f"<figure style='display:inline-block;margin:4px'><img src='data:image/jpeg;base64,"
                          f"{thumb(paths[i])}'><figcaption>{label}</figcaption></figure>")
         parts.append("</div>")
+    if tables["best"] is not None:
+        note = html.escape(BEST_LATENT_NOTE.format(select=select_split, split=split))
+        parts.append(f"<h2>Best latent per annotation</h2><p>{note}.</p>")
+        parts.append(tables["best"].to_html(index=False, na_rep="", float_format=lambda x: f"{x:.3f}"))
     page = "<!doctype html><meta charset='utf-8'><title>concepts</title><body style='font-family:sans-serif'>"
     io.write_text(out_dir / "concepts.html", page + "\n".join(parts) + "</body>")
-    return out_dir / "concepts.html"
+    return {**tables, "page": out_dir / "concepts.html"}

@@ -42,24 +42,27 @@ from dermkit.methods.base import ClassifierConfig, EncoderHeadPredictor, Method,
 from dermkit.models.checkpoint import load_tensors
 from dermkit.models.encoders import load_encoder
 from dermkit.models.linear import DEFAULT_CS, LinearProbe, check_probe_settings, fit_probe
-from dermkit.models.sae import SAETrainConfig, SparseAutoencoder, sae_metrics, train_sae
+from dermkit.models.sae import SAETrainConfig, SparseAutoencoder, resolve_activation, sae_metrics, train_sae
 
-__all__ = ["SAEConfig", "SAEPredictor", "SAEMethod"]
+__all__ = ["SAEConfig", "SAEPredictor", "SAEMethod", "sweep_embeddings"]
 
 _PROBE = ("coef", "intercept", "mean", "scale")
 
 
 @dataclass
 class SAEConfig(SAETrainConfig, ClassifierConfig):
-    """``method: sae``. SAE keys: those of :class:`~dermkit.models.sae.SAETrainConfig` (PanDerm-2's
-    recipe by default): ``activation`` (relu_l1 | topk), ``expansion`` (latents per embedding
-    dimension), ``k`` (topk), ``l1``, ``lr``, ``batch_size``, ``epochs``, ``resample_every`` (epochs;
+    """``method: sae``. SAE keys: those of :class:`~dermkit.models.sae.SAETrainConfig`:
+    ``activation`` (``auto`` by default: PanDerm-2's ReLU + L1 recipe on embeddings of PanDerm-2's
+    width, 768, TopK with ``k`` = 32 active latents on any other width, see
+    :func:`~dermkit.models.sae.resolve_activation`; or relu_l1 | topk), ``expansion`` (latents per
+    embedding dimension), ``k`` (topk), ``l1``, ``lr``, ``batch_size``, ``epochs``, ``resample_every`` (epochs;
     0 = no dead-latent resampling), and ``seed``; ``extra_data``: more datasets whose train splits
     add SAE training embeddings; ``init_sae``: start from a saved SAE. Probe keys: ``Cs``,
     ``class_weight``, ``max_iter``. Encoder keys: ``model``, ``encode_batch_size``, ``num_workers``,
     ``cache_dir``, ``device`` (also trains the SAE)."""
 
     model: str = "timm:tf_efficientnet_lite0"
+    activation: str = "auto"
     extra_data: list[str] = field(default_factory=list)
     seed: int = 0
     init_sae: str | None = None
@@ -123,15 +126,15 @@ class SAEPredictor(EncoderHeadPredictor):
 # ------------------------------------------------------------------------------ the method
 
 
-def _extra_train_features(enc, config: SAEConfig, card, kw: dict) -> tuple[list[np.ndarray], list[dict]]:
+def _extra_train_features(enc, extra_data: list[str], card, kw: dict) -> tuple[list[np.ndarray], list[dict]]:
     """Train-split embeddings of ``extra_data``, minus images whose bytes are in the run's val/test
     split (never seen, not even unlabelled) or already used (the run's train, an earlier dataset)."""
-    if not config.extra_data:
+    if not extra_data:
         return [], []
     held_out = {content_hash(card.image_path(p)) for s in ("val", "test") for p in card.rows(s)["image"]}
     used = {content_hash(card.image_path(p)) for p in card.rows("train")["image"]}
     feats, info = [], []
-    for name in config.extra_data:
+    for name in extra_data:
         other = load_card(name)
         paths = [other.image_path(p) for p in other.rows("train")["image"]]
         keep, left_out, duplicates = [], 0, 0
@@ -148,6 +151,27 @@ def _extra_train_features(enc, config: SAEConfig, card, kw: dict) -> tuple[list[
         info.append({"dataset": other.name, "n_train": len(paths), "used": len(keep),
                      "left_out_in_run_val_or_test": left_out, "duplicates_skipped": duplicates})
     return feats, info
+
+
+def sweep_embeddings(model: str, data: list[str], cache_dir=None, batch_size: int = 64, num_workers: int = 2,
+                     device: str = "auto", progress: bool = True) -> dict:
+    """What ``dermkit concepts sweep`` trains on, built as ``method: sae`` builds it: the SAE's
+    training embeddings (the first dataset's train split plus the train splits of the others, minus
+    images in the first dataset's val/test split or already used), and the first dataset's labelled
+    train and val embeddings for the probe. Embeddings come from (and go to) the feature cache."""
+    if not data:
+        raise ConfigError("--data needs at least one dataset name or folder")
+    enc = load_encoder(model, device=device)
+    card = load_card(data[0])
+    kw = dict(cache_dir=cache_dir, batch_size=batch_size, num_workers=num_workers, progress=progress)
+    x_tr, y_tr, _ = extract_split_features(enc, card, "train", **kw)
+    x_va, y_va, _ = extract_split_features(enc, card, "val", **kw)
+    if len(x_va) == 0:
+        raise ConfigError(f"{card.name} has no val split; the sweep measures every point on val")
+    extra, info = _extra_train_features(enc, list(data[1:]), card, kw)
+    return {"encoder": enc.name, "fingerprint": enc.fingerprint, "dataset": card.name, "classes": list(card.classes),
+            "x_sae": np.concatenate([x_tr, *extra]) if extra else x_tr, "x_train": x_tr, "y_train": y_tr,
+            "x_val": x_va, "y_val": y_va, "extra_data": info}
 
 
 def _fmt(value: float) -> str:
@@ -172,15 +196,18 @@ class SAEMethod(Method):
                   progress=run.progress)
         x_tr, y_tr, _ = extract_split_features(enc, card, "train", **kw)
         x_va, y_va, _ = extract_split_features(enc, card, "val", **kw)
-        extra, extra_info = _extra_train_features(enc, config, card, kw)
+        extra, extra_info = _extra_train_features(enc, config.extra_data, card, kw)
         x_sae = np.concatenate([x_tr, *extra]) if extra else x_tr
 
-        init = _load_init_sae(config) if config.init_sae else None
+        activation, reason = resolve_activation(config.activation, x_sae.shape[1])
+        init = _load_init_sae(config, activation) if config.init_sae else None
         if init is not None and init.d_in != x_sae.shape[1]:
             raise ModelError(f"init_sae {config.init_sae} reads {init.d_in}-D embeddings; {enc.name} gives "
                              f"{x_sae.shape[1]}-D ones")
         if config.epochs > 0:
-            sae, history = train_sae(x_sae, config, seed=config.seed, progress=run.progress, init=init)
+            train_config = SAETrainConfig(**{f: getattr(config, f) for f in SAETrainConfig.__dataclass_fields__})
+            train_config.activation = activation
+            sae, history = train_sae(x_sae, train_config, seed=config.seed, progress=run.progress, init=init)
         else:
             sae, history = init, []
         if history:
@@ -191,7 +218,8 @@ class SAEMethod(Method):
                           max_iter=config.max_iter)
         C, scores, converged = probe.C, probe.val_scores, probe.info["converged"]
         stats = {"train": sae_metrics(sae, x_sae), "val": sae_metrics(sae, x_va)}
-        sae_info = {**sae.config(), "expansion": round(sae.n_latents / sae.d_in, 3), "l1": config.l1, "lr": config.lr,
+        sae_info = {**sae.config(), "activation_requested": config.activation, "activation_reason": reason,
+                    "expansion": round(sae.n_latents / sae.d_in, 3), "l1": config.l1, "lr": config.lr,
                     "batch_size": config.batch_size, "epochs": config.epochs, "seed": config.seed,
                     "resample_every": config.resample_every, "init_sae": config.init_sae,
                     "n_train_embeddings": int(len(x_sae)), "extra_data": extra_info,
@@ -230,7 +258,7 @@ class SAEMethod(Method):
         return SAEPredictor(enc, sae, probe, card)
 
 
-def _load_init_sae(config: SAEConfig) -> SparseAutoencoder:
+def _load_init_sae(config: SAEConfig, activation: str) -> SparseAutoencoder:
     state = load_tensors(Path(config.init_sae).expanduser())
-    return SparseAutoencoder.from_state_dict(state, activation=config.activation,
-                                             k=config.k if config.activation == "topk" else None)
+    return SparseAutoencoder.from_state_dict(state, activation=activation,
+                                             k=config.k if activation == "topk" else None)

@@ -5,8 +5,11 @@ A sparse autoencoder's latent ``i`` writes its decoder column ``W_dec[i]`` into 
 space; when the embedding space is a CLIP space, that direction can be compared with text
 embeddings. PanDerm-2 names the latents a concept bottleneck uses (its non-zero weights) by
 matching them to a hand-written vocabulary with the Hungarian algorithm, so no two latents share
-a name. Here the vocabulary is data (``data/concepts/vocabulary.yaml``: 7-point checklist criteria,
-structures, patterns, colours and artefacts such as hair, rulers and ink), extendable by a file.
+a name. A name is kept only when it wins clearly: the margin between the latent's similarity to
+its name and to the next-best name must reach a threshold, else the latent stays "latent N" (a
+near-tie between two names is a coin toss, not a finding). Here the vocabulary is data
+(``data/concepts/vocabulary.yaml``: 7-point checklist criteria, structures, patterns, colours and
+artefacts such as hair, rulers and ink), extendable by a file.
 
 A name found this way is a hypothesis: :func:`concept_validity` (AUROC of a latent's activation
 against a dataset's own concept annotation) says how good it is.
@@ -102,12 +105,18 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def name_latents(directions: np.ndarray, latent_ids: Sequence[int], text_emb: np.ndarray,
-                 vocabulary: Vocabulary) -> list[dict]:
-    """One-to-one names for ``latent_ids`` (rows of ``directions``, e.g. an SAE's decoder columns).
+                 vocabulary: Vocabulary, min_margin: float = 0.0, min_similarity: float | None = None) -> list[dict]:
+    """One-to-one names for ``latent_ids`` (rows of ``directions``, e.g. an SAE's decoder columns),
+    each with how sure it is.
 
     Maximises the total cosine similarity between latent directions and concept text embeddings
     (Hungarian algorithm, :func:`scipy.optimize.linear_sum_assignment`); with more latents than
-    concepts the least similar latents stay unnamed (``name: None``).
+    concepts the least similar latents get no candidate. Per latent: ``candidate`` (the name the
+    matching gives it), ``similarity`` (cosine to that name), ``best_similarity`` (to any name),
+    ``best_name``, and ``margin`` = ``similarity`` minus the best similarity to any *other* name
+    (negative when the matching gave it a name that is not its nearest). The candidate becomes
+    ``name`` only when ``margin >= min_margin`` and (if given) ``similarity >= min_similarity``;
+    otherwise ``name`` is None, ``unnamed`` says why, and the latent is shown as "latent N".
     """
     from scipy.optimize import linear_sum_assignment
 
@@ -120,10 +129,25 @@ def name_latents(directions: np.ndarray, latent_ids: Sequence[int], text_emb: np
     out = []
     for r, latent in enumerate(latent_ids):
         c = names.get(r)
-        out.append({"latent": latent, "name": vocabulary.names[c] if c is not None else None,
-                    "group": vocabulary.groups[c] if c is not None else None,
-                    "similarity": float(sim[r, c]) if c is not None else None,
-                    "best_similarity": float(sim[r].max())})
+        best = int(np.argmax(sim[r]))
+        entry = {"latent": latent, "name": None, "group": None, "candidate": None, "similarity": None,
+                 "best_similarity": float(sim[r, best]), "best_name": vocabulary.names[best], "margin": None,
+                 "unnamed": None}
+        if c is None:
+            entry["unnamed"] = "more latents than vocabulary names: no name left for it"
+            out.append(entry)
+            continue
+        others = np.delete(sim[r], c)
+        margin = float(sim[r, c] - others.max()) if len(others) else float("inf")
+        entry.update(candidate=vocabulary.names[c], similarity=float(sim[r, c]),
+                     margin=margin if np.isfinite(margin) else None)
+        if margin < min_margin:
+            entry["unnamed"] = f"margin {margin:.3f} to the next-best name is below {min_margin:g}"
+        elif min_similarity is not None and sim[r, c] < min_similarity:
+            entry["unnamed"] = f"text similarity {sim[r, c]:.3f} is below {min_similarity:g}"
+        else:
+            entry.update(name=vocabulary.names[c], group=vocabulary.groups[c])
+        out.append(entry)
     return out
 
 

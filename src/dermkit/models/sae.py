@@ -67,9 +67,29 @@ from torch import nn
 
 from dermkit.errors import ConfigError, ModelError
 
-__all__ = ["ACTIVATIONS", "SparseAutoencoder", "SAETrainConfig", "train_sae", "sae_metrics"]
+__all__ = ["ACTIVATIONS", "PANDERM2_WIDTH", "SparseAutoencoder", "SAETrainConfig", "resolve_activation", "train_sae",
+           "sae_metrics"]
 
 ACTIVATIONS = ("relu_l1", "topk")
+#: Width of the embeddings PanDerm-2's SAE recipe (ReLU + L1 3e-5) was tuned on: DermFM-Zero's concept
+#: discovery (``automated-concept-discovery/4_intervention_CBM.py``) embeds with open_clip
+#: ``PanDerm-large-w-PubMed-256``, whose config (``src/open_clip/model_configs/PanDerm-large-w-PubMed-256.json``,
+#: DermFM-Zero commit 4ded01d) has ``embed_dim: 768``.
+PANDERM2_WIDTH = 768
+
+
+def resolve_activation(activation: str, d_in: int) -> tuple[str, str]:
+    """``(activation, reason)``: ``auto`` becomes ``relu_l1`` (PanDerm-2's recipe) for embeddings of
+    PanDerm-2's width (:data:`PANDERM2_WIDTH`) and ``topk`` otherwise: an L1 strength is tuned to one
+    embedding width and norm (on dermkit-CLIP's 256-d embeddings PanDerm-2's 3e-5 left ~700 of 2,048
+    latents active), while TopK sets L0 directly whatever the width."""
+    if activation != "auto":
+        return activation, f"activation: {activation} set in the config"
+    if int(d_in) == PANDERM2_WIDTH:
+        return "relu_l1", (f"auto: {d_in}-d embeddings, PanDerm-2's width ({PANDERM2_WIDTH}), so PanDerm-2's "
+                           "ReLU + L1 recipe")
+    return "topk", (f"auto: {d_in}-d embeddings differ from PanDerm-2's {PANDERM2_WIDTH}-d ones, for which its L1 "
+                    "strength was tuned; TopK sets the number of active latents (k) directly")
 # Bookkeeping buffers other SAE codebases keep in their state dicts; they do not change outputs.
 _IGNORED_KEYS = ("stats_last_nonzero", "latents_activation_frequency", "latents_mean_square", "num_batches_not_active",
                  "geometric_median_dataset")
@@ -276,11 +296,11 @@ class SAETrainConfig:
 
 def check_train_config(c) -> None:
     """ConfigError naming the key for an unusable SAE training setting."""
-    if c.activation not in ACTIVATIONS:
-        raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {c.activation!r}")
+    if c.activation not in (*ACTIVATIONS, "auto"):
+        raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)} or auto, got {c.activation!r}")
     if c.expansion < 1:
         raise ConfigError(f"expansion must be >= 1 (latents per embedding dimension), got {c.expansion}")
-    if c.activation == "topk" and c.k < 1:
+    if c.activation in ("topk", "auto") and c.k < 1:
         raise ConfigError(f"k must be >= 1 (active latents per sample), got {c.k}")
     if c.l1 < 0:
         raise ConfigError(f"l1 must be >= 0, got {c.l1}")
@@ -313,8 +333,8 @@ def train_sae(x: np.ndarray, config: Any = None, seed: int = 0, progress: bool |
     ``W_enc = s W_dec^T`` with ``s`` the least-squares scale of the first reconstruction of the
     centred data (so training starts at FVU <= 1 whatever the number of latents). Each step:
     loss = mean over the batch of [mean squared error over features + ``l1`` x sum of latents]
-    (``topk``: MSE only), the gradient along each decoder atom is removed, Adam steps, atoms are
-    renormalised to unit norm. With ``resample_every`` = E > 0,
+    (``topk``: MSE only; ``auto``: see :func:`resolve_activation`), the gradient along each decoder
+    atom is removed, Adam steps, atoms are renormalised to unit norm. With ``resample_every`` = E > 0,
     latents that stayed inactive over the last E epochs are re-initialised every E epochs
     (not in the last fifth of training) towards inputs the SAE reconstructs worst (Anthropic's
     recipe, simplified), and their Adam moments are zeroed. ``init`` continues training a given SAE.
@@ -335,7 +355,12 @@ def train_sae(x: np.ndarray, config: Any = None, seed: int = 0, progress: bool |
             raise ModelError(f"the initial SAE reads {init.d_in}-D embeddings, these are {d}-D")
         sae = init.to(device)
     else:
-        sae = SparseAutoencoder(d, d * int(c.expansion), c.activation, c.k if c.activation == "topk" else None)
+        activation, _ = resolve_activation(c.activation, d)
+        n_latents = d * int(c.expansion)
+        if activation == "topk" and c.k > n_latents:
+            raise ConfigError(f"k ({c.k}) must be <= the number of latents ({n_latents} = {d} x expansion "
+                              f"{c.expansion})")
+        sae = SparseAutoencoder(d, n_latents, activation, c.k if activation == "topk" else None)
         with torch.no_grad():
             atoms = torch.randn(sae.n_latents, d, generator=gen)
             sae.W_dec.copy_(atoms)
