@@ -18,7 +18,6 @@ import http.client
 import json
 import os
 import re
-import socket
 import time
 import urllib.error
 import urllib.parse
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from dermkit.data.http import CHUNK, RETRYABLE, USER_AGENT, check_url, open_url
 from dermkit.data.releases import import_release
 from dermkit.errors import DataError
 from dermkit.io import write_text
@@ -36,8 +36,6 @@ from dermkit.io import write_text
 __all__ = ["RemoteFile", "load_manifest", "release_entry", "cache_root", "resolve_files", "download", "fetch",
            "licence_text", "FetchResult"]
 
-CHUNK = 1 << 20
-USER_AGENT = "dermkit-fetch/0.1"
 _ALGOS = {"md5": "md5", "sha-1": "sha1", "sha1": "sha1", "sha-256": "sha256", "sha256": "sha256",
           "sha-512": "sha512", "sha512": "sha512"}
 
@@ -114,14 +112,10 @@ def cache_root() -> Path:
 
 
 # ------------------------------------------------------------------------------------ HTTP
-def _check_url(url: str) -> None:
-    scheme = urllib.parse.urlsplit(url).scheme
-    if scheme not in ("http", "https"):
-        raise DataError(f"refusing to download {url!r}: only http(s) URLs are fetched")
 
 
 def _get_json(url: str, timeout: float) -> dict:
-    _check_url(url)
+    check_url(url)
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -195,30 +189,7 @@ def resolve_files(name: str, entry: dict, timeout: float = 60) -> list[RemoteFil
     return out
 
 
-def _open(url: str, offset: int, timeout: float):
-    """(response, offset it starts at) or (None, offset) when the server says the range is done."""
-    headers = {"User-Agent": USER_AGENT}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:
-            return None, offset
-        raise DataError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    if offset and response.status == 206:
-        match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
-        if match and int(match.group(1)) == offset:
-            return response, offset
-        response.close()
-        raise DataError(f"{url}: the server answered the resume request with the wrong range "
-                        f"({response.headers.get('Content-Range')!r}); delete the .partial folder and retry")
-    return response, 0  # 200: the whole file (the server ignored or refused the range)
 
-
-_RETRYABLE = (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout, http.client.IncompleteRead,
-              http.client.RemoteDisconnected)
 
 
 def _hashers(algos) -> dict:
@@ -262,7 +233,7 @@ def download(remote: RemoteFile, folder: str | os.PathLike, *, pinned: str | Non
     """
     from tqdm import tqdm
 
-    _check_url(remote.url)
+    check_url(remote.url)
     folder = Path(folder)
     dest = folder / remote.name
     if Path(remote.name).name != remote.name or remote.name.startswith("."):
@@ -287,7 +258,7 @@ def download(remote: RemoteFile, folder: str | os.PathLike, *, pinned: str | Non
     while True:
         offset = part.stat().st_size if part.is_file() else 0
         try:
-            response, start = _open(remote.url, offset, timeout)
+            response, start = open_url(remote.url, offset, timeout)
             hashers = _hashers(algos)
             if response is None:  # 416: nothing left to send
                 _hash_file(part, hashers)
@@ -314,7 +285,7 @@ def download(remote: RemoteFile, folder: str | os.PathLike, *, pinned: str | Non
                 if length and length.isdigit() and part.stat().st_size < start + int(length):
                     raise http.client.IncompleteRead(b"", start + int(length) - part.stat().st_size)
             break
-        except _RETRYABLE as exc:
+        except RETRYABLE as exc:
             attempt += 1
             if attempt > retries:
                 done = part.stat().st_size if part.is_file() else 0

@@ -34,6 +34,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from dermkit.data.http import RETRYABLE, check_url, open_url
 from dermkit.data.images import ImageProblem, decode_image_bytes
 from dermkit.data.metadata_csv import line_list, read_metadata
 from dermkit.errors import DataError
@@ -146,12 +147,10 @@ def _decoded_extension(path: Path) -> str:
 def _download_one(key: str, url: str, images: Path, retries: int, timeout: float,
                   backoff: float) -> tuple[str, str, str]:
     """(key, "downloaded" | "dead", reason) for one listed image."""
-    from dermkit.data import fetch as fetch_mod
-
     if not url:
         return key, "dead", "no URL listed"
     try:
-        fetch_mod._check_url(url)
+        check_url(url)
     except DataError:
         return key, "dead", f"not an http(s) URL ({url[:60]})"
     partial = images / ".partial"
@@ -161,7 +160,7 @@ def _download_one(key: str, url: str, images: Path, retries: int, timeout: float
     while True:
         offset = part.stat().st_size if part.is_file() else 0
         try:
-            response, start = fetch_mod._open(url, offset, timeout)
+            response, start = open_url(url, offset, timeout)
             if response is not None:
                 with response, open(part, "ab" if start else "wb") as fh:
                     got = 0
@@ -183,7 +182,7 @@ def _download_one(key: str, url: str, images: Path, retries: int, timeout: float
                 continue
             part.unlink(missing_ok=True)
             return key, "dead", reason
-        except (*fetch_mod._RETRYABLE, http.client.HTTPException, OSError) as exc:
+        except (*RETRYABLE, http.client.HTTPException, OSError) as exc:
             # DNS, refused or reset connections, time-outs, cut transfers, TLS errors: asked again
             attempt += 1
             if attempt > retries:
