@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dermkit.data.releases import csv_table, derm7pt, folder, ham10000, isic, pad_ufes20, ph2
+from dermkit.data.releases import csv_table, derm7pt, folder, ham10000, isic, isic2019, isic2020, pad_ufes20, ph2
 from dermkit.data.releases.common import ImportResult, build_card, safe_extract
 from dermkit.errors import DataError
 
@@ -31,6 +31,8 @@ RELEASES = {
     "ph2": (ph2.read, ph2.ARCHIVES),
     "derm7pt": (derm7pt.read, derm7pt.ARCHIVES),
     "pad_ufes20": (pad_ufes20.read, pad_ufes20.ARCHIVES),
+    "isic2019": (isic2019.read, isic2019.ARCHIVES),
+    "isic2020": (isic2020.read, isic2020.ARCHIVES),
 }
 KINDS = (*RELEASES, "folder", "csv")
 
