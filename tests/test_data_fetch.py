@@ -206,8 +206,8 @@ def test_registration_only_release_says_where_and_how():
     with pytest.raises(DataError, match=r"derm\.cs\.sfu\.ca.*dermkit data import derm7pt --from"):
         fetch("derm7pt", accept_licence=True, progress=False)
     assert "derm7pt" in load_manifest()["releases"]
-    with pytest.raises(DataError, match="unknown release 'isic2019'"):
-        fetch("isic2019", accept_licence=True)
+    with pytest.raises(DataError, match="unknown release 'isic2099'"):
+        fetch("isic2099", accept_licence=True)
 
 
 def _tiny_ham_release() -> dict[str, bytes]:

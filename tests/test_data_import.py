@@ -574,8 +574,8 @@ def test_cli_import_and_bad_input(tmp_path, capsys):
     assert "card written to" in out and "akiec" in out
     assert main(["data", "check", str(tmp_path / "card"), "--no-images"]) == 0
     capsys.readouterr()
-    assert main(["data", "import", "isic2019", "--from", str(src), "--out", str(tmp_path / "x")]) == 2
-    assert "unknown kind 'isic2019'" in capsys.readouterr().err
+    assert main(["data", "import", "isic2099", "--from", str(src), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown kind 'isic2099'" in capsys.readouterr().err
     assert main(["data", "import", "csv", "--from", str(src / "HAM10000_metadata.csv"), "--out",
                  str(tmp_path / "y")]) == 2
     assert "--image-column and --label-column" in capsys.readouterr().err

@@ -26,6 +26,8 @@ from dermkit.data.releases import (
     folder,
     ham10000,
     isic,
+    isic2019,
+    isic2020,
     milk10k,
     pad_ufes20,
     ph2,
@@ -49,6 +51,8 @@ RELEASES = {
     "ddi": (ddi.read, ddi.ARCHIVES),
     "scin": (scin.read, scin.ARCHIVES),
     "fitzpatrick17k": (fitzpatrick17k.read, fitzpatrick17k.ARCHIVES),
+    "isic2019": (isic2019.read, isic2019.ARCHIVES),
+    "isic2020": (isic2020.read, isic2020.ARCHIVES),
 }
 KINDS = (*RELEASES, "folder", "csv")
 
