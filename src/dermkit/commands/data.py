@@ -14,7 +14,8 @@ from rich.table import Table
 from dermkit.commands.common import console, err_console
 from dermkit.errors import DataError
 
-_KINDS_HELP = "ham10000, isic2017, isic2018, ph2, derm7pt, pad_ufes20, folder (one subfolder per class) or csv."
+_KINDS_HELP = ("ham10000, isic2017, isic2018, isic2019, isic2020, ph2, derm7pt, pad_ufes20, bcn20000, milk10k, "
+               "fitzpatrick17k, ddi, scin, folder (one subfolder per class) or csv.")
 
 
 def register(app: typer.Typer, groups: dict) -> None:
@@ -216,8 +217,10 @@ def data_import(
 
 
 def data_fetch(
-    name: str = typer.Argument(..., help="Release to download: ham10000, isic2017, isic2018, pad_ufes20, ph2, "
-                                         "fitzpatrick17k (derm7pt needs a registration: the command says where)."),
+    name: str = typer.Argument(..., help="Release to download: ham10000, isic2017, isic2018, isic2019, isic2020, "
+                                         "pad_ufes20, ph2, scin (its CSVs), fitzpatrick17k (the CSV and its listed "
+                                         "images); derm7pt, ddi, bcn20000 and milk10k are downloaded by hand: the "
+                                         "command says where."),
     out: Optional[Path] = typer.Option(None, help="Import the verified download as a dataset card into this folder."),
     cache: Optional[Path] = typer.Option(None, help="Download folder (default $DERMKIT_CACHE/downloads, else "
                                                     "~/.cache/dermkit/downloads); files land in CACHE/NAME/."),
