@@ -129,8 +129,8 @@ CASES = [
     ("serve-pickle-model", lambda w, t: ["serve", "--model", str(w["root"] / "model.pt")], ["pickle", "safetensors"]),
     ("serve-port-zero", lambda w, t: ["serve", "--model", str(w["model"]), "--port", "0"], ["--port"]),
     # ---- dermkit data import / fetch
-    ("data-import-unknown-kind", lambda w, t: ["data", "import", "isic2019", "--from", str(w["data"]), "--out",
-                                               str(t / "out")], ["isic2019", "ham10000, isic2017"]),
+    ("data-import-unknown-kind", lambda w, t: ["data", "import", "isic2099", "--from", str(w["data"]), "--out",
+                                               str(t / "out")], ["isic2099", "ham10000, isic2017"]),
     ("data-import-not-the-release", lambda w, t: ["data", "import", "ham10000", "--from", str(w["data"]), "--out",
                                                   str(t / "out")], ["HAM10000_metadata", "official release"]),
     ("data-import-missing-from", lambda w, t: ["data", "import", "folder", "--from", str(t / "nope"), "--out",

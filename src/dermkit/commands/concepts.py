@@ -17,6 +17,7 @@ def register(app: typer.Typer, groups: dict) -> None:
     groups["concepts"].command("show")(concepts_show)
     groups["concepts"].command("bias-data")(concepts_bias_data)
     groups["concepts"].command("sweep")(concepts_sweep)
+    groups["concepts"].command("bias-experiment")(concepts_bias_experiment)
 
 
 def _list(option: str, text: str, kind):
@@ -220,3 +221,27 @@ def concepts_sweep(
     else:
         console.print(f"no point meets the rule ({rule}); widen the grid or relax --max-l0/--max-dead")
     console.print(f"sweep: {paths['csv']}, {paths['json']}, {paths['png']}")
+
+
+def concepts_bias_experiment(
+    config: Path = typer.Argument(..., help="The experiment's YAML (e.g. configs/concepts/bias_experiment.yaml): "
+                                            "model, data, task, artefact, fraction, seed, sae:, cbm:, query, "
+                                            "per_query, ink_auroc, n_bootstrap."),
+    out: Path = typer.Option(..., help="Folder: bias_experiment.md/.json, ink_latents.csv and the runs (data/, sae/, "
+                                       "cbm_biased/, cbm_clean/)."),
+    force: bool = typer.Option(False, "--force", help="Replace the runs already in --out."),
+) -> None:
+    """The concept-bias experiment from one config: a shortcut drawn on purpose (biased data), an SAE, a CBM
+    trained on biased and one on clean data, interventions (the concepts nearest a text query; the concepts
+    that separate inked copies from their clean originals on train/val), the share of the AUROC gap each
+    recovers on the artefact test split, and, when none recovers half, which step failed."""
+    from dermkit.bias_experiment import run_bias_experiment
+
+    result = run_bias_experiment(config, out, force=force)
+    table = Table("model", "AUROC", "BACC", "gap recovered", title="concept-bias experiment (artefact test split)")
+    for r in result["rows"]:
+        table.add_row(r["model"], "n/a" if r["auroc"] is None else f"{100 * r['auroc']:.1f}",
+                      "n/a" if r["balanced_accuracy"] is None else f"{100 * r['balanced_accuracy']:.1f}",
+                      "" if r.get("recovered") is None else f"{100 * r['recovered']:.0f}%")
+    console.print(table)
+    console.print(f"diagnosis: {result['diagnosis']}\nreport: {out / 'bias_experiment.md'}")

@@ -1,0 +1,141 @@
+"""The concept-bias experiment from one config (issue 28 item 4): the table, the gap each intervention
+recovers, the ink-latent scores (inked copies vs their clean originals) and the diagnosis, on the
+tiny dataset and the tiny CLIP; bad configs exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from dermkit.bias_experiment import _auroc_columns, _diagnosis, _recovered, load_bias_config, run_bias_experiment
+from dermkit.cli import main
+from dermkit.errors import ConfigError
+
+
+def _config(data, clip, cache):
+    return {"model": str(clip), "data": str(data), "task": "melanoma_vs_rest", "artefact": "ink", "fraction": 0.8,
+            "seed": 0, "per_query": [1, 3], "n_bootstrap": 20, "query": "purple ink",
+            "sae": {"activation": "topk", "k": 4, "expansion": 4, "epochs": 30, "batch_size": 64, "lr": 2e-3,
+                    "Cs": [1.0], "num_workers": 0, "cache_dir": str(cache)},
+            "cbm": {"Cs": [0.3, 1.0], "num_workers": 0, "cache_dir": str(cache)}}
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, clip_folder):
+    from conftest import make_dataset
+
+    root = tmp_path_factory.mktemp("bias")
+    data = make_dataset(root)
+    config = root / "bias.yaml"
+    config.write_text(yaml.safe_dump(_config(data, clip_folder, root / "cache")))
+    assert main(["concepts", "bias-experiment", str(config), "--out", str(root / "out")]) == 0
+    return {"root": root, "out": root / "out", "data": data,
+            "result": json.loads((root / "out" / "bias_experiment.json").read_text())}
+
+
+def test_one_config_gives_the_table_runs_and_diagnosis(experiment):
+    out, result = experiment["out"], experiment["result"]
+    for run in ("sae", "cbm_biased", "cbm_clean"):
+        assert (out / run / "model" / "model.json").is_file()
+    assert (out / "data" / "biased" / "metadata.csv").is_file() and (out / "data" / "biased_test").is_dir()
+    models = [r["model"] for r in result["rows"]]
+    assert models[:2] == ["CBM trained on clean data", "CBM trained on the biased data"]
+    assert any("nearest 'purple ink'" in m for m in models)
+    clean, biased = result["rows"][0]["auroc"], result["rows"][1]["auroc"]
+    assert result["gap"] == pytest.approx(clean - biased)
+    for r in result["rows"][2:]:
+        assert r["zeroed"]  # an intervention zeroes something
+        assert r["recovered"] == pytest.approx(_recovered(r["auroc"], biased, clean)) if result["gap"] > 0 \
+            else r["recovered"] is None
+    # text queries zero the K nearest concepts of the model (K = per_query, at most its concept count)
+    n_concepts = result["diagnostics"]["cbm_concepts"]
+    assert [len(r["zeroed"]) for r in result["rows"][2:4]] == [1, min(3, n_concepts)]
+    md = (out / "bias_experiment.md").read_text()
+    assert "| model | AUROC | BACC | gap recovered |" in md and "**Diagnosis**" in md
+    assert result["diagnosis"] and result["sae"]["activation"] == "topk"
+
+
+def test_ink_scores_compare_inked_copies_with_their_originals(experiment):
+    import pandas as pd
+
+    import dermkit
+    from dermkit.engine.features import extract_features
+
+    out = experiment["out"]
+    scores = pd.read_csv(out / "ink_latents.csv")
+    p = dermkit.load_predictor(out / "cbm_biased" / "model")
+    assert len(scores) == p.sae.n_latents and scores["ink_auroc"].is_monotonic_decreasing
+    biased = dermkit.load_dataset(out / "data" / "biased")
+    source = dermkit.load_dataset(experiment["data"])
+    t = biased.table
+    edited = t.index[(t["artefact"].fillna("") == "ink") & t["split"].isin(["train", "val"])]
+    inked = extract_features(p.enc, [biased.image_path(t.loc[i, "image"]) for i in edited], cache_dir=p.cache_dir,
+                             num_workers=0, progress=False)
+    clean = extract_features(p.enc, [source.image_path(source.table.loc[i, "image"]) for i in edited],
+                             cache_dir=p.cache_dir, num_workers=0, progress=False)
+    from sklearn.metrics import roc_auc_score
+
+    a = p.sae.activations(np.concatenate([inked, clean]))
+    y = np.r_[np.ones(len(edited)), np.zeros(len(edited))]
+    best = int(scores.iloc[0]["latent"])
+    want = roc_auc_score(y, a[:, best]) if a[:, best].std() > 0 else 0.5
+    assert scores.iloc[0]["ink_auroc"] == pytest.approx(want)
+
+
+def test_auroc_columns_equal_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.random(40) < 0.4
+    x = np.c_[rng.normal(size=40), np.where(y, 1.0, 0.0), np.zeros(40), rng.integers(0, 3, 40)]
+    got = _auroc_columns(x, y)
+    for j in range(x.shape[1]):
+        want = roc_auc_score(y, x[:, j]) if x[:, j].std() > 0 else 0.5
+        assert got[j] == pytest.approx(want)
+
+
+def test_diagnosis_names_the_step_that_failed():
+    config = {"ink_auroc": 0.8, "query": "purple ink"}
+    base = {"gap": 0.1, "rows": [{"recovered": None}, {"recovered": None}, {"recovered": 0.1}]}
+    d = {"best_ink_auroc": 0.6, "best_ink_latent": 3, "ink_latents": 0, "cbm_ink_concepts": 0, "query_hits": False,
+         "best_ink_rank_for_query": 40, "cbm_ink_weight_share": 0.0}
+    assert "never isolated" in _diagnosis({**base, "diagnostics": d}, config)
+    d.update(best_ink_auroc=0.95, ink_latents=4)
+    assert "gives none of them weight" in _diagnosis({**base, "diagnostics": d}, config)
+    d.update(cbm_ink_concepts=2, cbm_ink_weight_share=0.1)
+    assert "naming missed it" in _diagnosis({**base, "diagnostics": d}, config)
+    d.update(query_hits=True)
+    assert "spread the shortcut" in _diagnosis({**base, "diagnostics": d}, config)
+    good = {**base, "rows": [*base["rows"], {"recovered": 0.7}], "diagnostics": d}
+    assert "recovers 70% of the gap" in _diagnosis(good, config)
+    assert "no shortcut" in _diagnosis({**base, "gap": -0.01, "diagnostics": d}, config)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"fraction": 1.5}, "fraction must be in"),
+    ({"artefact": "paint"}, "artefact must be one of"),
+    ({"per_query": [0]}, "per_query must be"),
+    ({"colour": "red"}, "unknown key"),
+    ({"sae": {"data": "x"}}, "sae.data is set by the experiment"),
+    ({"model": None}, "`model:` is required"),
+])
+def test_bad_configs_are_refused(tmp_path, capsys, change, message):
+    raw = {"model": "m", "data": "d", **change}
+    with pytest.raises(ConfigError, match=message):
+        load_bias_config(raw)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["concepts", "bias-experiment", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message.split()[0] in err and "Traceback" not in err
+
+
+def test_a_non_empty_out_is_refused(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("keep me")
+    with pytest.raises(ConfigError, match="not empty"):
+        run_bias_experiment({"model": "m", "data": "d"}, tmp_path / "out")
+    assert (tmp_path / "out" / "x").read_text() == "keep me"
