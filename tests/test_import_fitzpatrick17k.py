@@ -7,9 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from conftest import Server
 from dermkit.cli import main
 from dermkit.data.card_schema import packaged_spec, validate_spec
 from dermkit.data.fetch import fetch, load_manifest
@@ -255,62 +254,6 @@ def test_cli_import_ok_and_bad(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- fetch (HTTP)
-class Server:
-    """Serves ``files`` (path with query -> bytes) on 127.0.0.1 with Range support; ``cut[path] = n``
-    makes the next response for ``path`` stop after n bytes; every request is logged."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.cut: dict[str, int] = {}
-        self.log: list[tuple[str, str | None]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            timeout = 10
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                path = self.path
-                outer.log.append((path, self.headers.get("Range")))
-                data = outer.files.get(path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                start = 0
-                match = re.match(r"bytes=(\d+)-$", self.headers.get("Range") or "")
-                if match:
-                    start = int(match.group(1))
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                limit = outer.cut.pop(path, None)
-                self.wfile.write(body if limit is None else body[:limit])
-                if limit is not None:
-                    self.wfile.flush()
-                    self.close_connection = True
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture
 def server():
     s = Server()

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from dermkit import io
 from dermkit.data.artefacts import ARTEFACTS, biased_copies
@@ -42,7 +41,7 @@ from dermkit.engine.features import extract_features
 from dermkit.errors import ConfigError
 from dermkit.evaluate import evaluate
 from dermkit.evaluate.tables import markdown_table, percent_ci
-from dermkit.experiment import run_experiment
+from dermkit.experiment import load_config, run_experiment
 from dermkit.methods import load_predictor
 from dermkit.methods.cbm import resolve_latents
 from dermkit.models.text import encode_texts
@@ -64,15 +63,9 @@ def load_bias_config(source: str | os.PathLike | dict) -> dict[str, Any]:
     if isinstance(source, dict):
         raw = dict(source)
     else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys (model:, data:, ...)")
+        raw = load_config(Path(source).expanduser())
+        raw.pop("_source", None)
+        raw.pop("name", None)
     raw.pop("experiment", None)
     unknown = sorted(set(raw) - set(BIAS_KEYS))
     if unknown:
