@@ -139,3 +139,48 @@ def test_cli_show_intervene_and_predict(cbm, tmp_path, capsys):
     assert main(["concepts", "show", "--model", str(model.parent.parent / "sae" / "model"), "--data", str(data),
                  "--out", str(tmp_path / "x")]) == 2
     assert "method: cbm" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("n_classes, class_weight", [(3, "balanced"), (3, None), (2, "balanced")])
+def test_fista_l1_head_has_sklearns_probabilities(n_classes, class_weight):
+    """The torch L1 solver minimises scikit-learn's objective: the same probabilities and the same
+    zero pattern as LogisticRegression(penalty l1) fitted to convergence on the same data."""
+    from sklearn.linear_model import LogisticRegression
+
+    from dermkit.models.linear import fit_l1_logistic
+
+    rng = np.random.default_rng(n_classes)
+    x = rng.normal(size=(240, 30))
+    truth = rng.normal(size=(30, n_classes)) * (rng.random((30, n_classes)) < 0.25)
+    y = (x @ truth + rng.gumbel(size=(240, n_classes))).argmax(axis=1)
+    x = (x - x.mean(0)) / x.std(0)
+    for C in (0.05, 0.5):
+        sk = LogisticRegression(solver="saga", l1_ratio=1.0, C=C, class_weight=class_weight, max_iter=100_000,
+                                tol=1e-10).fit(x, y)
+        coef, intercept, n_iter, converged = fit_l1_logistic(x, y, n_classes, C, class_weight, max_iter=100_000,
+                                                             tol=1e-10)
+        assert converged and n_iter < 100_000
+        logits = x @ coef.T + intercept
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        np.testing.assert_allclose(p / p.sum(axis=1, keepdims=True), sk.predict_proba(x), atol=1e-6)
+        zeros_sk = (np.abs(sk.coef_) < 1e-8).all(axis=0)
+        assert ((np.abs(coef) < 1e-8).all(axis=0) == zeros_sk).all()
+
+
+def test_fista_and_saga_probes_choose_alike():
+    """fit_probe(penalty l1): both solvers pick the same C on val and give the same probabilities;
+    a class absent from train gets probability 0 from both."""
+    from dermkit.models.linear import fit_probe
+
+    rng = np.random.default_rng(0)
+    x = rng.gamma(0.3, size=(300, 60)) * (rng.random((300, 60)) < 0.2)  # sparse, non-negative, like SAE codes
+    y = (x[:, :3] * [3, 2, 1] + rng.normal(0, 0.3, (300, 3))).argmax(axis=1)
+    classes = ["a", "b", "c", "d"]  # d never occurs
+    kw = dict(Cs=[0.03, 0.3], class_weight="balanced", penalty="l1")
+    saga = fit_probe(x[:200], y[:200], x[200:], y[200:], classes, max_iter=100_000, solver="saga", **kw)
+    fista = fit_probe(x[:200], y[:200], x[200:], y[200:], classes, max_iter=100_000, solver="fista", **kw)
+    assert fista.C == saga.C and fista.info["solver"] == "fista" and fista.info["converged"]
+    # saga stops at scikit-learn's default tolerance (1e-4), so the two agree to a few 1e-3
+    np.testing.assert_allclose(fista.predict_proba(x[200:]), saga.predict_proba(x[200:]), atol=1e-2)
+    assert (fista.predict_proba(x[200:]).argmax(1) == saga.predict_proba(x[200:]).argmax(1)).mean() > 0.98
+    assert np.all(fista.predict_proba(x)[:, 3] == 0)

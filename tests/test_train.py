@@ -141,9 +141,15 @@ def test_shipped_configs_parse_and_match_benchmark():
 
     root = Path(__file__).resolve().parents[1] / "configs"
     shipped = sorted(root.glob("**/*.yaml"))
-    # one dialect: every config names its method
-    assert all(yaml.safe_load(p.read_text()).get("method") for p in shipped)
-    assert len(check_configs(shipped)) == len(shipped)
+    # one dialect: every config names its method, or (a study of several runs) its experiment
+    raws = {p: yaml.safe_load(p.read_text()) for p in shipped}
+    studies = [p for p, raw in raws.items() if raw.get("experiment")]
+    assert all(raw.get("method") for p, raw in raws.items() if p not in studies)
+    assert len(check_configs([p for p in shipped if p not in studies])) == len(shipped) - len(studies)
+    from dermkit.bias_experiment import load_bias_config
+
+    assert [p.name for p in studies] == ["bias_experiment.yaml"]
+    assert all(load_bias_config(p)["model"] for p in studies)
     raw = {k: v for k, v in load_config(root / "benchmark_lite0_ham10000.yaml").items()
            if k not in ("method", "name", "_source")}
     bench = {k: v for k, v in benchmark_config().items() if k not in ("method", "name")}

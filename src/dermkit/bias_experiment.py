@@ -66,7 +66,9 @@ def load_bias_config(source: str | os.PathLike | dict) -> dict[str, Any]:
         raw = load_config(Path(source).expanduser())
         raw.pop("_source", None)
         raw.pop("name", None)
-    raw.pop("experiment", None)
+    kind = raw.pop("experiment", "concept_bias")
+    if kind != "concept_bias":
+        raise ConfigError(f"{where}: experiment: {kind!r} is not a bias experiment (experiment: concept_bias)")
     unknown = sorted(set(raw) - set(BIAS_KEYS))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; a bias experiment takes {', '.join(BIAS_KEYS)}")

@@ -3,9 +3,10 @@ discovery, step 2), with concept names, explanations and intervention.
 
 The bottleneck is a trained SAE (a ``method: sae`` run's model folder, ``sae:``): every image's
 frozen-encoder embedding becomes its SAE latent activations (the "concepts"). A sparse (L1)
-logistic regression over them (scikit-learn, saga; C chosen on val by balanced accuracy) predicts
-the class, so only a few dozen latents carry weight (PanDerm-2 uses ``SGDClassifier(log_loss,
-l1)``; the same model family, with dermkit's C-on-val selection). When the encoder is a
+logistic regression over them (C chosen on val by balanced accuracy; fitted full-batch by FISTA in
+torch, the objective of scikit-learn's L1 ``LogisticRegression``, which ``solver: saga`` uses
+instead) predicts the class, so only a few dozen latents carry weight (PanDerm-2 uses
+``SGDClassifier(log_loss, l1)``; the same model family, with dermkit's C-on-val selection). When the encoder is a
 vision-language model, the latents with non-zero weight are named after the fact: each latent's
 decoder atom is matched one-to-one to a concept vocabulary embedded by the text tower (Hungarian
 algorithm; :mod:`dermkit.models.concepts`).
@@ -42,7 +43,7 @@ from dermkit.evaluate.concepts import (
 )
 from dermkit.methods.base import ClassifierConfig, EncoderHeadPredictor, Method, register_method
 from dermkit.models.concepts import load_vocabulary, name_latents, nearest_latents, vocabulary_embeddings
-from dermkit.models.linear import LinearProbe, check_probe_settings, fit_probe
+from dermkit.models.linear import L1_SOLVERS, LinearProbe, check_probe_settings, fit_probe
 from dermkit.models.sae import SparseAutoencoder
 from dermkit.models.text import encode_texts
 
@@ -67,9 +68,12 @@ class CBMConfig(ClassifierConfig):
     sae: str = "runs/sae/model"
     Cs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
     class_weight: str | None = "balanced"
-    # saga (the L1 multinomial solver) on thousands of latents is slow to converge fully: 300 passes,
-    # warm-started along the C grid, is minutes on HAM10000; model.json records whether it converged.
-    max_iter: int = 300
+    # The L1 multinomial head's solver: fista (full-batch accelerated proximal gradient in torch, the
+    # same objective as scikit-learn's; max_iter = its steps) or saga (scikit-learn; max_iter = passes
+    # over the data: 300, warm-started along the C grid, took minutes on HAM10000 with dense codes).
+    # model.json records the solver, its iterations and whether it converged.
+    solver: str = "fista"
+    max_iter: int = 5000
     vocabulary: str | None = None
     name_concepts: bool = True
     min_name_margin: float = 0.01
@@ -82,6 +86,8 @@ class CBMConfig(ClassifierConfig):
     def validate(self) -> None:
         super().validate()
         check_probe_settings(self.Cs, self.class_weight, self.max_iter)
+        if self.solver not in L1_SOLVERS:
+            raise ConfigError(f"solver must be one of {', '.join(L1_SOLVERS)}, got {self.solver!r}")
         if self.encode_batch_size < 1 or self.num_workers < 0:
             raise ConfigError("encode_batch_size must be >= 1, num_workers >= 0")
         if not self.min_name_margin >= 0:
@@ -200,7 +206,8 @@ class ConceptBottleneck(Method):
         x_tr, y_tr, _ = extract_split_features(enc, card, "train", **kw)
         x_va, y_va, _ = extract_split_features(enc, card, "val", **kw)
         probe = fit_probe(sae.activations(x_tr), y_tr, sae.activations(x_va), y_va, card.classes, Cs=config.Cs,
-                          class_weight=config.class_weight, max_iter=config.max_iter, penalty="l1")
+                          class_weight=config.class_weight, max_iter=config.max_iter, penalty="l1",
+                          solver=config.solver)
         nonzero = [int(j) for j in np.flatnonzero((np.abs(probe.coef) > 0).any(axis=0))]
         if not nonzero:
             raise DataError("the L1 bottleneck kept no concept at any C; try larger Cs (weaker L1)")

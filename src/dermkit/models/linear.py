@@ -5,6 +5,13 @@ fits it with scikit-learn's ``LogisticRegression`` (L2 by default; ``penalty="l1
 head such as a concept bottleneck) for every C of a grid and keeps the best by val balanced
 accuracy. Used by the linear-probe method (raw embeddings), the SAE method (latent activations)
 and the concept-bottleneck method (named latents).
+
+The L1 head has a second solver, :func:`fit_l1_logistic` (``solver="fista"``): the same objective
+as scikit-learn's (``C`` x the class-weighted sum of multinomial log losses + the L1 norm of the
+weights, intercepts free), minimised full-batch in torch by accelerated proximal gradient (FISTA
+with adaptive restart, step 1/L from the Lipschitz bound of the softmax loss) and warm-started
+along the C grid. On thousands of SAE latents it converges in seconds where saga's per-sample
+passes take minutes; a test holds its probabilities to scikit-learn's on the same data.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ import torch
 
 from dermkit.errors import ConfigError, DataError
 
-__all__ = ["DEFAULT_CS", "LinearProbe", "check_probe_settings", "fit_probe", "stratified_subsample"]
+__all__ = ["DEFAULT_CS", "L1_SOLVERS", "LinearProbe", "check_probe_settings", "fit_l1_logistic", "fit_probe",
+           "stratified_subsample"]
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-3, 3, 7))
 _TENSORS = ("coef", "intercept", "mean", "scale")
+L1_SOLVERS = ("fista", "saga")
 
 
 def stratified_subsample(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -83,6 +92,107 @@ def _from_sklearn(model, n_classes: int, classes: Sequence[str], mean, scale, C:
     return LinearProbe(list(classes), coef, intercept, np.asarray(mean, float), np.asarray(scale, float), C)
 
 
+def _class_weights(y: np.ndarray, n_classes: int, class_weight: str | None) -> np.ndarray:
+    """Per-sample weights as scikit-learn's ``class_weight`` (balanced: n / (n_present * n_class))."""
+    if class_weight is None:
+        return np.ones(len(y))
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    per_class = np.zeros(n_classes)
+    per_class[present] = len(y) / (present.sum() * counts[present])
+    return per_class[y]
+
+
+def fit_l1_logistic(z: np.ndarray, y: np.ndarray, n_classes: int, C: float, class_weight: str | None = "balanced",
+                    init: tuple[np.ndarray, np.ndarray] | None = None, max_iter: int = 5000, tol: float = 1e-6,
+                    device: str = "cpu") -> tuple[np.ndarray, np.ndarray, int, bool]:
+    """Multinomial logistic regression with an L1 penalty: ``(coef (K, D), intercept (K,), iterations,
+    converged)`` minimising ``C * sum_i w_i * logloss_i + |coef|_1`` (``w_i``: ``class_weight``), the
+    objective of scikit-learn's ``LogisticRegression(penalty="l1")``. Classes absent from ``y`` get
+    zero weights and an intercept of -inf.
+
+    FISTA in float64 with a backtracking step (from 1024 x 1/L of the global Lipschitz bound of the
+    softmax loss, halved whenever the quadratic model does not bound the loss: the bound is loose on
+    sparse standardised codes) and adaptive restart (the momentum is dropped when the objective rises).
+    ``converged``: an iteration changed no weight by more than ``tol`` x the largest weight (as
+    scikit-learn's saga measures it; its default tol is 1e-4).
+    """
+    z_np, y = np.asarray(z, dtype=np.float64), np.asarray(y, dtype=np.int64)
+    n, d = z_np.shape
+    present = np.bincount(y, minlength=n_classes) > 0
+    k = int(present.sum())
+    remap = np.cumsum(present) - 1
+    dev = torch.device(device)
+    x = torch.from_numpy(z_np).to(dev)
+    target = torch.from_numpy(remap[y]).to(dev)
+    w = torch.from_numpy(_class_weights(y, n_classes, class_weight)).to(dev) * float(C)
+    rows = torch.arange(n, device=dev)
+    # Global Lipschitz bound of the gradient in (coef, intercept): a softmax log loss's Hessian is at
+    # most 1/2 in spectral norm per sample, so L <= 1/2 ||sqrt(w) [x, 1]||_2^2 (power iteration).
+    aug = torch.cat([x, torch.ones(n, 1, dtype=x.dtype, device=dev)], dim=1) * w.sqrt()[:, None]
+    v = torch.ones(d + 1, dtype=x.dtype, device=dev)
+    for _ in range(50):
+        v = aug.T @ (aug @ v)
+        v = v / v.norm().clamp_min(1e-300)
+    # The bound is loose on sparse standardised codes: start 1024 x longer and let backtracking shorten it.
+    step = 1024.0 / max(0.5 * 1.01 * float((aug @ v).pow(2).sum()), 1e-12)
+
+    def loss_of(coef, b):
+        return -(w * torch.log_softmax(x @ coef.T + b, dim=1)[rows, target]).sum()
+
+    def loss_grad(coef, b):
+        logp = torch.log_softmax(x @ coef.T + b, dim=1)
+        loss = -(w * logp[rows, target]).sum()
+        g = logp.exp()
+        g[rows, target] -= 1.0
+        g *= w[:, None]
+        return loss, g.T @ x, g.sum(dim=0)
+
+    if init is not None and init[0].shape == (n_classes, d):
+        coef = torch.from_numpy(np.asarray(init[0], np.float64)[present]).to(dev)
+        b = torch.from_numpy(np.nan_to_num(np.asarray(init[1], np.float64)[present], neginf=0.0)).to(dev)
+    else:
+        coef = torch.zeros(k, d, dtype=torch.float64, device=dev)
+        b = torch.zeros(k, dtype=torch.float64, device=dev)
+    yc, yb, t = coef.clone(), b.clone(), 1.0
+    previous = float(loss_of(coef, b)) + float(coef.abs().sum())
+    converged, iterations = False, 0
+    while iterations < int(max_iter):
+        iterations += 1
+        loss_y, g_coef, g_b = loss_grad(yc, yb)
+        while True:  # halve the step until the quadratic model bounds the loss (the step never grows)
+            shifted = yc - step * g_coef
+            new_coef = torch.sign(shifted) * torch.clamp(shifted.abs() - step, min=0.0)
+            new_b = yb - step * g_b
+            dc, db = new_coef - yc, new_b - yb
+            new_loss = float(loss_of(new_coef, new_b))
+            bound = float(loss_y) + float((g_coef * dc).sum() + (g_b * db).sum()) + float(
+                dc.pow(2).sum() + db.pow(2).sum()) / (2 * step)
+            if new_loss <= bound + 1e-12 * abs(bound) or step < 1e-30:
+                break
+            step /= 2.0
+        objective = new_loss + float(new_coef.abs().sum())
+        if objective > previous + 1e-13 * abs(previous) and t > 1.0:
+            # adaptive restart: drop the momentum and step again from the last iterate (a plain
+            # proximal-gradient step, which the backtracking makes monotone, so it is then accepted)
+            yc, yb, t = coef, b, 1.0
+            continue
+        t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        momentum = (t - 1) / t_next
+        change = max(float((new_coef - coef).abs().max()), float((new_b - b).abs().max()))
+        yc = new_coef + momentum * (new_coef - coef)
+        yb = new_b + momentum * (new_b - b)
+        coef, b, t, previous = new_coef, new_b, t_next, objective
+        if change <= tol * max(1.0, float(coef.abs().max()), float(b.abs().max())):
+            converged = True
+            break
+    full_coef = np.zeros((n_classes, d))
+    full_b = np.full(n_classes, -np.inf)
+    full_coef[present] = coef.cpu().numpy()
+    full_b[present] = b.cpu().numpy()
+    return full_coef, full_b, iterations, converged
+
+
 def check_probe_settings(Cs, class_weight, max_iter: int) -> None:
     """ConfigError unless the settings of :func:`fit_probe` are usable (what configs validate)."""
     if not Cs or any(c <= 0 for c in Cs):
@@ -104,12 +214,15 @@ def fit_probe(
     max_iter: int = 1000,
     standardize: bool = True,
     penalty: str = "l2",
+    solver: str = "saga",
 ) -> LinearProbe:
     """Fit one probe per C (ascending, warm-started), keep the best by val balanced accuracy.
 
     Ties go to the smaller C (stronger regularisation). Embeddings are standardised with the
     training subset's mean/sd, so one C grid suits every encoder's feature scale. ``penalty="l1"``
-    (saga solver) gives a sparse head: most input columns get zero weight for every class.
+    gives a sparse head (most input columns get zero weight for every class), fitted by ``solver``:
+    scikit-learn's ``saga`` or :func:`fit_l1_logistic` (``fista``: the same objective, seconds on
+    thousands of inputs; ``max_iter`` is then its number of full-batch steps).
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -118,6 +231,8 @@ def fit_probe(
     check_probe_settings(Cs, class_weight, max_iter)
     if penalty not in ("l1", "l2"):
         raise ConfigError(f"penalty must be l1 or l2, got {penalty!r}")
+    if penalty == "l1" and solver not in L1_SOLVERS:
+        raise ConfigError(f"the L1 solver must be one of {', '.join(L1_SOLVERS)}, got {solver!r}")
     if len(np.unique(y_train)) < 2:
         raise DataError("the training subset has fewer than 2 classes; a linear probe needs at least 2")
     x_train = np.asarray(x_train, dtype=np.float64)
@@ -129,6 +244,9 @@ def fit_probe(
         mean, scale = np.zeros(x_train.shape[1]), np.ones(x_train.shape[1])
     z_train = (x_train - mean) / scale
     z_val = (np.asarray(x_val, dtype=np.float64) - mean) / scale
+    if penalty == "l1" and solver == "fista":
+        return _fit_fista(z_train, y_train, z_val, y_val, classes, Cs, class_weight, max_iter, standardize, mean,
+                          scale)
     solver = "lbfgs" if penalty == "l2" else "saga"
     kwargs = {} if penalty == "l2" else {"l1_ratio": 1.0}  # saga with pure L1 (sklearn >= 1.8 spelling)
     model = LogisticRegression(solver=solver, max_iter=max_iter, class_weight=class_weight, warm_start=True, **kwargs)
@@ -145,7 +263,31 @@ def fit_probe(
             best = _from_sklearn(model, len(classes), classes, mean, scale, C)
     best.val_scores = scores
     best.info = {"class_weight": class_weight, "max_iter": max_iter, "standardize": standardize, "penalty": penalty,
-                 "n_train": int(len(y_train)), "converged": bool(converged[best.C]),
+                 "solver": solver, "n_train": int(len(y_train)), "converged": bool(converged[best.C]),
+                 "nonzero_inputs": int((np.abs(best.coef) > 0).any(axis=0).sum())}
+    return best
+
+
+def _fit_fista(z_train, y_train, z_val, y_val, classes, Cs, class_weight, max_iter, standardize, mean,
+               scale) -> LinearProbe:
+    """:func:`fit_probe` with ``penalty="l1", solver="fista"``: warm-started along the ascending C grid."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    y_train = np.asarray(y_train, dtype=np.int64)
+    best, scores, converged, iterations, init = None, {}, {}, {}, None
+    for C in sorted(float(c) for c in Cs):
+        coef, intercept, n_iter, ok = fit_l1_logistic(z_train, y_train, len(classes), C, class_weight, init=init,
+                                                      max_iter=max_iter)
+        init = (coef, intercept)
+        probe = LinearProbe(list(classes), coef, intercept, np.asarray(mean, float), np.asarray(scale, float), C)
+        score = float(balanced_accuracy_score(y_val, (z_val @ coef.T + intercept).argmax(axis=1)))
+        scores[C], converged[C], iterations[C] = score, ok, n_iter
+        if best is None or score > scores[best.C]:
+            best = probe
+    best.val_scores = scores
+    best.info = {"class_weight": class_weight, "max_iter": max_iter, "standardize": standardize, "penalty": "l1",
+                 "solver": "fista", "n_train": int(len(y_train)), "converged": bool(converged[best.C]),
+                 "iterations": int(iterations[best.C]),
                  "nonzero_inputs": int((np.abs(best.coef) > 0).any(axis=0).sum())}
     return best
 
