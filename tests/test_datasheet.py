@@ -229,3 +229,23 @@ def test_skin_type_is_one_column_whatever_the_release_calls_it(tiny_dataset, tmp
     got = dict(zip(levels["level"], levels["n"]))
     expected = test["fitspatrick"].map({"2.0": "II", "3.0": "III", "4.0": "IV"}).value_counts().to_dict()
     assert {k: v for k, v in got.items() if k in expected} == expected
+
+
+def test_grouped_skin_types_and_monk_as_subgroups(tiny_dataset, tmp_path):
+    """DDI's grouped types (12/34/56) and SCIN's Monk tone work as `evaluate --subgroups` columns."""
+    meta = pd.read_csv(tiny_dataset / "metadata.csv")
+    meta["fitzpatrick"] = [("12", "34", "56")[i % 3] for i in range(len(meta))]
+    meta["monk_skin_tone"] = [("3", "7.0")[i % 2] for i in range(len(meta))]
+    meta.to_csv(tiny_dataset / "metadata.csv", index=False)
+    test = meta[meta["split"] == "test"]
+    frame = pd.DataFrame({"image": test["image"], "target": test["diagnosis"], "prediction": test["diagnosis"],
+                          **{f"prob:{c}": (test["diagnosis"] == c).astype(float) for c in ("bcc", "mel", "nv")}})
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    assert main(["evaluate", "--predictions", str(tmp_path / "p.csv"), "--data", str(tiny_dataset), "--out",
+                 str(tmp_path / "rep"), "--subgroups", "fitzpatrick,monk", "--n-bootstrap", "20"]) == 0
+    levels = pd.read_csv(tmp_path / "rep" / "subgroups.csv", dtype={"level": str})
+    got = {(a, lvl): n for a, lvl, n in zip(levels["attribute"], levels["level"], levels["n"])}
+    for value, group in (("12", "I-II"), ("34", "III-IV"), ("56", "V-VI")):
+        assert got[("fitzpatrick", group)] == int((test["fitzpatrick"] == value).sum())
+    for value, tone in (("3", "3"), ("7.0", "7")):
+        assert got[("monk", tone)] == int((test["monk_skin_tone"] == value).sum())
