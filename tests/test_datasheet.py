@@ -249,3 +249,17 @@ def test_grouped_skin_types_and_monk_as_subgroups(tiny_dataset, tmp_path):
         assert got[("fitzpatrick", group)] == int((test["fitzpatrick"] == value).sum())
     for value, tone in (("3", "3"), ("7.0", "7")):
         assert got[("monk", tone)] == int((test["monk_skin_tone"] == value).sum())
+
+
+def test_a_releases_own_skin_tone_scale_is_shown_not_mapped(tiny_dataset):
+    """MILK10k's skin_tone_class (0 very dark - 5 very light) is listed as it is, never as Fitzpatrick."""
+    meta = pd.read_csv(tiny_dataset / "metadata.csv")
+    meta["skin_tone_class"] = [("0", "3", "5", "")[i % 4] for i in range(len(meta))]
+    meta.to_csv(tiny_dataset / "metadata.csv", index=False)
+    sheet = datasheet(load_card(tiny_dataset))
+    assert not sheet["skin_type"]["fitzpatrick"]["recorded"]
+    other = sheet["skin_type"]["other"]
+    direct = meta["skin_tone_class"][meta["skin_tone_class"] != ""].value_counts().to_dict()
+    assert other["column"] == "skin_tone_class" and other["counts"] == {k: direct[k] for k in ("0", "3", "5")}
+    assert other["missing"] == len(meta) - sum(direct.values())
+    assert "its own scale, not a Fitzpatrick type" in datasheet_markdown(sheet)

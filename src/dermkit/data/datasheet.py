@@ -183,6 +183,10 @@ def _label_source(card, table: pd.DataFrame) -> dict:
             "per_split": _per_split(table, values, list(counts))}
 
 
+#: Skin-tone labels on a release's own scale (shown, never mapped to Fitzpatrick).
+OTHER_TONE_COLUMNS = ("skin_tone_class",)
+
+
 def _skin_type(card, table: pd.DataFrame) -> dict:
     out: dict = {}
     column = find_column(table, FITZPATRICK_COLUMNS)
@@ -213,6 +217,18 @@ def _skin_type(card, table: pd.DataFrame) -> dict:
         out["monk"] = {"column": monk, "recorded": True, "counts": counts, "n": int(len(valid)),
                        "missing": int(len(table) - len(valid)),
                        "missing_share": (len(table) - len(valid)) / len(table) if len(table) else 0.0}
+    # A release's own skin-tone label on another scale (MILK10k's skin_tone_class, 0 very dark - 5 very
+    # light): shown as it is, never read as a Fitzpatrick type.
+    other = find_column(table, OTHER_TONE_COLUMNS)
+    if other is None:
+        out["other"] = {"column": None, "recorded": False}
+    else:
+        raw = table[other]
+        present = _present(raw, card.missing_values)
+        values = raw[present].astype(str).str.strip()
+        out["other"] = {"column": other, "recorded": True, "counts": _counts(values, sorted(values.unique())),
+                        "n": int(present.sum()), "missing": int((~present).sum()),
+                        "missing_share": float((~present).mean()) if len(table) else 0.0}
     return out
 
 
@@ -376,6 +392,11 @@ def _blocks(sheet: dict) -> list[tuple]:
         b.append(("p", f"Monk skin tone (column `{monk['column']}`): missing {monk['missing']} "
                        f"({_pct(monk['missing_share'])})."))
         b.append(("table", *_count_table(monk["counts"])))
+    other = sheet["skin_type"].get("other") or {}
+    if other.get("recorded"):
+        b.append(("p", f"The release's own skin-tone label (column `{other['column']}`, its own scale, not a "
+                       f"Fitzpatrick type): missing {other['missing']} ({_pct(other['missing_share'])})."))
+        b.append(("table", *_count_table(other["counts"])))
 
     demo = sheet["demographics"]
     b.append(("h2", "Demographics"))
