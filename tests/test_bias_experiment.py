@@ -112,6 +112,8 @@ def test_diagnosis_names_the_step_that_failed():
     good = {**base, "rows": [*base["rows"], {"recovered": 0.7}], "diagnostics": d}
     assert "recovers 70% of the gap" in _diagnosis(good, config)
     assert "no shortcut" in _diagnosis({**base, "gap": -0.01, "diagnostics": d}, config)
+    d.update(best_ink_rank_for_query=None)  # an image-only encoder: no text query to find concepts by
+    assert "no text tower" in _diagnosis({**base, "diagnostics": d}, config)
 
 
 @pytest.mark.parametrize("change, message", [

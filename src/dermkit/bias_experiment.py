@@ -161,6 +161,10 @@ def _diagnosis(result: dict, config: dict) -> str:
     if d["cbm_ink_concepts"] == 0:
         return (f"the SAE isolated the artefact ({d['ink_latents']} latents with AUROC >= {threshold}) but the CBM "
                 "gives none of them weight: the shortcut runs through latents that also carry lesion content")
+    if d["best_ink_rank_for_query"] is None:
+        return (f"the CBM uses {d['cbm_ink_concepts']} ink latent(s) ({d['cbm_ink_weight_share']:.0%} of its weight), "
+                "but zeroing them recovers less than half of the gap, and the encoder has no text tower to find "
+                "concepts by name")
     if not d["query_hits"]:
         return (f"the naming missed it: the concepts nearest the text {config['query']!r} are not the ink latents "
                 f"(the best ink latent ranks {d['best_ink_rank_for_query']} by text similarity)")
@@ -201,7 +205,8 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
     gap = None if clean["auroc"] is None or biased_m["auroc"] is None else clean["auroc"] - biased_m["auroc"]
 
     concept_ids = [int(c["latent"]) for c in cbm_biased.concepts]
-    for k in config["per_query"]:
+    has_text = bool(getattr(cbm_biased.enc, "has_text", False))
+    for k in config["per_query"] if has_text else ():  # an image-only encoder cannot match a text query
         chosen = [c["latent"] for c in resolve_latents(cbm_biased, [config["query"]], per_query=k)]
         add(f"biased + zero the {len(chosen)} concept(s) nearest {config['query']!r}", cbm_biased.with_zeroed(chosen),
             chosen)
@@ -219,7 +224,7 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
     best = scores.iloc[0]
     query_hits = False
     rank = None
-    if getattr(cbm_biased.enc, "has_text", False):
+    if has_text:
         q = encode_texts(cbm_biased.enc, [config["query"]]).numpy()[0]
         atoms = cbm_biased.sae.atoms.numpy()
         sim = atoms @ q / np.maximum(np.linalg.norm(atoms, axis=1) * np.linalg.norm(q), 1e-12)
