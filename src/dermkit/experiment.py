@@ -193,6 +193,8 @@ class Run:
                            resume=self.resume, batch_size_fn=batch_size_fn)
         self.summary.update(best_epoch=state.best_epoch, epochs_run=state.epoch,
                             selected_on=f"val {engine.config.select_metric}", best_val_score=state.best_score)
+        if state.precision is not None:  # precision: auto on a CPU: what was chosen and why
+            self.summary["precision"] = state.precision
         return state
 
     # -- recalibration

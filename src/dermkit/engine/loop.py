@@ -29,7 +29,7 @@ from dermkit.engine import distributed
 from dermkit.errors import ConfigError, ModelError
 from dermkit.io import write_csv, write_json
 from dermkit.models.checkpoint import load_tensors, save_tensors
-from dermkit.runtime import epoch_seed, resolve_device, resolve_precision, seed_everything
+from dermkit.runtime import choose_cpu_precision, epoch_seed, resolve_device, resolve_precision, seed_everything
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -99,6 +99,9 @@ class LoopState:
     best_epoch: int | None = None
     bad_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    # ``precision: auto`` on a CPU: what the probe chose and why (kept by checkpoints, so a resumed run
+    # keeps the precision it started with)
+    precision: dict[str, Any] | None = None
 
 
 class Engine:
@@ -244,6 +247,52 @@ class Engine:
         self.state = LoopState(**meta["loop"])
         return True
 
+    def _choose_precision(self, loss_fn: Callable, batch) -> None:
+        """``precision: auto`` on a CPU (:func:`dermkit.runtime.choose_cpu_precision`): rank 0 times
+        forward + backward of this batch on a copy of the model in fp32 and in bf16 (the RNG state is
+        restored, the model and its gradients are not touched) and every rank takes its choice."""
+        import copy
+
+        record = None
+        if self.main:
+            # A loss may reach the model through closures (frozen-prefix tails, cached text layers) and
+            # not only through its argument: the probe then runs the real modules, so their buffers
+            # (BatchNorm statistics) are put back afterwards and their gradients cleared (no optimizer
+            # step runs, so the parameters do not change).
+            saved = [(b, b.detach().clone()) for b in self.module.buffers()]
+
+            def measure(dtype, steps: int = 2) -> float:
+                probe = copy.deepcopy(self.module)
+                probe.train()
+                times = []
+                with torch.random.fork_rng(devices=[]):
+                    for _ in range(steps + 1):  # the first call warms the kernels up
+                        start = time.perf_counter()
+                        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                            loss = loss_fn(probe, batch)
+                        loss.float().backward()
+                        times.append(time.perf_counter() - start)
+                        probe.zero_grad(set_to_none=True)
+                del probe
+                return min(times[1:])
+
+            trainable = sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+            shapes = [tuple(t.shape) for t in (batch if isinstance(batch, (list, tuple)) else [batch])
+                      if isinstance(t, torch.Tensor)]
+            signature = f"{type(self.module).__name__} trainable={trainable} batch={shapes}"
+            try:
+                _, record = choose_cpu_precision(signature, measure)
+            finally:
+                with torch.no_grad():
+                    for buffer, value in saved:
+                        buffer.copy_(value)
+                self.optimizer.zero_grad(set_to_none=True)
+        record = distributed.broadcast_object(record)
+        self.amp_dtype = torch.bfloat16 if record["precision"] == "bf16" else None
+        self.state.precision = record
+        if self.progress:
+            print(f"precision auto: {record['precision']} ({record['reason']})", flush=True)
+
     def _model_state(self) -> dict[str, torch.Tensor]:
         """What a checkpoint holds of the model: everything, or what the model says is its own
         (``checkpoint_state_dict()``, e.g. only the LoRA adapter of a frozen 7B model)."""
@@ -286,6 +335,10 @@ class Engine:
                               "first epoch ended); start it again without --resume, with --force to overwrite")
         if self._stopped_early():
             return self.state
+        probe_precision = cfg.precision == "auto" and self.device.type == "cpu"
+        if probe_precision and self.state.precision is not None:  # resumed: the precision the run started with
+            self.amp_dtype = torch.bfloat16 if self.state.precision.get("precision") == "bf16" else None
+            probe_precision = False
 
         compute_loss = loss_fn
         if self.distributed:
@@ -312,6 +365,9 @@ class Engine:
                     step_now = (i + 1) % cfg.grad_accum == 0 or i + 1 == steps_per_epoch
                     n_global = batch_size_fn(batch) if batch_size_fn else None
                     batch = self._local(batch)
+                    if probe_precision:  # the first batch of the run: time it in fp32 and bf16, keep the faster
+                        probe_precision = False
+                        self._choose_precision(loss_fn, batch)
                     with self._sync(step_now), self.autocast():
                         loss = compute_loss(self.module, batch)
                         if not torch.isfinite(loss):
