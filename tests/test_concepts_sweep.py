@@ -133,7 +133,12 @@ def test_cli_sweeps_a_tiny_dataset_and_refuses_a_bad_grid(tiny_dataset, clip_fol
     assert saved["d_in"] == 16 and "logistic regression" in saved["probe"] and saved["recommended"] is not None
     capsys.readouterr()
     for bad, option in ((["--activations", "gelu"], "activations"), (["--k", "two"], "--k"),
-                        (["--k", "64", "--expansions", "2"], "--k 64"), (["--max-dead", "2"], "--max-dead")):
+                        (["--k", "64", "--expansions", "2"], "--k 64"), (["--max-dead", "2"], "--max-dead"),
+                        (["--device", "gpu0"], "device must be")):
         assert main([*common, "--epochs", "1", *bad]) == 2
         err = capsys.readouterr().err
         assert option in err and "Traceback" not in err
+    # the default device (auto: CUDA when there is one, else the CPU) works
+    auto = [a for a in common if a not in ("--device", "cpu")]
+    assert main([*auto, "--out", str(tmp_path / "auto"), "--activations", "topk", "--k", "2", "--expansions", "2",
+                 "--epochs", "1", "--batch-size", "32"]) == 0, capsys.readouterr().err

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dermkit.errors import ModelError
+from dermkit.runtime import resolve_device
 
 __all__ = ["EncoderWrapper", "model_fingerprint", "DEFAULT_LOGIT_SCALE", "TOKENIZER_FILES", "compact_size",
            "pooled_features", "quiet_transformers"]
@@ -128,7 +129,8 @@ class EncoderWrapper:
 
     # -- module plumbing
     def to(self, device: str | torch.device) -> "EncoderWrapper":
-        self.device = torch.device(device)
+        """Move to ``device`` (a torch.device, or auto / cpu / cuda / cuda:N as configs name them)."""
+        self.device = device if isinstance(device, torch.device) else resolve_device(str(device))
         self.module.to(self.device)
         return self
 
