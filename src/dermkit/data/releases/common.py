@@ -41,6 +41,7 @@ __all__ = [
     "ImportResult",
     "Source",
     "safe_extract",
+    "path_problem",
     "read_table",
     "require_columns",
     "map_codes",
@@ -53,13 +54,14 @@ _SKIP_DIRS = ("__MACOSX",)
 
 
 # --------------------------------------------------------------------------------- archives
-def _member_problem(name: str) -> str | None:
-    """Why a zip member name would land outside the target folder, or None when it is safe."""
+def path_problem(name: str, folder: str = "the target folder") -> str | None:
+    """Why a relative path (a zip member, a path listed in a release's CSV) would land outside
+    ``folder``, or None when it is safe."""
     text = name.replace("\\", "/")
     if text.startswith("/") or re.match(r"^[A-Za-z]:", text):
         return "is an absolute path"
     if ".." in PurePosixPath(text).parts:
-        return "climbs out of the target folder with '..'"
+        return f"climbs out of {folder} with '..'"
     return None
 
 
@@ -80,7 +82,7 @@ def safe_extract(archive: Path, target: Path) -> Path:
     with zf:
         members = zf.infolist()
         for info in members:
-            problem = _member_problem(info.filename)
+            problem = path_problem(info.filename)
             if problem is None and stat.S_ISLNK(info.external_attr >> 16):
                 problem = "is a symbolic link"
             if problem is not None:

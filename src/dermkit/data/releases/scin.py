@@ -42,14 +42,13 @@ from __future__ import annotations
 import ast
 import math
 import os
-import re
 import statistics
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
 from dermkit.data.metadata_csv import line_list
-from dermkit.data.releases.common import Release, Source, read_table, require_columns
+from dermkit.data.releases.common import Release, Source, path_problem, read_table, require_columns
 from dermkit.errors import DataError
 
 ARCHIVES = ("dx-scin-public-data*.zip", "scin*.zip")
@@ -217,15 +216,6 @@ def parse_metadata(cases_path: Path, labels_path: Path) -> tuple[pd.DataFrame, d
     return table, stats
 
 
-def _unsafe(path: str) -> str | None:
-    text = path.replace("\\", "/")
-    if text.startswith("/") or re.match(r"^[A-Za-z]:", text):
-        return "is an absolute path"
-    if ".." in PurePosixPath(text).parts:
-        return "climbs out of the release folder with '..'"
-    return None
-
-
 def _resolve(src: Source, cases_path: Path, table: pd.DataFrame) -> list[Path | None]:
     """Each ``path`` as a file of the release: relative to the bucket root (the folder above
     ``dataset/``) or to the CSV's folder, else by file name anywhere in the release (a flattened copy)."""
@@ -235,7 +225,7 @@ def _resolve(src: Source, cases_path: Path, table: pd.DataFrame) -> list[Path | 
     by_name = src.by_name()
     out = []
     for rel, line, col in zip(table["path"], table["csv_line"], table["csv_column"]):
-        problem = _unsafe(rel)
+        problem = path_problem(rel, "the release folder")
         parts = PurePosixPath(rel.replace("\\", "/")).parts
         found = None
         if problem is None:
