@@ -199,7 +199,7 @@ def test_cached_balanced_hard_negative_training_resumes_exactly(tiny_dataset, tm
     cfg = {"method": "contrastive", "train_data": [str(tiny_dataset)], "data": str(tiny_dataset), "eval_data": [],
            "image_size": 32, "batch_size": 16, "num_workers": 0, "val_per_dataset": 18, "train_image_last": 3,
            "train_text_last": 1, "n_bootstrap": 20, "cache_views": 2, "class_balance": 1.0, "hard_negatives": True,
-           "cache_captions": 2,
+           "cache_captions": 2, "text_dropout": 0.0,
            "engine": {"epochs": 2, "lr": 1e-3, "precision": "fp32", "warmup_epochs": 0.5,
                       "select_metric": "zeroshot_balanced_accuracy"}}
     straight = run_experiment(cfg, tmp_path / "a", progress=False)
@@ -226,6 +226,7 @@ def test_cached_balanced_hard_negative_training_resumes_exactly(tiny_dataset, tm
                                         ({"cache_views": 2, "train_image_last": None}, "train_image_last"),
                                         ({"cache_captions": 2, "train_text_last": None}, "train_text_last"),
                                         ({"cache_captions": -1}, "cache_captions"),
+                                        ({"text_dropout": 1.0}, "text_dropout"),
                                         ({"hard_negatives": True, "shards": ["x/{0..1}.tar"]}, "shards")])
 def test_bad_clip_levers_are_refused(bad, match):
     from dermkit.errors import ConfigError

@@ -29,7 +29,14 @@ from dermkit.engine import distributed
 from dermkit.errors import ConfigError, ModelError
 from dermkit.io import write_csv, write_json
 from dermkit.models.checkpoint import load_tensors, save_tensors
-from dermkit.runtime import choose_cpu_precision, epoch_seed, resolve_device, resolve_precision, seed_everything
+from dermkit.runtime import (
+    choose_cpu_precision,
+    epoch_seed,
+    keep_depthwise_fp32,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -120,6 +127,8 @@ class Engine:
         # distributed run ``fit`` wraps module + loss in DDP (``model``), so gradients are averaged
         # across processes whatever the loss calls (forward, encode_image, a prompt learner...).
         self.module = model.to(self.device)
+        if self.device.type == "cpu":  # depthwise convolutions train in fp32 under bf16 autocast (runtime)
+            keep_depthwise_fp32(self.module)
         if config.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
         self.model = self.module

@@ -106,6 +106,7 @@ class ClipTrainConfig(ClassifierConfig):
     class_balance: float = 0.0  # pairs drawn with weight count(dataset, diagnosis)^-class_balance (0 = off)
     hard_negatives: bool = False  # each caption with another diagnosis as an extra negative
     cache_captions: int = 0  # > 0: the frozen text layers run once on this many caption draws (epoch e uses e mod K)
+    text_dropout: float | None = None  # dropout of the text tower while it trains; None = the tower's own (MiniLM 0.1)
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(
         epochs=3, lr=5e-4, weight_decay=0.1, warmup_epochs=0.3, select_metric="zeroshot_balanced_accuracy"))
 
@@ -141,6 +142,9 @@ class ClipTrainConfig(ClassifierConfig):
         if self.cache_views and self.train_image_last is None:
             raise ConfigError("cache_views caches the frozen part of the image trunk, but train_image_last is null "
                               "(the whole tower trains): set train_image_last (e.g. 4) or cache_views: 0")
+        if self.text_dropout is not None and not 0.0 <= self.text_dropout < 1.0:
+            raise ConfigError(f"text_dropout must be in [0, 1) (or null: the text tower's own), "
+                              f"got {self.text_dropout}")
         if self.cache_captions < 0:
             raise ConfigError(f"cache_captions must be >= 0 (0 = no cache), got {self.cache_captions}")
         if self.cache_captions and self.train_text_last is None:
@@ -188,6 +192,19 @@ def set_trainable(model: nn.Module, image_last: int | None,
         model.logit_scale.requires_grad_(True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())}, frozen
+
+
+def set_dropout(module: nn.Module | None, p: float) -> int:
+    """Set every dropout of ``module`` (a text tower) to ``p``: ``nn.Dropout`` layers and the attention
+    dropout Hugging Face passes to scaled-dot-product attention (it reads ``self.dropout.p``). On a
+    CPU dropout costs more than it seems: drawing the masks is ~10 ns per element, and attention
+    dropout forces the slow (math) attention kernel. Returns how many layers were set."""
+    n = 0
+    for m in (module.modules() if module is not None else ()):
+        if isinstance(m, nn.Dropout):
+            m.p = float(p)
+            n += 1
+    return n
 
 
 def check_global_batch(batch_size: int, world: int) -> None:
@@ -256,6 +273,8 @@ class Contrastive(Method):
         model_cfg, preprocess_cfg = enc.model_cfg, enc.preprocess_cfg
         counts, frozen = set_trainable(model, config.train_image_last, config.train_text_last)
         print(f"trainable parameters: {counts['trainable']:,} of {counts['total']:,}")
+        if config.text_dropout is not None:
+            set_dropout(getattr(model, "text", None), config.text_dropout)
         engine = run.engine(model)
         prefix, tail = trunk_split(model, frozen) if config.cache_views else (None, None)
         text_prefix, text_tail = text_split(model, config.train_text_last) if config.cache_captions else (None, None)
@@ -294,6 +313,11 @@ class Contrastive(Method):
             tensors = decode_all([card.image_path(p) for p in rows["image"]], int(size * 1.15))
             transform = eval_transform(size, mean, std)
             pixels = torch.stack([transform(t) for t in tensors])
+            if prefix is not None:  # the frozen trunk prefix is the same every epoch: run it once (fp32, as
+                # validation runs), so each validation runs only the trained tail
+                with torch.inference_mode():
+                    pixels = torch.cat([prefix(engine.to_device(pixels[i:i + 128])).cpu()
+                                        for i in range(0, len(pixels), 128)])
             val_sets.append((card, pixels, card.labels(rows), load_prompts(card)))
 
         def encode_text(model: nn.Module, captions: list[str]) -> torch.Tensor:
@@ -321,7 +345,9 @@ class Contrastive(Method):
             scores = []
             for card, pixels, labels, prompts in val_sets:
                 class_emb = class_embeddings(enc, prompts, card.classes)
-                feats = torch.cat([enc.encode_image(pixels[i:i + 128].to(engine.device), normalize=True).float().cpu()
+                image = (lambda x: enc.encode_image(x, normalize=True)) if tail is None else (
+                    lambda x: nn.functional.normalize(tail(x).float(), dim=-1))
+                feats = torch.cat([image(engine.to_device(pixels[i:i + 128])).float().cpu()
                                    for i in range(0, len(pixels), 128)])
                 proba = zeroshot_proba(feats.numpy(), class_emb, enc.logit_scale)
                 m = classification_metrics(labels, proba, card.classes)

@@ -1,0 +1,139 @@
+"""dermkit-CLIP: seconds per training step of the shipped config, before and after issue 29.
+
+    .venv/bin/python benchmarks/clip_step_speed.py [--steps 6] [--isa native,AVX512_CORE_BF16,AVX2]
+
+One training step of ``configs/contrastive/dermkit_clip.yaml`` as the method runs it (64 pairs
+drawn class-balanced from the four train splits with their real metadata captions and hard
+negatives, the image tower's trained tail on cached trunk views, the whole text tower on the
+tokenised captions + negatives, the global CLIP loss, backward, AdamW step), side by side in one
+process for
+
+- ``before``: the shipped config before issue 29: depthwise convolutions under bf16 like every
+  other layer, the text tower's own dropout (MiniLM: 0.1);
+- ``+ depthwise fp32``: :func:`dermkit.runtime.keep_depthwise_fp32` (what the engine now does on a CPU);
+- ``after``: also ``text_dropout: 0.0`` (the shipped config now),
+
+each in fp32 and in bf16 autocast; ``precision: auto`` takes bf16 where it is >= x1.15 faster
+(:data:`dermkit.runtime.BF16_MIN_SPEEDUP`), and the ratio printed is before -> after, each at the
+precision auto would pick. ``--isa`` reruns the measurement in a child process per instruction set
+that oneDNN may use (``ONEDNN_MAX_CPU_ISA``: ``AVX512_CORE_BF16`` is an AVX-512 CPU with BF16
+instructions and no AMX, like AMD Zen 4; ``AVX2`` one without AVX-512; ``native`` what the CPU has),
+so a machine with AMX also shows what the change is worth on CPUs without it. This is an emulation
+of those CPUs' instruction sets on this one (same cores, caches and memory), not a measurement on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def measure(steps: int, batch: int) -> None:
+    import open_clip
+
+    from dermkit.data import load_card  # noqa: F401  (cards resolve through the registry)
+    from dermkit.data.pairs import PairSource
+    from dermkit.data.torchdata import decode_all, train_transform
+    from dermkit.engine.losses import global_clip_loss
+    from dermkit.experiment import load_config
+    from dermkit.methods.contrastive import ClipTrainConfig, set_dropout, set_trainable, trim_padding
+    from dermkit.models.dermkit_clip import build_dermkit_clip, minilm_folder
+    from dermkit.models.frozen_prefix import trunk_split
+    from dermkit.runtime import BF16_MIN_SPEEDUP, cpu_identity, keep_depthwise_fp32
+
+    raw = load_config("configs/contrastive/dermkit_clip.yaml")
+    config = ClipTrainConfig.from_dict({k: v for k, v in raw.items() if k not in ("method", "name", "_source")})
+    torch.manual_seed(0)
+    base, _, preprocess = build_dermkit_clip(config.image_tower, embed_dim=config.embed_dim)
+    tokenizer = open_clip.tokenizer.HFTokenizer(str(minilm_folder()), context_length=128)
+    pad = base.text.config.pad_token_id
+
+    source = PairSource(config.train_data, "train")
+    captions, negatives = source.captions(0, negatives=True)
+    order = source.order(0, config.class_balance)[: 2 * batch]
+    augment = train_transform(config.image_size, preprocess["mean"], preprocess["std"], config.augment)
+    images = decode_all([source.paths[i] for i in order], int(config.image_size * 1.15))
+    pixels = torch.stack([augment(im) for im in images]).contiguous(memory_format=torch.channels_last)
+    texts = [([captions[i] for i in order[k:k + batch]], [negatives[i] for i in order[k:k + batch]])
+             for k in (0, batch)]
+
+    def variant(depthwise_fp32: bool, dropout: float | None):
+        model = copy.deepcopy(base).train()
+        _, frozen = set_trainable(model, config.train_image_last, config.train_text_last)
+        for m in frozen:
+            m.eval()
+        if dropout is not None:
+            set_dropout(model.text, dropout)
+        if depthwise_fp32:
+            keep_depthwise_fp32(model)
+        model = model.to(memory_format=torch.channels_last)
+        prefix, tail = trunk_split(model, frozen)
+        cached = torch.cat([prefix(pixels[k:k + batch]) for k in (0, batch)])
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        return model, tail, cached, optimizer
+
+    def step(parts, k: int, dtype) -> float:
+        model, tail, cached, optimizer = parts
+        caps, negs = texts[k % 2]
+        ids = torch.arange(batch)
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            image = tail(cached[k % 2 * batch:(k % 2 + 1) * batch])
+            text, negative = model.encode_text(trim_padding(tokenizer(caps + negs), pad)).split(batch)
+            loss = global_clip_loss(image, text, model.logit_scale.exp().clamp(max=100), ids, negative, ids + batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    variants = {"before": (False, None), "+ depthwise fp32": (True, None), "after (+ text_dropout 0)": (True, 0.0)}
+    results: dict[str, dict[str, float]] = {}
+    for name, (dw, dropout) in variants.items():
+        parts = variant(dw, dropout)
+        results[name] = {}
+        for label, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+            times = [step(parts, k, dtype) for k in range(steps + 1)][1:]  # the first call warms up
+            results[name][label] = statistics.median(times)
+    print(f"CPU: {cpu_identity()}; ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', 'native')}; "
+          f"batch {batch} pairs + {batch} hard negatives, median of {steps} steps")
+    auto = {}
+    for name, r in results.items():
+        pick = "bf16" if r["fp32"] / r["bf16"] >= BF16_MIN_SPEEDUP else "fp32"
+        auto[name] = (pick, r[pick])
+        print(f"  {name:26s} fp32 {r['fp32']:5.2f} s/step  bf16 {r['bf16']:5.2f} s/step  -> auto: {pick}")
+    (b_pick, before), (a_pick, after) = auto["before"], auto["after (+ text_dropout 0)"]
+    n = 9243 // batch
+    print(f"  before ({b_pick}) {before:.2f} s/step -> after ({a_pick}) {after:.2f} s/step: x{before / after:.2f}; "
+          f"an epoch of {n} steps {n * before / 60:.1f} -> {n * after / 60:.1f} min")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--isa", default="native", help="comma-separated ONEDNN_MAX_CPU_ISA values (native = unset)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child or args.isa == "native":
+        measure(args.steps, args.batch)
+        return
+    for isa in args.isa.split(","):
+        env = dict(os.environ)
+        env.pop("ONEDNN_MAX_CPU_ISA", None)
+        if isa != "native":
+            env["ONEDNN_MAX_CPU_ISA"] = isa
+            if isa.upper().startswith("AVX2"):  # torch's own vector kernels: no AVX-512 either
+                env["ATEN_CPU_CAPABILITY"] = "avx2"
+        subprocess.run([sys.executable, __file__, "--child", "--steps", str(args.steps), "--batch", str(args.batch)],
+                       env=env, check=True)
+
+
+if __name__ == "__main__":
+    main()
