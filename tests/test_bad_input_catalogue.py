@@ -57,6 +57,37 @@ def _reversed(w, t) -> str:
     return str(t / "rev.csv")
 
 
+def _dicom(path: Path, frames: int = 1, pixels: bool = True) -> str:
+    """A small RGB DICOM (``frames`` frames; no pixel data when ``pixels`` is false) with a patient name."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.4"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.PatientName, ds.Rows, ds.Columns, ds.SamplesPerPixel = "Doe^Jane", 40, 40, 3
+    ds.PhotometricInterpretation, ds.PlanarConfiguration = "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if pixels:
+        ds.PixelData = np.full((frames, 40, 40, 3), 128, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return str(path)
+
+
+def _int32_tiff(path: Path) -> str:
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 40), 200_000, dtype=np.int32)).save(path)
+    return str(path)
+
+
 def _cfg(w, **kw):
     base = {"method": "supervised", "data": str(w["data"]), "model": "resnet18", "image_size": 32, "epochs": 1,
             "num_workers": 0}
@@ -187,6 +218,16 @@ CASES = [
                                                   "--meta", "age=50"], ["--meta", "fusion"]),
     ("predict-out-not-csv", lambda w, t: ["predict", str(w["image"]), "--model", str(w["model"]), "--out",
                                           str(t / "p.txt")], ["--out", ".csv"]),
+    ("predict-multiframe-dicom", lambda w, t: ["predict", _dicom(t / "cine.dcm", frames=3), "--model",
+                                               str(w["model"]), "--out", str(t / "out" / "p.csv")],
+     ["cine.dcm", "multi-frame", "3 frames", "export the frame"]),
+    ("predict-dicom-without-pixels", lambda w, t: ["predict", _dicom(t / "sr.dcm", pixels=False), "--model",
+                                                   str(w["model"])], ["sr.dcm", "no pixel data"]),
+    ("predict-image-beyond-16-bits", lambda w, t: ["predict", _int32_tiff(t / "deep.tif"), "--model",
+                                                   str(w["model"])], ["deep.tif", "beyond 16 bits"]),
+    ("data-import-folder-multiframe-dicom", lambda w, t: ["data", "import", "folder", "--from", str(Path(
+        _dicom(t / "src" / "mel" / "cine.dcm", frames=2)).parents[1]), "--out", str(t / "out")],
+     ["cine.dcm", "2 frames"]),
     ("ood-fit-no-model-folder", lambda w, t: ["ood", "fit", "--model", str(t), "--data", str(w["data"])],
      ["model.json"]),
     ("ood-fit-acceptance-out-of-range", lambda w, t: ["ood", "fit", "--model", str(w["model"]), "--data",

@@ -263,7 +263,7 @@ def _modes(image: Image.Image) -> dict[str, Image.Image]:
     rgba = image.convert("RGBA")
     rgba.putalpha(0)  # alpha is dropped (as the model's input drops it)
     grey = np.asarray(image.convert("L"), dtype=np.uint16)
-    grey[0, 0] = 255  # wide modes are scaled by their maximum (as open_image does): make it white
+    grey[0, 0] = 255  # float (F) is scaled by its maximum: make it white (16-bit modes by their bit depth)
     wide = grey * 257  # 0-255 -> 0-65535
     return {
         "L": image.convert("L"),
@@ -292,8 +292,10 @@ def test_every_mode_measures_like_rgb(mode):
 
 def test_bilevel_and_sixteen_bit_flat_pictures():
     assert check_quality(Image.new("1", (200, 200), 1)).checks == ["overexposed"]
-    flat16 = Image.fromarray(np.full((200, 200), 3000, dtype=np.uint16))
-    assert check_quality(flat16).checks == ["overexposed"]  # scaled by its maximum, as open_image does
+    # 16-bit grey is scaled by its bit depth (65535 is white), as open_image does, not by its maximum:
+    # a flat dark picture stays dark and a flat bright one is bright.
+    assert check_quality(Image.fromarray(np.full((200, 200), 3000, dtype=np.uint16))).checks == ["underexposed"]
+    assert check_quality(Image.fromarray(np.full((200, 200), 65000, dtype=np.uint16))).checks == ["overexposed"]
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])

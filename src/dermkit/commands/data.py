@@ -15,7 +15,8 @@ from dermkit.commands.common import console, err_console
 from dermkit.errors import DataError
 
 _KINDS_HELP = ("ham10000, isic2017, isic2018, isic2019, isic2020, ph2, derm7pt, pad_ufes20, bcn20000, milk10k, "
-               "fitzpatrick17k, ddi, scin, folder (one subfolder per class) or csv.")
+               "fitzpatrick17k, ddi, scin, folder (one subfolder per class) or csv (folder/csv: DICOM files become "
+               "PNG in the card).")
 
 
 def register(app: typer.Typer, groups: dict) -> None:

@@ -182,7 +182,7 @@ def _excluded_rows(preds, card):
 
 
 def predict(
-    images: list[Path] = typer.Argument(..., help="Image files (JPEG/PNG/...)."),
+    images: list[Path] = typer.Argument(..., help="Image files (JPEG/PNG/..., or DICOM: .dcm or the DICM marker)."),
     model: Path = typer.Option(..., help="Model folder of any method (RUN/model)."),
     top_k: int = typer.Option(3, min=1, help="How many classes to show per image (>= 1)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),

@@ -11,6 +11,9 @@ neutral wording ("X: ...; fix the path or convert the image"). An :class:`ImageP
 its metadata.csv line and column and suggests fixing the path in metadata.csv or removing the
 row; :func:`command_line_path` marks a path typed on the command line ("the file X given on the
 command line").
+
+DICOM files are decoded by :mod:`dermkit.data.dicom` (dispatched from :func:`decode_image_bytes`)
+and 16-bit images scaled by their bit depth (:mod:`dermkit.data.bitdepth`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dermkit.data.bitdepth import SIXTEEN_BIT_MAX, WIDE_GREY_MODES, wide_grey_to_l
+from dermkit.data.dicom import DICOM_SUFFIXES, DicomProblem, decode_dicom, has_dicom_marker
 from dermkit.errors import DataError
 
 __all__ = [
@@ -264,8 +269,15 @@ def decode_image_bytes(data: bytes, path: Path, convert: bool = True) -> Image.I
 
     Truncated files are detected because ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays False and the
     whole image is decoded (no ``draft`` mode). With ``convert`` the image is returned as RGB with
-    its EXIF orientation applied.
+    its EXIF orientation applied; 16-bit grey is scaled by its bit depth (65535 is white,
+    :mod:`dermkit.data.bitdepth`), so an 8-bit image and its 16-bit twin give the same pixels.
+
+    DICOM files (the ``DICM`` marker, or a ``.dcm`` / ``.dicom`` file Pillow cannot read) are
+    decoded by :func:`dermkit.data.dicom.decode_dicom`, always as RGB (``format`` "DICOM"): the
+    one place every reader of images passes through, so all of dermkit reads DICOM alike.
     """
+    if has_dicom_marker(data):
+        return _decode_dicom(data, path, force=False)
     try:
         # Pillow raises above 2x MAX_IMAGE_PIXELS but only warns above 1x. Callers turn that
         # warning into an error (open_image, check_dataset); the explicit size check below also
@@ -286,6 +298,8 @@ def decode_image_bytes(data: bytes, path: Path, convert: bool = True) -> Image.I
             f"{Image.MAX_IMAGE_PIXELS} pixels)",
         ) from None
     except UnidentifiedImageError:
+        if Path(path).suffix.lower() in DICOM_SUFFIXES:  # a DICOM without the 128-byte preamble?
+            return _decode_dicom(data, path, force=True)
         raise _problem(
             "unreadable_image", path, "not an image file Pillow can read (wrong format or corrupt)"
         ) from None
@@ -309,13 +323,25 @@ def decode_image_bytes(data: bytes, path: Path, convert: bool = True) -> Image.I
         # Palette images with transparency must go through RGBA, else Pillow warns.
         if im.mode == "P":
             im = im.convert("RGBA")
-        if im.mode.startswith("I;16") or im.mode == "I":
-            # 16/32-bit grey: scale to 8 bit instead of clipping everything above 255 to white.
-            im = im.convert("I")
-            hi = im.getextrema()[1] or 1
-            im = im.point(lambda v: v * (255.0 / hi)).convert("L")
+        if im.mode in WIDE_GREY_MODES:
+            # 16-bit grey: scaled by its bit depth (not its own maximum: the same picture in 8 and 16
+            # bits must give the same pixels), instead of clipping everything above 255 to white.
+            low, high = im.getextrema()
+            if low < 0 or high > SIXTEEN_BIT_MAX:
+                raise _problem("unreadable_image", path, f"{im.mode}-mode pixels from {low} to {high}, beyond 16 "
+                               "bits (dermkit reads 8- and 16-bit images); export it as a 16-bit PNG")
+            im = wide_grey_to_l(im)
         im = im.convert("RGB")
     return im
+
+
+def _decode_dicom(data: bytes, path: Path, force: bool) -> Image.Image:
+    """:func:`dermkit.data.dicom.decode_dicom` with its problems as :class:`ImageProblem` (the
+    file named as usual; the DICOM's own elements never appear in the message)."""
+    try:
+        return decode_dicom(data, max_pixels=Image.MAX_IMAGE_PIXELS, force=force)
+    except DicomProblem as exc:
+        raise _problem(exc.kind, path, exc.detail) from None
 
 
 def _first_line(exc: BaseException) -> str:

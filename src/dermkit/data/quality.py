@@ -71,6 +71,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
+from dermkit.data.bitdepth import WIDE_GREY_MODES, wide_grey_to_l
 from dermkit.data.images import as_path, decode_image_bytes, read_image_bytes
 from dermkit.io import json_ready
 
@@ -165,10 +166,13 @@ class QualityReport:
 # ------------------------------------------------------------------------------------ measuring
 def _luminance(image: Image.Image) -> Image.Image:
     """``image`` as 8-bit luminance ("L"), converted as :func:`~dermkit.data.images.open_image`
-    converts the model's input: alpha dropped, 16/32-bit grey scaled by its maximum."""
+    converts the model's input: alpha dropped, 16-bit grey scaled by its bit depth (65535 is
+    white), float grey by its maximum."""
     mode = image.mode
     if mode == "L":
         return image
+    if mode in WIDE_GREY_MODES:
+        return wide_grey_to_l(image)
     if mode in _WIDE_MODES:
         wide = image if mode in ("I", "F") else image.convert("I")
         hi = wide.getextrema()[1] or 1
@@ -184,8 +188,8 @@ def _luminance(image: Image.Image) -> Image.Image:
 def _pre_reduce(image: Image.Image) -> Image.Image:
     """A large picture box-averaged by an integer factor to at least twice ``WORK_SIDE`` before
     it is made grey: converting 12 MP to grey first would double the cost. Only modes whose
-    channels are averaged as they are (Pillow premultiplies alpha, and wide grey is scaled by its
-    maximum afterwards)."""
+    channels are averaged as they are (Pillow premultiplies alpha, and wide grey is scaled to 8
+    bits afterwards)."""
     factor = max(image.size) // (2 * WORK_SIDE)
     if factor >= 2 and image.mode in ("RGB", "L", "CMYK", "YCbCr"):
         return image.reduce(factor)

@@ -334,7 +334,7 @@ def create_app(model, limits: ServeLimits | None = None, *, device: str = "auto"
         return info
 
     predict_doc = _multipart_doc({
-        "image": {"type": "string", "format": "binary", "description": "the (dermoscopic) image: JPEG/PNG/WEBP..."},
+        "image": {"type": "string", "format": "binary", "description": "the (dermoscopic) image: JPEG/PNG/DICOM..."},
         "clinical_image": {"type": "string", "format": "binary", "description": "fusion models: the clinical image"},
         "top_k": {"type": "integer", "default": 3, "description": "how many classes in `top` (1..classes)"},
     } | {f["name"]: {"type": "string", "description": f"metadata ({f['type']})"} for f in info["inputs"]["metadata"]},

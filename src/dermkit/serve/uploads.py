@@ -2,7 +2,8 @@
 
 Nothing a request sends is trusted: the body is counted while it streams in (413 past the
 limit, before it is all read), multipart parts stay in memory (never spooled to disk), the
-image format is told from the bytes (not the filename or the part's content type), and the
+image format is told from the bytes (not the filename or the part's content type; DICOM by its
+``DICM`` marker, read by :mod:`dermkit.data.dicom`, which parses no patient element), and the
 pixel count, size and aspect ratio are checked from the header *before* the image is decoded,
 so a decompression bomb is refused without allocating it. No filename or path in a request is
 ever opened.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from dermkit.data.dicom import DicomProblem, dicom_info, has_dicom_marker
 from dermkit.data.images import decode_image_bytes
 from dermkit.errors import DataError
 
@@ -62,11 +64,14 @@ _MAGIC = (
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
 )
-ACCEPTED = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+ACCEPTED = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "DICOM")
 
 
 def sniff_format(data: bytes) -> str | None:
-    """The image format the bytes start with (JPEG, PNG, WEBP, BMP, TIFF, GIF), else None."""
+    """The image format the bytes start with (JPEG, PNG, WEBP, BMP, TIFF, GIF; DICOM: ``DICM``
+    after its 128-byte preamble), else None."""
+    if has_dicom_marker(data):  # first: a DICOM preamble may itself hold a TIFF header
+        return "DICOM"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
     for magic, name in _MAGIC:
@@ -112,9 +117,15 @@ def decode_upload(data: bytes, field: str, filename: str, limits: ServeLimits) -
         raise UploadError(415, f"upload {shown} is not an image: its bytes look like {_looks_like(data)}; send a "
                                f"JPEG or PNG ({', '.join(ACCEPTED)} are accepted; the content decides, not the name)")
     try:
-        header = Image.open(io.BytesIO(data))  # reads the header only
-        width, height = header.size
-        header_format = header.format
+        if fmt == "DICOM":  # its pixel module only: no patient element is parsed
+            width, height = _dicom_size(data, shown)
+            header_format = fmt
+        else:
+            header = Image.open(io.BytesIO(data))  # reads the header only
+            width, height = header.size
+            header_format = header.format
+    except UploadError:
+        raise
     except Image.DecompressionBombError:
         raise UploadError(422, f"upload {shown} is a decompression bomb (its header claims more than "
                                f"{2 * Image.MAX_IMAGE_PIXELS} pixels); downscale the image") from None
@@ -140,6 +151,15 @@ def decode_upload(data: bytes, field: str, filename: str, limits: ServeLimits) -
     except DataError as exc:
         raise UploadError(422, str(exc)) from None
     return Upload(field, filename, image, fmt, (width, height), len(data))
+
+
+def _dicom_size(data: bytes, shown: str) -> tuple[int, int]:
+    """(width, height) from a DICOM upload's header; 422 when unreadable, without pixels or multi-frame."""
+    try:
+        info = dicom_info(data)
+    except DicomProblem as exc:
+        raise UploadError(422, f"upload {shown}: {exc.detail}") from None
+    return info.width, info.height
 
 
 async def read_form(request, limits: ServeLimits):

@@ -28,6 +28,8 @@ import yaml
 
 from dermkit.data.card import load_card
 from dermkit.data.card_schema import SPLITS, packaged_spec
+from dermkit.data.dicom import is_dicom_file
+from dermkit.data.images import open_image
 from dermkit.data.metadata_csv import line_list, read_metadata
 from dermkit.data.near_duplicates import row_links
 from dermkit.data.split import effective_groups, make_splits
@@ -46,6 +48,8 @@ __all__ = [
     "require_columns",
     "map_codes",
     "build_card",
+    "dicom_card_files",
+    "dicom_notes",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -292,11 +296,40 @@ def _missing_files(release: Release, source: Source) -> None:
             raise DataError(f"{source.path}: {src} (for {dest}) is missing")
 
 
+def dicom_card_files(dests: Sequence[str], sources: Sequence[Path], root: Path) -> dict[str, Path]:
+    """``{destination: source}`` for a reader whose images may include DICOM files (renamed to
+    ``.png`` by :func:`~dermkit.data.dicom.png_name`); DataError when two sources land on one
+    destination (``a.dcm`` next to ``a.png``)."""
+    files: dict[str, Path] = {}
+    for dest, src in zip(dests, sources):
+        if dest in files and files[dest] != src:
+            first, second = (Path(p).relative_to(root).as_posix() for p in (files[dest], src))
+            raise DataError(f"{root}: {first} and {second} would both become {dest} in the card (DICOM files are "
+                            "converted to PNG); rename one of them")
+        files[dest] = src
+    return files
+
+
+def dicom_notes(files: dict[str, Path]) -> list[str]:
+    """The import note saying how many DICOM files become PNG (none: no note)."""
+    n = sum(1 for src in files.values() if is_dicom_file(src))
+    return [f"{n} DICOM file(s) converted to PNG in the card (pixels only: no DICOM element, patient data "
+            "included, is copied)"] if n else []
+
+
 def _place(files: dict[str, Path], card_dir: Path, source: Source, link: bool) -> None:
-    """Put every file at its destination: move (extracted), hard-link or copy (a user's folder)."""
+    """Put every file at its destination: move (extracted), hard-link or copy (a user's folder).
+
+    A DICOM file is decoded (:mod:`dermkit.data.dicom`) and written as a PNG: the card then holds
+    its pixels and none of its elements (PatientName, PatientID, ...), and every tool reads it as
+    an ordinary image. The card folder is renamed into place only after its check, so a file
+    written here is never seen half-done."""
     for dest, src in files.items():
         target = card_dir.joinpath(*PurePosixPath(dest).parts)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if is_dicom_file(src):
+            open_image(src).save(target, format="PNG")
+            continue
         if source.movable(src):
             os.replace(src, target)
             continue

@@ -4,6 +4,8 @@ Image paths are relative to ``image_root`` (default: the CSV's folder) and must 
 (no absolute paths, no ``..`` out of it). Every other column is kept as metadata. A split column,
 when given, is used (``train``/``val``/``test``; ``training``, ``valid``, ``validation`` and
 ``testing`` are read as their short names); a group column keeps a lesion/patient in one split.
+DICOM files are converted to PNG in the card (``a.dcm`` -> ``images/a.png``; see
+:func:`dermkit.data.releases.common.build_card`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from pathlib import Path
 import pandas as pd
 
 from dermkit.data.card_schema import RESERVED_COLUMNS
+from dermkit.data.dicom import is_dicom_file, png_name
 from dermkit.data.images import PathResolver
 from dermkit.data.metadata_csv import line_list
-from dermkit.data.releases.common import Release, Source, read_table
+from dermkit.data.releases.common import Release, Source, dicom_notes, read_table
 from dermkit.errors import DataError
 from dermkit.values import spelling_key
 
@@ -43,7 +46,7 @@ def reader(csv_file: str | os.PathLike, image_column: str, label_column: str, *,
                 raise DataError(f"{csv_file} {line_list(frame.index[empty] + 2)}, column {col!r}: empty; every row "
                                 "needs an image path and a label (delete the rows or fill them in)")
         resolve = PathResolver(src.roots[0])
-        files, rel, missing = {}, [], []
+        files, rel, missing, lines = {}, [], [], {}
         for idx, value in frame[image_column].items():
             try:
                 path = resolve(str(value).strip())
@@ -54,7 +57,14 @@ def reader(csv_file: str | os.PathLike, image_column: str, label_column: str, *,
                 rel.append(None)
                 continue
             dest = "images/" + posixpath.normpath(str(value).strip().replace("\\", "/"))
-            files[dest] = path
+            if is_dicom_file(path):  # converted to PNG in the card (build_card)
+                dest = png_name(dest)
+            if dest in files and files[dest] != path:
+                raise DataError(f"{csv_file} lines {lines[dest]} and {idx + 2}, column {image_column!r}: "
+                                f"{files[dest].relative_to(src.roots[0]).as_posix()} and "
+                                f"{path.relative_to(src.roots[0]).as_posix()} would both become {dest} in the card "
+                                "(DICOM files are converted to PNG); rename one of them")
+            files[dest], lines[dest] = path, idx + 2
             rel.append(dest)
         if missing:
             raise DataError(f"{csv_file} {line_list(missing)}, column {image_column!r}: image file not found under "
@@ -91,7 +101,7 @@ def reader(csv_file: str | os.PathLike, image_column: str, label_column: str, *,
                 "description": f"Imported by `dermkit data import csv` from {csv_file.name}."}
         if group_column is not None:
             card["group_column"] = group_column
-        notes = [f"{len(table)} rows of {csv_file.name}, {table['diagnosis'].nunique()} classes"]
+        notes = [f"{len(table)} rows of {csv_file.name}, {table['diagnosis'].nunique()} classes", *dicom_notes(files)]
         return Release(table=table, files=files, card=card, official_split=official, notes=notes)
 
     return read

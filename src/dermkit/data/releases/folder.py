@@ -1,6 +1,8 @@
 """An ImageFolder layout: one subfolder per class (``ROOT/<class>/<image>``), optionally inside
 ``train/``, ``val/`` (or ``valid``/``validation``) and ``test/`` folders, which then give the split.
 Without split folders the split is stratified by class with a seed (each image its own group).
+DICOM files (``.dcm``/``.dicom``, or any file with the DICM marker) are converted to PNG in the
+card (see :func:`dermkit.data.releases.common.build_card`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dermkit.data.releases.common import IMAGE_EXTENSIONS, Release, Source
+from dermkit.data.dicom import DICOM_SUFFIXES, is_dicom_file, png_name
+from dermkit.data.releases.common import IMAGE_EXTENSIONS, Release, Source, dicom_card_files, dicom_notes
 from dermkit.errors import DataError
 from dermkit.values import spelling_key
 
@@ -17,9 +20,14 @@ SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "
                  "test": "test", "testing": "test"}
 
 
+def _is_image(path: Path) -> bool:
+    """An image file: a known image extension, or a DICOM (``.dcm``, or the DICM marker)."""
+    return path.is_file() and (path.suffix.lower() in IMAGE_EXTENSIONS or is_dicom_file(path))
+
+
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(p for p in folder.rglob("*") if not any(part.startswith(".") for part in p.relative_to(folder).parts)
+                  and _is_image(p))
 
 
 def reader(name: str | None = None):
@@ -50,11 +58,13 @@ def reader(name: str | None = None):
             for cls in classes:
                 images = _images(cls)
                 if not images:
-                    raise DataError(f"{cls}: the class folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+                    raise DataError(f"{cls}: the class folder holds no images ({', '.join(IMAGE_EXTENSIONS)}, "
+                                    f"{', '.join(DICOM_SUFFIXES)})")
                 for image in images:
-                    rows.append({"source": image, "diagnosis": cls.name, "split": split,
-                                 "rel": image.relative_to(folder).as_posix()})
-        loose = [p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+                    rel = image.relative_to(folder).as_posix()
+                    rows.append({"source": image, "diagnosis": cls.name, "split": split, "rel": rel,
+                                 "dest": png_name(rel) if is_dicom_file(image) else rel})
+        loose = [p.name for p in root.iterdir() if _is_image(p)]
         if loose:
             raise DataError(f"{root}: images directly in the top folder ({', '.join(loose[:3])}); put every image in "
                             "its class folder")
@@ -72,20 +82,20 @@ def reader(name: str | None = None):
                 raise DataError(f"{root}: split folder(s) for {', '.join(missing)} missing; give train/, val/ and "
                                 "test/ folders, or only class folders (dermkit then makes the split)")
         table = pd.DataFrame({
-            "image": [f"images/{r['split'] + '/' if r['split'] else ''}{r['rel']}" for r in rows],
+            "image": [f"images/{r['split'] + '/' if r['split'] else ''}{r['dest']}" for r in rows],
             "diagnosis": [r["diagnosis"] for r in rows],
             "source_file": [r["rel"] for r in rows],
         })
-        files = dict(zip(table["image"], (r["source"] for r in rows)))
+        files = dicom_card_files(table["image"], [r["source"] for r in rows], root)
         official = pd.Series([r["split"] for r in rows]) if split_dirs else None
         card = {"name": name or src.path.stem, "classes": names,
                 "description": f"Imported by `dermkit data import folder` from the class folders of {src.path.name}."}
         notes = [f"{len(table)} images in {len(names)} class folders"
-                 + (" (split from the train/val/test folders)" if split_dirs else "")]
+                 + (" (split from the train/val/test folders)" if split_dirs else ""), *dicom_notes(files)]
         return Release(table=table, files=files, card=card, official_split=official, notes=notes)
 
     return read
 
 
 def _images_here(folder: Path) -> bool:
-    return any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir())
+    return any(_is_image(p) for p in folder.iterdir())
