@@ -155,6 +155,8 @@ CASES = [
     ("run-thickness-no-column", lambda w, t: _run(w, t, thickness="ordinal"),
      ["thickness_column 'breslow_ordinal'", "metadata.csv"]),
     ("run-bad-decision", lambda w, t: _run(w, t, decision="youden"), ["decision must be balanced"]),
+    ("run-bad-tracking", lambda w, t: _run(w, t, tracking="wandb"), ["c.yaml", "tracking must be one of: mlflow"]),
+    ("run-bad-track-option", lambda w, t: _run(w, t) + ["--track", "tensorboard"], ["--track must be one of: mlflow"]),
     # ---- dermkit serve / predict --explain
     ("serve-no-model-folder", lambda w, t: ["serve", "--model", str(t)], ["model.json"]),
     ("serve-pickle-model", lambda w, t: ["serve", "--model", str(w["root"] / "model.pt")], ["pickle", "safetensors"]),

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import yaml
 
-from dermkit import io
+from dermkit import io, tracking
 from dermkit.data.card import load_card
 from dermkit.data.datasheet import save_datasheet
 from dermkit.data.prompts import prompt_spec
@@ -107,6 +107,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 def _split_raw(raw: dict[str, Any]) -> tuple[Method, dict[str, Any], str | None, str]:
     raw = dict(raw)
     where = str(raw.pop("_source", None) or f"config {raw.get('name', '?')!r}")
+    tracking.check_mode(raw.pop("tracking", None), where)  # any method's config may ask for tracking
     method = get_method(raw.pop("method", None), where)
     name = raw.pop("name", None)
     return method, raw, name, where
@@ -136,6 +137,8 @@ class Run:
         self.reports: dict[str, tuple] | None = None
         self._card = card
         self._eval_cards = None
+        self.tracking: str | None = None  # experiment tracking (``tracking: mlflow``), kept in config.yaml
+        self.tracker: tracking.MlflowTracker | None = None  # while run_experiment tracks the run
 
     # -- data
     def card(self):
@@ -165,10 +168,14 @@ class Run:
     def model_dir(self) -> Path:
         return self.out_dir / "model"
 
+    def resolved_config(self) -> dict[str, Any]:
+        """The full config (every default filled in), as ``config.yaml`` holds it."""
+        extra = {"tracking": self.tracking} if self.tracking else {}
+        return {"method": self.method.name, "name": self.name, **extra, **self.config.to_dict()}
+
     def write_config(self) -> Path:
         """``config.yaml``: the full config (every default filled in), runnable with ``dermkit run``."""
-        snapshot = {"method": self.method.name, "name": self.name, **self.config.to_dict()}
-        return write_text(self.out_dir / "config.yaml", yaml.safe_dump(snapshot, sort_keys=False))
+        return write_text(self.out_dir / "config.yaml", yaml.safe_dump(self.resolved_config(), sort_keys=False))
 
     def save_best(self, predictor: Predictor) -> Path:
         """Write the selected model (atomically replacing the previous best); rank 0 alone."""
@@ -178,7 +185,8 @@ class Run:
 
     # -- training
     def engine(self, model, engine_config=None):
-        return Engine(model, engine_config or self.config.engine, self.out_dir, progress=self.progress)
+        return Engine(model, engine_config or self.config.engine, self.out_dir, progress=self.progress,
+                      on_epoch=self.tracker.log_epoch if self.tracker else None)
 
     def fit(self, engine, make_batches: Callable, loss_fn: Callable, validate: Callable,
             to_predictor: Callable[[Any, dict], Predictor], steps_per_epoch: int,
@@ -356,17 +364,21 @@ def _refuse_finished(out_dir: Path, resume: bool, force: bool) -> None:
 
 
 def run_experiment(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
-                   force: bool = False) -> dict:
+                   force: bool = False, track: str | None = None, experiment: str | None = None) -> dict:
     """Run one config (a mapping with ``method``) into ``out_dir``; returns its summary.
 
     Everything is validated before any file is written. ``resume`` continues a run from its last
-    checkpoint; without it (or ``force``) a folder that already holds a run is refused.
+    checkpoint; without it (or ``force``) a folder that already holds a run is refused. ``track``
+    (``mlflow``, or ``none``) overrides the config's ``tracking:``; ``experiment`` names the MLflow
+    experiment (default: the method's name), see :mod:`dermkit.tracking`.
     """
     method, rest, name, where = _split_raw(raw)
     config = method.config(rest, where)
+    mode = tracking.resolve_mode(track, raw, where)
     out_dir = Path(out_dir)
     _refuse_finished(out_dir, resume, force)
     run = Run(method, config, out_dir, name=name, resume=resume, progress=progress)
+    run.tracking = mode
     run.card()  # a missing dataset or bad task fails before any file is written
     run.eval_cards()
     for warning in method.check(config):  # e.g. a model folder that does not exist (yet, for --check)
@@ -375,17 +387,29 @@ def run_experiment(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         run.write_config()
-    predictor = method.fit(config, run)
-    distributed.shutdown()  # training is over: rank 0 reports alone
-    if not main:
-        return {}
-    if predictor is not None and (getattr(config, "calibrate", None) == "temperature"
-                                  or getattr(config, "decision", None) == "balanced"):
-        predictor = run.recalibrate(predictor)
-    if predictor is not None:
-        run.fit_ood(predictor)
-        run.report(predictor)
-    return run.finish(predictor)
+    with tracking.tracked(mode if main else None, out_dir, experiment=experiment or method.name, run_name=run.name,
+                          params=run.resolved_config(), tags=_tags(run), resume=resume) as run.tracker:
+        predictor = method.fit(config, run)
+        distributed.shutdown()  # training is over: rank 0 reports alone
+        if not main:
+            return {}
+        if predictor is not None and (getattr(config, "calibrate", None) == "temperature"
+                                      or getattr(config, "decision", None) == "balanced"):
+            predictor = run.recalibrate(predictor)
+        if predictor is not None:
+            run.fit_ood(predictor)
+            run.report(predictor)
+        summary = run.finish(predictor)
+        if run.tracker is not None:
+            run.tracker.finish(summary)
+    return summary
+
+
+def _tags(run: Run) -> dict[str, Any]:
+    """The MLflow tags of a run: what to filter and group runs by in the UI."""
+    data = getattr(run.config, "data", None)
+    return {"method": run.method.name, "dataset": run.card().name if isinstance(data, str) else None,
+            "task": getattr(run.config, "task", None) or "all"}
 
 
 def check_configs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, list[str]]]:
@@ -413,7 +437,7 @@ def check_configs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, list[st
 def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, rerun: bool = False,
               progress: bool = True, overrides: dict[str, Any] | None = None, subgroups: Sequence[str] | None = None,
               bins: dict | None = None, baseline: str | None = None, n_bootstrap: int = 1000,
-              stress: str | None = None) -> pd.DataFrame:
+              stress: str | None = None, track: str | None = None) -> pd.DataFrame:
     """Run every config into ``out_dir/<name>/`` and write the comparison table.
 
     A config whose folder already has ``summary.json`` is not rerun (so an interrupted suite
@@ -425,7 +449,8 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     with the full tables in ``<name>/subgroups/``. ``baseline`` (a run name of the suite or a run
     folder) adds the paired comparison of every run against it (ΔBACC, ΔAUC with paired bootstrap
     CI and p, DeLong's and McNemar's p; ``<name>/compare_vs_<baseline>/``); a run on other test
-    cases gets ``n/a`` and the reason is printed.
+    cases gets ``n/a`` and the reason is printed. ``track`` (``mlflow``) tracks every run it trains
+    (as a config's ``tracking:`` does) in one MLflow experiment named after ``out_dir``.
     """
     out_dir = Path(out_dir)
     raws = [load_config(p) for p in configs]
@@ -435,6 +460,7 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"two configs share the name(s) {dupes}; give each a distinct `name:`")
+    tracking.check_mode(track, key="--track")
     for raw in raws:  # every config must be valid before hours of work start
         method, rest, _, where = _split_raw({**raw, **(overrides or {})})
         method.config(rest, where)
@@ -455,7 +481,7 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
             continue
         resume = (run_dir / "checkpoints" / "last.safetensors").is_file() and not rerun
         summaries.append(run_experiment({**raw, **(overrides or {})}, run_dir, resume=resume, progress=progress,
-                                        force=True))
+                                        force=True, track=track, experiment=out_dir.resolve().name))
     extra: dict[str, dict[str, str]] = {}
     base_csv = predictions_path(base_dir) if base_dir is not None else None
     for raw, summary in zip(raws, summaries):

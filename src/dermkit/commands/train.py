@@ -31,6 +31,12 @@ def models() -> None:
     console.print(table)
 
 
+TRACK_HELP = ("Log to MLflow: mlflow | none (default: the config's `tracking:` key). The resolved config, per-epoch "
+              "metrics, test metrics with CIs, the report and model folders; to $MLFLOW_TRACKING_URI, else to a local "
+              "store ")
+RUN_TRACK_HELP = TRACK_HELP + "mlruns/ beside --out (in its parent folder)."
+
+
 def train(
     out: Path = typer.Option(..., help="Run folder: config.yaml, checkpoints/, model/, history.csv, tensorboard/, "
                                        "eval/test/."),
@@ -62,6 +68,7 @@ def train(
     force: bool = typer.Option(False, "--force", help="Overwrite a finished run in --out."),
     nproc: int = typer.Option(1, min=1, help="Processes on this machine (torch.distributed through torchrun: one "
                                              "per GPU, gloo on CPUs); several machines: torchrun -m dermkit ..."),
+    track: Optional[str] = typer.Option(None, "--track", help=RUN_TRACK_HELP),
 ) -> None:
     """Train an image classifier (method: supervised): select on val, report on test (metrics with CIs, plots, HTML).
 
@@ -76,7 +83,7 @@ def train(
                      select_metric=select_metric, patience=patience, precision=precision, device=device, seed=seed,
                      num_workers=num_workers)
     raw = config_for("supervised", out, config, resume, overrides)
-    _print_summary(run_experiment(raw, out, resume=resume, force=force))
+    _print_summary(run_experiment(raw, out, resume=resume, force=force, track=track))
 
 
 def _print_summary(summary: dict) -> None:
@@ -110,6 +117,7 @@ def run_cmd(
                                                       "specs); run nothing. Exit 2 naming the file and key on error."),
     nproc: int = typer.Option(1, min=1, help="Processes on this machine (torch.distributed through torchrun: one "
                                              "per GPU, gloo on CPUs); several machines: torchrun -m dermkit ..."),
+    track: Optional[str] = typer.Option(None, "--track", help=RUN_TRACK_HELP),
 ) -> None:
     """Run one experiment config with any registered method: train, select on val, report on test."""
     from dermkit.experiment import check_configs, load_config, run_experiment, suite_table
@@ -127,7 +135,7 @@ def run_cmd(
         raise ConfigError("give the run folder with --out DIR")
     if nproc > 1:
         return relaunch(nproc)
-    summary = run_experiment(load_config(configs[0]), out, resume=resume, force=force)
+    summary = run_experiment(load_config(configs[0]), out, resume=resume, force=force, track=track)
     if not summary:  # a torchrun process other than rank 0: rank 0 reports
         return
     print_frame(suite_table([summary]), summary["name"])
@@ -164,6 +172,8 @@ def suite_cmd(
                                          "(quick | full | a family | NAME[:SEVERITY],...; see `dermkit evaluate "
                                          "--help`): each run's mean relative drop and worst transform in the table, "
                                          "details in OUT/<run>/stress/. The same transformed images for every run."),
+    track: Optional[str] = typer.Option(None, "--track", help=TRACK_HELP + "OUT/mlruns/; every run of the suite in one "
+                                        "MLflow experiment named after OUT's folder."),
 ) -> None:
     """Run several configs (ablations) and print one comparison table (ACC, BACC, F1, AUC with 95% CIs).
 
@@ -181,7 +191,8 @@ def suite_cmd(
 
         parse_stress(stress)  # a wrong name fails before any run
     table = run_suite(configs, out, rerun=rerun, overrides={"epochs": epochs} if epochs else None,
-                      subgroups=attributes, bins=bin_edges, baseline=baseline, n_bootstrap=n_bootstrap, stress=stress)
+                      subgroups=attributes, bins=bin_edges, baseline=baseline, n_bootstrap=n_bootstrap, stress=stress,
+                      track=track)
     print_frame(table, f"suite ({len(table)} runs), metrics in %, 95% CI")
     console.print(f"table: {out / 'suite.md'}")
 

@@ -114,9 +114,11 @@ class LoopState:
 class Engine:
     """Runs ``fit`` for one model; see the module docstring."""
 
-    def __init__(self, model: nn.Module, config: EngineConfig, out_dir: str | Path, progress: bool = True):
+    def __init__(self, model: nn.Module, config: EngineConfig, out_dir: str | Path, progress: bool = True,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None):
         config.validate()
         self.config = config
+        self.on_epoch = on_epoch  # called (rank 0) with each epoch's history row, e.g. experiment tracking
         self.out_dir = Path(out_dir)
         self.device = resolve_device(config.device)
         if self.device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -432,6 +434,8 @@ class Engine:
                             writer.add_scalar(key.replace("val_", "val/").replace("train_", "train/"), value, epoch + 1)
                     writer.flush()
                     self._write_history()
+                    if self.on_epoch is not None:
+                        self.on_epoch(row)
                 self.save_checkpoint()
                 if self.main:
                     print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}, "
