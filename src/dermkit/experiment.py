@@ -77,6 +77,7 @@ from dermkit.methods.stress import run_stress
 from dermkit.methods.zeroshot import ZeroShotConfig, write_zeroshot_table, zeroshot_report
 from dermkit.models.encoders import load_encoder
 from dermkit.models.text import require_text
+from dermkit.seeds import SEEDS_NOTE, is_seed_run, parse_seeds, run_seeds, seed_baseline_cells, seed_cell
 
 __all__ = ["Run", "load_config", "run_experiment", "run_suite", "suite_table", "suite_markdown", "check_configs",
            "run_zeroshot", "run_probe", "SUMMARY_KEYS", "TABLE_METRICS"]
@@ -110,6 +111,8 @@ def _split_raw(raw: dict[str, Any]) -> tuple[Method, dict[str, Any], str | None,
     tracking.check_mode(raw.pop("tracking", None), where)  # any method's config may ask for tracking
     method = get_method(raw.pop("method", None), where)
     name = raw.pop("name", None)
+    if raw.get("seeds") is not None:  # several runs, one per seed: dermkit.seeds
+        parse_seeds(raw.pop("seeds"), f"{where}: seeds")
     return method, raw, name, where
 
 
@@ -370,8 +373,13 @@ def run_experiment(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool
     Everything is validated before any file is written. ``resume`` continues a run from its last
     checkpoint; without it (or ``force``) a folder that already holds a run is refused. ``track``
     (``mlflow``, or ``none``) overrides the config's ``tracking:``; ``experiment`` names the MLflow
-    experiment (default: the method's name), see :mod:`dermkit.tracking`.
+    experiment (default: the method's name), see :mod:`dermkit.tracking`. A config
+    with ``seeds`` runs once per seed (:func:`dermkit.seeds.run_seeds`; finished seeds reused).
     """
+    if raw.get("seeds") is not None:
+        def run_one(seed_raw, seed_out, **kw):  # each seed tracked like a single run
+            return run_experiment(seed_raw, seed_out, track=track, experiment=experiment, **kw)
+        return run_seeds(raw, out_dir, run_one, resume=resume, force=force, progress=progress)
     method, rest, name, where = _split_raw(raw)
     config = method.config(rest, where)
     mode = tracking.resolve_mode(track, raw, where)
@@ -470,11 +478,15 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         if baseline not in names and not base_dir.exists():
             raise ConfigError(f"--baseline {baseline!r} is neither a run of this suite ({', '.join(names)}) nor a "
                               "run folder or predictions CSV; give one of them")
-        if baseline not in names:
+        if baseline not in names and not is_seed_run(base_dir):
             predictions_path(base_dir)  # a folder without predictions fails before the runs
     summaries = []
     for raw in raws:
         run_dir = out_dir / raw["name"]
+        if {**raw, **(overrides or {})}.get("seeds") is not None:  # finished seeds reused, killed ones resumed
+            summaries.append(run_experiment({**raw, **(overrides or {})}, run_dir, resume=not rerun,
+                                            progress=progress, force=rerun))
+            continue
         done = run_dir / "summary.json"
         if done.is_file() and not rerun:
             summaries.append(json.loads(done.read_text(encoding="utf-8")))
@@ -483,7 +495,7 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         summaries.append(run_experiment({**raw, **(overrides or {})}, run_dir, resume=resume, progress=progress,
                                         force=True, track=track, experiment=out_dir.resolve().name))
     extra: dict[str, dict[str, str]] = {}
-    base_csv = predictions_path(base_dir) if base_dir is not None else None
+    base_csv = predictions_path(base_dir) if base_dir is not None and not is_seed_run(base_dir) else None
     for raw, summary in zip(raws, summaries):
         cells = extra.setdefault(summary.get("name"), {})
         report = summary.get("report")
@@ -505,7 +517,10 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
                 cells.update({f"ΔBACC {a}": "n/a" for a in subgroups})
         if stress:
             _suite_stress(raw, summary, out_dir / raw["name"], stress, n_bootstrap, cells, progress)
-        if base_dir is not None:
+        if base_dir is not None and (base_csv is None or is_seed_run(out_dir / raw["name"])):
+            cells.update(seed_baseline_cells(base_dir, out_dir / raw["name"], Path(baseline).name, n_bootstrap,
+                                             progress))
+        elif base_dir is not None:
             label = Path(baseline).name
             if raw["name"] == baseline or (report and base_csv.resolve() == predictions_path(report).resolve()):
                 cells[f"ΔBACC vs {label}"] = "baseline"
@@ -684,7 +699,8 @@ def suite_table(summaries: Sequence[dict], extra: dict[str, dict[str, str]] | No
         if s.get("is_transfer"):
             row["data"] = f"{s.get('dataset')} -> {s['eval_dataset']}"
         for key in TABLE_METRICS:
-            row[HEADERS[key]] = percent_ci((s.get("test") or {}).get(key), (s.get("test_ci") or {}).get(key))
+            row[HEADERS[key]] = seed_cell(s, key) or percent_ci((s.get("test") or {}).get(key),
+                                                                (s.get("test_ci") or {}).get(key))
         row.update(s.get("table_extra") or {})
         if not s.get("is_transfer"):
             row.update((extra or {}).get(s.get("name"), {}))
@@ -694,4 +710,6 @@ def suite_table(summaries: Sequence[dict], extra: dict[str, dict[str, str]] | No
 
 def suite_markdown(table: pd.DataFrame) -> str:
     note = "\nMetrics in %, test split, 95% bootstrap CIs in brackets (lesion-grouped where the card has groups).\n"
+    if "seeds" in table.columns:
+        note += SEEDS_NOTE
     return markdown_table(list(table.columns), table.fillna("").values.tolist()) + note

@@ -300,10 +300,17 @@ def compare_cmd(
     together when the files have a group column), DeLong's test for the AUC difference (binary,
     or one-vs-rest macro AUC), McNemar's test for accuracy. Files whose images, order, classes
     or targets differ are refused, naming the first mismatch.
+
+    Two multi-seed runs (made with --seeds): seed i of A against seed i of B, the mean difference
+    with a bootstrap over seeds and cases and a paired t-test over seeds, and whether the difference
+    is smaller than the spread across seeds (see comparison.md).
     """
     from dermkit.evaluate.compare import compare_predictions, predictions_path, save_comparison
     from dermkit.evaluate.tables import format_ci, format_metric
+    from dermkit.seeds import is_seed_run
 
+    if is_seed_run(a) or is_seed_run(b):
+        return _compare_seeds(a, b, out, n_bootstrap, seed, allow_duplicates)
     path_a, path_b = predictions_path(a), predictions_path(b)
     result = compare_predictions(path_a, path_b, n_bootstrap=n_bootstrap, seed=seed,
                                  names=(str(a), str(b)), allow_duplicates=allow_duplicates)
@@ -319,4 +326,27 @@ def compare_cmd(
         console.print(f"DeLong ({d['what']}): B - A = {d['difference']:.4f}, z = {d['z']:.3f}, p = {d['p']:.4g}")
     console.print(f"McNemar ({mc['method']}): only A correct {mc['only_a_correct']}, only B correct "
                   f"{mc['only_b_correct']}, p = {mc['p']:.4g}")
+    console.print(f"comparison: {folder}/comparison.md")
+
+
+def _compare_seeds(a: Path, b: Path, out: Path, n_bootstrap: int, seed: int, allow_duplicates: bool) -> None:
+    """`dermkit compare` of two multi-seed runs: comparison.md/.json/.csv and a table on screen."""
+    from dermkit.evaluate.seed_compare import save_seed_comparison, verdict
+    from dermkit.evaluate.tables import format_ci, format_metric, format_p
+    from dermkit.seeds import compare_seed_folders
+
+    result = compare_seed_folders(a, b, n_bootstrap=n_bootstrap, seed=seed, names=(str(a), str(b)),
+                                  allow_duplicates=allow_duplicates)
+    folder = save_seed_comparison(result, out)
+    table = Table("metric", "A mean ± sd", "B mean ± sd", "B - A", "95% CI (seeds x cases)", "p", "p (t, seeds)",
+                  "seed sd", title=f"B = {b} vs A = {a} ({result['n_seed_pairs']} seed pairs, {result['n']} cases)")
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc"):
+        r = result["metrics"][key]
+        table.add_row(key, f"{format_metric(r['a_mean'])} ± {format_metric(r['a_sd'])}",
+                      f"{format_metric(r['b_mean'])} ± {format_metric(r['b_sd'])}", format_metric(r["difference"]),
+                      format_ci(r["hierarchical"]["ci"], 4, "[{low}, {high}]"), format_p(r["hierarchical"]["p"]),
+                      format_p(r["seed_t"]["p"]), format_metric(r["seed_spread"]))
+    console.print(table)
+    for key in ("balanced_accuracy", "macro_auc"):
+        console.print(escape(verdict(result, key)))
     console.print(f"comparison: {folder}/comparison.md")

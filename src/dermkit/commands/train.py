@@ -11,6 +11,10 @@ from rich.table import Table
 from dermkit.commands.common import config_for, console, err_console, print_frame, relaunch
 from dermkit.errors import ConfigError
 
+SEEDS_HELP = ("Seeds separated by commas, e.g. 0,1,2: one full run per seed in OUT/seed-N/ (finished seeds reused, "
+              "interrupted ones continued with --resume), mean ± sample sd (ddof=1) in OUT/seeds.md; overrides the "
+              "config's seeds.")
+
 
 def register(app: typer.Typer, groups: dict) -> None:
     app.command("models")(models)
@@ -118,8 +122,13 @@ def run_cmd(
     nproc: int = typer.Option(1, min=1, help="Processes on this machine (torch.distributed through torchrun: one "
                                              "per GPU, gloo on CPUs); several machines: torchrun -m dermkit ..."),
     track: Optional[str] = typer.Option(None, "--track", help=RUN_TRACK_HELP),
+    seeds: Optional[str] = typer.Option(None, help=SEEDS_HELP),
 ) -> None:
-    """Run one experiment config with any registered method: train, select on val, report on test."""
+    """Run one experiment config with any registered method: train, select on val, report on test.
+
+    With --seeds (or `seeds: [0, 1, 2]` in the config): one full run per seed in OUT/seed-N/, then
+    OUT/summary.json and seeds.md/.html with mean, sample sd, min and max across seeds; OUT/model is
+    the seed with the best val score."""
     from dermkit.experiment import check_configs, load_config, run_experiment, suite_table
 
     if check:
@@ -135,11 +144,18 @@ def run_cmd(
         raise ConfigError("give the run folder with --out DIR")
     if nproc > 1:
         return relaunch(nproc)
-    summary = run_experiment(load_config(configs[0]), out, resume=resume, force=force, track=track)
+    raw = load_config(configs[0])
+    if seeds is not None:
+        from dermkit.seeds import parse_seeds
+
+        raw["seeds"] = parse_seeds(seeds)
+    summary = run_experiment(raw, out, resume=resume, force=force, track=track)
     if not summary:  # a torchrun process other than rank 0: rank 0 reports
         return
     print_frame(suite_table([summary]), summary["name"])
-    if summary.get("report"):
+    if summary.get("seeds"):
+        console.print(f"seeds: {out / 'seeds.md'} ({summary['seeds']['selection']})")
+    elif summary.get("report"):
         console.print(f"report: {summary['report']}/report.html")
 
 
@@ -174,6 +190,8 @@ def suite_cmd(
                                          "details in OUT/<run>/stress/. The same transformed images for every run."),
     track: Optional[str] = typer.Option(None, "--track", help=TRACK_HELP + "OUT/mlruns/; every run of the suite in one "
                                         "MLflow experiment named after OUT's folder."),
+    seeds: Optional[str] = typer.Option(None, help=SEEDS_HELP + " Every config of the suite; its table shows "
+                                        "mean ± sd per run, and --baseline compares seed pair by seed pair."),
 ) -> None:
     """Run several configs (ablations) and print one comparison table (ACC, BACC, F1, AUC with 95% CIs).
 
@@ -190,7 +208,12 @@ def suite_cmd(
         from dermkit.data.stress import parse_stress
 
         parse_stress(stress)  # a wrong name fails before any run
-    table = run_suite(configs, out, rerun=rerun, overrides={"epochs": epochs} if epochs else None,
+    overrides = {"epochs": epochs} if epochs else {}
+    if seeds is not None:
+        from dermkit.seeds import parse_seeds
+
+        overrides["seeds"] = parse_seeds(seeds)
+    table = run_suite(configs, out, rerun=rerun, overrides=overrides or None,
                       subgroups=attributes, bins=bin_edges, baseline=baseline, n_bootstrap=n_bootstrap, stress=stress,
                       track=track)
     print_frame(table, f"suite ({len(table)} runs), metrics in %, 95% CI")

@@ -71,6 +71,10 @@ _LABELS = {
     "log_loss": "Log loss (lower is better)",
 }
 _PER_CLASS = ("sensitivity", "specificity", "ppv", "npv", "f1", "auc")
+#: Every report is of one trained model (``metrics["seeds"] == 1``): what its CIs do not cover.
+SEED_NOTE = ("These intervals cover the sampling of test cases only: the predictions come from one training run "
+             "(seeds: 1), so training noise (retraining with another seed gives another model) is not included; "
+             "`dermkit run --seeds 0,1,2` measures it.")
 
 
 def evaluate(
@@ -182,6 +186,7 @@ def evaluate(
         "grouped": grouped,
         "n_groups": int(frame["group"].nunique()) if grouped else None,
     }
+    metrics["seeds"] = 1  # one trained model: its CIs leave out training noise (SEED_NOTE)
     frame.attrs[WARNINGS_ATTR] = list(dict.fromkeys(warnings))
     return Report(metrics=metrics, predictions=frame, title=title,
                   warnings=list(dict.fromkeys(warnings)))
@@ -268,6 +273,7 @@ class Report:
             f"{level:.0%} confidence intervals: percentile bootstrap with {b['n']} resamples "
             f"(seed {b['seed']}), {unit}. Label metrics use the prediction column; AUC, ECE, "
             "Brier and log loss use the predicted probabilities."
+            + (f" {SEED_NOTE}" if self.metrics.get("seeds", 1) == 1 else "")
         )
 
     def _selective_rows(self) -> list[list[str]]:
