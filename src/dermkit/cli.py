@@ -9,7 +9,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from dermkit.commands import clip, concepts, data, evaluate, ood, serve, train, vqa
+from dermkit.commands import clip, concepts, data, evaluate, export, ood, serve, train, vqa
 from dermkit.commands.common import ARGV, err_console
 from dermkit.errors import DermkitError
 
@@ -29,7 +29,7 @@ ood_app = typer.Typer(help="Out-of-distribution detectors: fit one into a model 
 app.add_typer(ood_app, name="ood")
 
 # Registration order is the order of `dermkit --help` (commands first, then the groups).
-COMMAND_MODULES = (train, evaluate, clip, serve, data, concepts, ood, vqa)
+COMMAND_MODULES = (train, evaluate, clip, serve, export, data, concepts, ood, vqa)
 for _module in COMMAND_MODULES:
     _module.register(app, {"data": data_app, "concepts": concepts_app, "ood": ood_app})
 

@@ -98,7 +98,9 @@ def tta_views(pixels: torch.Tensor, mode: str) -> list[torch.Tensor]:
     if mode == "flip_rot":
         if pixels.shape[-1] != pixels.shape[-2]:
             raise ValueError("flip_rot test-time views need square images")
-        rotations = [torch.rot90(pixels, k, dims=(-2, -1)) if k else pixels for k in range(4)]
+        rotations = [pixels]
+        for _ in range(3):  # rot90 as transpose + flip: the same views, and ONNX has no rot90 op
+            rotations.append(rotations[-1].transpose(-2, -1).flip(-2))
         return rotations + [r.flip(-1) for r in rotations]
     raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {mode!r}")
 

@@ -240,6 +240,8 @@ class SupervisedPredictor(Predictor):
         self.amp_dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
         self.image_size: int = int(model_card["image_size"])
+        # Images are decoded with their shorter side shrunk to cache_side first (as in training).
+        self.cache_side = int(self.image_size * 1.15)
         self.transform = eval_transform(self.image_size, model_card["mean"], model_card["std"])
         self.thickness_kind: str | None = (model_card.get("thickness") or {}).get("kind")
         self.tta = "none"
@@ -257,7 +259,7 @@ class SupervisedPredictor(Predictor):
         return self.model.state_dict(), self.model_card
 
     def dataset(self, paths: Sequence[Path], progress: bool = False) -> ImageDataset:
-        return ImageDataset([as_path(p) for p in paths], None, self.transform, cache_side=int(self.image_size * 1.15),
+        return ImageDataset([as_path(p) for p in paths], None, self.transform, cache_side=self.cache_side,
                             progress=progress)
 
     def _outputs(self, paths, progress: bool = False) -> np.ndarray:

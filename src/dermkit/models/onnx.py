@@ -27,7 +27,7 @@ from torch import nn
 from dermkit.errors import ConfigError
 from dermkit.io import atomic_path
 
-__all__ = ["inference_backend", "onnx_function", "OnnxFunction", "onnx_cache_dir"]
+__all__ = ["inference_backend", "onnx_function", "OnnxFunction", "onnx_cache_dir", "export_module"]
 
 _WARNED: set[str] = set()
 
@@ -82,7 +82,15 @@ def _warn_once(key: str, text: str) -> None:
         warnings.warn(text, stacklevel=3)
 
 
-def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+def export_module(module: nn.Module, example: torch.Tensor, path: str | os.PathLike, input_name: str = "pixels",
+                  output_name: str = "out") -> None:
+    """torch's ONNX export of ``module(pixels)`` (TorchScript tracer, opset 17, dynamic batch), written
+    atomically; also what ``dermkit export --format onnx`` writes its graph with."""
+    _export(module, example, Path(path), input_name, output_name)
+
+
+def _export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str = "pixels",
+            output_name: str = "out") -> None:
     """torch's ONNX export (TorchScript tracer; dynamic batch) written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     frozen = [p for p in module.parameters() if p.requires_grad]
@@ -93,8 +101,8 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     try:
         with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), str(tmp), input_names=["pixels"], output_names=["out"],
-                              dynamic_axes={"pixels": {0: "batch"}, "out": {0: "batch"}}, opset_version=17,
+            torch.onnx.export(module, (example,), str(tmp), input_names=[input_name], output_names=[output_name],
+                              dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}}, opset_version=17,
                               dynamo=False)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
