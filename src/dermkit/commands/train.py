@@ -60,6 +60,10 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint "
                                                         "(uses the run's saved config.yaml)."),
     force: bool = typer.Option(False, "--force", help="Overwrite a finished run in --out."),
+    allow_config_change: bool = typer.Option(False, "--allow-config-change", help="With --resume: continue even though "
+                                             "the config differs from the one the run was trained under (refused "
+                                             "otherwise, naming the keys); the changes are recorded in summary.json "
+                                             "and model.json."),
     nproc: int = typer.Option(1, min=1, help="Processes on this machine (torch.distributed through torchrun: one "
                                              "per GPU, gloo on CPUs); several machines: torchrun -m dermkit ..."),
 ) -> None:
@@ -76,7 +80,7 @@ def train(
                      select_metric=select_metric, patience=patience, precision=precision, device=device, seed=seed,
                      num_workers=num_workers)
     raw = config_for("supervised", out, config, resume, overrides)
-    _print_summary(run_experiment(raw, out, resume=resume, force=force))
+    _print_summary(run_experiment(raw, out, resume=resume, force=force, allow_config_change=allow_config_change))
 
 
 def _print_summary(summary: dict) -> None:
@@ -106,6 +110,10 @@ def run_cmd(
                                                   "summary.json)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Overwrite a run already in --out."),
+    allow_config_change: bool = typer.Option(False, "--allow-config-change", help="With --resume: continue even though "
+                                             "the config differs from the one the run was trained under (refused "
+                                             "otherwise, naming the keys); the changes are recorded in summary.json "
+                                             "and model.json."),
     check: bool = typer.Option(False, "--check", help="Only validate the configs (keys, types, data folders, model "
                                                       "specs); run nothing. Exit 2 naming the file and key on error."),
     nproc: int = typer.Option(1, min=1, help="Processes on this machine (torch.distributed through torchrun: one "
@@ -127,7 +135,8 @@ def run_cmd(
         raise ConfigError("give the run folder with --out DIR")
     if nproc > 1:
         return relaunch(nproc)
-    summary = run_experiment(load_config(configs[0]), out, resume=resume, force=force)
+    summary = run_experiment(load_config(configs[0]), out, resume=resume, force=force,
+                             allow_config_change=allow_config_change)
     if not summary:  # a torchrun process other than rank 0: rank 0 reports
         return
     print_frame(suite_table([summary]), summary["name"])
