@@ -120,12 +120,14 @@ def evaluate(predictions: pd.DataFrame | str | os.PathLike, out: str | os.PathLi
 
 
 def run(config: dict[str, Any] | str | os.PathLike, out: str | os.PathLike, resume: bool = False,
-        force: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run one experiment config (a dict with ``method:`` or a YAML path); returns its summary."""
+        force: bool = False, progress: bool = True, allow_config_change: bool = False) -> dict[str, Any]:
+    """Run one experiment config (a dict with ``method:`` or a YAML path); returns its summary.
+    ``resume`` refuses a config that differs from the run's recorded one unless ``allow_config_change``."""
     from dermkit.experiment import load_config, run_experiment
 
     raw = dict(config) if isinstance(config, dict) else load_config(config)
-    return run_experiment(raw, out, resume=resume, progress=progress, force=force)
+    return run_experiment(raw, out, resume=resume, progress=progress, force=force,
+                          allow_config_change=allow_config_change)
 
 
 def list_methods() -> list[str]:

@@ -39,6 +39,7 @@ from dermkit.data.prompts import prompt_spec
 from dermkit.data.tasks import derive_task
 from dermkit.engine import distributed
 from dermkit.engine.loop import Engine
+from dermkit.engine.resume import ResumeCheck, check_resume, write_record
 from dermkit.errors import ConfigError, DataError, DermkitError
 from dermkit.evaluate import evaluate, read_predictions
 from dermkit.evaluate.calibration import (
@@ -138,6 +139,7 @@ class Run:
         self.summary: dict[str, Any] = {}  # method-specific summary fields
         self.table_extra: dict[str, str] = {}  # method-specific suite-table columns
         self.reports: dict[str, tuple] | None = None
+        self.resume_check: ResumeCheck | None = None  # what a resume changed of the recorded config
         self._card = card
         self._eval_cards = None
         self.tracking: str | None = None  # experiment tracking (``tracking: mlflow``), kept in config.yaml
@@ -198,6 +200,9 @@ class Run:
         def on_best(model, metrics):
             predictor = to_predictor(model, metrics)
             predictor.model_card.update(val_metrics=metrics, epoch=engine.state.epoch + 1)
+            changed = self.resume_check.weight_changes() if self.resume_check else None
+            if changed:  # weights trained after a resume that changed the config say so
+                predictor.model_card["resumed_with_changes"] = changed
             self.save_best(predictor)
 
         state = engine.fit(make_batches, loss_fn, validate, on_best, steps_per_epoch=steps_per_epoch,
@@ -367,26 +372,39 @@ def _refuse_finished(out_dir: Path, resume: bool, force: bool) -> None:
 
 
 def run_experiment(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
-                   force: bool = False, track: str | None = None, experiment: str | None = None) -> dict:
+                   force: bool = False, track: str | None = None, experiment: str | None = None,
+                   allow_config_change: bool = False) -> dict:
     """Run one config (a mapping with ``method``) into ``out_dir``; returns its summary.
 
     Everything is validated before any file is written. ``resume`` continues a run from its last
-    checkpoint; without it (or ``force``) a folder that already holds a run is refused. ``track``
+    checkpoint; without it (or ``force``) a folder that already holds a run is refused. A resume
+    compares the config with the one the run was trained under (``run_record.json``, see
+    :mod:`dermkit.engine.resume`) and refuses a difference that changes the result, unless
+    ``allow_config_change`` (then the changes are recorded in summary.json and model.json). ``track``
     (``mlflow``, or ``none``) overrides the config's ``tracking:``; ``experiment`` names the MLflow
     experiment (default: the method's name), see :mod:`dermkit.tracking`. A config
     with ``seeds`` runs once per seed (:func:`dermkit.seeds.run_seeds`; finished seeds reused).
     """
     if raw.get("seeds") is not None:
         def run_one(seed_raw, seed_out, **kw):  # each seed tracked like a single run
-            return run_experiment(seed_raw, seed_out, track=track, experiment=experiment, **kw)
+            return run_experiment(seed_raw, seed_out, track=track, experiment=experiment,
+                                  allow_config_change=allow_config_change, **kw)
         return run_seeds(raw, out_dir, run_one, resume=resume, force=force, progress=progress)
     method, rest, name, where = _split_raw(raw)
     config = method.config(rest, where)
     mode = tracking.resolve_mode(track, raw, where)
     out_dir = Path(out_dir)
     _refuse_finished(out_dir, resume, force)
+    if allow_config_change and not resume:
+        raise ConfigError("--allow-config-change lets a --resume continue under a changed config; it needs --resume")
     run = Run(method, config, out_dir, name=name, resume=resume, progress=progress)
     run.tracking = mode
+    resolved = {"method": method.name, "name": run.name, **config.to_dict()}
+    if resume:
+        run.resume_check = check_resume(out_dir, resolved, allow_config_change,
+                                        fallback=lambda: _saved_config(out_dir, method))
+        if run.resume_check.summary():
+            run.summary["resumed"] = run.resume_check.summary()
     run.card()  # a missing dataset or bad task fails before any file is written
     run.eval_cards()
     for warning in method.check(config):  # e.g. a model folder that does not exist (yet, for --check)
@@ -395,6 +413,7 @@ def run_experiment(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         run.write_config()
+        write_record(out_dir, resolved, run.resume_check)
     with tracking.tracked(mode if main else None, out_dir, experiment=experiment or method.name, run_name=run.name,
                           params=run.resolved_config(), tags=_tags(run), resume=resume) as run.tracker:
         predictor = method.fit(config, run)
@@ -418,6 +437,17 @@ def _tags(run: Run) -> dict[str, Any]:
     data = getattr(run.config, "data", None)
     return {"method": run.method.name, "dataset": run.card().name if isinstance(data, str) else None,
             "task": getattr(run.config, "task", None) or "all"}
+
+
+def _saved_config(out_dir: Path, method: Method) -> dict[str, Any] | None:
+    """The resolved ``config.yaml`` of a run folder without a run record (None if it does not parse)."""
+    try:
+        saved, rest, name, where = _split_raw(load_config(out_dir / "config.yaml"))
+        if saved is not method:
+            return {"method": saved.name}
+        return {"method": saved.name, "name": name or out_dir.name, **saved.config(rest, where).to_dict()}
+    except DermkitError:
+        return None
 
 
 def check_configs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, list[str]]]:
@@ -492,8 +522,12 @@ def run_suite(configs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
             summaries.append(json.loads(done.read_text(encoding="utf-8")))
             continue
         resume = (run_dir / "checkpoints" / "last.safetensors").is_file() and not rerun
-        summaries.append(run_experiment({**raw, **(overrides or {})}, run_dir, resume=resume, progress=progress,
-                                        force=True, track=track, experiment=out_dir.resolve().name))
+        try:
+            summaries.append(run_experiment({**raw, **(overrides or {})}, run_dir, resume=resume, progress=progress,
+                                            force=True, track=track, experiment=out_dir.resolve().name))
+        except ConfigError as exc:  # e.g. a config edited since the run was interrupted
+            raise (ConfigError(f"{exc} (dermkit suite: --rerun starts {raw['name']} over)") if resume else exc) \
+                from None
     extra: dict[str, dict[str, str]] = {}
     base_csv = predictions_path(base_dir) if base_dir is not None and not is_seed_run(base_dir) else None
     for raw, summary in zip(raws, summaries):

@@ -76,6 +76,10 @@ def clip_train(
                                                   help="Add each caption with another diagnosis as an extra negative."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Overwrite a finished run in --out."),
+    allow_config_change: bool = typer.Option(False, "--allow-config-change", help="With --resume: continue even though "
+                                             "the config differs from the one the run was trained under (refused "
+                                             "otherwise, naming the keys); the changes are recorded in summary.json "
+                                             "and model.json."),
     nproc: int = typer.Option(1, min=1, help="Processes on this machine (torch.distributed through torchrun: one "
                                              "per GPU, gloo on CPUs); several machines: torchrun -m dermkit ..."),
 ) -> None:
@@ -91,7 +95,7 @@ def clip_train(
                      seed=seed, shards=shards, shuffle_buffer=shuffle_buffer, cache_views=cache_views,
                      cache_captions=cache_captions, class_balance=class_balance, hard_negatives=hard_negatives)
     summary = run_experiment(config_for("contrastive", out, config, resume, overrides), out, resume=resume,
-                             force=force)
+                             force=force, allow_config_change=allow_config_change)
     if not summary:  # a torchrun process other than rank 0: rank 0 reports
         return
     console.print(f"best epoch {summary['best_epoch']}: val zero-shot balanced accuracy "

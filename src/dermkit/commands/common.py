@@ -46,7 +46,8 @@ def config_for(method: str, out: Path, config: Optional[Path], resume: bool, ove
         raw = load_config(out / "config.yaml") if (out / "config.yaml").is_file() else {}
         extra = sorted(set(given) - {"epochs"})
         if extra:
-            raise ConfigError(f"--resume continues the saved run; drop {extra} (only --epochs may change)")
+            raise ConfigError(f"--resume continues the saved run; drop {extra} (only --epochs may change; to continue "
+                              f"under other values, edit {out / 'config.yaml'} and add --allow-config-change)")
         if config is not None:
             raise ConfigError("--resume reads the run's own config.yaml; drop --config")
     else:

@@ -70,6 +70,10 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint "
                                                         "(uses the run's saved config.yaml)."),
     force: bool = typer.Option(False, "--force", help="Overwrite a finished run in --out."),
+    allow_config_change: bool = typer.Option(False, "--allow-config-change", help="With --resume: continue even though "
+                                             "the config differs from the one the run was trained under (refused "
+                                             "otherwise, naming the keys); the changes are recorded in summary.json "
+                                             "and model.json."),
     nproc: int = typer.Option(1, min=1, help="Processes on this machine (torch.distributed through torchrun: one "
                                              "per GPU, gloo on CPUs); several machines: torchrun -m dermkit ..."),
     track: Optional[str] = typer.Option(None, "--track", help=RUN_TRACK_HELP),
@@ -87,7 +91,8 @@ def train(
                      select_metric=select_metric, patience=patience, precision=precision, device=device, seed=seed,
                      num_workers=num_workers)
     raw = config_for("supervised", out, config, resume, overrides)
-    _print_summary(run_experiment(raw, out, resume=resume, force=force, track=track))
+    _print_summary(run_experiment(raw, out, resume=resume, force=force, track=track,
+                                  allow_config_change=allow_config_change))
 
 
 def _print_summary(summary: dict) -> None:
@@ -117,6 +122,10 @@ def run_cmd(
                                                   "summary.json)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Overwrite a run already in --out."),
+    allow_config_change: bool = typer.Option(False, "--allow-config-change", help="With --resume: continue even though "
+                                             "the config differs from the one the run was trained under (refused "
+                                             "otherwise, naming the keys); the changes are recorded in summary.json "
+                                             "and model.json."),
     check: bool = typer.Option(False, "--check", help="Only validate the configs (keys, types, data folders, model "
                                                       "specs); run nothing. Exit 2 naming the file and key on error."),
     nproc: int = typer.Option(1, min=1, help="Processes on this machine (torch.distributed through torchrun: one "
@@ -149,7 +158,8 @@ def run_cmd(
         from dermkit.seeds import parse_seeds
 
         raw["seeds"] = parse_seeds(seeds)
-    summary = run_experiment(raw, out, resume=resume, force=force, track=track)
+    summary = run_experiment(raw, out, resume=resume, force=force, track=track,
+                             allow_config_change=allow_config_change)
     if not summary:  # a torchrun process other than rank 0: rank 0 reports
         return
     print_frame(suite_table([summary]), summary["name"])

@@ -140,6 +140,10 @@ def vqa_lora(
     n_bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the test report's 95% CIs."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Overwrite a run already in --out."),
+    allow_config_change: bool = typer.Option(False, "--allow-config-change", help="With --resume: continue even though "
+                                             "the config differs from the one the run was trained under (refused "
+                                             "otherwise, naming the keys); the changes are recorded in summary.json "
+                                             "and model.json."),
 ) -> None:
     """LoRA fine-tuning of a generative VLM on a dataset's closed-ended questions (method: vqa, lora: true).
 
@@ -160,7 +164,7 @@ def vqa_lora(
               "tune_projector": tune_projector, "tune_vision": tune_vision, "batch_size": batch_size,
               "epochs": epochs, "lr": lr, "grad_accum": grad_accum, "device": device, "precision": precision,
               "n_bootstrap": n_bootstrap}
-    summary = run_experiment(config, out, resume=resume, force=force)
+    summary = run_experiment(config, out, resume=resume, force=force, allow_config_change=allow_config_change)
     test = summary.get("test") or {}
     console.print(f"adapter: {summary.get('adapter')} ({summary.get('trainable_parameters')} trainable parameters); "
                   f"test balanced accuracy {test.get('balanced_accuracy', float('nan')):.4f}, macro-AUC "

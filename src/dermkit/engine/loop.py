@@ -29,6 +29,7 @@ from dermkit.engine import distributed
 from dermkit.errors import ConfigError, ModelError
 from dermkit.io import write_csv, write_json
 from dermkit.models.checkpoint import load_tensors, save_tensors
+from dermkit.models.integrity import state_dict_problem
 from dermkit.runtime import (
     choose_cpu_precision,
     epoch_seed,
@@ -240,7 +241,9 @@ class Engine:
         try:
             self.module.load_state_dict(model_state, strict=not hasattr(self.module, "checkpoint_state_dict"))
         except RuntimeError as exc:
-            raise ModelError(f"checkpoint {self.checkpoint_path} does not fit this model: {exc}") from exc
+            raise ModelError(f"checkpoint {self.checkpoint_path} does not fit this model: {state_dict_problem(exc)}; "
+                             f"resume with the config the run started with, or delete {self.checkpoint_path.parent} "
+                             "to start over") from None
         if self.ema is not None:
             ema_state = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
             if not ema_state:

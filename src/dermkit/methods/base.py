@@ -43,8 +43,16 @@ from dermkit.engine.features import extract_features
 from dermkit.errors import ConfigError, DataError, ModelError
 from dermkit.evaluate.calibration import apply_offsets, apply_temperature
 from dermkit.evaluate.predictions import predictions_frame
-from dermkit.io import replace_dir, write_json
-from dermkit.models.checkpoint import FORMAT, MODEL_CARD, MODEL_WEIGHTS, load_tensors, read_model_card, save_tensors
+from dermkit.io import replace_dir
+from dermkit.models.checkpoint import (
+    FORMAT,
+    MODEL_CARD,
+    MODEL_WEIGHTS,
+    load_tensors,
+    read_model_card,
+    save_tensors,
+    write_model_card,
+)
 from dermkit.models.encoders import load_encoder, save_open_clip_folder
 from dermkit.models.explain import encoder_saliency
 from dermkit.models.specs import parse_spec
@@ -311,6 +319,10 @@ class Method:
     # "{clip}" a small open_clip folder (also a valid image encoder), "{sae}" a trained SAE folder,
     # "{vlm}" a small generative VLM folder (llava-hf layout).
     tiny_config: ClassVar[dict[str, Any]] = {}
+    # The model.json fields (name -> type or tuple of types) beyond those every folder has (format,
+    # format_version, classes) that ``load`` reads: checked by ``load_predictor`` before it dispatches,
+    # so a damaged or hand-edited folder is one clear ModelError, not a KeyError deep in ``load``.
+    card_fields: ClassVar[dict[str, Any]] = {}
 
     def config(self, raw: dict[str, Any], where: str = "config"):
         """The validated config dataclass for ``raw`` (without ``method``/``name``)."""
@@ -443,7 +455,7 @@ def write_model_folder(folder: str | os.PathLike, tensors: dict[str, Any], card:
         shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns(MODEL_WEIGHTS, MODEL_CARD))
     tmp.mkdir(parents=True, exist_ok=True)
     save_tensors(tmp / MODEL_WEIGHTS, tensors, metadata={"format": FORMAT})
-    write_json(tmp / MODEL_CARD, {"format": FORMAT, "format_version": 1, **card})
+    write_model_card(tmp, card)  # sealed: the weights' digest and the fields that give them meaning
     replace_dir(tmp, folder)
     return folder
 
@@ -537,6 +549,10 @@ class ClassEmbeddingPredictor(EncoderHeadPredictor):
 
     def __init__(self, enc, class_emb, model_card: dict, **kwargs):
         super().__init__(enc, model_card, **kwargs)
+        if class_emb.shape[0] != len(self.classes):
+            raise ModelError(f"{class_emb.shape[0]} class embeddings but {len(self.classes)} class names "
+                             f"{self.classes[:8]}; the classes do not fit the weights (model.json edited?). "
+                             "Restore model.json, or retrain.")
         self.class_emb = class_emb.float().cpu()
         self.logit_scale = float(model_card.get("logit_scale") or enc.logit_scale)
 

@@ -195,6 +195,7 @@ class ConceptBottleneck(Method):
 
     name = "cbm"
     config_class = CBMConfig
+    card_fields = {"base_model": str, "C": float}
     description = "concept bottleneck: sparse (L1) logistic regression on SAE latents, concepts named, interventions"
     tiny_config = {"data": "{data}", "sae": "{sae}", "num_workers": 0, "Cs": [0.3, 1.0], "n_bootstrap": 20}
 

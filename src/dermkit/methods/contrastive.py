@@ -233,6 +233,7 @@ class Contrastive(Method):
 
     name = "contrastive"
     config_class = ClipTrainConfig
+    card_fields = {"base_model": str}
     description = "contrastive image-caption training of a CLIP-style model (dermkit-CLIP by default)"
     tiny_config = {"init": "{clip}", "train_data": ["{data}"], "data": "{data}", "eval_data": [], "batch_size": 8,
                    "train_image_last": None, "train_text_last": None, "num_workers": 0, "epochs": 1,

@@ -55,6 +55,7 @@ from dermkit.methods.base import ClassifierConfig, Method, Predictions, Predicto
 from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
 from dermkit.models.encoders import load_encoder
 from dermkit.models.fusion import FUSIONS, FusionNet
+from dermkit.models.integrity import state_dict_problem
 from dermkit.models.text import encode_texts
 from dermkit.models.thickness import thickness_loss, thickness_values
 from dermkit.runtime import epoch_seed, resolve_device
@@ -419,6 +420,7 @@ class Fusion(Method):
 
     name = "fusion"
     config_class = FusionConfig
+    card_fields = {"modalities": list, "arch": dict}
     description = "multimodal fusion (dermoscopic + clinical + metadata), multi-task Breslow thickness head"
     tiny_config = {"data": "{data}", "image_encoder": "{clip}", "use_meta": True, "hidden": 16, "num_heads": 2,
                    "meta_num_heads": 2, "epochs": 2, "n_bootstrap": 20}
@@ -651,5 +653,5 @@ def load_fusion_predictor(folder: str | Path, device: str = "auto") -> FusionPre
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelError(f"{folder / MODEL_WEIGHTS} does not match the fusion architecture in model.json: "
-                         f"{exc}") from exc
+                         f"{state_dict_problem(exc)}") from None
     return FusionPredictor(model.eval(), card, device=device)

@@ -137,6 +137,7 @@ class LinearProbeMethod(Method):
 
     name = "linear_probe"
     config_class = ProbeConfig
+    card_fields = {"base_model": str, "C": float}
     description = "logistic-regression linear probe on frozen, cached embeddings (C chosen on val)"
     tiny_config = {"data": "{data}", "model": "{clip}", "num_workers": 0, "Cs": [0.1, 1.0], "n_bootstrap": 20}
 

@@ -60,6 +60,7 @@ from dermkit.models.encoders import load_encoder
 from dermkit.models.explain import encoder_saliency
 from dermkit.models.freeze import freeze, unfreeze
 from dermkit.models.freeze import units as model_units
+from dermkit.models.integrity import state_dict_problem
 from dermkit.models.text import class_embeddings, require_text
 from dermkit.runtime import epoch_seed, resolve_device
 
@@ -442,6 +443,8 @@ class PromptLearning(Method):
 
     name = "prompt_learning"
     config_class = PromptConfig
+    card_fields = {"base_model": str, "base_fingerprint": str, "prompt_config": dict,
+                   "n_ctx": int, "class_texts": list}
     description = "CoOp, KgCoOp, clinical-guided CoOp, optional image-tail tuning (IFT); cached"
     tiny_config = {"data": "{data}", "model": "{clip}", "task": "melanoma_vs_rest", "variant": "coop", "ift": False,
                    "batch_size": 8, "num_workers": 0, "epochs": 1, "n_bootstrap": 20}
@@ -526,7 +529,7 @@ class PromptLearning(Method):
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ModelError(f"{folder / MODEL_WEIGHTS} does not match the prompt model described in model.json: "
-                             f"{exc}") from exc
+                             f"{state_dict_problem(exc)}") from None
         return PromptPredictor(model.to(device), card)
 
 

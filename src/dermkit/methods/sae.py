@@ -184,6 +184,7 @@ class SAEMethod(Method):
 
     name = "sae"
     config_class = SAEConfig
+    card_fields = {"base_model": str, "C": float}
     description = ("sparse autoencoder on frozen, cached embeddings (PanDerm-2 concept discovery) with a "
                    "logistic-regression probe on its latents")
     tiny_config = {"data": "{data}", "model": "{clip}", "num_workers": 0, "expansion": 2, "epochs": 5,

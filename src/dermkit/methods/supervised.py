@@ -377,6 +377,7 @@ class Supervised(Method):
 
     name = "supervised"
     config_class = TrainConfig
+    card_fields = {"model": str, "image_size": int, "mean": list, "std": list}
     description = ("timm image classifier, fine-tuned or from scratch (train_last for partial fine-tuning), "
                    "optional Breslow thickness head")
     tiny_config = {"data": "{data}", "model": "timm:test_resnet@random", "image_size": 32, "batch_size": 16,

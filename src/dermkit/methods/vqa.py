@@ -122,6 +122,7 @@ class _LoraModel(nn.Module):
 class VQA(Method):
     name = "vqa"
     config_class = VQAConfig
+    card_fields = {"base_model": str, "question": str, "options": list}
     description = "generative VLM (transformers folder) as a closed-ended VQA classifier: option probabilities; LoRA"
     tiny_config = {"data": "{data}", "model": "{vlm}",
                    "template": "what is the lesion type ? choose one of : {options} .",

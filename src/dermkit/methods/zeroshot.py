@@ -98,6 +98,7 @@ class ZeroShot(Method):
 
     name = "zeroshot"
     config_class = ZeroShotConfig
+    card_fields = {"base_model": str}
     description = "CLIP-style zero-shot classification with prompt ensembles"
     tiny_config = {"data": "{data}", "model": "{clip}", "num_workers": 0, "n_bootstrap": 20}
 

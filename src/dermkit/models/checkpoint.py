@@ -2,9 +2,12 @@
 
 A *model folder* (what ``dermkit predict/evaluate --model DIR`` reads) holds
 ``model.safetensors`` (weights) and ``model.json`` (architecture, classes, preprocessing, provenance).
+``model.json`` is checked against its schema and its integrity record (weights digest + the fields
+that give them meaning, :mod:`dermkit.models.integrity`) every time it is read.
 A *training checkpoint* adds optimizer state and loop counters so ``--resume`` continues a run.
 
-This module is tensor and card I/O only and imports nothing else of :mod:`dermkit.models`;
+This module is tensor and card I/O only and imports nothing else of :mod:`dermkit.models` but
+:mod:`~dermkit.models.integrity`;
 :func:`dermkit.models.registry.load_classifier` rebuilds a classifier from a model folder.
 """
 
@@ -21,6 +24,7 @@ from torch import nn
 
 from dermkit.errors import ModelError
 from dermkit.io import atomic_path, write_json
+from dermkit.models.integrity import FORMAT_VERSION, check_schema, seal, verify
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_CARD = "model.json"
@@ -78,8 +82,16 @@ def save_model(folder: str | Path, model: nn.Module, card: dict[str, Any]) -> Pa
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_tensors(folder / MODEL_WEIGHTS, model.state_dict(), metadata={"format": FORMAT})
-    write_json(folder / MODEL_CARD, {"format": FORMAT, "format_version": 1, **card})
+    write_model_card(folder, card)
     return folder
+
+
+def write_model_card(folder: str | Path, card: dict[str, Any]) -> Path:
+    """``folder/model.json`` for the weights already in ``folder/model.safetensors``: the card with
+    its format, version and integrity record (:mod:`dermkit.models.integrity`)."""
+    folder = Path(folder)
+    sealed = seal(card, folder / MODEL_WEIGHTS)
+    return write_json(folder / MODEL_CARD, {"format": FORMAT, "format_version": FORMAT_VERSION, **sealed})
 
 
 def read_model_card(folder: str | Path) -> dict[str, Any]:
@@ -106,6 +118,8 @@ def read_model_card(folder: str | Path) -> dict[str, Any]:
         card = json.loads(card_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{card_path} is not valid JSON ({exc}); the model folder is corrupt.") from exc
-    if card.get("format") != FORMAT:
-        raise ModelError(f"{card_path} is not a dermkit classifier card (format={card.get('format')!r}).")
+    if (folder / MODEL_WEIGHTS).is_file():
+        _refuse_pickle(folder / MODEL_WEIGHTS)  # the safety message first, whatever the card says
+    check_schema(card, card_path, FORMAT)
+    verify(card, folder, MODEL_WEIGHTS)
     return card

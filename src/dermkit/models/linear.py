@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from dermkit.errors import ConfigError, DataError
+from dermkit.errors import ConfigError, DataError, ModelError
 
 __all__ = ["DEFAULT_CS", "L1_SOLVERS", "LinearProbe", "check_probe_settings", "fit_l1_logistic", "fit_probe",
            "stratified_subsample"]
@@ -62,6 +62,13 @@ class LinearProbe:
     C: float
     val_scores: dict[float, float] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        n = len(self.classes)
+        if np.shape(self.coef)[:1] != (n,) or np.shape(self.intercept)[:1] != (n,):
+            raise ModelError(f"the probe has {np.shape(self.coef)[0]} outputs but {n} class names "
+                             f"{list(self.classes)[:8]}; the model folder's classes do not fit its weights "
+                             "(model.json edited?). Restore model.json, or retrain.")
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         z = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale

@@ -18,6 +18,7 @@ from torch import nn
 
 from dermkit.errors import ModelError
 from dermkit.models.checkpoint import MODEL_CARD, MODEL_WEIGHTS, load_tensors, read_model_card
+from dermkit.models.integrity import state_dict_problem
 from dermkit.models.specs import IMAGENET_MEAN, IMAGENET_STD, SHORT_NAMES, NamedModel, parse_spec
 from dermkit.models.thickness import THICKNESS_KINDS, attach_thickness_head
 from dermkit.models.timm_weights import check_timm_arch, create_timm_model
@@ -102,7 +103,9 @@ def load_classifier(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         head = f" with a {kind} thickness head" if kind else ""
-        raise ModelError(f"{folder / MODEL_WEIGHTS} does not match architecture {card['model']}{head}: {exc}") from exc
+        raise ModelError(f"{folder / MODEL_WEIGHTS} does not match architecture {card['model']}{head} with "
+                         f"{len(card['classes'])} classes that {folder / MODEL_CARD} describes: "
+                         f"{state_dict_problem(exc)}. Restore model.json, or retrain.") from None
     model.eval()
     return model, card
 
