@@ -20,7 +20,7 @@ import dermkit
 from dermkit.cli import main
 from dermkit.errors import ModelError
 from dermkit.methods.hub_card import hub_license
-from dermkit.models.checkpoint import save_model
+from dermkit.models.checkpoint import save_model, write_model_card
 from dermkit.models.registry import create_classifier
 
 
@@ -281,7 +281,8 @@ def _fake(world, t: Path, **changes) -> Path:
     folder = t / "fake"
     shutil.copytree(world["models"]["zeroshot"], folder)
     card = json.loads((folder / "model.json").read_text())
-    (folder / "model.json").write_text(json.dumps({**card, **changes}))
+    # Written as a dermkit method would have saved it (sealed), so the export decides, not the integrity check.
+    write_model_card(folder, {**card, **changes})
     return folder
 
 
