@@ -18,6 +18,7 @@ from dermkit.errors import ConfigError
 def _config(data, clip, cache):
     return {"model": str(clip), "data": str(data), "task": "melanoma_vs_rest", "artefact": "ink", "fraction": 0.8,
             "seed": 0, "per_query": [1, 3], "n_bootstrap": 20, "query": "purple ink",
+            "query_min_similarity": -1,  # the tiny random CLIP's text similarities mean nothing: no floor
             "sae": {"activation": "topk", "k": 4, "expansion": 4, "epochs": 30, "batch_size": 64, "lr": 2e-3,
                     "Cs": [1.0], "num_workers": 0, "cache_dir": str(cache)},
             "cbm": {"Cs": [0.3, 1.0], "num_workers": 0, "cache_dir": str(cache)}}

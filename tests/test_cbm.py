@@ -122,8 +122,15 @@ def test_cli_show_intervene_and_predict(cbm, tmp_path, capsys):
     assert len(matrix) == len(cbm["predictor"].concepts) and {"red", "white"} <= set(matrix.columns)
     named = [c for c in cbm["predictor"].concepts if c["name"]]
     name = named[0]["name"] if named else str(cbm["predictor"].concepts[0]["latent"])
+    # The tiny random CLIP matches "a ruler" to its nearest concept at a cosine near 0: below the floor, refused.
+    capsys.readouterr()
     assert main(["concepts", "intervene", "--model", str(model), "--data", str(data), "--zero", f"{name},a ruler",
-                 "--out", str(tmp_path / "iv"), "--n-bootstrap", "10"]) == 0
+                 "--out", str(tmp_path / "iv"), "--n-bootstrap", "10"]) == 2
+    refused = " ".join(capsys.readouterr().err.split())
+    assert "'a ruler': no concept matches" in refused and "below the similarity floor 0.15" in refused
+    assert "Traceback" not in refused and not (tmp_path / "iv").exists()
+    assert main(["concepts", "intervene", "--model", str(model), "--data", str(data), "--zero", f"{name},a ruler",
+                 "--out", str(tmp_path / "iv"), "--n-bootstrap", "10", "--min-similarity", "-1"]) == 0
     result = json.loads((tmp_path / "iv" / "intervention.json").read_text())
     assert [z["how"].split(" (")[0] for z in result["zeroed"]] == ["concept name" if named else "latent id",
                                                                    "text query"]

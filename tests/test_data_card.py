@@ -160,7 +160,7 @@ def test_invalid_dataset_yaml(tiny_dataset, patch, pattern):
 
 def test_yaml_syntax_error_names_file_and_line(tiny_dataset):
     (tiny_dataset / "dataset.yaml").write_text("name: tiny\nclasses: [a, b\n")
-    with pytest.raises(DataError, match=r"dataset.yaml line \d+: invalid YAML"):
+    with pytest.raises(DataError, match=r"dataset.yaml line \d+, column \d+: not valid YAML"):
         load_card(tiny_dataset)
 
 

@@ -150,8 +150,10 @@ def test_corrupt_image_fails_the_check_and_leaves_nothing(tmp_path):
     src = _write_ham(tmp_path / "release", _ham_rows(per_class=3))
     victim = sorted((src / "HAM10000_images_part_1").iterdir())[0]
     victim.write_bytes(victim.read_bytes()[:200])  # truncated JPEG
-    with pytest.raises(DataError, match=r"(?s)fails `dermkit data check`; nothing was written"
-                                        r".*truncated_image.*metadata\.csv line \d+"):
+    # told against the release (its metadata line and image file), not the card's metadata.csv (never written)
+    with pytest.raises(DataError, match=rf"(?s)fails `dermkit data check` as imported; nothing was written"
+                                        rf".*truncated_image.*HAM10000_metadata\.csv line \d+ \(image "
+                                        rf"{re.escape(str(victim))}\)"):
         import_release("ham10000", src, tmp_path / "out", progress=False)
     _no_leftovers(tmp_path / "out")
 

@@ -85,7 +85,8 @@ def test_scoring_keeps_every_question_and_reports_coverage(tiny_dataset, tmp_pat
                  "--out", str(out), "--n-bootstrap", "20"]) == 0
     table = pd.read_csv(out / "answers_table.csv", keep_default_na=False)
     assert len(table) == 18  # nothing dropped
-    assert (table["status"] == "invalid").sum() == 3 + 3 and (table["status"] == "ambiguous").sum() == 3
+    assert (table["status"] == "invalid").sum() == 3 and (table["status"] == "ambiguous").sum() == 3
+    assert (table["status"] == "missing").sum() == 3  # unanswered: missing, not invalid (README)
     assert set(table.loc[table["answer"] == "", "why"]) == {"no answer given"}
     summary = json.loads((out / "vqa.json").read_text())
     assert summary["coverage"] == pytest.approx(9 / 18)

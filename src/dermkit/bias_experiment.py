@@ -38,12 +38,13 @@ from dermkit import io
 from dermkit.data.artefacts import ARTEFACTS, biased_copies
 from dermkit.data.card import load_card
 from dermkit.engine.features import extract_features
-from dermkit.errors import ConfigError
+from dermkit.errors import ConfigError, excerpt
 from dermkit.evaluate import evaluate
 from dermkit.evaluate.tables import markdown_table, percent_ci
 from dermkit.experiment import load_config, run_experiment
 from dermkit.methods import load_predictor
-from dermkit.methods.cbm import resolve_latents
+from dermkit.methods.cbm import NoConceptMatch, resolve_latents
+from dermkit.models.concepts import QUERY_MIN_SIMILARITY
 from dermkit.models.text import encode_texts
 
 __all__ = ["BIAS_KEYS", "load_bias_config", "run_bias_experiment", "ink_latent_scores"]
@@ -52,6 +53,7 @@ __all__ = ["BIAS_KEYS", "load_bias_config", "run_bias_experiment", "ink_latent_s
 BIAS_KEYS: dict[str, Any] = {
     "model": None, "data": None, "task": "melanoma_vs_rest", "artefact": "ink", "fraction": 0.8, "seed": 0,
     "sae": {}, "cbm": {}, "query": "purple ink", "per_query": [1, 5, 20], "ink_auroc": 0.8, "n_bootstrap": 1000,
+    "query_min_similarity": QUERY_MIN_SIMILARITY,
 }
 _MANAGED = {"sae": ("method", "model", "data", "task"), "cbm": ("method", "sae", "data", "task", "eval_data")}
 
@@ -80,6 +82,9 @@ def load_bias_config(source: str | os.PathLike | dict) -> dict[str, Any]:
         raise ConfigError(f"{where}: artefact must be one of {', '.join(ARTEFACTS)}, got {config['artefact']!r}")
     if not 0 < float(config["fraction"]) <= 1:
         raise ConfigError(f"{where}: fraction must be in (0, 1], got {config['fraction']}")
+    floor = config["query_min_similarity"]
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not -1 <= floor <= 1:
+        raise ConfigError(f"{where}: query_min_similarity must be a cosine in [-1, 1], got {excerpt(floor)}")
     if not 0.5 < float(config["ink_auroc"]) <= 1:
         raise ConfigError(f"{where}: ink_auroc must be in (0.5, 1], got {config['ink_auroc']}")
     per_query = config["per_query"]
@@ -207,7 +212,11 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
     concept_ids = [int(c["latent"]) for c in cbm_biased.concepts]
     has_text = bool(getattr(cbm_biased.enc, "has_text", False))
     for k in config["per_query"] if has_text else ():  # an image-only encoder cannot match a text query
-        chosen = [c["latent"] for c in resolve_latents(cbm_biased, [config["query"]], per_query=k)]
+        try:
+            chosen = [c["latent"] for c in resolve_latents(cbm_biased, [config["query"]], per_query=k,
+                                                           min_similarity=config["query_min_similarity"])]
+        except NoConceptMatch:  # the query names no concept: nothing to zero (the diagnosis says the naming missed)
+            break
         add(f"biased + zero the {len(chosen)} concept(s) nearest {config['query']!r}", cbm_biased.with_zeroed(chosen),
             chosen)
     scores = ink_latent_scores(cbm_biased, biased, config["data"], progress=progress)

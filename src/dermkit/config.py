@@ -15,7 +15,7 @@ import typing
 from typing import Any, TypeVar, Union
 
 from dermkit.engine.loop import EngineConfig
-from dermkit.errors import ConfigError
+from dermkit.errors import ConfigError, excerpt
 
 T = TypeVar("T")
 
@@ -54,8 +54,9 @@ def config_from_dict(cls: type[T], raw: dict[str, Any], where: str = "config") -
 def _unknown(where: str, unknown: set[str], known: set[str]) -> str:
     import difflib
 
-    hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, n=1)) else repr(k)
-             for k in sorted(unknown)]
+    hints = [f"{excerpt(k, 40)} (did you mean {m[0]!r}?)"
+             if (m := difflib.get_close_matches(str(k)[:100], known, n=1)) else excerpt(k, 40)
+             for k in sorted(unknown, key=str)[:20]]
     return f"{where}: unknown key(s) {', '.join(hints)}; known keys: {', '.join(sorted(known))}"
 
 
@@ -70,7 +71,32 @@ def check_types(cls, values: dict[str, Any], where: str = "config") -> None:
         expected = hints.get(key)
         if expected is None or _fits(value, expected):
             continue
-        raise ConfigError(f"{where}: {key} must be {_describe(expected)}, got {value!r}")
+        raise ConfigError(f"{where}: {key} must be {_describe(expected)}, got {excerpt(value)}"
+                          f"{_as_number(value, expected)}")
+
+
+def _as_number(value, tp) -> str:
+    """The fix for a number YAML read as text: PyYAML (YAML 1.1) reads ``1e-3`` (no dot) as the
+    string '1e-3', and a quoted ``"5"`` is a string too."""
+    from decimal import Decimal, InvalidOperation
+
+    wanted = [t for t in (float, int) if _fits(1.5 if t is float else 1, tp)]
+    if not wanted or not isinstance(value, str) or len(value) > 40:
+        return ""
+    try:
+        number = Decimal(value.strip().replace("_", ""))
+    except InvalidOperation:
+        return ""
+    if not number.is_finite() or (float not in wanted and number != number.to_integral_value()):
+        return ""
+    plain = format(number.normalize(), "f") if float in wanted else str(int(number))
+    if float in wanted and "e" in value.lower():
+        mantissa, _, exponent = value.strip().lower().partition("e")
+        mantissa = mantissa if "." in mantissa else mantissa + ".0"
+        exponent = exponent if exponent[:1] in "+-" else "+" + exponent
+        return (f" (YAML reads {value.strip()} as text: its exponent form needs a dot and a signed exponent): "
+                f"write {plain} (or {mantissa}e{exponent})")
+    return f" (a number in quotes is text): write {plain} without quotes"
 
 
 def _fits(value, tp) -> bool:

@@ -62,6 +62,7 @@ from dermkit.evaluate.subgroups import (
 )
 from dermkit.evaluate.subgroups import suite_columns as subgroup_columns
 from dermkit.evaluate.tables import markdown_table, percent_ci
+from dermkit.inputs import MAX_YAML_CHARS, load_yaml, read_text
 from dermkit.io import write_csv, write_json, write_text
 from dermkit.methods import get_method, load_predictor
 from dermkit.methods.base import DatasetResult, Method, Predictor, Recalibrated
@@ -93,12 +94,7 @@ SUMMARY_KEYS = ("name", "method", "dataset", "task", "model", "best_epoch", "epo
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """A config mapping from YAML; ``name`` defaults to the file's stem."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    raw = load_yaml(read_text(path, "config file", ConfigError, MAX_YAML_CHARS), str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping (method: ..., data: ..., ...)")
     raw.setdefault("name", path.stem)

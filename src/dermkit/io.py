@@ -15,12 +15,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from dermkit.errors import DataError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
+
+    DataError before anything is written when ``path`` is an existing folder or a folder above
+    it is a file (see :func:`output_file`)."""
+    path = output_file(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -33,6 +37,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """``path`` as a file to write: its folder created; DataError naming it when it is an existing
+    folder, or when something on the way to it is a file (nothing is written then)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{what} {path} is an existing folder, not a file; give a file path (a new name, or a "
+                        "file inside that folder)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DataError(f"{what} {path}: {parent} is a file, not a folder; choose another path")
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{what} {path}: cannot create its folder {path.parent} ({exc.strerror or exc})") from None
+    return path
 
 
 def _umask() -> int:

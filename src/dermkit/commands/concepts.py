@@ -49,6 +49,9 @@ def concepts_intervene(
     split: str = typer.Option("test", help="Split to evaluate."),
     n_bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% CIs."),
     per_query: int = typer.Option(1, min=1, help="Concepts zeroed per text query (its nearest ones)."),
+    min_similarity: float = typer.Option(0.15, min=-1.0, max=1.0,
+                                         help="A text query matches only concepts at least this similar (cosine); "
+                                              "none that close is an error, not a guess."),
 ) -> None:
     """Zero the activations of some concepts (e.g. artefacts) and report the metrics before and after."""
     from dermkit.api import load_dataset
@@ -56,7 +59,7 @@ def concepts_intervene(
 
     predictor = _cbm(model)
     result = intervene(predictor, load_dataset(data), zero.split(","), out, split=split, n_bootstrap=n_bootstrap,
-                       per_query=per_query)
+                       per_query=per_query, min_similarity=min_similarity)
     for z in result["zeroed"]:
         console.print(f"zeroed latent {z['latent']} ({predictor.concept_name(z['latent'])}; "
                       f"{_sureness(predictor, z['latent'])}) for {z['item']!r} [{z['how']}]")
@@ -226,7 +229,7 @@ def concepts_sweep(
 def concepts_bias_experiment(
     config: Path = typer.Argument(..., help="The experiment's YAML (e.g. configs/concepts/bias_experiment.yaml): "
                                             "model, data, task, artefact, fraction, seed, sae:, cbm:, query, "
-                                            "per_query, ink_auroc, n_bootstrap."),
+                                            "per_query, query_min_similarity, ink_auroc, n_bootstrap."),
     out: Path = typer.Option(..., help="Folder: bias_experiment.md/.json, ink_latents.csv and the runs (data/, sae/, "
                                        "cbm_biased/, cbm_clean/)."),
     force: bool = typer.Option(False, "--force", help="Replace the runs already in --out."),

@@ -51,8 +51,10 @@ def vqa_score(
 ) -> None:
     """Parse free-text answers to classes (synonyms, plurals, abbreviations, negations) and evaluate them.
 
-    No answer is dropped: missing, ambiguous (two classes) and invalid (no class) answers count as
-    wrong, and the coverage is reported. Answers carry no probabilities, so AUC comes from hard
+    No answer is dropped: missing (no line for the question), ambiguous (two classes) and invalid
+    (no class) answers count as wrong, and the coverage is reported. An empty answers file, a
+    question answered twice or an answer longer than 65,536 characters is refused. Answers carry
+    no probabilities, so AUC comes from hard
     (one-hot) predictions; the report says so.
     """
     from dermkit.api import load_dataset
@@ -106,6 +108,7 @@ def vqa_run(
         raise ConfigError("--mode must be generate or options, --options codes or names")
     card = load_dataset(data)
     qs = read_questions(questions)
+    io.output_file(out, "--out (the answers file)")  # a folder or a path under a file: refused before loading
     net, processor = load_generative(model, device=device, adapter=adapter)
     labels = option_labels(card, options)
     started = time.perf_counter()

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from dermkit.errors import DataError
+from dermkit.inputs import MAX_YAML_CHARS, load_yaml, read_text
 
 __all__ = [
     "SPLITS",
@@ -78,12 +78,7 @@ def known_cards() -> list[str]:
 
 
 def _parse_yaml(text: str, where: str) -> dict:
-    try:
-        spec = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" line {mark.line + 1}" if mark is not None else ""
-        raise DataError(f"{where}{at}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    spec = load_yaml(text, where, DataError)
     if spec is None:
         return {}
     if not isinstance(spec, dict):
@@ -220,7 +215,7 @@ def folder_spec(folder: Path) -> tuple[dict, tuple[str, ...]]:
     local_file = folder / "dataset.yaml"
     local = {}
     if local_file.is_file():
-        local = _parse_yaml(local_file.read_text(encoding="utf-8"), str(local_file))
+        local = _parse_yaml(read_text(local_file, "card file", DataError, MAX_YAML_CHARS), str(local_file))
     names = known_cards()
     base_name = _none_name(local.get("base_card"))
     if base_name is not None and base_name not in names:

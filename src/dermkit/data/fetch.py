@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from dermkit.data.http import CHUNK, RETRYABLE, USER_AGENT, check_url, open_url
 from dermkit.data.releases import import_release
 from dermkit.errors import DataError
+from dermkit.inputs import MAX_YAML_CHARS, load_yaml, read_text
 from dermkit.io import write_text
 
 __all__ = ["RemoteFile", "load_manifest", "release_entry", "cache_root", "resolve_files", "download", "fetch",
@@ -69,15 +68,9 @@ def load_manifest(path: str | os.PathLike | None = None) -> dict:
         text = resources.files("dermkit.data.releases").joinpath("manifest.yaml").read_text(encoding="utf-8")
         where = "packaged manifest.yaml"
     else:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise DataError(f"--manifest {path}: cannot read it ({exc.strerror})") from None
+        text = read_text(path, "--manifest", DataError, MAX_YAML_CHARS)
         where = str(path)
-    try:
-        spec = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DataError(f"{where}: invalid YAML ({exc})") from None
+    spec = load_yaml(text, where, DataError)
     if not isinstance(spec, dict) or not isinstance(spec.get("releases"), dict):
         raise DataError(f"{where}: expected 'releases:' mapping release names to their files")
     spec["_where"] = where

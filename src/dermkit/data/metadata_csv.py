@@ -14,7 +14,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from dermkit.errors import DataError
+from dermkit.errors import DataError, excerpt
+from dermkit.inputs import MAX_VALUE_CHARS, decode_text, first_long_cell
 
 __all__ = [
     "DELIMITERS",
@@ -98,8 +99,19 @@ def read_metadata_and_delimiter(path: Path) -> tuple[pd.DataFrame, str]:
             f"{path}: cannot parse the CSV ({str(exc).strip()}); check that line for extra "
             f"{DELIMITER_NAMES[delimiter]}s (quote values that contain them)"
         ) from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text ({exc.reason}); save it as UTF-8 CSV") from None
+    except UnicodeDecodeError:
+        decode_text(Path(path).read_bytes(), str(path))  # raises, naming the line and column
+        raise  # pragma: no cover - pandas and Python disagree on what is UTF-8
+    named = [c for c in df.columns if len(str(c)) > MAX_VALUE_CHARS]
+    if named:
+        raise DataError(f"{path} line 1 (header): a column name of {len(str(named[0])):,} characters "
+                        f"({excerpt(named[0], 40)}); is it the right file?")
+    long = first_long_cell(df)
+    if long is not None:
+        row, column, length = long
+        raise DataError(f"{path} line {row + 2}, column {column!r}: a cell of {length:,} characters "
+                        f"({excerpt(df.at[row, column], 40)}); a cell is limited to {MAX_VALUE_CHARS:,}. Is the "
+                        "file damaged (an unclosed quote joins lines into one cell)?")
     # pandas renames a repeated header name to "name.1": find repeats in the header itself.
     with open(path, encoding="utf-8-sig", newline="") as fh:
         header = [c.strip() for c in next(csv.reader(fh, delimiter=delimiter), [])]

@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from dermkit.data.card import DatasetCard, load_card
 from dermkit.errors import DataError
+from dermkit.inputs import MAX_YAML_CHARS, load_yaml, read_text
 
 __all__ = ["PromptSpec", "prompt_spec", "load_prompts", "default_class_names", "PROMPTS_FILE"]
 
@@ -92,10 +91,7 @@ def _packaged_file(card: DatasetCard) -> tuple[str, str]:
 
 
 def _parse(text: str, where: str) -> dict:
-    try:
-        spec = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DataError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    spec = load_yaml(text, where, DataError)
     if spec is None:
         return {}
     if not isinstance(spec, dict):
@@ -155,13 +151,13 @@ def prompt_spec(card: DatasetCard | str | os.PathLike, path: str | os.PathLike |
     layers = [(_check_layer(_parse(text, label), card, label, strict=False), label)]
     local = card.root / PROMPTS_FILE
     if local.is_file():
-        layers.append((_check_layer(_parse(local.read_text(encoding="utf-8"), str(local)), card, str(local), True),
-                       str(local)))
+        spec = _parse(read_text(local, "prompt file", DataError, MAX_YAML_CHARS), str(local))
+        layers.append((_check_layer(spec, card, str(local), True), str(local)))
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
             raise DataError(f"prompt file {path} not found; pass a YAML file with templates: and/or classes:")
-        given = _parse(path.read_text(encoding="utf-8"), str(path))
+        given = _parse(read_text(path, "prompt file", DataError, MAX_YAML_CHARS), str(path))
         if not given:
             raise DataError(f"prompt file {path} is empty, so it would change nothing (the packaged prompts would be "
                             "used silently); give templates: and/or classes: {class: [names...]}, or drop --prompts")

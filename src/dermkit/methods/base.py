@@ -345,16 +345,14 @@ class Method:
         """Cheap checks beyond the config's own ``validate`` (no training, no model download).
 
         Returns warnings; raises DermkitError for what would fail. The default checks that the
-        datasets exist and that every model spec parses.
+        datasets exist and load (a data folder that does not exist is refused exactly as the run
+        refuses it: a config is checked against the data it names, so check it after the step that
+        writes that data, e.g. `dermkit concepts bias-data`) and that every model spec parses.
         """
         warnings = []
         for key in ("data", "eval_data", "extra_data"):
             value = getattr(config, key, None)
             for name in [value] if isinstance(value, str) else list(value or []):
-                if (os.sep in str(name) or str(name).startswith(".")) and not Path(name).expanduser().exists():
-                    # a folder another step writes (e.g. `dermkit concepts bias-data`): fine for --check
-                    warnings.append(f"{key}: {name} does not exist yet; it must exist when the run starts")
-                    continue
                 load_card(name)
         specs = config.model_specs() if hasattr(config, "model_specs") else {}
         for key, spec in specs.items():

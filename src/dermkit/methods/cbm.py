@@ -32,7 +32,7 @@ from dermkit import io
 from dermkit.data.images import open_image
 from dermkit.data.split import row_groups
 from dermkit.engine.features import extract_features, extract_split_features
-from dermkit.errors import ConfigError, DataError, ModelError
+from dermkit.errors import ConfigError, DataError, ModelError, excerpt
 from dermkit.evaluate import evaluate
 from dermkit.evaluate.concepts import (
     BEST_LATENT_NOTE,
@@ -42,7 +42,13 @@ from dermkit.evaluate.concepts import (
     validity_matrix,
 )
 from dermkit.methods.base import ClassifierConfig, EncoderHeadPredictor, Method, register_method
-from dermkit.models.concepts import load_vocabulary, name_latents, nearest_latents, vocabulary_embeddings
+from dermkit.models.concepts import (
+    QUERY_MIN_SIMILARITY,
+    load_vocabulary,
+    name_latents,
+    nearest_latents,
+    vocabulary_embeddings,
+)
 from dermkit.models.linear import L1_SOLVERS, LinearProbe, check_probe_settings, fit_probe
 from dermkit.models.sae import SparseAutoencoder
 from dermkit.models.text import encode_texts
@@ -258,9 +264,15 @@ class ConceptBottleneck(Method):
 # ------------------------------------------------------------------------------ intervention and gallery
 
 
-def resolve_latents(predictor: CBMPredictor, items: Sequence[str], per_query: int = 1) -> list[dict]:
+class NoConceptMatch(ConfigError):
+    """A text query whose nearest concept is below the similarity floor."""
+
+
+def resolve_latents(predictor: CBMPredictor, items: Sequence[str], per_query: int = 1,
+                    min_similarity: float = QUERY_MIN_SIMILARITY) -> list[dict]:
     """Latents for ``--zero`` items: an integer (latent id), a concept name of the model, or a text
-    query matched to the ``per_query`` nearest of the model's concepts by the text tower."""
+    query matched to the ``per_query`` nearest of the model's concepts by the text tower, those
+    with a cosine of at least ``min_similarity`` (:class:`NoConceptMatch` when none is)."""
     out = []
     names = {c["name"]: c["latent"] for c in predictor.concepts if c.get("name")}
     for item in (str(i).strip() for i in items):
@@ -276,8 +288,18 @@ def resolve_latents(predictor: CBMPredictor, items: Sequence[str], per_query: in
                                   f"({', '.join(sorted(names)) or 'none named'}), and its encoder has no text tower "
                                   "to match a text query")
             query = encode_texts(predictor.enc, [item]).numpy()[0]
-            for latent, sim in nearest_latents(query, predictor.sae.atoms.numpy(),
-                                               [c["latent"] for c in predictor.concepts], k=per_query):
+            candidates = [c["latent"] for c in predictor.concepts]
+            matched = nearest_latents(query, predictor.sae.atoms.numpy(), candidates, k=per_query,
+                                      min_similarity=min_similarity)
+            if not matched:
+                nearest = nearest_latents(query, predictor.sae.atoms.numpy(), candidates, k=1)
+                best = (f"its nearest, latent {nearest[0][0]} ({predictor.concept_name(nearest[0][0])}), is at cosine "
+                        f"{nearest[0][1]:.3f}") if nearest else "the model has no concepts"
+                raise NoConceptMatch(
+                    f"--zero {excerpt(item, 60)}: no concept matches this text query ({best}, below the similarity "
+                    f"floor {min_similarity:g}); give a latent id or a concept name of the model (`dermkit concepts "
+                    "show`), or lower --min-similarity")
+            for latent, sim in matched:
                 out.append({"item": item, "latent": latent, "how": f"text query (cosine {sim:.3f})",
                             "concept": predictor.concept_name(latent)})
     if not out:
@@ -286,9 +308,10 @@ def resolve_latents(predictor: CBMPredictor, items: Sequence[str], per_query: in
 
 
 def intervene(predictor: CBMPredictor, card, items: Sequence[str], out_dir, split: str = "test",
-              n_bootstrap: int = 1000, progress: bool = True, per_query: int = 1) -> dict:
+              n_bootstrap: int = 1000, progress: bool = True, per_query: int = 1,
+              min_similarity: float = QUERY_MIN_SIMILARITY) -> dict:
     """Metrics before and after zeroing the latents ``items`` name; reports in ``out_dir/before|after``."""
-    chosen = resolve_latents(predictor, items, per_query)
+    chosen = resolve_latents(predictor, items, per_query, min_similarity)
     after = predictor.with_zeroed([c["latent"] for c in chosen])
     result = {"zeroed": chosen, "split": split}
     for key, p in (("before", predictor), ("after", after)):

@@ -44,7 +44,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from dermkit.data.prompts import load_prompts
@@ -54,6 +53,7 @@ from dermkit.engine.loop import EngineConfig
 from dermkit.engine.losses import classification_criterion
 from dermkit.errors import ConfigError, ModelError
 from dermkit.evaluate import classification_metrics
+from dermkit.inputs import MAX_YAML_CHARS, load_yaml, read_text
 from dermkit.methods.base import ClassifierConfig, Method, Predictor, load_base_encoder, portable_spec, register_method
 from dermkit.models.checkpoint import MODEL_WEIGHTS, load_tensors, read_model_card
 from dermkit.models.encoders import load_encoder
@@ -133,8 +133,8 @@ def clinical_prompts(classes: Sequence[str], path: str | os.PathLike | None = No
     else:
         if not Path(path).is_file():
             raise ConfigError(f"clinical_prompts file {path} not found")
-        text, where = Path(path).read_text(encoding="utf-8"), str(path)
-    spec = yaml.safe_load(text) or {}
+        text, where = read_text(path, "clinical_prompts file", ConfigError, MAX_YAML_CHARS), str(path)
+    spec = load_yaml(text, where) or {}
     table = spec.get("classes") if isinstance(spec, dict) else None
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a 'classes:' mapping of class -> list of sentences")

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from dermkit.data.images import open_image
-from dermkit.errors import ModelError
-from dermkit.io import replace_dir
+from dermkit.errors import DataError, ModelError
+from dermkit.inputs import read_jsonl
+from dermkit.io import output_file, replace_dir
 
 __all__ = ["load_generative", "answer_questions", "option_probabilities", "answer_batch", "add_lora",
            "lora_tensors", "load_adapter", "apply_adapter", "peft_config_dict", "save_adapter", "resolve_adapter",
@@ -184,14 +185,15 @@ def answer_questions(model, processor, questions: Sequence[dict], image_root: st
         raise ModelError(f"mode must be generate or options, got {mode!r}")
     if mode == "options" and (not options or not classes or len(options) != len(classes)):
         raise ModelError("options mode needs the answer options and their classes")
-    out = Path(out)
+    out = output_file(out, "--out (the answers file)")  # DataError for a folder, before any work
     done = set()
-    if out.is_file():
-        for line in out.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                done.add(str(json.loads(line)["question_id"]))
+    if out.is_file():  # a rerun: the answers already there (DataError naming a damaged line)
+        for n, record in read_jsonl(out, "answers file"):
+            if not isinstance(record, dict) or "question_id" not in record:
+                raise DataError(f"{out} line {n}: not an answer record (no question_id); is --out the answers "
+                                "file of an earlier `dermkit vqa run`?")
+            done.add(str(record["question_id"]))
     todo = [q for q in questions if str(q["question_id"]) not in done]
-    out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a", encoding="utf-8") as fh:
         for q in tqdm(todo, desc=f"vqa {mode}", disable=not progress):
             image = open_image(Path(image_root) / q["image"])

@@ -14,7 +14,10 @@ One predictor instance serves every request through :class:`~dermkit.serve.batch
 (bounded queue, batched forward passes). Bad requests get a 4xx answer whose ``detail`` says
 what to change (413 too large, 415 not an image, 422 unreadable / too small / absurd aspect
 ratio / decompression bomb / a metadata field the model does not know or a value of the wrong
-type, 503 queue full, 504 timed out); the server itself never stops on one.
+type / a form field given twice or longer than ``max_field_chars`` / a query parameter the endpoint
+does not declare, or given twice, 503 queue full, 504 timed out); a client that disconnects
+mid-upload is logged at info level (499), not as an internal error; the server itself never
+stops on one.
 """
 
 
@@ -33,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from dermkit.data.card_schema import BOOLEAN_FALSE, BOOLEAN_TRUE
-from dermkit.errors import DermkitError
+from dermkit.errors import DermkitError, excerpt
 from dermkit.methods.ood import NOT_IN_DOMAIN
 from dermkit.serve.batching import BatchQueue, PredictJob, QueueFull, RankJob
-from dermkit.serve.uploads import ServeLimits, UploadError, decode_upload, finite_float, read_form
+from dermkit.serve.uploads import CLIENT_CLOSED, ServeLimits, UploadError, decode_upload, finite_float, read_form
 
 __all__ = ["create_app", "model_info", "NOTICE", "ServeLimits"]
 
@@ -155,11 +158,11 @@ def _check_meta(predictor, fields: dict[str, list[str]]) -> dict[str, str] | Non
         return None
     known = {f["name"]: f for f in _meta_fields(predictor)}
     if not known:
-        raise UploadError(422, f"unknown field(s) {sorted(given)}: this {predictor.method} model reads no metadata "
+        raise UploadError(422, f"unknown field(s) {_names(given)}: this {predictor.method} model reads no metadata "
                                "(its inputs: GET /api/model); drop them")
     unknown = sorted(set(given) - set(known))
     if unknown:
-        raise UploadError(422, f"unknown metadata field(s) {unknown}; this model reads {', '.join(known)}")
+        raise UploadError(422, f"unknown metadata field(s) {_names(unknown)}; this model reads {', '.join(known)}")
     out = {}
     for name, values in given.items():
         if len(values) != 1:
@@ -169,14 +172,21 @@ def _check_meta(predictor, fields: dict[str, list[str]]) -> dict[str, str] | Non
         if value == "":
             continue  # unknown: the model masks it as missing
         if kind == "numeric" and finite_float(value) is None:
-            raise UploadError(422, f"metadata field {name!r} must be a number, got {value!r}")
+            raise UploadError(422, f"metadata field {name!r} must be a number, got {excerpt(value)}")
         if kind == "boolean" and value.casefold() not in BOOLEAN_TRUE | BOOLEAN_FALSE:
-            raise UploadError(422, f"metadata field {name!r} must be true/false, yes/no or 1/0, got {value!r}")
+            raise UploadError(422, f"metadata field {name!r} must be true/false, yes/no or 1/0, got {excerpt(value)}")
         if kind == "categorical" and known[name].get("levels") and value not in known[name]["levels"]:
-            raise UploadError(422, f"metadata field {name!r} must be one of {known[name]['levels']}, got {value!r} "
-                                   "(leave it empty if unknown)")
+            raise UploadError(422, f"metadata field {name!r} must be one of {known[name]['levels']}, got "
+                                   f"{excerpt(value)} (leave it empty if unknown)")
         out[name] = value
     return out
+
+
+def _names(names) -> str:
+    """Field names a request sent, as a message quotes them: a few, each a short excerpt."""
+    names = sorted(names)
+    return "[" + ", ".join(excerpt(n, 40) for n in names[:8]) + (f", and {len(names) - 8} more]" if len(names) > 8
+                                                                  else "]")
 
 
 def _top_k(fields: dict[str, list[str]], n_classes: int) -> int:
@@ -184,7 +194,8 @@ def _top_k(fields: dict[str, list[str]], n_classes: int) -> int:
     try:
         k = int(raw)
     except ValueError:
-        raise UploadError(422, f"field 'top_k' must be an integer between 1 and {n_classes}, got {raw!r}") from None
+        raise UploadError(422, f"field 'top_k' must be an integer between 1 and {n_classes}, "
+                               f"got {excerpt(raw)}") from None
     if not 1 <= k <= n_classes:
         raise UploadError(422, f"field 'top_k' must be between 1 and {n_classes} (the model's classes), got {k}")
     return k
@@ -211,7 +222,7 @@ def _texts(fields: dict[str, list[str]], limits: ServeLimits) -> list[str]:
         raise UploadError(422, f"a candidate text has {len(long[0])} characters; the limit is {limits.max_text_chars}")
     extra = sorted(set(fields) - {"texts"})
     if extra:
-        raise UploadError(422, f"unknown field(s) {extra}; /api/rank takes 'image' and 'texts'")
+        raise UploadError(422, f"unknown field(s) {_names(extra)}; /api/rank takes 'image' and 'texts'")
     return texts
 
 
@@ -232,7 +243,7 @@ def create_app(model, limits: ServeLimits | None = None, *, device: str = "auto"
     ``workdir``: where batches write their temporary files (default: a new temporary folder,
     deleted when the app shuts down).
     """
-    from fastapi import FastAPI, Query, Request
+    from fastapi import Depends, FastAPI, Query, Request
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
@@ -266,7 +277,23 @@ def create_app(model, limits: ServeLimits | None = None, *, device: str = "auto"
         finally:
             close()
 
-    app = FastAPI(title="dermkit serve", version="1", lifespan=lifespan,
+    async def known_query(request: Request) -> None:
+        """Every endpoint refuses a query parameter it does not declare, or one given twice (never
+        ignored, never last-wins): ``?explian=1`` is a typo the user must hear about."""
+        route = request.scope.get("route")
+        dependant = getattr(route, "dependant", None)
+        known = sorted({p.alias for p in dependant.query_params}) if dependant is not None else []
+        given = request.query_params
+        unknown = sorted(k for k in given.keys() if k not in known)
+        if unknown:
+            raise UploadError(422, f"unknown query parameter(s) {', '.join(excerpt(k, 40) for k in unknown[:5])}; "
+                                   f"{request.url.path} takes {', '.join(known) or 'none'}")
+        twice = [k for k in known if len(given.getlist(k)) > 1]
+        if twice:
+            raise UploadError(422, f"query parameter {twice[0]!r} given {len(given.getlist(twice[0]))} times; give "
+                                   "it once")
+
+    app = FastAPI(title="dermkit serve", version="1", lifespan=lifespan, dependencies=[Depends(known_query)],
                   description=f"Single-image prediction with {predictor.name} ({predictor.method}). {NOTICE}")
     app.state.predictor, app.state.worker, app.state.info, app.state.workdir = predictor, worker, info, workdir
     app.state.close = close
@@ -293,14 +320,17 @@ def create_app(model, limits: ServeLimits | None = None, *, device: str = "auto"
         except DermkitError as exc:
             return None, error(422, str(exc))
 
-    async def form_of(request: Request):
+    async def form_of(request: Request, repeatable: tuple[str, ...] = ()):
         try:
-            return await asyncio.wait_for(read_form(request, limits), limits.timeout_s)
+            return await asyncio.wait_for(read_form(request, limits, repeatable), limits.timeout_s)
         except asyncio.TimeoutError:
             raise UploadError(408, f"the upload did not arrive within {limits.timeout_s:g} s") from None
 
     @app.exception_handler(UploadError)
     async def _upload_error(request, exc: UploadError):
+        if exc.status == CLIENT_CLOSED:  # nobody to answer: a note in the log, not an internal error
+            log.info("client disconnected during the upload of %s %s; request dropped", request.method,
+                     request.url.path)
         return error(exc.status, exc.message)
 
     @app.exception_handler(DermkitError)
@@ -346,8 +376,8 @@ def create_app(model, limits: ServeLimits | None = None, *, device: str = "auto"
         fields, files = await form_of(request)
         unknown_files = sorted(set(files) - {"image", "clinical_image"})
         if unknown_files:
-            raise UploadError(422, f"unknown file field(s) {unknown_files}; send 'image' (and 'clinical_image' for "
-                                   "fusion models)")
+            raise UploadError(422, f"unknown file field(s) {_names(unknown_files)}; send 'image' (and "
+                                   "'clinical_image' for fusion models)")
         top_k = _top_k(fields, len(predictor.classes))
         if "clinical_image" in files and not info["inputs"]["clinical_image"]:
             raise UploadError(422, f"field 'clinical_image': this model ({', '.join(info['inputs']['modalities'])}) "
@@ -401,11 +431,12 @@ def create_app(model, limits: ServeLimits | None = None, *, device: str = "auto"
         if rank_enc is None:
             raise UploadError(422, f"this {predictor.method} model has no text encoder; /api/rank needs a "
                                    "vision-language model (a CLIP folder, a zero-shot or prompt-learning model)")
-        fields, files = await form_of(request)
+        fields, files = await form_of(request, repeatable=("texts",))
         texts = _texts(fields, limits)
         unknown_files = sorted(set(files) - {"image"})
         if unknown_files:
-            raise UploadError(422, f"unknown file field(s) {unknown_files}; /api/rank takes 'image' and 'texts'")
+            raise UploadError(422, f"unknown file field(s) {_names(unknown_files)}; /api/rank takes 'image' and "
+                                   "'texts'")
         image = await run_in_threadpool(_image_upload, files, "image", limits)
         result, failure = await answer(RankJob(image.image, texts))
         if failure is not None:

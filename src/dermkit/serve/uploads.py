@@ -41,6 +41,7 @@ class ServeLimits:
     max_texts: int = 64  # /api/rank candidates
     max_text_chars: int = 500
     max_fields: int = 64  # multipart fields per request
+    max_field_chars: int = 32_768  # one non-file form field (a 'texts' field holds up to max_texts lines)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -52,6 +53,11 @@ class UploadError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message
+
+
+# nginx's "client closed request": the client went away before its request was read, so the
+# answer is never delivered; the server logs it as a disconnect (info), not as an error.
+CLIENT_CLOSED = 499
 
 
 # Magic numbers of the formats the models read (Pillow decodes them; nothing else is accepted).
@@ -162,13 +168,17 @@ def _dicom_size(data: bytes, shown: str) -> tuple[int, int]:
     return info.width, info.height
 
 
-async def read_form(request, limits: ServeLimits):
+async def read_form(request, limits: ServeLimits, repeatable: tuple[str, ...] = ()):
     """``(fields, files)`` of a multipart request: ``fields`` {name: [values]}, ``files`` {name: (filename, bytes)}.
 
     The body is counted as it arrives and refused with 413 beyond ``limits.max_upload_bytes``;
-    every part is kept in memory (nothing is written to disk).
+    every part is kept in memory (nothing is written to disk). A form field longer than
+    ``limits.max_field_chars``, or given twice (unless it is in ``repeatable``), is refused with
+    422 naming it (never last-wins); a client that disconnects mid-upload ends the request with
+    :data:`CLIENT_CLOSED`.
     """
     from starlette.formparsers import MultiPartException, MultiPartParser
+    from starlette.requests import ClientDisconnect
 
     length = request.headers.get("content-length")
     if length is not None:
@@ -194,11 +204,18 @@ async def read_form(request, limits: ServeLimits):
                 raise UploadError(413, _too_large(total, limits, at_least=True))
             yield chunk
 
+    # UTF-8 takes at most 4 bytes a character: a field past this many bytes is over the limit
     parser = InMemoryParser(request.headers, limited(), max_files=4, max_fields=limits.max_fields,
-                            max_part_size=limits.max_upload_bytes)
+                            max_part_size=4 * limits.max_field_chars)
     try:
         form = await parser.parse()
+    except ClientDisconnect:
+        raise UploadError(CLIENT_CLOSED, "the client disconnected before its request arrived") from None
     except MultiPartException as exc:
+        if "exceeded maximum size" in str(exc):
+            name = getattr(getattr(parser, "_current_part", None), "field_name", "") or "?"
+            raise UploadError(422, f"form field {name!r} is longer than {limits.max_field_chars:,} characters "
+                                   "(the limit of one field); send less") from None
         raise UploadError(400, f"malformed multipart form: {exc}") from None
     fields: dict[str, list[str]] = {}
     files: dict[str, tuple[str, bytes]] = {}
@@ -212,6 +229,14 @@ async def read_form(request, limits: ServeLimits):
                 files[name] = (value.filename or "", await value.read())
     finally:
         await form.close()
+    for name, values in fields.items():
+        if len(values) > 1 and name not in repeatable:
+            raise UploadError(422, f"form field {name!r} given {len(values)} times; give it once (the server never "
+                                   "picks one of them)")
+        long = [v for v in values if len(v) > limits.max_field_chars]
+        if long:
+            raise UploadError(422, f"form field {name!r} is {len(long[0]):,} characters; the limit of one field is "
+                                   f"{limits.max_field_chars:,}")
     return fields, files
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 
 from dermkit.data.metadata_csv import line_list
 from dermkit.data.releases.common import Release, Source, map_codes, read_table, require_columns
-from dermkit.errors import DataError
+from dermkit.errors import DataError, excerpt
 
 ARCHIVES = ("bcn_20k_train*.zip", "bcn20000*.zip")
 TRAIN_CSV = "bcn_20k_train.csv"
@@ -75,7 +75,7 @@ def parse_metadata(path: Path) -> pd.DataFrame:
     bad = split.isna()
     if bad.any():
         raise DataError(f"{path} {line_list(meta.index[bad] + 2)}, column 'split': unknown value "
-                        f"{meta['split'][bad].iloc[0]!r}; the official table says train")
+                        f"{excerpt(meta['split'][bad].iloc[0])}; the official table says train")
     table = pd.DataFrame({"bcn_filename": meta["bcn_filename"], "diagnosis": diagnosis,
                           "lesion_id": meta["lesion_id"].str.strip()})
     for col in ("age_approx", "anatom_site_general", "sex", "capture_date"):

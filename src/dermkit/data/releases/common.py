@@ -34,7 +34,7 @@ from dermkit.data.metadata_csv import line_list, read_metadata
 from dermkit.data.near_duplicates import row_links
 from dermkit.data.split import effective_groups, make_splits
 from dermkit.data.validate import CheckResult, check_dataset
-from dermkit.errors import DataError
+from dermkit.errors import DataError, excerpt
 from dermkit.io import write_csv, write_text
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "read_table",
     "require_columns",
     "map_codes",
+    "row_origins",
     "build_card",
     "dicom_card_files",
     "dicom_notes",
@@ -134,6 +135,9 @@ class Source:
         self.path = Path(path).expanduser()
         self.work = work
         self.extracted: set[Path] = set()  # folders whose files may be moved instead of linked
+        # extracted folder -> what it is for the user ("/data/release.zip", "/data/release.zip: parts/a.zip"):
+        # messages name these, never the temporary folder (deleted when the import ends)
+        self.origins: dict[Path, str] = {}
         if not self.path.exists():
             raise DataError(f"--from {self.path}: no such file or folder; pass the folder or zip of the release")
         roots: list[Path] = []
@@ -152,6 +156,7 @@ class Source:
             dest = work / "zip"
             safe_extract(self.path, dest)
             self.extracted.add(dest)
+            self.origins[dest] = str(self.path)
             roots.append(dest)
         else:
             roots.append(self.path)
@@ -162,8 +167,12 @@ class Source:
             for zpath in [f for f in self.files() if f.suffix.lower() == ".zip"]:
                 if any(fnmatch.fnmatch(zpath.name.lower(), p) for p in patterns):
                     dest = work / "nested" / f"{len(self.extracted)}-{zpath.stem}"
-                    safe_extract(zpath, dest)
+                    try:
+                        safe_extract(zpath, dest)
+                    except DataError as exc:
+                        raise DataError(self.explain(str(exc))) from None
                     self.extracted.add(dest)
+                    self.origins[dest] = self.describe(zpath)
                     self.roots.append(dest)
             self._files = None
 
@@ -217,16 +226,55 @@ class Source:
     def movable(self, path: Path) -> bool:
         return any(path.is_relative_to(root) for root in self.extracted)
 
+    def describe(self, path: str | os.PathLike) -> str:
+        """A file of the release as the user knows it: its own path, or for a file extracted from
+        a zip, ``ZIP: MEMBER`` (``ZIP: INNER.zip: MEMBER`` for a zip inside a zip)."""
+        path = Path(path)
+        for root in sorted(self.origins, key=lambda r: len(r.parts), reverse=True):
+            if path == root:
+                return self.origins[root]
+            if path.is_relative_to(root):
+                return f"{self.origins[root]}: {path.relative_to(root).as_posix()}"
+        return str(path)
+
+    def explain(self, text: str) -> str:
+        """``text`` with every path inside an extracted zip written as :meth:`describe` does."""
+        for root in sorted(self.origins, key=lambda r: len(str(r)), reverse=True):
+            pattern = re.escape(str(root)) + r"(?:[/\\]([^\s'\",;()]+)|(?![\w-]|\.\w))"
+            text = re.sub(pattern, lambda m, r=root: self.origins[r] + (f": {m.group(1)}" if m.group(1) else ""),
+                          text)
+        return text
+
 
 # ---------------------------------------------------------------------------------- tables
-def read_table(path: Path, what: str) -> pd.DataFrame:
-    """An official CSV/TSV as strings (delimiter detected, empty cells NaN); DataError naming it."""
+def read_table(path: Path, what: str, ids: Sequence[str] = (), columns: Sequence[str] = ()) -> pd.DataFrame:
+    """An official CSV/TSV as strings (delimiter detected, empty cells NaN); DataError naming it.
+
+    ``columns``: the columns it must have (:func:`require_columns`). ``ids``: columns that identify
+    a row (an image or case id): they must be there, and every row needs a value that no other row
+    has; an empty or repeated id is a DataError naming the file, its lines and the column (the
+    values are stripped of surrounding spaces)."""
     try:
         frame = read_metadata(path)
     except DataError as exc:
         raise DataError(f"{what}: {exc}") from None
     if frame.empty:
         raise DataError(f"{path}: no rows below the header ({what}); the file is truncated, download it again")
+    if ids or columns:
+        require_columns(frame, path, [*columns, *(c for c in ids if c not in columns)], what)
+    for column in ids:
+        frame[column] = frame[column].str.strip()
+        empty = frame[column].isna() | (frame[column] == "")
+        if empty.any():
+            raise DataError(f"{path} {line_list(frame.index[empty] + 2)}, column '{column}': the id is empty; every "
+                            f"row of {what} needs one. Is the file damaged? Download it again")
+        twice = frame[column].duplicated(keep=False)
+        if twice.any():
+            first = frame.loc[twice, column].iloc[0]
+            lines = frame.index[(frame[column] == first).to_numpy()] + 2
+            raise DataError(f"{path} {line_list(lines)}, column '{column}': the id {excerpt(first)} is listed "
+                            f"{len(lines)} times ({int(twice.sum())} rows share an id with another); each id names "
+                            f"one row of {what}. Is the file damaged? Download it again")
     return frame
 
 
@@ -245,9 +293,10 @@ def map_codes(values: pd.Series, mapping: dict[str, str], path: Path, column: st
     bad = mapped.isna()
     if bad.any():
         lines = [int(i) + 2 for i in values.index[bad]]
-        shown = sorted({str(v) for v in values[bad]})[:6]
+        shown = sorted({excerpt(v) for v in values[bad]})[:6]
+        what = "the cell is empty" if shown == ["empty"] else f"unknown code(s) {', '.join(shown)}"
         raise DataError(
-            f"{path} {line_list(lines)}, column '{column}': unknown code(s) {', '.join(map(repr, shown))}; "
+            f"{path} {line_list(lines)}, column '{column}': {what}; "
             f"the official codes are {', '.join(mapping)}. Is the file corrupt or from another release?"
         )
     return mapped
@@ -264,6 +313,10 @@ class Release:
     ``official_split``: train/val/test per row where the release defines one (None otherwise).
     ``malignant``: classes flagged 1 in the ``malignant`` column (None: no such column).
     ``notes``: printed after the import (what was read, what was missing).
+    ``origin``: per row, the release file and line it came from ("FILE line N", see
+    :func:`row_origins`), so a problem the final check finds is reported against the release, not
+    against the card's metadata.csv (never written when the check fails); without it a row is
+    named by its image file in the release.
     """
 
     table: pd.DataFrame
@@ -273,6 +326,13 @@ class Release:
     malignant: Sequence[str] | None = None
     notes: list[str] = field(default_factory=list)
     group_keys: pd.Series | None = None
+    origin: Sequence[str] | None = None
+
+
+def row_origins(src: Source, path: Path, frame: pd.DataFrame) -> list[str]:
+    """"FILE line N" for each row of ``frame`` as :func:`read_table` read it from ``path``."""
+    where = src.describe(path)
+    return [f"{where} line {int(i) + 2}" for i in frame.index]
 
 
 @dataclass
@@ -433,6 +493,47 @@ def _official_leaks(result: CheckResult, split_source: str) -> tuple[list, list]
     return [p for p in result.errors if p.kind not in _OFFICIAL_LEAKS], notes
 
 
+def _release_problems(problems, table: pd.DataFrame, release: Release, src: Source, out: Path,
+                      card_dir: Path, limit: int = 10) -> str:
+    """The check's errors on the card being built, told against the release: each "metadata.csv
+    line N" (a file that is never written when the check fails) becomes the release file and line
+    the row came from (:attr:`Release.origin`), or the row's image file in the release."""
+    origin = list(release.origin) if release.origin is not None else None
+
+    def row(line: int, image_too: bool = False) -> str:
+        i = line - 2
+        if not 0 <= i < len(table):
+            return f"the release's table (row {line - 1})"
+        image = release.files.get(str(table["image"].iloc[i]))
+        shown = src.describe(image) if image is not None else str(table["image"].iloc[i])
+        if origin is not None and i < len(origin):
+            return origin[i] + (f" (image {shown})" if image_too else "")
+        return f"the row of {shown}"
+
+    def named(match: re.Match) -> str:
+        if match.group(1) is None:  # the file itself
+            return "the release's table"
+        numbers = [int(n) for n in re.findall(r"\d+", match.group(2))]
+        more = f" and {match.group(3)} more" if match.group(3) else ""
+        return "; ".join(row(n, len(numbers) == 1) for n in numbers) + more
+
+    card_lines = re.compile(r"(?<![\w./-])metadata\.csv(?: (lines?) (\d+(?:, \d+)*)(?: and (\d+) more)?)?")
+    text = [f"the release fails `dermkit data check` as imported; nothing was written to {out} (the files and "
+            "lines below are the release's):"]
+    by_kind: dict[str, list] = {}
+    for p in problems:
+        by_kind.setdefault(p.kind, []).append(p)
+    for kind, items in by_kind.items():
+        text.append(f"ERROR {kind} ({len(items)}):")
+        for p in items[:limit]:
+            message = card_lines.sub(named, p.message)
+            text.append(f"  - {message.replace(str(card_dir), 'the card')}")
+        if len(items) > limit:
+            text.append(f"  ... and {len(items) - limit} more")
+        text.append(f"  fix: {items[0].fix}")
+    return "\n".join(text)
+
+
 def _prepare_out(out: Path, source: Path, force: bool, out_inside_ok: bool = False) -> None:
     out_r, src_r = out.resolve(), source.resolve()
     if out_r == src_r or out_r.is_relative_to(src_r) and source.is_dir() and not out_inside_ok:
@@ -475,6 +576,7 @@ def build_card(
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / f".{out.name}.import-{uuid.uuid4().hex[:8]}"
     work.mkdir()
+    src = None
     try:
         src = Source(source, work / "source", archives)
         release = reader(src)
@@ -505,13 +607,14 @@ def build_card(
         result = check_dataset(load_card(card_dir), check_images=check_images, progress=progress)
         blocking, leak_notes = _official_leaks(result, split_source)
         if blocking:
-            text = CheckResult(result.name, out, blocking, result.summary, result.metadata_coverage).format(
-                include_warnings=False).replace(str(card_dir), str(out))
-            raise DataError(f"the imported card fails `dermkit data check`; nothing was written to {out}:\n{text}")
+            raise DataError(_release_problems(blocking, table, release, src, out, card_dir))
         if out.exists():
             trash = work / "replaced"
             os.replace(out, trash)
         os.replace(card_dir, out)
+    except DataError as exc:
+        # messages name the release's own files, never the temporary folder (deleted below)
+        raise DataError(src.explain(str(exc)) if src is not None else str(exc)) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     card = load_card(out)

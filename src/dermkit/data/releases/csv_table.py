@@ -20,8 +20,8 @@ from dermkit.data.card_schema import RESERVED_COLUMNS
 from dermkit.data.dicom import is_dicom_file, png_name
 from dermkit.data.images import PathResolver
 from dermkit.data.metadata_csv import line_list
-from dermkit.data.releases.common import Release, Source, dicom_notes, read_table
-from dermkit.errors import DataError
+from dermkit.data.releases.common import Release, Source, dicom_notes, read_table, row_origins
+from dermkit.errors import DataError, excerpt
 from dermkit.values import spelling_key
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -71,8 +71,8 @@ def reader(csv_file: str | os.PathLike, image_column: str, label_column: str, *,
                             f"{src.roots[0]}; fix the paths or pass --image-root (the folder they are relative to)")
         dupes = pd.Series(rel)[pd.Series(rel).duplicated()]
         if len(dupes):
-            raise DataError(f"{csv_file} {line_list(dupes.index + 2)}: image {dupes.iloc[0]!r} is listed twice; keep "
-                            "one row per image")
+            raise DataError(f"{csv_file} {line_list(dupes.index + 2)}: image {excerpt(dupes.iloc[0])} is listed "
+                            "twice; keep one row per image")
         labels = frame[label_column].astype(str).str.strip()
         spellings: dict[str, set] = {}
         for value in labels.unique():
@@ -89,8 +89,10 @@ def reader(csv_file: str | os.PathLike, image_column: str, label_column: str, *,
             official = raw.map(SPLIT_NAMES)
             bad = official.isna()
             if bad.any():
-                raise DataError(f"{csv_file} {line_list(frame.index[bad] + 2)}, column {split_column!r}: split "
-                                f"{frame[split_column][bad].iloc[0]!r} is not train, val or test")
+                value = excerpt(frame[split_column][bad].iloc[0])
+                said = "the split is empty" if value == "empty" else f"split {value} is not train, val or test"
+                raise DataError(f"{csv_file} {line_list(frame.index[bad] + 2)}, column {split_column!r}: {said}; "
+                                "write train, val or test on every row")
         skip = {image_column, label_column, split_column} | set(RESERVED_COLUMNS)
         for col in frame.columns:
             if col not in skip and col not in table.columns:
@@ -102,6 +104,7 @@ def reader(csv_file: str | os.PathLike, image_column: str, label_column: str, *,
         if group_column is not None:
             card["group_column"] = group_column
         notes = [f"{len(table)} rows of {csv_file.name}, {table['diagnosis'].nunique()} classes", *dicom_notes(files)]
-        return Release(table=table, files=files, card=card, official_split=official, notes=notes)
+        return Release(table=table, files=files, card=card, official_split=official, notes=notes,
+                       origin=row_origins(src, csv_file, frame))
 
     return read

@@ -17,7 +17,7 @@ import pandas as pd
 
 from dermkit.data.metadata_csv import line_list
 from dermkit.data.releases.common import Release, Source, map_codes, read_table, require_columns
-from dermkit.errors import DataError
+from dermkit.errors import DataError, excerpt
 
 ARCHIVES = ("release_v0*.zip", "derm7pt*.zip")
 CRITERIA = ("pigment_network", "streaks", "pigmentation", "regression_structures", "dots_and_globules",
@@ -64,8 +64,8 @@ def _official(src: Source, meta_path: Path, n: int) -> tuple[pd.Series | None, l
         idx = pd.to_numeric(frame["indexes"], errors="coerce")
         bad = idx.isna() | (idx < 0) | (idx >= n) | (idx != idx.round())
         if bad.any():
-            raise DataError(f"{path} {line_list(frame.index[bad] + 2)}: index {frame['indexes'][bad].iloc[0]!r} is "
-                            f"not a row of meta.csv (0 to {n - 1})")
+            raise DataError(f"{path} {line_list(frame.index[bad] + 2)}: index "
+                            f"{excerpt(frame['indexes'][bad].iloc[0])} is not a row of meta.csv (0 to {n - 1})")
         idx = idx.astype(int)
         twice = idx[split.iloc[idx.to_numpy()].notna().to_numpy()]
         if len(twice):

@@ -44,7 +44,7 @@ import pandas as pd
 
 from dermkit.data.metadata_csv import line_list, read_metadata
 from dermkit.data.releases.common import Release, Source, map_codes, read_table, require_columns
-from dermkit.errors import DataError
+from dermkit.errors import DataError, excerpt
 from dermkit.io import write_csv
 
 ARCHIVES = ("fitzpatrick17k*.zip", "images*.zip")
@@ -108,8 +108,8 @@ def parse(path: Path) -> pd.DataFrame:
     md5 = meta["md5hash"].fillna("").str.strip().str.lower()
     bad = ~md5.str.fullmatch(r"[0-9a-f]{32}")
     if bad.any():
-        raise DataError(f"{path} {line_list(meta.index[bad] + 2)}, column 'md5hash': {md5[bad].iloc[0]!r} is not a "
-                        "32-digit hex md5hash (it names the image file); the file is corrupt")
+        raise DataError(f"{path} {line_list(meta.index[bad] + 2)}, column 'md5hash': {excerpt(md5[bad].iloc[0])} is "
+                        "not a 32-digit hex md5hash (it names the image file); the file is corrupt")
     twice = md5.duplicated(keep=False)
     if twice.any():
         raise DataError(f"{path} {line_list(meta.index[twice] + 2)}: md5hash {md5[twice].iloc[0]} is listed more "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pandas as pd
 
 from dermkit.data.metadata_csv import line_list
-from dermkit.data.releases.common import Release, Source, map_codes, read_table, require_columns
+from dermkit.data.releases.common import Release, Source, map_codes, read_table, row_origins
 from dermkit.errors import DataError
 
 ARCHIVES = ("HAM10000_images_part*.zip", "HAM10000_segmentations*.zip", "HAM10000*.zip")
@@ -39,13 +39,7 @@ def find_images(src: Source, ids: pd.Series, where: str) -> dict[str, object]:
 
 def read(src: Source) -> Release:
     path = src.find(METADATA_NAMES, "HAM10000's metadata, from Harvard Dataverse doi:10.7910/DVN/DBW86T")
-    meta = read_table(path, "HAM10000 metadata")
-    require_columns(meta, path, COLUMNS, "HAM10000_metadata")
-    meta["image_id"] = meta["image_id"].str.strip()
-    dupes = meta["image_id"][meta["image_id"].duplicated()]
-    if len(dupes):
-        raise DataError(f"{path} {line_list(dupes.index + 2)}: image_id listed twice ({dupes.iloc[0]}); "
-                        "the file is not the official metadata")
+    meta = read_table(path, "HAM10000_metadata", ids=("image_id",), columns=COLUMNS)
     diagnosis = map_codes(meta["dx"], DX, path, "dx")
     images = find_images(src, meta["image_id"], str(path))
     masks = {k[: -len("_segmentation")]: v for k, v in src.images((".png",)).items() if k.endswith("_segmentation")}
@@ -76,4 +70,5 @@ def read(src: Source) -> Release:
                        "metadata; split grouped by lesion_id and stratified by diagnosis (the release has no "
                        "official split).",
     }
-    return Release(table=table, files=files, card=card, malignant=MALIGNANT, notes=notes)
+    return Release(table=table, files=files, card=card, malignant=MALIGNANT, notes=notes,
+                   origin=row_origins(src, path, meta))

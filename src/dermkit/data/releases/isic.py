@@ -20,7 +20,7 @@ import pandas as pd
 from dermkit.data.metadata_csv import line_list
 from dermkit.data.releases.common import Release, Source, read_table, require_columns
 from dermkit.data.releases.ham10000 import METADATA_NAMES, find_images
-from dermkit.errors import DataError
+from dermkit.errors import DataError, excerpt
 
 ARCHIVES_2017 = ("ISIC-2017_*.zip",)
 ARCHIVES_2018 = ("ISIC2018_Task3_*.zip", "HAM10000_images_part*.zip")
@@ -35,7 +35,7 @@ def _binary(frame: pd.DataFrame, column: str, path) -> pd.Series:
     if bad.any():
         raise DataError(
             f"{path} {line_list(frame.index[bad] + 2)}, column '{column}': expected 0 or 1 (0.0/1.0), got "
-            f"{frame[column][bad].iloc[0]!r}; the file is corrupt or not the official ground truth"
+            f"{excerpt(frame[column][bad].iloc[0])}; the file is corrupt or not the official ground truth"
         )
     return values.astype(int)
 
@@ -75,7 +75,7 @@ def read_2017(src: Source) -> Release:
         path = src.find([f"ISIC-2017_{part}_Part3_GroundTruth.csv"], "", required=False)
         if path is None:
             continue
-        gt = read_table(path, f"ISIC 2017 {part} ground truth")
+        gt = read_table(path, f"ISIC 2017 {part} ground truth", ids=("image_id",))
         require_columns(gt, path, ("image_id", "melanoma", "seborrheic_keratosis"), "the Part 3 ground truth")
         mel, sk = _binary(gt, "melanoma", path), _binary(gt, "seborrheic_keratosis", path)
         both = (mel == 1) & (sk == 1)
@@ -88,9 +88,9 @@ def read_2017(src: Source) -> Release:
                               "_official": split})
         meta_path = src.find([f"ISIC-2017_{part}_Data_metadata.csv"], "", required=False)
         if meta_path is not None:
-            meta = read_table(meta_path, f"ISIC 2017 {part} metadata")
+            meta = read_table(meta_path, f"ISIC 2017 {part} metadata", ids=("image_id",))
             require_columns(meta, meta_path, ("image_id", "age_approximate", "sex"), "the image metadata")
-            meta = meta.drop_duplicates("image_id").set_index(meta["image_id"].str.strip())
+            meta = meta.set_index("image_id", drop=False)
             for col in ("age_approximate", "sex"):
                 frame[col] = _clean_unknown(frame["image_id"].map(meta[col])).to_numpy()
         frames.append(frame)
@@ -123,12 +123,12 @@ def read_2017(src: Source) -> Release:
 def _lesions(src: Source) -> tuple[pd.DataFrame | None, str | None]:
     path = src.find(["ISIC2018_Task3_Training_LesionGroupings.csv"], "", required=False)
     if path is not None:
-        frame = read_table(path, "ISIC 2018 lesion groupings")
+        frame = read_table(path, "ISIC 2018 lesion groupings", ids=("image",))
         require_columns(frame, path, ("image", "lesion_id"), "the lesion groupings")
         return frame.rename(columns={"image": "image_id"}), path.name
     path = src.find(METADATA_NAMES, "", required=False)
     if path is not None:
-        frame = read_table(path, "HAM10000 metadata")
+        frame = read_table(path, "HAM10000 metadata", ids=("image_id",))
         require_columns(frame, path, ("lesion_id", "image_id"), "HAM10000_metadata")
         return frame, path.name
     return None, None
@@ -140,7 +140,7 @@ def read_2018(src: Source) -> Release:
         path = src.find([f"ISIC2018_Task3_{part}_GroundTruth.csv"], "", required=False)
         if path is None:
             continue
-        gt = read_table(path, f"ISIC 2018 Task 3 {part} ground truth")
+        gt = read_table(path, f"ISIC 2018 Task 3 {part} ground truth", ids=("image",))
         require_columns(gt, path, ("image", *ONE_HOT_2018), "the Task 3 ground truth")
         hot = pd.DataFrame({c: _binary(gt, c, path) for c in ONE_HOT_2018})
         bad = hot.sum(axis=1) != 1
@@ -162,7 +162,7 @@ def read_2018(src: Source) -> Release:
     notes = []
     lesions, lesion_source = _lesions(src)
     if lesions is not None:
-        lesions = lesions.drop_duplicates("image_id").set_index(lesions["image_id"].str.strip())
+        lesions = lesions.set_index("image_id", drop=False)
         for col in ("lesion_id", "dx_type", "age", "sex", "localization"):
             if col in lesions.columns:
                 table[col] = table["image_id"].map(lesions[col]).to_numpy()

@@ -123,7 +123,7 @@ def parse(train_gt: Path, train_meta: Path, test_gt: Path | None = None,
     ``gt_line`` (its line in its ground-truth file), and the number of UNK test images left out."""
     gt = read_table(train_gt, "ISIC 2019 training ground truth")
     train = parse_ground_truth(gt, train_gt, "train")
-    meta = read_table(train_meta, "ISIC 2019 training metadata")
+    meta = read_table(train_meta, "ISIC 2019 training metadata", ids=("image",))
     require_columns(meta, train_meta, ("image", "lesion_id", *METADATA), "ISIC_2019_Training_Metadata.csv")
     train = _join_metadata(train, meta, train_meta, ("lesion_id", *METADATA))
     train["challenge_split"] = "train"
@@ -137,7 +137,7 @@ def parse(train_gt: Path, train_meta: Path, test_gt: Path | None = None,
         unknown = int((test["diagnosis"] == "UNK").sum())
         test = test[test["diagnosis"] != "UNK"].reset_index(drop=True)
         if test_meta is not None:
-            tmeta = read_table(test_meta, "ISIC 2019 test metadata")
+            tmeta = read_table(test_meta, "ISIC 2019 test metadata", ids=("image",))
             require_columns(tmeta, test_meta, ("image", *METADATA), "ISIC_2019_Test_Metadata.csv")
             test = _join_metadata(test, tmeta, test_meta, METADATA)
         test["lesion_id"] = None  # the test metadata has no lesion ids

@@ -36,7 +36,7 @@ import pandas as pd
 
 from dermkit.data.metadata_csv import line_list
 from dermkit.data.releases.common import Release, Source, read_table, require_columns
-from dermkit.errors import DataError
+from dermkit.errors import DataError, excerpt
 
 ARCHIVES = ("MILK10k_Training_Input*.zip",)
 METADATA_CSV = "MILK10k_Training_Metadata.csv"
@@ -61,7 +61,7 @@ OFFICIAL = {
 
 
 def _ground_truth(path: Path) -> pd.Series:
-    gt = read_table(path, "MILK10k ground truth")
+    gt = read_table(path, "MILK10k ground truth", ids=("lesion_id",))
     require_columns(gt, path, ("lesion_id", *CLASSES), "MILK10k_Training_GroundTruth.csv")
     hot = {}
     for col in CLASSES:
@@ -69,17 +69,14 @@ def _ground_truth(path: Path) -> pd.Series:
         bad = values.isna() | ~values.isin([0.0, 1.0])
         if bad.any():
             raise DataError(f"{path} {line_list(gt.index[bad] + 2)}, column '{col}': expected 0 or 1 (0.0/1.0), got "
-                            f"{gt[col][bad].iloc[0]!r}; the file is corrupt or not the official ground truth")
+                            f"{excerpt(gt[col][bad].iloc[0])}; the file is corrupt or not the official ground truth")
         hot[col] = values.astype(int)
     hot = pd.DataFrame(hot)
     bad = hot.sum(axis=1) != 1
     if bad.any():
         raise DataError(f"{path} {line_list(gt.index[bad] + 2)}: expected exactly one 1.0 among "
                         f"{', '.join(CLASSES)}; the file is corrupt or not the official ground truth")
-    lesion = gt["lesion_id"].str.strip()
-    dupes = lesion[lesion.duplicated()]
-    if len(dupes):
-        raise DataError(f"{path} {line_list(dupes.index + 2)}: lesion_id {dupes.iloc[0]} is listed twice")
+    lesion = gt["lesion_id"]
     return pd.Series(hot.idxmax(axis=1).to_numpy(), index=lesion.to_numpy(), name="diagnosis")
 
 
@@ -89,7 +86,7 @@ def _pairs(meta: pd.DataFrame, path: Path) -> pd.DataFrame:
     bad = kind.isna()
     if bad.any():
         raise DataError(f"{path} {line_list(meta.index[bad] + 2)}, column 'image_type': unknown value "
-                        f"{meta['image_type'][bad].iloc[0]!r}; the official values are "
+                        f"{excerpt(meta['image_type'][bad].iloc[0])}; the official values are "
                         f"{', '.join(map(repr, IMAGE_TYPES))}")
     meta = meta.assign(_kind=kind.to_numpy(), _line=meta.index + 2)
     counts = meta.groupby(["lesion_id", "_kind"]).size().unstack(fill_value=0).reindex(
@@ -143,10 +140,9 @@ def parse_metadata(meta_path: Path, gt_path: Path, supplement_path: Path | None 
                 *(f"clinic_{m}" for m in MONET)):
         table[col] = lesions[col].to_numpy()
     if supplement_path is not None:
-        sup = read_table(supplement_path, "MILK10k supplement")
+        sup = read_table(supplement_path, "MILK10k supplement", ids=("isic_id",))
         require_columns(sup, supplement_path, ("isic_id", *SUPPLEMENT), "MILK10k_Training_Supplement.csv")
-        sup["isic_id"] = sup["isic_id"].str.strip()
-        sup = sup.drop_duplicates("isic_id").set_index("isic_id")
+        sup = sup.set_index("isic_id")
         for col in SUPPLEMENT:
             table[col] = table["isic_id"].map(sup[col]).to_numpy()
     table["_line"] = lesions["_line"].to_numpy()

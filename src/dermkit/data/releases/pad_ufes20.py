@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from dermkit.data.metadata_csv import line_list
-from dermkit.data.releases.common import Release, Source, map_codes, read_table, require_columns
+from dermkit.data.releases.common import Release, Source, map_codes, read_table, row_origins
 from dermkit.data.skin_type import fitzpatrick_type
 from dermkit.errors import DataError
 
@@ -35,12 +35,7 @@ def _is_pad(path: Path) -> bool:
 def read(src: Source) -> Release:
     path = src.find(["metadata.csv"], "PAD-UFES-20's metadata.csv (columns patient_id, ..., diagnostic, img_id)",
                     accept=_is_pad)
-    meta = read_table(path, "PAD-UFES-20 metadata")
-    require_columns(meta, path, COLUMNS, "PAD-UFES-20's metadata.csv")
-    meta["img_id"] = meta["img_id"].str.strip()
-    dupes = meta["img_id"][meta["img_id"].duplicated()]
-    if len(dupes):
-        raise DataError(f"{path} {line_list(dupes.index + 2)}: img_id {dupes.iloc[0]} is listed twice")
+    meta = read_table(path, "PAD-UFES-20's metadata.csv", ids=("img_id",), columns=COLUMNS)
     empty = meta["patient_id"].isna()
     if empty.any():
         raise DataError(f"{path} {line_list(meta.index[empty] + 2)}: patient_id is empty; the file is corrupt")
@@ -79,4 +74,5 @@ def read(src: Source) -> Release:
     pairs = meta.groupby(["patient_id", "lesion_id"]).ngroups
     notes = [f"read {path.name}: {len(table)} images, {meta['patient_id'].nunique()} patients, "
              f"{meta['lesion_id'].nunique()} lesion ids ({pairs} patient-lesion pairs)"]
-    return Release(table=table, files=files, card=card, malignant=("BCC", "MEL", "SCC"), notes=notes)
+    return Release(table=table, files=files, card=card, malignant=("BCC", "MEL", "SCC"), notes=notes,
+                   origin=row_origins(src, path, meta))

@@ -49,7 +49,7 @@ import pandas as pd
 
 from dermkit.data.metadata_csv import line_list
 from dermkit.data.releases.common import Release, Source, path_problem, read_table, require_columns
-from dermkit.errors import DataError
+from dermkit.errors import DataError, excerpt
 
 ARCHIVES = ("dx-scin-public-data*.zip", "scin*.zip")
 CASES, LABELS = "scin_cases.csv", "scin_labels.csv"
@@ -101,7 +101,7 @@ def _monk(values: pd.Series, path: Path, column: str) -> pd.Series:
     bad = out.isna()
     if bad.any():
         raise DataError(f"{path} {line_list(values.index[bad] + 2)}, column '{column}': "
-                        f"{values[bad].iloc[0]!r} is not a Monk skin tone (1 to 10)")
+                        f"{excerpt(values[bad].iloc[0])} is not a Monk skin tone (1 to 10)")
     return out.map(lambda v: v or None).astype(object)
 
 
