@@ -205,6 +205,10 @@ CASES = [
                                                         "--out", str(t / "out")],
      ["method: supervised", "dermkit run"]),
     # ---- predict / evaluate
+    ("export-unknown-format", lambda w, t: ["export", "--model", str(w["model"]), "--format", "tflite", "--out",
+                                            str(t / "out")], ["tflite", "onnx", "hf"]),
+    ("export-missing-model", lambda w, t: ["export", "--model", str(t / "gone"), "--format", "onnx", "--out",
+                                           str(t / "out" / "m.onnx")], ["gone"]),
     ("predict-missing-image", lambda w, t: ["predict", str(t / "gone.jpg"), "--model", str(w["model"])], ["gone.jpg"]),
     ("predict-tta-on-zeroshot", lambda w, t: ["predict", str(w["image"]), "--model", str(w["model"]), "--tta", "flip"],
      ["--tta", "no test-time augmentation"]),
