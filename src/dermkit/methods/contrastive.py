@@ -379,6 +379,8 @@ class Contrastive(Method):
                            best_val_zeroshot_balanced_accuracy=state.best_score, best_val_score=state.best_score,
                            selected_on=f"val {config.engine.select_metric}", epochs_run=state.epoch,
                            clip_model=str(run.model_dir), parameters=counts)
+        if state.precision is not None:  # precision: auto on a CPU: what was chosen and why (as Run.fit records it)
+            run.summary["precision"] = state.precision
         if not distributed.is_main():  # rank 0 alone writes the model folder and reports
             return None
         # The selected CLIP folder is also a zero-shot classifier of ``data``'s classes: its class
