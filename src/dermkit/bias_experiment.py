@@ -211,12 +211,16 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
 
     concept_ids = [int(c["latent"]) for c in cbm_biased.concepts]
     has_text = bool(getattr(cbm_biased.enc, "has_text", False))
+    tried: set[tuple[int, ...]] = set()
     for k in config["per_query"] if has_text else ():  # an image-only encoder cannot match a text query
         try:
             chosen = [c["latent"] for c in resolve_latents(cbm_biased, [config["query"]], per_query=k,
                                                            min_similarity=config["query_min_similarity"])]
         except NoConceptMatch:  # the query names no concept: nothing to zero (the diagnosis says the naming missed)
             break
+        if tuple(chosen) in tried:  # fewer concepts pass the similarity floor than asked for: already a row
+            continue
+        tried.add(tuple(chosen))
         add(f"biased + zero the {len(chosen)} concept(s) nearest {config['query']!r}", cbm_biased.with_zeroed(chosen),
             chosen)
     scores = ink_latent_scores(cbm_biased, biased, config["data"], progress=progress)
