@@ -466,6 +466,11 @@ def save_comparison(result: dict, out_dir: str | os.PathLike) -> Path:
     table = pd.DataFrame([
         {"metric": key, "a": r["a"], "b": r["b"], "difference": r["difference"], "ci_low": r["ci"]["low"],
          "ci_high": r["ci"]["high"], "p_bootstrap": r["p"]} for key, r in result["metrics"].items()])
+    return write_comparison(out, result, table, text)
+
+
+def write_comparison(out: Path, result: dict, table: pd.DataFrame, text: str) -> Path:
+    """comparison.json / .csv / .md of a comparison (one run pair or two multi-seed runs) into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     io.write_json(out / "comparison.json", result)
     io.write_csv(out / "comparison.csv", table)

@@ -39,10 +39,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .. import io
 from ..errors import DataError, DermkitError
 from .bootstrap import WeightedHeadline, bootstrap_p_value, percentile_ci
-from .compare import LOWER_IS_BETTER, _metric_keys, _paired_samples, check_same_cases
+from .compare import LOWER_IS_BETTER, _metric_keys, _paired_samples, check_same_cases, write_comparison
 from .metrics import check_arrays
 from .predictions import prediction_arrays, read_predictions
 from .tables import format_ci, format_metric, format_p, markdown_table
@@ -264,11 +263,7 @@ def save_seed_comparison(result: dict, out_dir: str | os.PathLike) -> Path:
          "ci_high": r["hierarchical"]["ci"]["high"], "p_seeds_x_cases": r["hierarchical"]["p"],
          "p_t_seeds": r["seed_t"]["p"], "seed_spread": r["seed_spread"],
          "within_seed_spread": r["within_seed_spread"]} for key, r in result["metrics"].items()])
-    out.mkdir(parents=True, exist_ok=True)
-    io.write_json(out / "comparison.json", result)
-    io.write_csv(out / "comparison.csv", table)
-    io.write_text(out / "comparison.md", text)
-    return out
+    return write_comparison(out, result, table, text)
 
 
 def seed_suite_columns(result: dict, baseline: str) -> dict[str, str]:
