@@ -124,6 +124,8 @@ def test_diagnosis_names_the_step_that_failed():
     ({"colour": "red"}, "unknown key"),
     ({"sae": {"data": "x"}}, "sae.data is set by the experiment"),
     ({"model": None}, "`model:` is required"),
+    ({"severity": 6}, "severity must be one of 1, 2, 3, 4, 5"),
+    ({"severity": "strong"}, "severity must be one of"),
 ])
 def test_bad_configs_are_refused(tmp_path, capsys, change, message):
     raw = {"model": "m", "data": "d", **change}
@@ -142,3 +144,31 @@ def test_a_non_empty_out_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="not empty"):
         run_bias_experiment({"model": "m", "data": "d"}, tmp_path / "out")
     assert (tmp_path / "out" / "x").read_text() == "keep me"
+
+
+def test_severity_reaches_the_drawn_copies(tmp_path):
+    """More severity, more ink: the biased copies' edited images differ from their originals in
+    more pixels at severity 5 than at 1 (the same rows are chosen: same seed)."""
+    import pandas as pd
+    from conftest import make_dataset
+    from PIL import Image
+
+    from dermkit.data.artefacts import biased_copies
+
+    data = make_dataset(tmp_path / "data")
+    source = pd.read_csv(data / "metadata.csv")
+    changed = {}
+    for severity in (1, 5):
+        biased, _ = biased_copies(data, tmp_path / f"s{severity}", fraction=1.0, seed=0, severity=severity)
+        rows = pd.read_csv(biased / "metadata.csv")
+        inked = rows.index[rows["artefact"] == "ink"]
+        assert len(inked) and f"severity {severity}" in (biased / "dataset.yaml").read_text()
+        diffs = []
+        for i in inked:
+            edited = np.asarray(Image.open(biased / rows.at[i, "image"]).convert("RGB"), dtype=float)
+            original = np.asarray(Image.open(data / source.at[i, "image"]).convert("RGB"), dtype=float)
+            diffs.append(float((np.abs(edited - original).max(axis=2) > 40).mean()))
+        changed[severity] = float(np.mean(diffs))
+    assert changed[5] > 1.5 * changed[1] > 0
+    with pytest.raises(ConfigError, match="severity"):
+        biased_copies(data, tmp_path / "bad", severity=0)

@@ -63,9 +63,16 @@ def test_probabilities_equal_sklearn_on_the_same_activations(cbm):
     naming = p.model_card["naming"]
     assert naming["min_name_margin"] == 0.01 and naming["named"] == len(names)
     assert naming["named"] + naming["unnamed"] == len(p.concepts)
+    # naming: both (default): the card's annotations on val first (the tiny card's "red" = melanoma is
+    # what its images show), the text tower for the rest; no name twice.
+    assert naming["naming"] == "both" and naming["name_data"] and naming["annotations"] == 2
+    assert naming["by_annotation"] >= 1 and "red" in names
     for c in p.concepts:
         assert {"similarity", "best_similarity", "margin", "candidate"} <= set(c)
-        if c["name"]:
+        if c["name"] and c["name_source"].startswith("annotation"):  # named on val's annotations, CI above 0.5
+            assert c["name"] in ("red", "white") and c["name_low"] > 0.5 and c["name_auroc"] >= 0.6
+        elif c["name"]:
+            assert c["name_source"] == "text similarity"
             assert c["margin"] >= 0.01 and c["best_similarity"] >= c["similarity"] - 1e-12
             assert p.concept_name(c["latent"]) == c["name"]
         else:
@@ -191,3 +198,14 @@ def test_fista_and_saga_probes_choose_alike():
     np.testing.assert_allclose(fista.predict_proba(x[200:]), saga.predict_proba(x[200:]), atol=1e-2)
     assert (fista.predict_proba(x[200:]).argmax(1) == saga.predict_proba(x[200:]).argmax(1)).mean() > 0.98
     assert np.all(fista.predict_proba(x)[:, 3] == 0)
+
+
+@pytest.mark.parametrize("key, value, says", [("naming", "names", "naming must be one of text, annotations, both"),
+                                              ("min_name_auroc", 0.4, "min_name_auroc must be an AUROC in [0.5, 1]"),
+                                              ("min_name_auroc", "high", "min_name_auroc must be a number")])
+def test_naming_settings_are_checked(key, value, says):
+    from dermkit.errors import ConfigError
+    from dermkit.methods.cbm import CBMConfig
+
+    with pytest.raises(ConfigError, match=says.replace("[", r"\[").replace("]", r"\]")):
+        CBMConfig.from_dict({"data": "ham10000", key: value}).validate()

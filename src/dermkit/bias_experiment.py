@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from dermkit import io
-from dermkit.data.artefacts import ARTEFACTS, biased_copies
+from dermkit.data.artefacts import ARTEFACTS, DEFAULT_SEVERITY, biased_copies
 from dermkit.data.card import load_card
 from dermkit.engine.features import extract_features
 from dermkit.errors import ConfigError, excerpt
@@ -51,7 +51,8 @@ __all__ = ["BIAS_KEYS", "load_bias_config", "run_bias_experiment", "ink_latent_s
 
 #: Keys of a bias-experiment config, with their defaults (None: required).
 BIAS_KEYS: dict[str, Any] = {
-    "model": None, "data": None, "task": "melanoma_vs_rest", "artefact": "ink", "fraction": 0.8, "seed": 0,
+    "model": None, "data": None, "task": "melanoma_vs_rest", "artefact": "ink", "severity": DEFAULT_SEVERITY,
+    "fraction": 0.8, "seed": 0,
     "sae": {}, "cbm": {}, "query": "purple ink", "per_query": [1, 5, 20], "ink_auroc": 0.8, "n_bootstrap": 1000,
     "query_min_similarity": QUERY_MIN_SIMILARITY,
 }
@@ -80,6 +81,10 @@ def load_bias_config(source: str | os.PathLike | dict) -> dict[str, Any]:
             raise ConfigError(f"{where}: `{key}:` is required")
     if config["artefact"] not in ARTEFACTS:
         raise ConfigError(f"{where}: artefact must be one of {', '.join(ARTEFACTS)}, got {config['artefact']!r}")
+    severity = config["severity"]
+    if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
+        raise ConfigError(f"{where}: severity must be one of 1, 2, 3, 4, 5 (how much artefact is drawn), got "
+                          f"{excerpt(severity)}")
     if not 0 < float(config["fraction"]) <= 1:
         raise ConfigError(f"{where}: fraction must be in (0, 1], got {config['fraction']}")
     floor = config["query_min_similarity"]
@@ -187,7 +192,7 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
         raise ConfigError(f"{out} is not empty; choose another --out or pass --force to replace its runs")
     seed, nb = int(config["seed"]), int(config["n_bootstrap"])
     biased, biased_test = biased_copies(config["data"], out / "data", kind=config["artefact"],
-                                        fraction=float(config["fraction"]), seed=seed)
+                                        fraction=float(config["fraction"]), seed=seed, severity=config["severity"])
     common = {"task": config["task"], "n_bootstrap": nb}
     run_experiment({**config["sae"], **common, "method": "sae", "model": str(config["model"]), "data": str(biased)},
                    out / "sae", progress=progress, force=force)
@@ -274,7 +279,8 @@ def _sae_summary(run_dir: Path) -> dict:
 
 def bias_markdown(result: dict) -> str:
     c = result["config"]
-    head = (f"# Concept-bias experiment: {c['artefact']} on {c['fraction']:.0%} of the positives\n\n"
+    head = (f"# Concept-bias experiment: {c['artefact']} (severity {c.get('severity', DEFAULT_SEVERITY)}) on "
+            f"{c['fraction']:.0%} of the positives\n\n"
             f"Encoder `{c['model']}`, data `{c['data']}` ({c['task']}); test split of `biased_test` (the "
             f"{c['artefact']} on {c['fraction']:.0%} of the negatives). AUROC and balanced accuracy in %, 95% CIs "
             "(grouped bootstrap). Gap recovered = (after - biased) / (clean - biased), AUROC.\n\n")

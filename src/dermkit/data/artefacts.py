@@ -176,8 +176,9 @@ def _bubbles(img: Image.Image, rng: np.random.Generator, count: int) -> Image.Im
 
 
 def biased_copies(card, out: str | os.PathLike, kind: str = "ink", fraction: float = 0.8, seed: int = 0,
-                  positive: str | None = None) -> tuple[Path, Path]:
-    """Write ``OUT/biased`` and ``OUT/biased_test`` (see the module docstring); returns both folders."""
+                  positive: str | None = None, severity: int | None = None) -> tuple[Path, Path]:
+    """Write ``OUT/biased`` and ``OUT/biased_test`` (see the module docstring), the artefact drawn
+    at ``severity`` (1-5, :data:`ARTEFACT_LEVELS`; default :data:`DEFAULT_SEVERITY`); returns both folders."""
     if kind not in ARTEFACTS:
         raise ConfigError(f"artefact must be one of {', '.join(ARTEFACTS)}, got {kind!r}")
     card = load_card(card)
@@ -186,6 +187,7 @@ def biased_copies(card, out: str | os.PathLike, kind: str = "ink", fraction: flo
         raise ConfigError(f"{card.name} has no positive class {positive!r}; pass positive=CLASS")
     if not 0 < fraction <= 1:
         raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
+    draw_artefact(Image.new("RGB", (8, 8)), kind, np.random.default_rng(0), severity)  # a bad severity fails first
     out = Path(out)
     rng = np.random.default_rng(seed)
     table = card.table.copy()
@@ -200,7 +202,7 @@ def biased_copies(card, out: str | os.PathLike, kind: str = "ink", fraction: flo
             rel = str(table.at[i, "image"])
             target = folder / "artefacts" / (Path(rel).stem + f"_{kind}.jpg")
             target.parent.mkdir(parents=True, exist_ok=True)
-            draw_artefact(open_image(card.image_path(rel)), kind, rng).save(target, "JPEG", quality=92)
+            draw_artefact(open_image(card.image_path(rel)), kind, rng, severity).save(target, "JPEG", quality=92)
             new[i] = f"artefacts/{target.name}"
         return new
 
@@ -225,7 +227,8 @@ def biased_copies(card, out: str | os.PathLike, kind: str = "ink", fraction: flo
         own = card.root / "dataset.yaml"
         spec = yaml.safe_load(own.read_text(encoding="utf-8")) if own.is_file() else {"base_card": card.name}
         spec = {**(spec or {}), "name": f"{card.name}_{name}", "follow_symlinks": True,
-                "description": f"{card.name} with a synthetic {kind} artefact on {fraction:.0%} of the {positive} "
+                "description": f"{card.name} with a synthetic {kind} artefact (severity "
+                               f"{DEFAULT_SEVERITY if severity is None else severity}) on {fraction:.0%} of the {positive} "
                                f"train/val images" + (" and of the non-melanoma test images" if name == "biased_test"
                                                       else "; test clean")}
         write_text(folder / "dataset.yaml", yaml.safe_dump(spec, sort_keys=False))

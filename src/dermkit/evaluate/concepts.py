@@ -11,6 +11,11 @@ Three views: :func:`concept_validity`, each named concept against its own name's
 :func:`best_latents`, per annotation the latent with the highest AUROC on one split (val),
 evaluated with a CI on another (test): the best of many latents chosen and reported on the same
 split would be optimistic.
+
+:func:`name_by_annotations` turns the screen into names (Network Dissection's idea, Bau et al.,
+CVPR 2017: a unit is named by the labelled concept it detects): latents and annotations matched
+one-to-one on a labelled split (val), a name kept only where its AUROC there is high and its CI
+lies above 0.5; validity is then measured on another split (test).
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from dermkit.errors import DataError
 
 from .report import evaluate
 
-__all__ = ["concept_annotations", "concept_validity", "validity_matrix", "best_latents", "BEST_LATENT_NOTE"]
+__all__ = ["concept_annotations", "concept_validity", "validity_matrix", "best_latents", "name_by_annotations",
+           "BEST_LATENT_NOTE"]
 
 BEST_LATENT_NOTE = ("the best of many latents, chosen on the same split it is reported on, is optimistic: "
                     "each latent here is chosen on {select} and reported on {split}")
@@ -188,3 +194,55 @@ def best_latents(select_activations: np.ndarray, select_rows: pd.DataFrame, acti
                              None if group_array is None else group_array[known], n_bootstrap, seed))
         out.append(row)
     return pd.DataFrame(out)
+
+
+def name_by_annotations(activations: np.ndarray, latent_ids: Sequence[int], rows: pd.DataFrame,
+                        annotations: dict[str, dict], groups: Sequence | None = None, min_auroc: float = 0.6,
+                        n_bootstrap: int = 1000, seed: int = 0, split: str = "val") -> list[dict]:
+    """Names for ``latent_ids`` from the annotations of a labelled split (``rows``, with their
+    ``activations``), one name per latent and one latent per annotation.
+
+    Every latent is scored against every annotation (:func:`validity_matrix`); the Hungarian
+    algorithm (:func:`scipy.optimize.linear_sum_assignment`) pairs them to maximise the total AUROC
+    over the pairs that reach ``min_auroc``; a pair keeps its name only when the grouped bootstrap
+    95% CI of its AUROC on this split lies above 0.5. Per latent (in the order given):
+    ``{latent, name, auroc, low, high, n, n_present, unnamed}`` (``name`` None with ``unnamed``
+    saying why). The pairing is chosen on this split, so its AUROC here is optimistic: report
+    validity on another split.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    latent_ids = [int(j) for j in latent_ids]
+    out = [{"latent": j, "name": None, "auroc": None, "low": None, "high": None, "n": None, "n_present": None,
+            "unnamed": f"no annotation reaches AUROC {min_auroc:g} on {split}"} for j in latent_ids]
+    if not latent_ids or not annotations:
+        for entry in out:
+            entry["unnamed"] = f"no concept annotation on {split}"
+        return out
+    matrix = validity_matrix(activations, latent_ids, rows, annotations)
+    names = [n for n in matrix.columns if matrix[n].notna().any()]
+    if not names:
+        for entry in out:
+            entry["unnamed"] = f"every annotation has one value only on {split}"
+        return out
+    scores = matrix[names].to_numpy(dtype=float)
+    gain = np.where(np.nan_to_num(scores, nan=0.0) >= min_auroc, np.nan_to_num(scores, nan=0.0), 0.0)
+    acts = np.asarray(activations)
+    group_array = np.asarray(list(groups)) if groups is not None else None
+    for r, c in zip(*linear_sum_assignment(-gain)):
+        if gain[r, c] <= 0:
+            continue
+        name, entry = names[c], out[r]
+        known, present = _present(rows, annotations[name])
+        ci = _auroc_ci(acts[known, latent_ids[r]].astype(float), present[known], rows["image"].to_numpy()[known],
+                       None if group_array is None else group_array[known], n_bootstrap, seed)
+        entry.update(auroc=float(scores[r, c]), low=ci["low"], high=ci["high"], n=int(known.sum()),
+                     n_present=int((present & known).sum()), candidate=name)
+        if ci["low"] is not None and np.isfinite(ci["low"]) and ci["low"] > 0.5:
+            entry.update(name=name, unnamed=None)
+        elif ci["low"] is None or not np.isfinite(ci["low"]):
+            entry["unnamed"] = f"{name!r}: AUROC {scores[r, c]:.3f} on {split}, no CI to check it (n_bootstrap 0)"
+        else:
+            entry["unnamed"] = (f"{name!r}: AUROC {scores[r, c]:.3f} on {split}, but its 95% CI reaches "
+                                f"{ci['low']:.3f} (not above 0.5)")
+    return out

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from dermkit import io
+from dermkit.data.card import load_card
 from dermkit.data.images import open_image
 from dermkit.data.split import row_groups
 from dermkit.engine.features import extract_features, extract_split_features
@@ -39,12 +40,14 @@ from dermkit.evaluate.concepts import (
     best_latents,
     concept_annotations,
     concept_validity,
+    name_by_annotations,
     validity_matrix,
 )
 from dermkit.methods.base import ClassifierConfig, EncoderHeadPredictor, Method, register_method
 from dermkit.models.concepts import (
     QUERY_MIN_SIMILARITY,
     load_vocabulary,
+    Vocabulary,
     name_latents,
     nearest_latents,
     vocabulary_embeddings,
@@ -57,6 +60,8 @@ __all__ = ["CBMConfig", "CBMPredictor", "ConceptBottleneck", "concept_gallery", 
            "validity_tables"]
 
 _PROBE = ("coef", "intercept", "mean", "scale")
+NAMING = ("text", "annotations", "both")
+_NAME_KEYS = ("name", "group", "similarity", "best_similarity", "margin", "candidate", "unnamed")
 
 
 @dataclass
@@ -69,7 +74,17 @@ class CBMConfig(ClassifierConfig):
     0.01: CLIP text embeddings of related concepts sit close together, and a latent whose direction
     is within 0.01 of two names does not say which it is); ``min_name_similarity``: and only when
     its similarity to the name is at least this (default 0: a direction pointing away from a name
-    never takes it). Unnamed latents are shown as "latent N"."""
+    never takes it). Unnamed latents are shown as "latent N".
+
+    ``naming``: where names come from. ``text``: the text tower only (above). ``annotations``: the
+    concept annotations of a labelled dataset's val split (``name_data``, default the CBM's own
+    dataset; Derm7pt's 7-point criteria, PH2's structures, a card's ``concept_annotations``):
+    latents and annotations paired one-to-one by val AUROC (Hungarian), a name kept when its val
+    AUROC is at least ``min_name_auroc`` and its 95% CI lies above 0.5 (Network Dissection's
+    idea; :func:`dermkit.evaluate.concepts.name_by_annotations`). ``both`` (default): annotation
+    names first, the text tower names the rest from the names not taken. A dataset without
+    annotations leaves every latent to the text tower. Names chosen on val are checked on test by
+    ``dermkit concepts show`` (validity)."""
 
     sae: str = "runs/sae/model"
     Cs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
@@ -84,6 +99,9 @@ class CBMConfig(ClassifierConfig):
     name_concepts: bool = True
     min_name_margin: float = 0.01
     min_name_similarity: float | None = 0.0
+    naming: str = "both"
+    name_data: str | None = None
+    min_name_auroc: float = 0.6
     encode_batch_size: int = 64
     num_workers: int = 2
     cache_dir: str | None = None
@@ -101,6 +119,11 @@ class CBMConfig(ClassifierConfig):
         if self.min_name_similarity is not None and not -1 <= self.min_name_similarity <= 1:
             raise ConfigError("min_name_similarity must be a cosine in [-1, 1] or null, "
                               f"got {self.min_name_similarity}")
+        if self.naming not in NAMING:
+            raise ConfigError(f"naming must be one of {', '.join(NAMING)}, got {excerpt(self.naming)}")
+        if isinstance(self.min_name_auroc, bool) or not isinstance(self.min_name_auroc, (int, float)) \
+                or not 0.5 <= self.min_name_auroc <= 1:
+            raise ConfigError(f"min_name_auroc must be an AUROC in [0.5, 1], got {excerpt(self.min_name_auroc)}")
         if self.vocabulary is not None and not Path(self.vocabulary).expanduser().is_file():
             raise ConfigError(f"vocabulary: {self.vocabulary} not found")
 
@@ -118,6 +141,54 @@ def load_sae_folder(folder, device: str = "auto"):
     meta = card.get("sae") or {}
     return enc, SparseAutoencoder.from_state_dict(state, activation=meta.get("activation", "relu_l1"),
                                                   k=meta.get("k")), card
+
+
+def _name_concepts(config: CBMConfig, enc, sae: SparseAutoencoder, card, concepts: list[dict], kw: dict):
+    """Name ``concepts`` in place (see ``CBMConfig.naming``); returns ``(vocabulary source, naming record)``."""
+    naming: dict = {"naming": config.naming}
+    taken: set[str] = set()
+    if config.naming in ("annotations", "both"):
+        name_card = card if config.name_data is None else load_card(config.name_data)
+        annotations = concept_annotations(name_card)
+        naming.update(name_data=name_card.name, name_split="val", min_name_auroc=config.min_name_auroc,
+                      annotations=len(annotations))
+        if annotations:
+            x_va, _, rows = extract_split_features(enc, name_card, "val", **kw)
+            found = name_by_annotations(sae.activations(x_va), [c["latent"] for c in concepts], rows, annotations,
+                                        groups=row_groups(rows, name_card.group_column),
+                                        min_auroc=config.min_name_auroc, n_bootstrap=max(config.n_bootstrap, 200))
+            for c, n in zip(concepts, found):
+                c.update(name_source=None, name_auroc=n["auroc"], name_low=n["low"], name_high=n["high"],
+                         unnamed=n["unnamed"], candidate=n.get("candidate"))
+                if n["name"]:
+                    c.update(name=n["name"], group="annotation", name_source=f"annotation ({name_card.name} val)")
+                    taken.add(n["name"])
+    rest = [c for c in concepts if not c["name"]]
+    vocab_source = None
+    if config.naming in ("text", "both") and getattr(enc, "has_text", False):
+        naming.update(min_name_margin=config.min_name_margin, min_name_similarity=config.min_name_similarity)
+    if config.naming in ("text", "both") and getattr(enc, "has_text", False) and rest:
+        vocab = load_vocabulary(config.vocabulary)
+        keep = [i for i, n in enumerate(vocab.names) if n not in taken]
+        vocab = Vocabulary([vocab.names[i] for i in keep], [vocab.groups[i] for i in keep],
+                           [vocab.texts[i] for i in keep], vocab.source)
+        if len(vocab):
+            named = name_latents(sae.atoms.numpy(), [c["latent"] for c in rest], vocabulary_embeddings(enc, vocab),
+                                 vocab, min_margin=config.min_name_margin, min_similarity=config.min_name_similarity)
+            for c, n in zip(rest, named):
+                if n["name"] or config.naming == "text" or c.get("candidate") is None:
+                    c.update({k: n[k] for k in _NAME_KEYS})
+                else:  # keep the annotation screen's reason; record what the text tower offered
+                    c.update({k: n[k] for k in _NAME_KEYS if k not in ("unnamed", "candidate")})
+                if n["name"]:
+                    c["name_source"] = "text similarity"
+        vocab_source = vocab.source
+    naming.update(named=sum(bool(c["name"]) for c in concepts), unnamed=sum(not c["name"] for c in concepts),
+                  by_annotation=sum(bool(c["name"]) and str(c.get("name_source", "")).startswith("annotation")
+                                    for c in concepts))
+    if naming["named"] == 0 and config.naming == "text" and not getattr(enc, "has_text", False):
+        return None, None
+    return vocab_source, naming
 
 
 class CBMPredictor(EncoderHeadPredictor):
@@ -222,17 +293,8 @@ class ConceptBottleneck(Method):
                      "margin": None, "candidate": None, "unnamed": "not named (no text tower or name_concepts off)",
                      "weight": float(np.abs(probe.coef[:, j]).max())} for j in nonzero]
         vocab_source, naming = None, None
-        if config.name_concepts and getattr(enc, "has_text", False):
-            vocab = load_vocabulary(config.vocabulary)
-            named = name_latents(sae.atoms.numpy(), nonzero, vocabulary_embeddings(enc, vocab), vocab,
-                                 min_margin=config.min_name_margin, min_similarity=config.min_name_similarity)
-            for c, n in zip(concepts, named):
-                c.update({k: n[k] for k in ("name", "group", "similarity", "best_similarity", "margin", "candidate",
-                                            "unnamed")})
-            vocab_source = vocab.source
-            naming = {"min_name_margin": config.min_name_margin, "min_name_similarity": config.min_name_similarity,
-                      "named": sum(bool(c["name"]) for c in concepts),
-                      "unnamed": sum(not c["name"] for c in concepts)}
+        if config.name_concepts:
+            vocab_source, naming = _name_concepts(config, enc, sae, card, concepts, kw)
         info = {"model": f"CBM on {sae_card.get('model', 'SAE')}", "classes": list(card.classes),
                 "dataset": card.name, "task": config.task, "negative_name": config.negative_name,
                 "base_model": sae_card["base_model"], "base_fingerprint": sae_card.get("base_fingerprint"),
@@ -404,18 +466,24 @@ def concept_gallery(predictor: CBMPredictor, card, out_dir, split: str = "test",
     parts = [f"<h1>Concepts of {html.escape(predictor.name)}</h1><p>{html.escape(card.name)} {split} split, "
              f"{len(rows)} images; {len(predictor.concepts)} concepts with non-zero weight out of "
              f"{predictor.sae.n_latents} latents, sorted by validity (names whose AUROC CI lies above 0.5 first, "
-             "by the CI's lower bound). Names come from text similarity (Hungarian matching) and are hypotheses; "
-             f"a name is kept only when its margin over the next-best name is at least "
-             f"{naming.get('min_name_margin', 'n/a')} (else \"latent N\"); AUROC against the dataset's own "
-             "annotation says how good a name is.</p>"]
+             "by the CI's lower bound). Names are hypotheses from two sources (Hungarian matching in both): a "
+             f"labelled split's annotations ({html.escape(str(naming.get('name_data', 'none')))} val: kept when the "
+             "AUROC's CI there lies above 0.5; "
+             f"{naming.get('by_annotation', 0)} names), then text similarity for the rest (kept when the margin over "
+             f"the next-best name is at least {naming.get('min_name_margin', 'n/a')}); others are \"latent N\". "
+             f"AUROC against the dataset's own annotation on {split} says how good a name is.</p>"]
     for c in order_by_validity(predictor, validity):
         j = c["latent"]
         order = np.argsort(-acts[:, j])[:top]
         v = auroc.get(j, {})
         valid = (f"AUROC {v['auroc']:.3f} [{v['low']:.3f}, {v['high']:.3f}] vs {v['column']}"
                  if v.get("auroc") is not None and np.isfinite(v["auroc"]) else v.get("note", ""))
-        sure = (f"text similarity {_fmt(c.get('similarity'))}, margin {_fmt(c.get('margin'))}"
-                + ("" if c.get("name") or not c.get("candidate") else f", closest name {c['candidate']!r} not kept"))
+        if str(c.get("name_source") or "").startswith("annotation"):
+            sure = (f"named by its {c['name_source']} AUROC {_fmt(c.get('name_auroc'))} "
+                    f"[{_fmt(c.get('name_low'))}, {_fmt(c.get('name_high'))}]")
+        else:
+            sure = (f"text similarity {_fmt(c.get('similarity'))}, margin {_fmt(c.get('margin'))}"
+                    + ("" if c.get("name") or not c.get("candidate") else f", closest name {c['candidate']!r} not kept"))
         parts.append(f"<h2>{html.escape(predictor.concept_name(j))} <small>(latent {j}, weight "
                      f"{c['weight']:.3f}, {html.escape(sure)}; {html.escape(valid)})</small></h2><div>")
         for i in order:
