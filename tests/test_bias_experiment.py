@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -17,7 +18,7 @@ from dermkit.errors import ConfigError
 
 def _config(data, clip, cache):
     return {"model": str(clip), "data": str(data), "task": "melanoma_vs_rest", "artefact": "ink", "fraction": 0.8,
-            "seed": 0, "per_query": [1, 3], "n_bootstrap": 20, "query": "purple ink",
+            "seed": 0, "per_query": [1, 3], "n_bootstrap": 20, "query": "purple ink", "ink_auroc_sensitivity": [0.51],
             "query_min_similarity": -1,  # the tiny random CLIP's text similarities mean nothing: no floor
             "sae": {"activation": "topk", "k": 4, "expansion": 4, "epochs": 30, "batch_size": 64, "lr": 2e-3,
                     "Cs": [1.0], "num_workers": 0, "cache_dir": str(cache)},
@@ -57,6 +58,16 @@ def test_one_config_gives_the_table_runs_and_diagnosis(experiment):
     md = (out / "bias_experiment.md").read_text()
     assert "| model | AUROC | BACC | gap recovered |" in md and "**Diagnosis**" in md
     assert result["diagnosis"] and result["sae"]["activation"] == "topk"
+    # Sensitivity rows zero the CBM's concepts above the lower threshold, and are marked as such.
+    scores = pd.read_csv(out / "ink_latents.csv").set_index("latent")
+    above = sorted(scores.index[(scores["ink_auroc"] >= 0.51) & (scores["cbm_weight"] > 0)])
+    primary = [r["zeroed"] for r in result["rows"] if "ink concept(s)" in r["model"]]
+    if above and [above] != [sorted(z) for z in primary]:
+        assert [sorted(r["zeroed"]) for r in result["rows"] if r.get("sensitivity")] == [above]
+    for r in result["rows"]:
+        if r.get("sensitivity"):
+            assert r["model"].startswith("(sensitivity)") and "0.51" in r["model"]
+            assert all(scores.at[z, "ink_auroc"] >= 0.51 and scores.at[z, "cbm_weight"] > 0 for z in r["zeroed"])
 
 
 def test_ink_scores_compare_inked_copies_with_their_originals(experiment):
@@ -107,11 +118,16 @@ def test_diagnosis_names_the_step_that_failed():
     d.update(best_ink_auroc=0.95, ink_latents=4)
     assert "gives none of them weight" in _diagnosis({**base, "diagnostics": d}, config)
     d.update(cbm_ink_concepts=2, cbm_ink_weight_share=0.1)
-    assert "naming missed it" in _diagnosis({**base, "diagnostics": d}, config)
+    both = _diagnosis({**base, "diagnostics": d}, config)  # the text query missed, and zeroing by ink fell short
+    assert "naming missed it" in both and "spread the shortcut" in both and "recovers 10% of the gap" in both
     d.update(query_hits=True)
     assert "spread the shortcut" in _diagnosis({**base, "diagnostics": d}, config)
+    assert "naming missed" not in _diagnosis({**base, "diagnostics": d}, config)
     good = {**base, "rows": [*base["rows"], {"recovered": 0.7}], "diagnostics": d}
     assert "recovers 70% of the gap" in _diagnosis(good, config)
+    # A sensitivity row (a lower, not pre-set threshold) never makes the verdict.
+    explored = {**base, "rows": [*base["rows"], {"recovered": 0.9, "sensitivity": True}], "diagnostics": d}
+    assert "90%" not in _diagnosis(explored, config) and "recovers 10% of the gap" in _diagnosis(explored, config)
     assert "no shortcut" in _diagnosis({**base, "gap": -0.01, "diagnostics": d}, config)
     d.update(best_ink_rank_for_query=None)  # an image-only encoder: no text query to find concepts by
     assert "no text tower" in _diagnosis({**base, "diagnostics": d}, config)
@@ -125,6 +141,8 @@ def test_diagnosis_names_the_step_that_failed():
     ({"sae": {"data": "x"}}, "sae.data is set by the experiment"),
     ({"model": None}, "`model:` is required"),
     ({"severity": 6}, "severity must be one of 1, 2, 3, 4, 5"),
+    ({"ink_auroc_sensitivity": [0.9]}, "ink_auroc_sensitivity must be a list"),
+    ({"ink_auroc": "high"}, "ink_auroc must be in"),
     ({"severity": "strong"}, "severity must be one of"),
 ])
 def test_bad_configs_are_refused(tmp_path, capsys, change, message):
@@ -150,9 +168,9 @@ def test_severity_reaches_the_drawn_copies(tmp_path):
     """More severity, more ink: the biased copies' edited images differ from their originals in
     more pixels at severity 5 than at 1 (the same rows are chosen: same seed)."""
     import pandas as pd
-    from conftest import make_dataset
     from PIL import Image
 
+    from conftest import make_dataset
     from dermkit.data.artefacts import biased_copies
 
     data = make_dataset(tmp_path / "data")

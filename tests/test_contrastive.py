@@ -192,14 +192,54 @@ def test_text_split_reproduces_encode_text():
     assert all(p.grad is not None for p in layers[-1].parameters())
 
 
-def test_cached_balanced_hard_negative_training_resumes_exactly(tiny_dataset, tmp_path):
+def test_text_groups_give_the_embeddings_of_one_padded_batch():
+    """The trained text layers on length groups, rows put back in place, equal one padded batch
+    (forward and the gradients they send back)."""
+    import open_clip
+
+    from dermkit.data.pairs import MemoryPairs
+    from dermkit.methods.contrastive import set_trainable, trim_padding
+    from dermkit.models.dermkit_clip import build_dermkit_clip, minilm_folder
+    from dermkit.models.frozen_prefix import text_split
+
+    torch.manual_seed(0)
+    model, _, _ = build_dermkit_clip(pretrained=False, embed_dim=16)
+    set_trainable(model, 4, 2)
+    model.eval()
+    tokenizer = open_clip.tokenizer.HFTokenizer(str(minilm_folder()), context_length=128)
+    texts = ["melanoma on the back of a 60-year-old man, it has grown over the last months", "a nevus", "bcc",
+             "seborrhoeic keratosis on the face", "a", "dermoscopic image of a benign nevus on the trunk of a woman"]
+    prefix, tail = text_split(model, 2)
+    hidden, mask = prefix(trim_padding(tokenizer(texts), model.text.config.pad_token_id))
+    pairs = MemoryPairs.__new__(MemoryPairs)  # only its text table: no dataset needed
+    pairs.text_table = {t: h[: int(n)].clone() for t, h, n in zip(texts, hidden, mask.sum(1).tolist())}
+    batch = [texts[i] for i in (3, 0, 4, 1, 5, 2, 0)]  # a repeated text and lengths out of order
+    h, m = pairs.text_inputs(batch)
+    whole = tail(h, m)
+    for groups in (2, 3, 7, 20):
+        parts = pairs.text_groups(batch, groups)
+        assert len(parts) == min(groups, len(batch))
+        assert sorted(torch.cat([p for p, _, _ in parts]).tolist()) == list(range(len(batch)))
+        assert sum(hh.shape[0] * hh.shape[1] for _, hh, _ in parts) < h.shape[0] * h.shape[1]  # less padding
+        emb = torch.cat([tail(hh, mm) for _, hh, mm in parts])
+        emb = emb[torch.argsort(torch.cat([p for p, _, _ in parts]))]
+        torch.testing.assert_close(emb, whole, atol=1e-5, rtol=1e-5)
+        weight = model.text.transformer.encoder.layer[-1].output.dense.weight
+        grad_whole = torch.autograd.grad((whole * torch.arange(16.0)).sum(), weight, retain_graph=True)[0]
+        grad_groups = torch.autograd.grad((emb * torch.arange(16.0)).sum(), weight)[0]
+        torch.testing.assert_close(grad_groups, grad_whole, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("text_cache", [{"cache_captions": 2}, {"cache_captions": "epoch", "text_groups": 3}],
+                         ids=["two-draws", "per-epoch-grouped"])
+def test_cached_balanced_hard_negative_training_resumes_exactly(tiny_dataset, tmp_path, text_cache):
     from conftest import killed_after_first_checkpoint
     from dermkit.models.encoders import load_encoder
 
     cfg = {"method": "contrastive", "train_data": [str(tiny_dataset)], "data": str(tiny_dataset), "eval_data": [],
            "image_size": 32, "batch_size": 16, "num_workers": 0, "val_per_dataset": 18, "train_image_last": 3,
            "train_text_last": 1, "n_bootstrap": 20, "cache_views": 2, "class_balance": 1.0, "hard_negatives": True,
-           "cache_captions": 2, "text_dropout": 0.0,
+           **text_cache, "text_dropout": 0.0,
            "engine": {"epochs": 2, "lr": 1e-3, "precision": "fp32", "warmup_epochs": 0.5,
                       "select_metric": "zeroshot_balanced_accuracy"}}
     straight = run_experiment(cfg, tmp_path / "a", progress=False)
@@ -222,10 +262,28 @@ def test_cached_balanced_hard_negative_training_resumes_exactly(tiny_dataset, tm
     assert any(not torch.equal(init[k], wa[k]) for k in init if k.startswith("visual.head"))
 
 
+def test_per_epoch_caption_cache_trains_like_a_cache_of_every_draw(tiny_dataset, tmp_path):
+    """cache_captions: epoch (built lazily, one draw in memory) gives the run that K = epochs
+    draws built up front gives: the same caption draw per epoch, the same states."""
+    cfg = {"method": "contrastive", "train_data": [str(tiny_dataset)], "data": str(tiny_dataset), "eval_data": [],
+           "image_size": 32, "batch_size": 16, "num_workers": 0, "val_per_dataset": 18, "train_image_last": 3,
+           "train_text_last": 1, "n_bootstrap": 20, "hard_negatives": True, "text_dropout": 0.0,
+           "engine": {"epochs": 2, "lr": 1e-3, "precision": "fp32", "warmup_epochs": 0.5,
+                      "select_metric": "zeroshot_balanced_accuracy"}}
+    histories = []
+    for name, cache in (("draws", 2), ("epoch", "epoch")):
+        run_experiment({**cfg, "cache_captions": cache}, tmp_path / name, progress=False)
+        histories.append(json.loads((tmp_path / name / "checkpoints/last.json").read_text())["loop"]["history"])
+    assert [h["train_loss"] for h in histories[1]] == pytest.approx([h["train_loss"] for h in histories[0]], rel=1e-6)
+
+
 @pytest.mark.parametrize("bad, match", [({"cache_views": -1}, "cache_views"), ({"class_balance": 2}, "class_balance"),
                                         ({"cache_views": 2, "train_image_last": None}, "train_image_last"),
                                         ({"cache_captions": 2, "train_text_last": None}, "train_text_last"),
                                         ({"cache_captions": -1}, "cache_captions"),
+                                        ({"cache_captions": "always"}, "cache_captions must be a whole number"),
+                                        ({"text_groups": 0}, "text_groups must be"),
+                                        ({"text_groups": 4}, "set cache_captions"),
                                         ({"text_dropout": 1.0}, "text_dropout"),
                                         ({"hard_negatives": True, "shards": ["x/{0..1}.tar"]}, "shards")])
 def test_bad_clip_levers_are_refused(bad, match):

@@ -14,7 +14,8 @@ PanDerm-2's artefact test, reproduced where no artefact labels exist
    zeroing the CBM's *ink concepts*: those whose activation separates the inked train/val images
    from their own clean originals (paired, so the diagnosis does not confound it) with AUROC >=
    ``ink_auroc`` (chosen on train/val, where the artefact was drawn; the test split is never used
-   to choose);
+   to choose); ``ink_auroc_sensitivity: [0.7]`` adds rows at lower thresholds (a dose-response
+   view; the diagnosis ignores them);
 5. a diagnosis of what failed when the best intervention recovers less than half of the gap
    (biased -> clean AUROC on ``biased_test``): the SAE never isolated the artefact (no latent
    separates inked from clean copies), the CBM does not use the latents that do, the naming missed
@@ -53,7 +54,8 @@ __all__ = ["BIAS_KEYS", "load_bias_config", "run_bias_experiment", "ink_latent_s
 BIAS_KEYS: dict[str, Any] = {
     "model": None, "data": None, "task": "melanoma_vs_rest", "artefact": "ink", "severity": DEFAULT_SEVERITY,
     "fraction": 0.8, "seed": 0,
-    "sae": {}, "cbm": {}, "query": "purple ink", "per_query": [1, 5, 20], "ink_auroc": 0.8, "n_bootstrap": 1000,
+    "sae": {}, "cbm": {}, "query": "purple ink", "per_query": [1, 5, 20], "ink_auroc": 0.8,
+    "ink_auroc_sensitivity": [], "n_bootstrap": 1000,
     "query_min_similarity": QUERY_MIN_SIMILARITY,
 }
 _MANAGED = {"sae": ("method", "model", "data", "task"), "cbm": ("method", "sae", "data", "task", "eval_data")}
@@ -90,8 +92,16 @@ def load_bias_config(source: str | os.PathLike | dict) -> dict[str, Any]:
     floor = config["query_min_similarity"]
     if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not -1 <= floor <= 1:
         raise ConfigError(f"{where}: query_min_similarity must be a cosine in [-1, 1], got {excerpt(floor)}")
-    if not 0.5 < float(config["ink_auroc"]) <= 1:
-        raise ConfigError(f"{where}: ink_auroc must be in (0.5, 1], got {config['ink_auroc']}")
+    if isinstance(config["ink_auroc"], bool) or not isinstance(config["ink_auroc"], (int, float)) \
+            or not 0.5 < float(config["ink_auroc"]) <= 1:
+        raise ConfigError(f"{where}: ink_auroc must be in (0.5, 1], got {excerpt(config['ink_auroc'])}")
+    more = config["ink_auroc_sensitivity"]
+    more = [more] if isinstance(more, (int, float)) and not isinstance(more, bool) else more
+    if not isinstance(more, list) or not all(isinstance(t, (int, float)) and not isinstance(t, bool)
+                                             and 0.5 < t < float(config["ink_auroc"]) for t in more):
+        raise ConfigError(f"{where}: ink_auroc_sensitivity must be a list of AUROCs between 0.5 and ink_auroc "
+                          f"({config['ink_auroc']}), got {excerpt(more)}")
+    config["ink_auroc_sensitivity"] = sorted({float(t) for t in more}, reverse=True)
     per_query = config["per_query"]
     per_query = [per_query] if isinstance(per_query, int) else per_query
     if not isinstance(per_query, list) or not per_query or not all(isinstance(k, int) and k >= 1 for k in per_query):
@@ -158,7 +168,8 @@ def _recovered(value, biased, clean):
 
 def _diagnosis(result: dict, config: dict) -> str:
     threshold = config["ink_auroc"]
-    best = max((r["recovered"] for r in result["rows"] if r.get("recovered") is not None), default=None)
+    best = max((r["recovered"] for r in result["rows"] if r.get("recovered") is not None and not r.get("sensitivity")),
+               default=None)
     d = result["diagnostics"]
     if result["gap"] is None or result["gap"] <= 0:
         return ("the biased CBM is not worse than the clean one on the artefact test split: no shortcut was learned "
@@ -175,12 +186,13 @@ def _diagnosis(result: dict, config: dict) -> str:
         return (f"the CBM uses {d['cbm_ink_concepts']} ink latent(s) ({d['cbm_ink_weight_share']:.0%} of its weight), "
                 "but zeroing them recovers less than half of the gap, and the encoder has no text tower to find "
                 "concepts by name")
+    spread = (f"the CBM spread the shortcut: zeroing its {d['cbm_ink_concepts']} ink concepts (which hold "
+              f"{d['cbm_ink_weight_share']:.0%} of its weight) recovers {best if best is not None else 0:.0%} of the "
+              "gap; the rest of the shortcut sits in concepts that are not ink-specific")
     if not d["query_hits"]:
         return (f"the naming missed it: the concepts nearest the text {config['query']!r} are not the ink latents "
-                f"(the best ink latent ranks {d['best_ink_rank_for_query']} by text similarity)")
-    return (f"the CBM spread the shortcut: zeroing its {d['cbm_ink_concepts']} ink concepts (which hold "
-            f"{d['cbm_ink_weight_share']:.0%} of its weight) recovers {best if best is not None else 0:.0%} of the "
-            "gap; the rest of the shortcut sits in concepts that are not ink-specific")
+                f"(the best ink latent ranks {d['best_ink_rank_for_query']} by text similarity); and {spread}")
+    return spread
 
 
 def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike, progress: bool = True,
@@ -236,6 +248,15 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
     if len(cbm_ink):
         add(f"biased + zero its {len(cbm_ink)} ink concept(s) (inked vs clean copies, AUROC >= {threshold}, train/val)",
             cbm_biased.with_zeroed(cbm_ink["latent"].tolist()), cbm_ink["latent"].tolist())
+    done = {tuple(cbm_ink["latent"].tolist())}
+    for lower in config["ink_auroc_sensitivity"]:  # a dose-response view, never the experiment's verdict
+        more = scores[(scores["ink_auroc"] >= lower) & scores["latent"].isin(concept_ids)]["latent"].tolist()
+        if not more or tuple(more) in done:
+            continue
+        done.add(tuple(more))
+        add(f"(sensitivity) biased + zero its {len(more)} concept(s) with ink AUROC >= {lower:g}",
+            cbm_biased.with_zeroed(more), more)
+        rows[-1]["sensitivity"] = True
     for r in rows:
         r["recovered"] = _recovered(r["auroc"], biased_m["auroc"], clean["auroc"]) if r["zeroed"] else None
 
@@ -303,6 +324,13 @@ def bias_markdown(result: dict) -> str:
         f"({d['cbm_ink_weight_share']:.0%} of its weight).",
         f"**Diagnosis**: {result['diagnosis']}.",
     ]
+    if any(r.get("sensitivity") for r in result["rows"]):
+        lines.insert(-1, "Rows marked (sensitivity) zero the CBM's concepts above lower ink-AUROC thresholds "
+                         f"(`ink_auroc_sensitivity`) than the experiment's own ({c['ink_auroc']}): a dose-response "
+                         "view; "
+                         "the diagnosis uses only the rows above. Zeroing concepts that carry most of the weight "
+                         "moves every score, so the balanced accuracy at the model's decision threshold can fall "
+                         "while AUROC (ranking) recovers.")
     return head + table + "\n" + "\n\n".join(lines) + "\n"
 
 

@@ -67,8 +67,9 @@ def clip_train(
     cache_views: Optional[int] = typer.Option(None, help="Run the frozen part of the image trunk once on this many "
                                                          "augmented views per image and train from that cache (an "
                                                          "epoch then costs the trained tail) [default: 0 = off]."),
-    cache_captions: Optional[int] = typer.Option(None, help="Run the frozen layers of the text tower once on this many "
-                                                            "caption draws per pair; epoch e trains on draw e mod K "
+    cache_captions: Optional[str] = typer.Option(None, help="Run the frozen layers of the text tower once on K "
+                                                            "caption draws per pair (epoch e trains on draw e mod K), "
+                                                            "or 'epoch': once per epoch on its own draw "
                                                             "[default: 0 = off]."),
     class_balance: Optional[float] = typer.Option(None, help="Draw pairs ~ count(dataset, diagnosis)^-P inside each "
                                                              "dataset: 0 off, 0.5 inverse square root, 1 balanced."),

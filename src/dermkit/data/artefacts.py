@@ -226,9 +226,10 @@ def biased_copies(card, out: str | os.PathLike, kind: str = "ink", fraction: flo
         write_csv(folder / "metadata.csv", rows)
         own = card.root / "dataset.yaml"
         spec = yaml.safe_load(own.read_text(encoding="utf-8")) if own.is_file() else {"base_card": card.name}
+        level = DEFAULT_SEVERITY if severity is None else severity
         spec = {**(spec or {}), "name": f"{card.name}_{name}", "follow_symlinks": True,
-                "description": f"{card.name} with a synthetic {kind} artefact (severity "
-                               f"{DEFAULT_SEVERITY if severity is None else severity}) on {fraction:.0%} of the {positive} "
+                "description": f"{card.name} with a synthetic {kind} artefact (severity {level}) on {fraction:.0%} "
+                               f"of the {positive} "
                                f"train/val images" + (" and of the non-melanoma test images" if name == "biased_test"
                                                       else "; test clean")}
         write_text(folder / "dataset.yaml", yaml.safe_dump(spec, sort_keys=False))

@@ -123,12 +123,15 @@ class MemoryPairs:
     is the same: resume stays exact) and a global batch is (view index, row index): an epoch no
     longer touches the prefix. With ``cache_captions`` K, ``text_prefix`` (texts -> (hidden, mask)
     of the frozen text layers) runs once on K caption draws, epoch e uses draw e mod K, and
-    :meth:`text_inputs` gives a batch's cached hidden states. ``autocast`` (a context manager
-    factory) wraps both caches' forward passes.
+    :meth:`text_inputs` gives a batch's cached hidden states; with ``cache_captions="epoch"`` it
+    runs at the start of each epoch on that epoch's own draw (exact for any number of epochs, one
+    draw in memory; the same frozen-layer work as per step, done once per distinct text, in
+    length-sorted chunks). ``autocast`` (a context manager factory) wraps both caches' forward passes.
     """
 
     def __init__(self, datasets: Sequence[str], max_side: int, augment: Callable, *, batch_size: int, seed: int,
-                 caption_seed: int = 0, cache_views: int = 0, cache_captions: int = 0, class_balance: float = 0.0,
+                 caption_seed: int = 0, cache_views: int = 0, cache_captions: int | str = 0,
+                 class_balance: float = 0.0,
                  hard_negatives: bool = False, num_workers: int = 0, split: str = "train", progress: bool = False,
                  prefix: Callable | None = None, autocast: Callable | None = None,
                  text_prefix: Callable | None = None):
@@ -149,38 +152,39 @@ class MemoryPairs:
         self.negative_ids: list[int] = []
         self.text_cache: list[dict[str, torch.Tensor]] = []
         self.text_table: dict[str, torch.Tensor] = {}
-        if cache_captions:
-            self.text_cache = self._build_text_cache(text_prefix, autocast, progress)
+        self.text_epoch: int | None = None  # the epoch whose draw text_table holds (cache_captions="epoch")
+        self._text_prefix, self._autocast, self._progress = text_prefix, autocast, progress
+        if cache_captions and cache_captions != "epoch":
+            self.text_cache = [self._text_table(self._draw(k), f"caching the frozen text layers (caption draw {k + 1} "
+                                                                f"of {cache_captions})")
+                               for k in range(int(cache_captions))]
 
     def _caption_seed(self, epoch: int) -> int:
         """The caption draw of an epoch: its own, or draw ``epoch mod cache_captions`` from the text cache."""
         k = self.cache_captions
-        return epoch_seed(self.caption_seed, epoch % k if k else epoch)
+        return epoch_seed(self.caption_seed, epoch % k if k and k != "epoch" else epoch)
 
-    def _build_text_cache(self, text_prefix, autocast, progress: bool) -> list[dict[str, torch.Tensor]]:
-        """Per caption draw: every distinct caption (and hard negative) -> the frozen text layers' output
-        for its real tokens (fp16), computed in batches of similar length."""
-        draws = []
-        for k in range(self.cache_captions):
-            captions, negatives = self.source.captions(self._caption_seed(k), negatives=self.hard_negatives)
-            draws.append(list(dict.fromkeys(captions + (negatives or []))))
-        out: list[dict[str, torch.Tensor]] = []
-        with tqdm(total=sum(map(len, draws)), desc=f"caching the frozen text layers ({len(draws)} caption draws)",
-                  disable=not progress) as bar:
-            for texts in draws:
-                table: dict[str, torch.Tensor] = {}
-                for chunk in _length_chunks(texts, 256):
-                    with torch.inference_mode(), autocast():
-                        hidden, mask = text_prefix(chunk)
-                    if bool((mask[:, 1:] > mask[:, :-1]).any()):
-                        raise ModelError("cache_captions needs a tokenizer that pads on the right; "
-                                         "set cache_captions: 0")
-                    hidden, lengths = hidden.to("cpu", torch.float16), mask.sum(dim=1).tolist()
-                    for text, h, n in zip(chunk, hidden, lengths):
-                        table[text] = h[: int(n)].clone()
-                    bar.update(len(chunk))
-                out.append(table)
-        return out
+    def _draw(self, epoch: int) -> list[str]:
+        """The distinct texts (captions and hard negatives) of an epoch's caption draw."""
+        captions, negatives = self.source.captions(self._caption_seed(epoch), negatives=self.hard_negatives)
+        return list(dict.fromkeys(captions + (negatives or [])))
+
+    def _text_table(self, texts: list[str], desc: str) -> dict[str, torch.Tensor]:
+        """Every text -> the frozen text layers' output for its real tokens (fp16), computed in
+        batches of similar length."""
+        table: dict[str, torch.Tensor] = {}
+        with tqdm(total=len(texts), desc=desc, disable=not self._progress, leave=False) as bar:
+            for chunk in _length_chunks(texts, 256):
+                with torch.inference_mode(), self._autocast():
+                    hidden, mask = self._text_prefix(chunk)
+                if bool((mask[:, 1:] > mask[:, :-1]).any()):
+                    raise ModelError("cache_captions needs a tokenizer that pads on the right; "
+                                     "set cache_captions: 0")
+                hidden, lengths = hidden.to("cpu", torch.float16), mask.sum(dim=1).tolist()
+                for text, h, n in zip(chunk, hidden, lengths):
+                    table[text] = h[: int(n)].clone()
+                bar.update(len(chunk))
+        return table
 
     def text_inputs(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden, mask) of ``texts`` from this epoch's caption draw, padded to the longest."""
@@ -188,6 +192,19 @@ class MemoryPairs:
         lengths = torch.tensor([len(r) for r in rows])
         hidden = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).float()
         return hidden, (torch.arange(hidden.shape[1])[None, :] < lengths[:, None]).long()
+
+    def text_groups(self, texts: list[str], groups: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``texts`` in up to ``groups`` groups of similar length, each ``(positions, hidden, mask)``
+        padded to its own longest text (``positions``: where its rows sit in ``texts``): the trained
+        layers then run on little padding. Concatenating a function of each group and putting the
+        rows back at ``positions`` gives what one padded batch gives (padding is masked)."""
+        lengths = torch.tensor([len(self.text_table[t]) for t in texts])
+        order = torch.argsort(lengths, stable=True)
+        out = []
+        for positions in torch.tensor_split(order, min(max(1, groups), len(texts))):
+            if len(positions):
+                out.append((positions, *self.text_inputs([texts[i] for i in positions.tolist()])))
+        return out
 
     def _build_cache(self, images, augment, prefix, autocast, progress: bool) -> torch.Tensor:
         views, n, chunk = self.cache_views, len(images), 128
@@ -212,6 +229,11 @@ class MemoryPairs:
         captions, negatives = self.source.captions(self._caption_seed(epoch), negatives=self.hard_negatives)
         if self.text_cache:
             self.text_table = self.text_cache[epoch % self.cache_captions]
+        elif self.cache_captions == "epoch" and self.text_epoch != epoch:
+            self.text_table = {}  # one draw in memory: free the last before building the next
+            self.text_table = self._text_table(list(dict.fromkeys(captions + (negatives or []))),
+                                               f"epoch {epoch + 1}: the frozen text layers on its caption draw")
+            self.text_epoch = epoch
         index = {c: k for k, c in enumerate(dict.fromkeys(captions + (negatives or [])))}  # one id per text this epoch
         self.captions, self.caption_ids = captions, [index[c] for c in captions]
         self.negatives, self.negative_ids = negatives, [index[c] for c in negatives or []]

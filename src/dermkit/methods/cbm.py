@@ -46,8 +46,8 @@ from dermkit.evaluate.concepts import (
 from dermkit.methods.base import ClassifierConfig, EncoderHeadPredictor, Method, register_method
 from dermkit.models.concepts import (
     QUERY_MIN_SIMILARITY,
-    load_vocabulary,
     Vocabulary,
+    load_vocabulary,
     name_latents,
     nearest_latents,
     vocabulary_embeddings,
@@ -482,8 +482,8 @@ def concept_gallery(predictor: CBMPredictor, card, out_dir, split: str = "test",
             sure = (f"named by its {c['name_source']} AUROC {_fmt(c.get('name_auroc'))} "
                     f"[{_fmt(c.get('name_low'))}, {_fmt(c.get('name_high'))}]")
         else:
-            sure = (f"text similarity {_fmt(c.get('similarity'))}, margin {_fmt(c.get('margin'))}"
-                    + ("" if c.get("name") or not c.get("candidate") else f", closest name {c['candidate']!r} not kept"))
+            dropped = "" if c.get("name") or not c.get("candidate") else f", closest name {c['candidate']!r} not kept"
+            sure = f"text similarity {_fmt(c.get('similarity'))}, margin {_fmt(c.get('margin'))}{dropped}"
         parts.append(f"<h2>{html.escape(predictor.concept_name(j))} <small>(latent {j}, weight "
                      f"{c['weight']:.3f}, {html.escape(sure)}; {html.escape(valid)})</small></h2><div>")
         for i in order:

@@ -15,7 +15,10 @@ training image and keeps what enters the trained tail in memory (the prompt-lear
 augmentation kept): an epoch then costs the tail, the text tower and the loss, and each image
 shows one of its N views per epoch (drawn from the epoch seed). ``cache_captions: K`` does the
 same for the text tower: its frozen layers run once on K caption draws per pair (hard negatives
-included) and epoch e trains on draw e mod K, so a step costs only the trained layers. ``class_balance: p`` draws each
+included) and epoch e trains on draw e mod K, so a step costs only the trained layers;
+``cache_captions: epoch`` runs them at the start of each epoch on its own draw (exact for any
+number of epochs, one draw in memory), and ``text_groups: G`` runs the trained layers on G groups
+of similar caption length (the same embeddings with less padding). ``class_balance: p`` draws each
 epoch's pairs with probability proportional to count(dataset, diagnosis)^-p inside each dataset
 (0 = as they come, 0.5 = inverse square root, 1 = every class of a dataset equally often; each
 dataset keeps its share), so nevi stop dominating the batches. ``hard_negatives: true`` adds, per
@@ -62,7 +65,7 @@ from dermkit.data.torchdata import decode_all, eval_transform, train_transform
 from dermkit.engine import distributed
 from dermkit.engine.loop import EngineConfig
 from dermkit.engine.losses import global_clip_loss
-from dermkit.errors import ConfigError, DataError
+from dermkit.errors import ConfigError, DataError, excerpt
 from dermkit.evaluate import classification_metrics
 from dermkit.io import replace_dir
 from dermkit.methods.base import ClassEmbeddingPredictor, ClassifierConfig, Method, register_method
@@ -105,7 +108,10 @@ class ClipTrainConfig(ClassifierConfig):
     cache_views: int = 0  # > 0: the frozen image-trunk prefix runs once on this many augmented views per image
     class_balance: float = 0.0  # pairs drawn with weight count(dataset, diagnosis)^-class_balance (0 = off)
     hard_negatives: bool = False  # each caption with another diagnosis as an extra negative
-    cache_captions: int = 0  # > 0: the frozen text layers run once on this many caption draws (epoch e uses e mod K)
+    # > 0: the frozen text layers run once on this many caption draws (epoch e uses e mod K); "epoch": once per
+    # epoch on that epoch's own draw (exact for any number of epochs, one draw in memory)
+    cache_captions: int | str = 0
+    text_groups: int = 1  # with cache_captions: the trained text layers run on this many groups of similar length
     text_dropout: float | None = None  # dropout of the text tower while it trains; None = the tower's own (MiniLM 0.1)
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(
         epochs=3, lr=5e-4, weight_decay=0.1, warmup_epochs=0.3, select_metric="zeroshot_balanced_accuracy"))
@@ -115,6 +121,8 @@ class ClipTrainConfig(ClassifierConfig):
         raw = dict(raw or {})
         if isinstance(raw.get("train_data"), str):  # "ham10000,isic2017" from the command line
             raw["train_data"] = [d.strip() for d in raw["train_data"].split(",") if d.strip()]
+        if isinstance(raw.get("cache_captions"), str) and raw["cache_captions"].strip().isdigit():  # "3" (option)
+            raw["cache_captions"] = int(raw["cache_captions"])
         if isinstance(raw.get("shards"), str):  # one brace pattern (its braces may hold commas: not split)
             raw["shards"] = [raw["shards"]]
         return super().from_dict(raw, where)
@@ -145,8 +153,14 @@ class ClipTrainConfig(ClassifierConfig):
         if self.text_dropout is not None and not 0.0 <= self.text_dropout < 1.0:
             raise ConfigError(f"text_dropout must be in [0, 1) (or null: the text tower's own), "
                               f"got {self.text_dropout}")
-        if self.cache_captions < 0:
-            raise ConfigError(f"cache_captions must be >= 0 (0 = no cache), got {self.cache_captions}")
+        if self.cache_captions != "epoch" and (not isinstance(self.cache_captions, int) or self.cache_captions < 0):
+            raise ConfigError(f"cache_captions must be a whole number >= 0 (0 = no cache, K = K caption draws) or "
+                              f"'epoch' (each epoch's own draw), got {excerpt(self.cache_captions)}")
+        if isinstance(self.text_groups, bool) or not isinstance(self.text_groups, int) or self.text_groups < 1:
+            raise ConfigError(f"text_groups must be a whole number >= 1, got {excerpt(self.text_groups)}")
+        if self.text_groups > 1 and not self.cache_captions:
+            raise ConfigError("text_groups groups the cached caption states by length: set cache_captions "
+                              "('epoch' or K) or text_groups: 1")
         if self.cache_captions and self.train_text_last is None:
             raise ConfigError("cache_captions caches the frozen layers of the text tower, but train_text_last is null "
                               "(the whole tower trains): set train_text_last (e.g. 2) or cache_captions: 0")
@@ -323,8 +337,13 @@ class Contrastive(Method):
 
         def encode_text(model: nn.Module, captions: list[str]) -> torch.Tensor:
             if text_tail is not None:  # the trained layers only, from this epoch's cached caption draw
-                hidden, mask = pairs.text_inputs(captions)
-                return text_tail(hidden.to(engine.device), mask.to(engine.device))
+                if config.text_groups == 1:
+                    hidden, mask = pairs.text_inputs(captions)
+                    return text_tail(hidden.to(engine.device), mask.to(engine.device))
+                groups = pairs.text_groups(captions, config.text_groups)  # less padding, the same embeddings
+                emb = torch.cat([text_tail(h.to(engine.device), m.to(engine.device)) for _, h, m in groups])
+                where = torch.cat([positions for positions, _, _ in groups])
+                return emb[torch.argsort(where).to(emb.device)]
             return model.encode_text(tokens_on_device(captions))
 
         def loss_fn(model: nn.Module, batch) -> torch.Tensor:
