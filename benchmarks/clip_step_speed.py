@@ -141,21 +141,31 @@ def measure(steps: int, batch: int, groups_tried: list[int]) -> None:
     variants = {"before": (False, None, False, 1), "+ depthwise fp32": (True, None, False, 1),
                 "+ text_dropout 0": (True, 0.0, False, 1), "+ cache_captions epoch": (True, 0.0, True, 1),
                 **{f"+ text_groups {g}": (True, 0.0, True, g) for g in groups_tried}}
-    results: dict[str, dict[str, float]] = {}
-    for name, (dw, dropout, cache_text, groups) in variants.items():
-        parts = variant(dw, dropout, cache_text, groups)
-        results[name] = {}
-        for label, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-            tables, once = {}, 0.0
-            if cache_text:
-                text_cache(parts[0], dtype, sample[:256])  # warm-up
-                _, seconds = text_cache(parts[0], dtype, sample)
-                once = seconds * len(distinct) / len(sample) / steps_per_epoch  # one draw's share per step
-                tables[dtype], _ = text_cache(parts[0], dtype, [t for pair in texts for group in pair for t in group])
-            times = [step(parts, k, dtype, tables) for k in range(steps + 1)][1:]  # the first call warms up
-            results[name][label] = statistics.median(times) + once
+    precisions = (("fp32", None), ("bf16", torch.bfloat16))
+    parts = {name: variant(*spec) for name, spec in variants.items()}
+    # The caches hold the frozen layers' states, the same in every variant (deep copies of one model
+    # whose frozen layers never change): built and timed once per precision.
+    tables: dict = {}
+    once: dict[str, float] = {}
+    any_cached = next(p for p in parts.values() if p[4])[0]
+    for label, dtype in precisions:
+        text_cache(any_cached, dtype, sample[:256])  # warm-up
+        _, seconds = text_cache(any_cached, dtype, sample)
+        once[label] = seconds * len(distinct) / len(sample) / steps_per_epoch  # one draw's share per step
+        tables[dtype], _ = text_cache(any_cached, dtype, [t for pair in texts for group in pair for t in group])
+    # Round robin (one step of every variant and precision per round), so that a machine getting
+    # slower or faster during the run moves every column alike; the first round warms up.
+    times: dict[tuple[str, str], list[float]] = {(n, label): [] for n in parts for label, _ in precisions}
+    for k in range(steps + 1):
+        for name, part in parts.items():
+            for label, dtype in precisions:
+                seconds = step(part, k, dtype, tables)
+                if k:
+                    times[name, label].append(seconds)
+    results = {name: {label: statistics.median(times[name, label]) + (once[label] if part[4] else 0.0)
+                      for label, _ in precisions} for name, part in parts.items()}
     print(f"CPU: {cpu_identity()}; ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', 'native')}; "
-          f"batch {batch} pairs + {batch} hard negatives, median of {steps} steps")
+          f"batch {batch} pairs + {batch} hard negatives, median of {steps} steps, variants interleaved")
     auto = {}
     for name, r in results.items():
         pick = "bf16" if r["fp32"] / r["bf16"] >= BF16_MIN_SPEEDUP else "fp32"

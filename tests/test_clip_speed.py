@@ -89,6 +89,7 @@ def test_shipped_clip_config_uses_the_levers():
     raw = load_config("configs/contrastive/dermkit_clip.yaml")
     config = ClipTrainConfig.from_dict({k: v for k, v in raw.items() if k not in ("method", "name", "_source")})
     assert config.text_dropout == 0.0 and config.cache_views == 4
+    assert config.cache_captions == "epoch" and config.text_groups == 4
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.0])
