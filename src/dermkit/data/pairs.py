@@ -227,14 +227,14 @@ class MemoryPairs:
 
     def batches(self, epoch: int):
         captions, negatives = self.source.captions(self._caption_seed(epoch), negatives=self.hard_negatives)
+        texts = list(dict.fromkeys(captions + (negatives or [])))  # the epoch's distinct texts
         if self.text_cache:
             self.text_table = self.text_cache[epoch % self.cache_captions]
         elif self.cache_captions == "epoch" and self.text_epoch != epoch:
             self.text_table = {}  # one draw in memory: free the last before building the next
-            self.text_table = self._text_table(list(dict.fromkeys(captions + (negatives or []))),
-                                               f"epoch {epoch + 1}: the frozen text layers on its caption draw")
+            self.text_table = self._text_table(texts, f"epoch {epoch + 1}: the frozen text layers on its caption draw")
             self.text_epoch = epoch
-        index = {c: k for k, c in enumerate(dict.fromkeys(captions + (negatives or [])))}  # one id per text this epoch
+        index = {c: k for k, c in enumerate(texts)}  # one id per text this epoch
         self.captions, self.caption_ids = captions, [index[c] for c in captions]
         self.negatives, self.negative_ids = negatives, [index[c] for c in negatives or []]
         seed = epoch_seed(self.seed, epoch)

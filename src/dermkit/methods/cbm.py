@@ -143,8 +143,11 @@ def load_sae_folder(folder, device: str = "auto"):
                                                   k=meta.get("k")), card
 
 
-def _name_concepts(config: CBMConfig, enc, sae: SparseAutoencoder, card, concepts: list[dict], kw: dict):
-    """Name ``concepts`` in place (see ``CBMConfig.naming``); returns ``(vocabulary source, naming record)``."""
+def _name_concepts(config: CBMConfig, enc, sae: SparseAutoencoder, card, concepts: list[dict], kw: dict,
+                   val: tuple | None = None):
+    """Name ``concepts`` in place (see ``CBMConfig.naming``); returns ``(vocabulary source, naming record)``.
+    ``val``: ``(features, rows)`` of ``card``'s val split when already extracted (reused when
+    ``name_data`` is the CBM's own dataset)."""
     naming: dict = {"naming": config.naming}
     taken: set[str] = set()
     if config.naming in ("annotations", "both"):
@@ -153,7 +156,10 @@ def _name_concepts(config: CBMConfig, enc, sae: SparseAutoencoder, card, concept
         naming.update(name_data=name_card.name, name_split="val", min_name_auroc=config.min_name_auroc,
                       annotations=len(annotations))
         if annotations:
-            x_va, _, rows = extract_split_features(enc, name_card, "val", **kw)
+            if name_card is card and val is not None:
+                x_va, rows = val
+            else:
+                x_va, _, rows = extract_split_features(enc, name_card, "val", **kw)
             found = name_by_annotations(sae.activations(x_va), [c["latent"] for c in concepts], rows, annotations,
                                         groups=row_groups(rows, name_card.group_column),
                                         min_auroc=config.min_name_auroc, n_bootstrap=max(config.n_bootstrap, 200))
@@ -282,7 +288,7 @@ class ConceptBottleneck(Method):
         kw = dict(cache_dir=config.cache_dir, batch_size=config.encode_batch_size, num_workers=config.num_workers,
                   progress=run.progress)
         x_tr, y_tr, _ = extract_split_features(enc, card, "train", **kw)
-        x_va, y_va, _ = extract_split_features(enc, card, "val", **kw)
+        x_va, y_va, va_rows = extract_split_features(enc, card, "val", **kw)
         probe = fit_probe(sae.activations(x_tr), y_tr, sae.activations(x_va), y_va, card.classes, Cs=config.Cs,
                           class_weight=config.class_weight, max_iter=config.max_iter, penalty="l1",
                           solver=config.solver)
@@ -294,7 +300,7 @@ class ConceptBottleneck(Method):
                      "weight": float(np.abs(probe.coef[:, j]).max())} for j in nonzero]
         vocab_source, naming = None, None
         if config.name_concepts:
-            vocab_source, naming = _name_concepts(config, enc, sae, card, concepts, kw)
+            vocab_source, naming = _name_concepts(config, enc, sae, card, concepts, kw, val=(x_va, va_rows))
         info = {"model": f"CBM on {sae_card.get('model', 'SAE')}", "classes": list(card.classes),
                 "dataset": card.name, "task": config.task, "negative_name": config.negative_name,
                 "base_model": sae_card["base_model"], "base_fingerprint": sae_card.get("base_fingerprint"),
