@@ -11,7 +11,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from dermkit.bias_experiment import _auroc_columns, _diagnosis, _recovered, load_bias_config, run_bias_experiment
+from dermkit.bias_experiment import (
+    _auroc_columns,
+    _diagnosis,
+    _recovered,
+    load_bias_config,
+    run_bias_experiment,
+    shortcut_concepts,
+)
 from dermkit.cli import main
 from dermkit.errors import ConfigError
 
@@ -95,6 +102,27 @@ def test_ink_scores_compare_inked_copies_with_their_originals(experiment):
     best = int(scores.iloc[0]["latent"])
     want = roc_auc_score(y, a[:, best]) if a[:, best].std() > 0 else 0.5
     assert scores.iloc[0]["ink_auroc"] == pytest.approx(want)
+    # The per-concept logit shifts add up to the CBM's own mean paired shift of its margin (inked class
+    # "melanoma" minus the other class), and only concepts with weight shift it.
+    logits = p.probe.logits(a)
+    margin = logits[:, 1] - logits[:, 0]
+    n = len(edited)
+    assert scores["logit_shift"].sum() == pytest.approx((margin[:n] - margin[n:]).mean())
+    assert (scores.loc[scores["cbm_weight"] == 0, "logit_shift"] == 0).all()
+    # The experiment's shortcut row zeroes exactly the concepts carrying 80% of that shift.
+    chosen = shortcut_concepts(scores, 0.8)
+    rows = [r for r in experiment["result"]["rows"] if "logit shift" in r["model"]]
+    if chosen and rows:
+        assert rows[0]["zeroed"] == chosen and "80%" in rows[0]["model"]
+    assert experiment["result"]["diagnostics"]["shortcut_concepts"] == chosen
+
+
+def test_shortcut_concepts_are_the_fewest_carrying_the_share():
+    scores = pd.DataFrame({"latent": [7, 3, 9, 1, 4, 5], "logit_shift": [0.15, 0.5, 0.3, 0.05, -0.2, 0.0]})
+    assert shortcut_concepts(scores, 0.8) == [3, 9]  # 0.5 + 0.3 of the positive 1.0
+    assert shortcut_concepts(scores, 0.81) == [3, 9, 7]
+    assert shortcut_concepts(scores, 1.0) == [3, 9, 7, 1]  # never a concept that shifts the other way
+    assert shortcut_concepts(scores.assign(logit_shift=-scores["logit_shift"].abs()), 0.8) == []
 
 
 def test_auroc_columns_equal_sklearn():
@@ -144,6 +172,7 @@ def test_diagnosis_names_the_step_that_failed():
     ({"ink_auroc_sensitivity": [0.9]}, "ink_auroc_sensitivity must be a list"),
     ({"ink_auroc": "high"}, "ink_auroc must be in"),
     ({"severity": "strong"}, "severity must be one of"),
+    ({"shortcut_share": 1.5}, "shortcut_share must be a fraction"),
 ])
 def test_bad_configs_are_refused(tmp_path, capsys, change, message):
     raw = {"model": "m", "data": "d", **change}

@@ -209,3 +209,58 @@ def test_naming_settings_are_checked(key, value, says):
 
     with pytest.raises(ConfigError, match=says.replace("[", r"\[").replace("]", r"\]")):
         CBMConfig.from_dict({"data": "ham10000", key: value}).validate()
+
+
+def test_relaxed_lasso_refits_the_l1_support_with_sklearns_l2_weights():
+    """refit_Cs: the L1 fit at each C only chooses the support; the weights are scikit-learn's L2
+    logistic regression on those columns alone (same probabilities), zero elsewhere; the (C, refit C)
+    pair is the val-best one, and a class absent from train keeps probability 0."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    from dermkit.models.linear import fit_probe
+
+    rng = np.random.default_rng(1)
+    x = rng.gamma(0.3, size=(300, 60)) * (rng.random((300, 60)) < 0.2)
+    y = (x[:, :3] * [3, 2, 1] + rng.normal(0, 0.3, (300, 3))).argmax(axis=1)
+    classes = ["a", "b", "c", "d"]  # d never occurs
+    kw = dict(Cs=[0.03, 0.3], class_weight="balanced", penalty="l1", solver="fista", max_iter=100_000)
+    plain = {C: fit_probe(x[:200], y[:200], x[200:], y[200:], classes, **{**kw, "Cs": [C]}) for C in kw["Cs"]}
+    relaxed = fit_probe(x[:200], y[:200], x[200:], y[200:], classes, refit_Cs=[0.01, 1.0], **kw)
+    support = np.flatnonzero((np.abs(plain[relaxed.C].coef) > 0).any(axis=0))
+    assert 0 < len(support) < 60
+    assert set(np.flatnonzero((np.abs(relaxed.coef) > 0).any(axis=0))) == set(support)
+    z = (x - relaxed.mean) / relaxed.scale
+    sk = LogisticRegression(C=relaxed.info["refit_C"], class_weight="balanced", max_iter=1000).fit(z[:200, support],
+                                                                                                  y[:200])
+    np.testing.assert_allclose(relaxed.predict_proba(x)[:, :3], sk.predict_proba(z[:, support]), atol=1e-8)
+    assert np.all(relaxed.predict_proba(x)[:, 3] == 0)
+    # The chosen pair is the best on val; val_scores[C] is the best over that C's refits.
+    scores = relaxed.info["refit_scores"]
+    assert set(scores) == {"0.03/0.01", "0.03/1", "0.3/0.01", "0.3/1"}
+    assert scores[f"{relaxed.C:g}/{relaxed.info['refit_C']:g}"] == max(scores.values())
+    assert balanced_accuracy_score(y[200:], relaxed.predict_proba(x[200:]).argmax(1)) == pytest.approx(
+        max(scores.values()))
+    for C in kw["Cs"]:
+        assert relaxed.val_scores[C] == max(v for k, v in scores.items() if k.startswith(f"{C:g}/"))
+    assert relaxed.info["nonzero_inputs"] == len(support) and "relaxed lasso" in relaxed.info["refit"]
+    assert "refit_C" not in plain[0.03].info  # no refit_Cs: PanDerm-2's plain L1 weights
+
+
+def test_cbm_records_its_refit_and_refuses_bad_refit_settings(cbm):
+    from dermkit.errors import ConfigError
+    from dermkit.methods.cbm import CBMConfig
+    from dermkit.models.linear import fit_probe
+
+    card = json.loads((cbm["dir"] / "model" / "model.json").read_text())
+    assert card["probe"]["refit_C"] in CBMConfig(data="ham10000").refit_Cs  # the default grid
+    assert cbm["summary"]["refit_C"] == card["probe"]["refit_C"]
+    for bad in ("0.1", [], [0.1, 0], [True]):
+        with pytest.raises(ConfigError, match="refit_Cs must be"):
+            CBMConfig.from_dict({"data": "ham10000", "refit_Cs": bad}).validate()
+    CBMConfig.from_dict({"data": "ham10000", "refit_Cs": None}).validate()  # null: plain L1 weights
+    x, y = np.eye(4), np.array([0, 1, 0, 1])
+    with pytest.raises(ConfigError, match="needs penalty l1"):
+        fit_probe(x, y, x, y, ["a", "b"], Cs=[1.0], penalty="l2", refit_Cs=[1.0])
+    with pytest.raises(ConfigError, match="refit_Cs must be a non-empty list"):
+        fit_probe(x, y, x, y, ["a", "b"], Cs=[1.0], penalty="l1", solver="fista", refit_Cs=[])

@@ -15,7 +15,10 @@ PanDerm-2's artefact test, reproduced where no artefact labels exist
    from their own clean originals (paired, so the diagnosis does not confound it) with AUROC >=
    ``ink_auroc`` (chosen on train/val, where the artefact was drawn; the test split is never used
    to choose); ``ink_auroc_sensitivity: [0.7]`` adds rows at lower thresholds (a dose-response
-   view; the diagnosis ignores them);
+   view; the diagnosis ignores them); and zeroing the CBM's *shortcut concepts*: the fewest concepts
+   that carry ``shortcut_share`` (0.8) of the mean paired shift of its logit margin from a clean
+   original to its inked copy (train/val pairs again), the concepts the shortcut runs through
+   whether or not they are ink-specific;
 5. a diagnosis of what failed when the best intervention recovers less than half of the gap
    (biased -> clean AUROC on ``biased_test``): the SAE never isolated the artefact (no latent
    separates inked from clean copies), the CBM does not use the latents that do, the naming missed
@@ -48,14 +51,14 @@ from dermkit.methods.cbm import NoConceptMatch, resolve_latents
 from dermkit.models.concepts import QUERY_MIN_SIMILARITY
 from dermkit.models.text import encode_texts
 
-__all__ = ["BIAS_KEYS", "load_bias_config", "run_bias_experiment", "ink_latent_scores"]
+__all__ = ["BIAS_KEYS", "ink_latent_scores", "load_bias_config", "run_bias_experiment", "shortcut_concepts"]
 
 #: Keys of a bias-experiment config, with their defaults (None: required).
 BIAS_KEYS: dict[str, Any] = {
     "model": None, "data": None, "task": "melanoma_vs_rest", "artefact": "ink", "severity": DEFAULT_SEVERITY,
     "fraction": 0.8, "seed": 0,
     "sae": {}, "cbm": {}, "query": "purple ink", "per_query": [1, 5, 20], "ink_auroc": 0.8,
-    "ink_auroc_sensitivity": [], "n_bootstrap": 1000,
+    "ink_auroc_sensitivity": [], "shortcut_share": 0.8, "n_bootstrap": 1000,
     "query_min_similarity": QUERY_MIN_SIMILARITY,
 }
 _MANAGED = {"sae": ("method", "model", "data", "task"), "cbm": ("method", "sae", "data", "task", "eval_data")}
@@ -95,6 +98,10 @@ def load_bias_config(source: str | os.PathLike | dict) -> dict[str, Any]:
     if isinstance(config["ink_auroc"], bool) or not isinstance(config["ink_auroc"], (int, float)) \
             or not 0.5 < float(config["ink_auroc"]) <= 1:
         raise ConfigError(f"{where}: ink_auroc must be in (0.5, 1], got {excerpt(config['ink_auroc'])}")
+    share = config["shortcut_share"]
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+        raise ConfigError(f"{where}: shortcut_share must be a fraction in (0, 1] (of the ink's logit shift the zeroed "
+                          f"concepts carry), got {excerpt(share)}")
     more = config["ink_auroc_sensitivity"]
     more = [more] if isinstance(more, (int, float)) and not isinstance(more, bool) else more
     if not isinstance(more, list) or not all(isinstance(t, (int, float)) and not isinstance(t, bool)
@@ -131,7 +138,11 @@ def _auroc_columns(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
 def ink_latent_scores(predictor, biased, source, progress: bool = False) -> pd.DataFrame:
     """Per SAE latent: AUROC of its activation for the artefact copies of the biased card's
     train/val images against their own clean originals (one row per latent; ``cbm_weight`` is the
-    CBM's largest absolute weight on it, 0 when the CBM does not use it)."""
+    CBM's largest absolute weight on it, 0 when the CBM does not use it), and ``logit_shift``: its
+    contribution to the mean *paired* shift of the CBM's logit margin for the inked class (the class
+    of the inked images; its weight minus the mean of the other classes' weights) from a clean
+    original to its inked copy. The shifts add up to the CBM's whole mean margin shift: they say
+    which concepts carry the shortcut, and how much of it each."""
     biased, source = load_card(biased), load_card(source)
     table, original = biased.table, source.table
     if len(table) != len(original) or "artefact" not in table.columns:
@@ -148,10 +159,30 @@ def ink_latent_scores(predictor, biased, source, progress: bool = False) -> pd.D
                                                      extract_features(predictor.enc, clean, **kw)]))
     is_inked = np.r_[np.ones(len(edited), bool), np.zeros(len(edited), bool)]
     auroc = _auroc_columns(acts, is_inked)
-    weight = np.abs(predictor.probe.coef).max(axis=0)
+    probe = predictor.probe
+    weight = np.abs(probe.coef).max(axis=0)
+    task = predictor.task_card(biased)  # the same rows, relabelled for the CBM's task
+    inked_class = int(np.bincount(task.labels(task.table.iloc[edited])).argmax())
+    others = [k for k in range(len(probe.coef)) if k != inked_class and np.isfinite(probe.intercept[k])]
+    margin = probe.coef[inked_class] - (probe.coef[others].mean(axis=0) if others else 0.0)
+    shift = margin / probe.scale * (acts[is_inked] - acts[~is_inked]).mean(axis=0)
     return pd.DataFrame({"latent": np.arange(acts.shape[1]), "ink_auroc": auroc,
                          "mean_inked": acts[is_inked].mean(axis=0), "mean_clean": acts[~is_inked].mean(axis=0),
-                         "cbm_weight": weight}).sort_values("ink_auroc", ascending=False, kind="stable")
+                         "cbm_weight": weight, "logit_shift": shift}).sort_values("ink_auroc", ascending=False,
+                                                                                  kind="stable")
+
+
+def shortcut_concepts(scores: pd.DataFrame, share: float) -> list[int]:
+    """The fewest latents whose ``logit_shift`` (from :func:`ink_latent_scores`) adds up to at least
+    ``share`` of the sum of the positive shifts: the concepts the CBM's shortcut runs through, found on
+    the train/val pairs (empty when nothing shifts the margin towards the inked class)."""
+    positive = scores[scores["logit_shift"] > 0].sort_values("logit_shift", ascending=False, kind="stable")
+    total = float(positive["logit_shift"].sum())
+    if total <= 0:
+        return []
+    cumulative = positive["logit_shift"].cumsum().to_numpy() / total
+    n = int(np.searchsorted(cumulative, share - 1e-12) + 1)
+    return [int(j) for j in positive["latent"].iloc[:n]]
 
 
 def _test_metrics(predictor, card, n_bootstrap: int, seed: int, progress: bool) -> dict:
@@ -175,7 +206,10 @@ def _diagnosis(result: dict, config: dict) -> str:
         return ("the biased CBM is not worse than the clean one on the artefact test split: no shortcut was learned "
                 "to remove (raise `fraction`, or the encoder does not see the artefact)")
     if best is not None and best >= 0.5:
-        return f"an intervention recovers {best:.0%} of the gap: the shortcut is removable by switching concepts off"
+        label = next(r.get("model", "") for r in result["rows"] if r.get("recovered") == best
+                     and not r.get("sensitivity"))
+        return (f"an intervention recovers {best:.0%} of the gap{f' ({label})' if label else ''}: the shortcut is "
+                "removable by switching concepts off")
     if d["best_ink_auroc"] < threshold:
         return (f"the SAE never isolated the artefact: no latent separates inked copies from their clean originals "
                 f"with AUROC >= {threshold} (best {d['best_ink_auroc']:.3f}, latent {d['best_ink_latent']})")
@@ -249,6 +283,12 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
         add(f"biased + zero its {len(cbm_ink)} ink concept(s) (inked vs clean copies, AUROC >= {threshold}, train/val)",
             cbm_biased.with_zeroed(cbm_ink["latent"].tolist()), cbm_ink["latent"].tolist())
     done = {tuple(cbm_ink["latent"].tolist())}
+    share = float(config["shortcut_share"])
+    shortcut = shortcut_concepts(scores, share)
+    if shortcut and tuple(shortcut) not in done:
+        add(f"biased + zero the {len(shortcut)} concept(s) carrying {share:.0%} of the ink's logit shift "
+            "(inked vs clean copies, train/val)", cbm_biased.with_zeroed(shortcut), shortcut)
+        done.add(tuple(shortcut))
     for lower in config["ink_auroc_sensitivity"]:  # a dose-response view, never the experiment's verdict
         more = scores[(scores["ink_auroc"] >= lower) & scores["latent"].isin(concept_ids)]["latent"].tolist()
         if not more or tuple(more) in done:
@@ -277,6 +317,10 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
         "cbm_ink_weight_share": float(cbm_ink["cbm_weight"].sum() / total_weight) if total_weight > 0 else 0.0,
         "best_ink_rank_for_query": rank, "query_hits": query_hits,
         "best_ink_latent_in_cbm": int(best["latent"]) in concept_ids,
+        "shortcut_concepts": shortcut, "shortcut_share": share,
+        "shortcut_weight_share": float(scores[scores["latent"].isin(shortcut)]["cbm_weight"].sum() / total_weight)
+        if total_weight > 0 else 0.0,
+        "logit_shift": float(scores["logit_shift"].sum()),
     }
     result = {"config": config, "gap": gap, "rows": rows, "diagnostics": diagnostics,
               "sae": _sae_summary(out / "sae")}
@@ -322,6 +366,10 @@ def bias_markdown(result: dict) -> str:
            else "") + ").",
         f"The biased CBM uses {d['cbm_concepts']} concepts, {d['cbm_ink_concepts']} of them ink latents "
         f"({d['cbm_ink_weight_share']:.0%} of its weight).",
+        *([f"The ink moves the biased CBM's margin by {d['logit_shift']:+.3f} on average (train/val pairs); "
+           f"{len(d['shortcut_concepts'])} concept(s) carry {d['shortcut_share']:.0%} of that shift "
+           f"({d['shortcut_weight_share']:.0%} of the weight): {', '.join(map(str, d['shortcut_concepts']))}."]
+          if d.get("shortcut_concepts") else []),
         f"**Diagnosis**: {result['diagnosis']}.",
     ]
     if any(r.get("sensitivity") for r in result["rows"]):

@@ -229,7 +229,8 @@ def concepts_sweep(
 def concepts_bias_experiment(
     config: Path = typer.Argument(..., help="The experiment's YAML (e.g. configs/concepts/bias_experiment.yaml): "
                                             "model, data, task, artefact, fraction, seed, sae:, cbm:, query, "
-                                            "per_query, query_min_similarity, ink_auroc, n_bootstrap."),
+                                            "per_query, query_min_similarity, ink_auroc, ink_auroc_sensitivity, "
+                                            "shortcut_share, severity, n_bootstrap."),
     out: Path = typer.Option(..., help="Folder: bias_experiment.md/.json, ink_latents.csv and the runs (data/, sae/, "
                                        "cbm_biased/, cbm_clean/)."),
     force: bool = typer.Option(False, "--force", help="Replace the runs already in --out."),

@@ -5,8 +5,11 @@ The bottleneck is a trained SAE (a ``method: sae`` run's model folder, ``sae:``)
 frozen-encoder embedding becomes its SAE latent activations (the "concepts"). A sparse (L1)
 logistic regression over them (C chosen on val by balanced accuracy; fitted full-batch by FISTA in
 torch, the objective of scikit-learn's L1 ``LogisticRegression``, which ``solver: saga`` uses
-instead) predicts the class, so only a few dozen latents carry weight (PanDerm-2 uses
-``SGDClassifier(log_loss, l1)``; the same model family, with dermkit's C-on-val selection). When the encoder is a
+instead) chooses the concepts, so only some latents carry weight (PanDerm-2 uses
+``SGDClassifier(log_loss, l1)``; the same model family, with dermkit's C-on-val selection). By
+default the weights are then refitted on those concepts alone with an L2 penalty (``refit_Cs``: the
+relaxed lasso), which keeps the same concepts and removes the L1 shrinkage that cost the head
+ranking quality (macro-AUC); ``refit_Cs: null`` keeps PanDerm-2's plain L1 weights. When the encoder is a
 vision-language model, the latents with non-zero weight are named after the fact: each latent's
 decoder atom is matched one-to-one to a concept vocabulary embedded by the text tower (Hungarian
 algorithm; :mod:`dermkit.models.concepts`).
@@ -67,7 +70,9 @@ _NAME_KEYS = ("name", "group", "similarity", "best_similarity", "margin", "candi
 @dataclass
 class CBMConfig(ClassifierConfig):
     """``sae``: the model folder of a ``method: sae`` run (its encoder and SAE are reused, frozen);
-    ``Cs``: inverse L1 strengths tried on val (smaller = fewer concepts); ``vocabulary``: a file that
+    ``Cs``: inverse L1 strengths tried on val (smaller = fewer concepts); ``refit_Cs``: inverse L2
+    strengths of the relaxed-lasso refit on each C's concepts (the pair chosen on val; null: plain L1
+    weights, as PanDerm-2); ``vocabulary``: a file that
     extends the packaged concept vocabulary; ``name_concepts``: name the non-zero latents (needs a
     vision-language encoder); ``min_name_margin``: a latent keeps its name only when its cosine
     similarity to that name exceeds its similarity to every other name by at least this much (default
@@ -88,6 +93,7 @@ class CBMConfig(ClassifierConfig):
 
     sae: str = "runs/sae/model"
     Cs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
+    refit_Cs: list[float] | None = field(default_factory=lambda: [0.0003, 0.001, 0.003, 0.01, 0.03])
     class_weight: str | None = "balanced"
     # The L1 multinomial head's solver: fista (full-batch accelerated proximal gradient in torch, the
     # same objective as scikit-learn's; max_iter = its steps) or saga (scikit-learn; max_iter = passes
@@ -110,6 +116,10 @@ class CBMConfig(ClassifierConfig):
     def validate(self) -> None:
         super().validate()
         check_probe_settings(self.Cs, self.class_weight, self.max_iter)
+        if self.refit_Cs is not None and (not isinstance(self.refit_Cs, list) or not self.refit_Cs or any(
+                isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0 for c in self.refit_Cs)):
+            raise ConfigError(f"refit_Cs must be a non-empty list of positive numbers (inverse L2 strengths of "
+                              f"the relaxed-lasso refit) or null for plain L1 weights, got {excerpt(self.refit_Cs)}")
         if self.solver not in L1_SOLVERS:
             raise ConfigError(f"solver must be one of {', '.join(L1_SOLVERS)}, got {self.solver!r}")
         if self.encode_batch_size < 1 or self.num_workers < 0:
@@ -291,7 +301,7 @@ class ConceptBottleneck(Method):
         x_va, y_va, va_rows = extract_split_features(enc, card, "val", **kw)
         probe = fit_probe(sae.activations(x_tr), y_tr, sae.activations(x_va), y_va, card.classes, Cs=config.Cs,
                           class_weight=config.class_weight, max_iter=config.max_iter, penalty="l1",
-                          solver=config.solver)
+                          solver=config.solver, refit_Cs=config.refit_Cs)
         nonzero = [int(j) for j in np.flatnonzero((np.abs(probe.coef) > 0).any(axis=0))]
         if not nonzero:
             raise DataError("the L1 bottleneck kept no concept at any C; try larger Cs (weaker L1)")
@@ -313,7 +323,7 @@ class ConceptBottleneck(Method):
                                  batch_size=config.encode_batch_size, num_workers=config.num_workers)
         run.save_best(predictor)
         run.summary.update(model=predictor.name, C=probe.C, nonzero_concepts=len(nonzero), naming=naming,
-                           converged=probe.info["converged"],
+                           converged=probe.info["converged"], refit_C=probe.info.get("refit_C"),
                            n_latents=sae.n_latents, selected_on="val balanced_accuracy",
                            best_val_score=probe.val_scores[probe.C], concepts=info["concepts"][:50])
         run.table_extra["concepts"] = f"{len(nonzero)}/{sae.n_latents}"

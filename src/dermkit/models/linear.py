@@ -222,6 +222,7 @@ def fit_probe(
     standardize: bool = True,
     penalty: str = "l2",
     solver: str = "saga",
+    refit_Cs: Sequence[float] | None = None,
 ) -> LinearProbe:
     """Fit one probe per C (ascending, warm-started), keep the best by val balanced accuracy.
 
@@ -230,9 +231,13 @@ def fit_probe(
     gives a sparse head (most input columns get zero weight for every class), fitted by ``solver``:
     scikit-learn's ``saga`` or :func:`fit_l1_logistic` (``fista``: the same objective, seconds on
     thousands of inputs; ``max_iter`` is then its number of full-batch steps).
+
+    ``refit_Cs`` (L1 only): the relaxed lasso (Meinshausen 2007). The L1 fit at each C only chooses
+    the support (the inputs with non-zero weight); an L2 logistic regression on that support alone,
+    one per ``refit_Cs``, gives the weights, so the head stays exactly as sparse while its weights lose
+    the L1 shrinkage. The (C, refit C) pair is chosen on val like C alone (ties: the smaller pair);
+    ``val_scores[C]`` is the best over the refit Cs, ``info["refit_scores"]`` has every pair.
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
 
     check_probe_settings(Cs, class_weight, max_iter)
@@ -240,6 +245,11 @@ def fit_probe(
         raise ConfigError(f"penalty must be l1 or l2, got {penalty!r}")
     if penalty == "l1" and solver not in L1_SOLVERS:
         raise ConfigError(f"the L1 solver must be one of {', '.join(L1_SOLVERS)}, got {solver!r}")
+    if refit_Cs is not None:
+        if penalty != "l1":
+            raise ConfigError("refit_Cs (the relaxed lasso's L2 refit) needs penalty l1")
+        if not refit_Cs or any(c <= 0 for c in refit_Cs):
+            raise ConfigError("refit_Cs must be a non-empty list of positive numbers, or null for no refit")
     if len(np.unique(y_train)) < 2:
         raise DataError("the training subset has fewer than 2 classes; a linear probe needs at least 2")
     x_train = np.asarray(x_train, dtype=np.float64)
@@ -249,53 +259,90 @@ def fit_probe(
         scale[scale < 1e-12] = 1.0  # constant feature: leave it unscaled (as sklearn does)
     else:
         mean, scale = np.zeros(x_train.shape[1]), np.ones(x_train.shape[1])
+    mean, scale = np.asarray(mean, float), np.asarray(scale, float)
     z_train = (x_train - mean) / scale
     z_val = (np.asarray(x_val, dtype=np.float64) - mean) / scale
+    y_train = np.asarray(y_train, dtype=np.int64)
     if penalty == "l1" and solver == "fista":
-        return _fit_fista(z_train, y_train, z_val, y_val, classes, Cs, class_weight, max_iter, standardize, mean,
-                          scale)
+        path = _fista_path(z_train, y_train, classes, Cs, class_weight, max_iter, mean, scale)
+    else:
+        path = _sklearn_path(z_train, y_train, classes, Cs, class_weight, max_iter, penalty, mean, scale)
+        solver = "lbfgs" if penalty == "l2" else "saga"
+
+    def score(probe: LinearProbe, z: np.ndarray) -> float:
+        return float(balanced_accuracy_score(y_val, (z @ probe.coef.T + probe.intercept).argmax(axis=1)))
+
+    best, best_score, scores, converged, iterations, refit_scores = None, -np.inf, {}, {}, {}, {}
+    for C, probe, n_iter, ok in path:
+        converged[C], iterations[C] = ok, n_iter
+        candidates = [(probe, None)]
+        support = np.flatnonzero((np.abs(probe.coef) > 0).any(axis=0))
+        if refit_Cs is not None and len(support):
+            candidates = [(_refit_l2(z_train[:, support], y_train, support, classes, class_weight, rc, mean,
+                                     scale, C), rc) for rc in sorted(float(c) for c in refit_Cs)]
+        for candidate, rc in candidates:
+            s = score(candidate, z_val)
+            if rc is not None:
+                refit_scores[f"{C:g}/{rc:g}"] = s
+            scores[C] = max(scores.get(C, -np.inf), s)
+            if s > best_score:
+                best, best_score = candidate, s
+                best.info = {"refit_C": rc}
+    refit_C = best.info["refit_C"]
+    best.val_scores = scores
+    best.info = {"class_weight": class_weight, "max_iter": max_iter, "standardize": standardize, "penalty": penalty,
+                 "solver": solver, "n_train": int(len(y_train)), "converged": bool(converged[best.C]),
+                 "nonzero_inputs": int((np.abs(best.coef) > 0).any(axis=0).sum())}
+    if iterations[best.C] is not None:
+        best.info["iterations"] = int(iterations[best.C])
+    if refit_Cs is not None:
+        best.info.update(refit="relaxed lasso: L2 logistic regression on the L1 support", refit_C=refit_C,
+                         refit_scores=refit_scores)
+    return best
+
+
+def _sklearn_path(z_train, y_train, classes, Cs, class_weight, max_iter, penalty, mean, scale):
+    """``(C, probe, None, converged)`` along the ascending C grid: scikit-learn, warm-started (lbfgs for
+    L2, saga with pure L1)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
     solver = "lbfgs" if penalty == "l2" else "saga"
     kwargs = {} if penalty == "l2" else {"l1_ratio": 1.0}  # saga with pure L1 (sklearn >= 1.8 spelling)
     model = LogisticRegression(solver=solver, max_iter=max_iter, class_weight=class_weight, warm_start=True, **kwargs)
-    best, scores, converged = None, {}, {}
     for C in sorted(float(c) for c in Cs):
         model.set_params(C=C)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(z_train, y_train)
-        score = float(balanced_accuracy_score(y_val, model.predict(z_val)))
-        scores[C] = score
-        converged[C] = bool(np.max(model.n_iter_) < max_iter)
-        if best is None or score > scores[best.C]:
-            best = _from_sklearn(model, len(classes), classes, mean, scale, C)
-    best.val_scores = scores
-    best.info = {"class_weight": class_weight, "max_iter": max_iter, "standardize": standardize, "penalty": penalty,
-                 "solver": solver, "n_train": int(len(y_train)), "converged": bool(converged[best.C]),
-                 "nonzero_inputs": int((np.abs(best.coef) > 0).any(axis=0).sum())}
-    return best
+        ok = bool(np.max(model.n_iter_) < max_iter)
+        yield C, _from_sklearn(model, len(classes), classes, mean, scale, C), None, ok
 
 
-def _fit_fista(z_train, y_train, z_val, y_val, classes, Cs, class_weight, max_iter, standardize, mean,
-               scale) -> LinearProbe:
-    """:func:`fit_probe` with ``penalty="l1", solver="fista"``: warm-started along the ascending C grid."""
-    from sklearn.metrics import balanced_accuracy_score
-
-    y_train = np.asarray(y_train, dtype=np.int64)
-    best, scores, converged, iterations, init = None, {}, {}, {}, None
+def _fista_path(z_train, y_train, classes, Cs, class_weight, max_iter, mean, scale):
+    """``(C, probe, iterations, converged)`` along the ascending C grid: :func:`fit_l1_logistic`,
+    warm-started from the previous C."""
+    init = None
     for C in sorted(float(c) for c in Cs):
         coef, intercept, n_iter, ok = fit_l1_logistic(z_train, y_train, len(classes), C, class_weight, init=init,
                                                       max_iter=max_iter)
         init = (coef, intercept)
-        probe = LinearProbe(list(classes), coef, intercept, np.asarray(mean, float), np.asarray(scale, float), C)
-        score = float(balanced_accuracy_score(y_val, (z_val @ coef.T + intercept).argmax(axis=1)))
-        scores[C], converged[C], iterations[C] = score, ok, n_iter
-        if best is None or score > scores[best.C]:
-            best = probe
-    best.val_scores = scores
-    best.info = {"class_weight": class_weight, "max_iter": max_iter, "standardize": standardize, "penalty": "l1",
-                 "solver": "fista", "n_train": int(len(y_train)), "converged": bool(converged[best.C]),
-                 "iterations": int(iterations[best.C]),
-                 "nonzero_inputs": int((np.abs(best.coef) > 0).any(axis=0).sum())}
-    return best
+        yield C, LinearProbe(list(classes), coef, intercept, mean, scale, C), n_iter, ok
+
+
+def _refit_l2(z_support, y_train, support, classes, class_weight, refit_C, mean, scale, C) -> LinearProbe:
+    """The relaxed lasso's second step: L2 logistic regression (lbfgs) on the support's columns,
+    written back at full width (zero weight off the support); ``C`` stays the L1 fit's."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=refit_C, max_iter=1000, class_weight=class_weight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(z_support, y_train)
+    narrow = _from_sklearn(model, len(classes), classes, mean[support], scale[support], C)
+    coef = np.zeros((len(classes), len(mean)))
+    coef[:, support] = narrow.coef
+    return LinearProbe(list(classes), coef, narrow.intercept, mean, scale, C)
 
 
