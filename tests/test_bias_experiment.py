@@ -139,7 +139,7 @@ def test_auroc_columns_equal_sklearn():
 
 def test_diagnosis_names_the_step_that_failed():
     config = {"ink_auroc": 0.8, "query": "purple ink"}
-    base = {"gap": 0.1, "rows": [{"recovered": None}, {"recovered": None}, {"recovered": 0.1}]}
+    base = {"gap": 0.1, "rows": [{"recovered": None}, {"recovered": None}, {"recovered": 0.1, "rule": "ink_auroc"}]}
     d = {"best_ink_auroc": 0.6, "best_ink_latent": 3, "ink_latents": 0, "cbm_ink_concepts": 0, "query_hits": False,
          "best_ink_rank_for_query": 40, "cbm_ink_weight_share": 0.0}
     assert "never isolated" in _diagnosis({**base, "diagnostics": d}, config)
@@ -150,6 +150,14 @@ def test_diagnosis_names_the_step_that_failed():
     assert "naming missed it" in both and "spread the shortcut" in both and "recovers 10% of the gap" in both
     d.update(query_hits=True)
     assert "spread the shortcut" in _diagnosis({**base, "diagnostics": d}, config)
+    # Each rule's own recovery is named (not the best of all rows under the ink concepts' name).
+    shifted = {**base, "rows": [*base["rows"], {"recovered": 0.3, "rule": "shortcut"}],
+               "diagnostics": {**d, "shortcut_concepts": [1, 2, 3], "shortcut_share": 0.8,
+                               "shortcut_weight_share": 0.4}}
+    says = _diagnosis(shifted, config)
+    assert "ink concepts (which hold 10% of its weight) recovers 10% of the gap" in says
+    assert "the 3 concepts that carry 80% of the ink's logit shift hold 40% of its weight" in says
+    assert "zeroing them recovers 30%" in says
     assert "naming missed" not in _diagnosis({**base, "diagnostics": d}, config)
     good = {**base, "rows": [*base["rows"], {"recovered": 0.7}], "diagnostics": d}
     assert "recovers 70% of the gap" in _diagnosis(good, config)

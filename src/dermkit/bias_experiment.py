@@ -220,9 +220,17 @@ def _diagnosis(result: dict, config: dict) -> str:
         return (f"the CBM uses {d['cbm_ink_concepts']} ink latent(s) ({d['cbm_ink_weight_share']:.0%} of its weight), "
                 "but zeroing them recovers less than half of the gap, and the encoder has no text tower to find "
                 "concepts by name")
+    def recovered(rule):
+        value = next((r.get("recovered") for r in result["rows"] if r.get("rule") == rule), None)
+        return 0.0 if value is None else value
+
     spread = (f"the CBM spread the shortcut: zeroing its {d['cbm_ink_concepts']} ink concepts (which hold "
-              f"{d['cbm_ink_weight_share']:.0%} of its weight) recovers {best if best is not None else 0:.0%} of the "
-              "gap; the rest of the shortcut sits in concepts that are not ink-specific")
+              f"{d['cbm_ink_weight_share']:.0%} of its weight) recovers {recovered('ink_auroc'):.0%} of the gap")
+    if d.get("shortcut_concepts"):
+        spread += (f"; the {len(d['shortcut_concepts'])} concepts that carry {d['shortcut_share']:.0%} of the ink's "
+                   f"logit shift hold {d['shortcut_weight_share']:.0%} of its weight, and zeroing them recovers "
+                   f"{recovered('shortcut'):.0%}")
+    spread += "; the rest of the shortcut sits in concepts that are not ink-specific"
     if not d["query_hits"]:
         return (f"the naming missed it: the concepts nearest the text {config['query']!r} are not the ink latents "
                 f"(the best ink latent ranks {d['best_ink_rank_for_query']} by text similarity); and {spread}")
@@ -282,12 +290,14 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
     if len(cbm_ink):
         add(f"biased + zero its {len(cbm_ink)} ink concept(s) (inked vs clean copies, AUROC >= {threshold}, train/val)",
             cbm_biased.with_zeroed(cbm_ink["latent"].tolist()), cbm_ink["latent"].tolist())
+        rows[-1]["rule"] = "ink_auroc"
     done = {tuple(cbm_ink["latent"].tolist())}
     share = float(config["shortcut_share"])
     shortcut = shortcut_concepts(scores, share)
     if shortcut and tuple(shortcut) not in done:
         add(f"biased + zero the {len(shortcut)} concept(s) carrying {share:.0%} of the ink's logit shift "
             "(inked vs clean copies, train/val)", cbm_biased.with_zeroed(shortcut), shortcut)
+        rows[-1]["rule"] = "shortcut"
         done.add(tuple(shortcut))
     for lower in config["ink_auroc_sensitivity"]:  # a dose-response view, never the experiment's verdict
         more = scores[(scores["ink_auroc"] >= lower) & scores["latent"].isin(concept_ids)]["latent"].tolist()
@@ -296,7 +306,7 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
         done.add(tuple(more))
         add(f"(sensitivity) biased + zero its {len(more)} concept(s) with ink AUROC >= {lower:g}",
             cbm_biased.with_zeroed(more), more)
-        rows[-1]["sensitivity"] = True
+        rows[-1].update(sensitivity=True, rule="sensitivity")
     for r in rows:
         r["recovered"] = _recovered(r["auroc"], biased_m["auroc"], clean["auroc"]) if r["zeroed"] else None
 
