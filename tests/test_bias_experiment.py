@@ -115,6 +115,13 @@ def test_ink_scores_compare_inked_copies_with_their_originals(experiment):
     if chosen and rows:
         assert rows[0]["zeroed"] == chosen and "80%" in rows[0]["model"]
     assert experiment["result"]["diagnostics"]["shortcut_concepts"] == chosen
+    # Every intervention row says which rule chose its concepts; "the naming found the ink" means a
+    # text-query row zeroed an ink latent (not the shortcut row).
+    result = experiment["result"]
+    assert {r.get("rule") for r in result["rows"][2:]} <= {"query", "ink_auroc", "shortcut", "sensitivity"}
+    ink = set(scores.loc[scores["ink_auroc"] >= 0.8, "latent"])
+    queried = {z for r in result["rows"] if r.get("rule") == "query" for z in r["zeroed"]}
+    assert result["diagnostics"]["query_hits"] == bool(queried & ink)
 
 
 def test_shortcut_concepts_are_the_fewest_carrying_the_share():

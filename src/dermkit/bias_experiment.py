@@ -282,6 +282,7 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
         tried.add(tuple(chosen))
         add(f"biased + zero the {len(chosen)} concept(s) nearest {config['query']!r}", cbm_biased.with_zeroed(chosen),
             chosen)
+        rows[-1]["rule"] = "query"
     scores = ink_latent_scores(cbm_biased, biased, config["data"], progress=progress)
     io.write_csv(out / "ink_latents.csv", scores)
     threshold = float(config["ink_auroc"])
@@ -318,7 +319,7 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
         atoms = cbm_biased.sae.atoms.numpy()
         sim = atoms @ q / np.maximum(np.linalg.norm(atoms, axis=1) * np.linalg.norm(q), 1e-12)
         rank = int((sim > sim[int(best["latent"])]).sum()) + 1
-        picked = {z for r in rows if r["model"].startswith("biased + zero the") for z in r["zeroed"]}
+        picked = {z for r in rows if r.get("rule") == "query" for z in r["zeroed"]}
         query_hits = bool(picked & set(ink["latent"].astype(int)))
     total_weight = float(scores["cbm_weight"].sum())
     diagnostics = {
