@@ -188,6 +188,7 @@ def test_diagnosis_names_the_step_that_failed():
     ({"ink_auroc": "high"}, "ink_auroc must be in"),
     ({"severity": "strong"}, "severity must be one of"),
     ({"shortcut_share": 1.5}, "shortcut_share must be a fraction"),
+    ({"ablation": "half"}, "ablation must be one of zero, mean"),
 ])
 def test_bad_configs_are_refused(tmp_path, capsys, change, message):
     raw = {"model": "m", "data": "d", **change}

@@ -96,6 +96,21 @@ def test_intervention_changes_exactly_the_named_columns(cbm):
     again = dermkit.load_predictor(cbm["dir"] / "intervened")
     assert again.zeroed == sorted(latents)
     np.testing.assert_allclose(again.head(feats), q.head(feats), atol=1e-12)
+    # Mean ablation: the same columns set to their training mean, so their contribution is zero for
+    # every image; the logits differ from zero ablation by one constant per class (the same ranking).
+    m = p.with_zeroed(latents, ablation="mean")
+    a_mean = m.activations(feats)
+    assert set(np.flatnonzero((before != a_mean).any(axis=0))) <= set(latents)
+    np.testing.assert_allclose(a_mean[:, latents], np.broadcast_to(p.probe.mean[latents], a_mean[:, latents].shape))
+    z = (a_mean - p.probe.mean) / p.probe.scale
+    assert np.all(z[:, latents] == 0)
+    shift = m.probe.logits(a_mean) - q.probe.logits(after)
+    np.testing.assert_allclose(shift, np.broadcast_to(shift[0], shift.shape), atol=1e-9)
+    m.save(cbm["dir"] / "intervened_mean")
+    assert dermkit.load_predictor(cbm["dir"] / "intervened_mean").ablation == "mean"
+    assert again.ablation == "zero" and q.with_zeroed([], ablation=None).ablation == "zero"
+    with pytest.raises(dermkit.errors.ConfigError, match="ablation must be one of zero, mean"):
+        p.with_zeroed(latents, ablation="half")
     named = [c for c in p.concepts if c["name"]]
     if named:
         by_name = resolve_latents(p, [str(latents[0]), named[0]["name"]])
@@ -145,6 +160,18 @@ def test_cli_show_intervene_and_predict(cbm, tmp_path, capsys):
     assert set(result["before"]) == set(result["after"]) == {"accuracy", "balanced_accuracy", "macro_f1", "macro_auc"}
     assert ((tmp_path / "iv" / "before" / "metrics.json").is_file()
             and (tmp_path / "iv" / "after" / "report.html").is_file())
+    assert result["ablation"] == "zero"
+    # --ablation mean: the same ranking (AUROC), recorded; a mistyped value exits 2 naming the choices.
+    assert main(["concepts", "intervene", "--model", str(model), "--data", str(data), "--zero", f"{name},a ruler",
+                 "--out", str(tmp_path / "ivm"), "--n-bootstrap", "10", "--min-similarity", "-1",
+                 "--ablation", "mean"]) == 0
+    mean = json.loads((tmp_path / "ivm" / "intervention.json").read_text())
+    assert mean["ablation"] == "mean" and mean["before"] == result["before"]
+    assert mean["after"]["macro_auc"] == pytest.approx(result["after"]["macro_auc"], abs=1e-12)
+    capsys.readouterr()
+    assert main(["concepts", "intervene", "--model", str(model), "--data", str(data), "--zero", name,
+                 "--out", str(tmp_path / "ivx"), "--ablation", "half"]) == 2
+    assert "--ablation must be one of zero, mean" in capsys.readouterr().err and not (tmp_path / "ivx").exists()
     capsys.readouterr()
     image = sorted((data / "images").glob("*test*.jpg"))[0]
     assert main(["predict", str(image), "--model", str(model)]) == 0

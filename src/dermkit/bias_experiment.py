@@ -47,7 +47,7 @@ from dermkit.evaluate import evaluate
 from dermkit.evaluate.tables import markdown_table, percent_ci
 from dermkit.experiment import load_config, run_experiment
 from dermkit.methods import load_predictor
-from dermkit.methods.cbm import NoConceptMatch, resolve_latents
+from dermkit.methods.cbm import ABLATIONS, NoConceptMatch, resolve_latents
 from dermkit.models.concepts import QUERY_MIN_SIMILARITY
 from dermkit.models.text import encode_texts
 
@@ -58,7 +58,7 @@ BIAS_KEYS: dict[str, Any] = {
     "model": None, "data": None, "task": "melanoma_vs_rest", "artefact": "ink", "severity": DEFAULT_SEVERITY,
     "fraction": 0.8, "seed": 0,
     "sae": {}, "cbm": {}, "query": "purple ink", "per_query": [1, 5, 20], "ink_auroc": 0.8,
-    "ink_auroc_sensitivity": [], "shortcut_share": 0.8, "n_bootstrap": 1000,
+    "ink_auroc_sensitivity": [], "shortcut_share": 0.8, "ablation": "zero", "n_bootstrap": 1000,
     "query_min_similarity": QUERY_MIN_SIMILARITY,
 }
 _MANAGED = {"sae": ("method", "model", "data", "task"), "cbm": ("method", "sae", "data", "task", "eval_data")}
@@ -98,6 +98,9 @@ def load_bias_config(source: str | os.PathLike | dict) -> dict[str, Any]:
     if isinstance(config["ink_auroc"], bool) or not isinstance(config["ink_auroc"], (int, float)) \
             or not 0.5 < float(config["ink_auroc"]) <= 1:
         raise ConfigError(f"{where}: ink_auroc must be in (0.5, 1], got {excerpt(config['ink_auroc'])}")
+    if config["ablation"] not in ABLATIONS:
+        raise ConfigError(f"{where}: ablation must be one of {', '.join(ABLATIONS)} (how a concept is switched off: "
+                          f"its activation set to zero, or to its training mean), got {excerpt(config['ablation'])}")
     share = config["shortcut_share"]
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
         raise ConfigError(f"{where}: shortcut_share must be a fraction in (0, 1] (of the ink's logit shift the zeroed "
@@ -269,6 +272,7 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
     gap = None if clean["auroc"] is None or biased_m["auroc"] is None else clean["auroc"] - biased_m["auroc"]
 
     concept_ids = [int(c["latent"]) for c in cbm_biased.concepts]
+    ablation = config["ablation"]
     has_text = bool(getattr(cbm_biased.enc, "has_text", False))
     tried: set[tuple[int, ...]] = set()
     for k in config["per_query"] if has_text else ():  # an image-only encoder cannot match a text query
@@ -280,8 +284,8 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
         if tuple(chosen) in tried:  # fewer concepts pass the similarity floor than asked for: already a row
             continue
         tried.add(tuple(chosen))
-        add(f"biased + zero the {len(chosen)} concept(s) nearest {config['query']!r}", cbm_biased.with_zeroed(chosen),
-            chosen)
+        add(f"biased + zero the {len(chosen)} concept(s) nearest {config['query']!r}",
+            cbm_biased.with_zeroed(chosen, ablation), chosen)
         rows[-1]["rule"] = "query"
     scores = ink_latent_scores(cbm_biased, biased, config["data"], progress=progress)
     io.write_csv(out / "ink_latents.csv", scores)
@@ -290,14 +294,14 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
     cbm_ink = ink[ink["latent"].isin(concept_ids)]
     if len(cbm_ink):
         add(f"biased + zero its {len(cbm_ink)} ink concept(s) (inked vs clean copies, AUROC >= {threshold}, train/val)",
-            cbm_biased.with_zeroed(cbm_ink["latent"].tolist()), cbm_ink["latent"].tolist())
+            cbm_biased.with_zeroed(cbm_ink["latent"].tolist(), ablation), cbm_ink["latent"].tolist())
         rows[-1]["rule"] = "ink_auroc"
     done = {tuple(cbm_ink["latent"].tolist())}
     share = float(config["shortcut_share"])
     shortcut = shortcut_concepts(scores, share)
     if shortcut and tuple(shortcut) not in done:
         add(f"biased + zero the {len(shortcut)} concept(s) carrying {share:.0%} of the ink's logit shift "
-            "(inked vs clean copies, train/val)", cbm_biased.with_zeroed(shortcut), shortcut)
+            "(inked vs clean copies, train/val)", cbm_biased.with_zeroed(shortcut, ablation), shortcut)
         rows[-1]["rule"] = "shortcut"
         done.add(tuple(shortcut))
     for lower in config["ink_auroc_sensitivity"]:  # a dose-response view, never the experiment's verdict
@@ -306,7 +310,7 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
             continue
         done.add(tuple(more))
         add(f"(sensitivity) biased + zero its {len(more)} concept(s) with ink AUROC >= {lower:g}",
-            cbm_biased.with_zeroed(more), more)
+            cbm_biased.with_zeroed(more, ablation), more)
         rows[-1].update(sensitivity=True, rule="sensitivity")
     for r in rows:
         r["recovered"] = _recovered(r["auroc"], biased_m["auroc"], clean["auroc"]) if r["zeroed"] else None

@@ -52,14 +52,20 @@ def concepts_intervene(
     min_similarity: float = typer.Option(0.15, min=-1.0, max=1.0,
                                          help="A text query matches only concepts at least this similar (cosine); "
                                               "none that close is an error, not a guess."),
+    ablation: str = typer.Option("zero", help="How a concept is switched off: zero (its activation set to 0, "
+                                              "PanDerm-2's) or mean (set to its training mean: its contribution is "
+                                              "0 for every image, so the decision threshold still fits; the same "
+                                              "AUROC)."),
 ) -> None:
     """Zero the activations of some concepts (e.g. artefacts) and report the metrics before and after."""
     from dermkit.api import load_dataset
-    from dermkit.methods.cbm import intervene
+    from dermkit.methods.cbm import ABLATIONS, intervene
 
+    if ablation not in ABLATIONS:
+        raise ConfigError(f"--ablation must be one of {', '.join(ABLATIONS)}, got {ablation!r}")
     predictor = _cbm(model)
     result = intervene(predictor, load_dataset(data), zero.split(","), out, split=split, n_bootstrap=n_bootstrap,
-                       per_query=per_query, min_similarity=min_similarity)
+                       per_query=per_query, min_similarity=min_similarity, ablation=ablation)
     for z in result["zeroed"]:
         console.print(f"zeroed latent {z['latent']} ({predictor.concept_name(z['latent'])}; "
                       f"{_sureness(predictor, z['latent'])}) for {z['item']!r} [{z['how']}]")

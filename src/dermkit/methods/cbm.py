@@ -16,8 +16,11 @@ algorithm; :mod:`dermkit.models.concepts`).
 
 The predictor explains each prediction by its top concept contributions (standardised activation
 x weight for the predicted class), and ``with_zeroed(latents)`` returns the same classifier with
-those latents' activations set to zero: PanDerm-2's intervention on artefact concepts
-(``dermkit concepts intervene``).
+those latents switched off: PanDerm-2's intervention on artefact concepts (``dermkit concepts
+intervene``). ``ablation="zero"`` (PanDerm-2's) sets their activations to zero; ``"mean"`` sets them
+to their mean on the CBM's training data (the head's standardisation mean), so their contribution is
+zero for every image and the decision threshold keeps its meaning. Both rank images alike (the
+difference is one constant shift of the logits): AUROC is the same, balanced accuracy is not.
 """
 
 from __future__ import annotations
@@ -59,11 +62,13 @@ from dermkit.models.linear import L1_SOLVERS, LinearProbe, check_probe_settings,
 from dermkit.models.sae import SparseAutoencoder
 from dermkit.models.text import encode_texts
 
-__all__ = ["CBMConfig", "CBMPredictor", "ConceptBottleneck", "concept_gallery", "load_sae_folder", "order_by_validity",
-           "validity_tables"]
+__all__ = ["ABLATIONS", "CBMConfig", "CBMPredictor", "ConceptBottleneck", "concept_gallery", "load_sae_folder",
+           "order_by_validity", "validity_tables"]
 
 _PROBE = ("coef", "intercept", "mean", "scale")
 NAMING = ("text", "annotations", "both")
+#: How an intervention switches a concept off: its activation set to zero (PanDerm-2) or to its training mean.
+ABLATIONS = ("zero", "mean")
 _NAME_KEYS = ("name", "group", "similarity", "best_similarity", "margin", "candidate", "unnamed")
 
 
@@ -213,10 +218,13 @@ class CBMPredictor(EncoderHeadPredictor):
     method = "cbm"
 
     def __init__(self, enc, sae: SparseAutoencoder, probe: LinearProbe, model_card: dict, zeroed: Sequence[int] = (),
-                 **kw):
+                 ablation: str = "zero", **kw):
         super().__init__(enc, model_card, **kw)
+        if ablation not in ABLATIONS:
+            raise ConfigError(f"ablation must be one of {', '.join(ABLATIONS)}, got {excerpt(ablation)}")
         self.sae, self.probe = sae.cpu().eval(), probe
         self.zeroed = sorted({int(i) for i in zeroed})
+        self.ablation = ablation
 
     # -- state
     def _state(self):
@@ -225,7 +233,7 @@ class CBMPredictor(EncoderHeadPredictor):
         tensors = {f"sae.{k}": v.detach().float() for k, v in self.sae.state_dict().items()}
         tensors.update(self.probe.tensors())
         tensors["zeroed"] = torch.tensor(self.zeroed or [-1], dtype=torch.int64)
-        return tensors, {**self.model_card, "C": self.probe.C, "zeroed": self.zeroed}
+        return tensors, {**self.model_card, "C": self.probe.C, "zeroed": self.zeroed, "ablation": self.ablation}
 
     # -- concepts
     @property
@@ -241,22 +249,25 @@ class CBMPredictor(EncoderHeadPredictor):
         return f"latent {latent}"
 
     def activations(self, features: np.ndarray) -> np.ndarray:
-        """SAE activations of ``(N, D)`` embeddings, with the intervened latents set to zero."""
+        """SAE activations of ``(N, D)`` embeddings, the intervened latents switched off (set to zero, or
+        to their training mean with ``ablation="mean"``)."""
         a = self.sae.activations(features).astype(np.float64)
         if self.zeroed:
-            a[:, self.zeroed] = 0.0
+            a[:, self.zeroed] = 0.0 if self.ablation == "zero" else self.probe.mean[self.zeroed]
         return a
 
     def head(self, features: np.ndarray) -> np.ndarray:
         return self.probe.predict_proba(self.activations(features))
 
-    def with_zeroed(self, latents: Sequence[int]) -> "CBMPredictor":
-        """The same classifier with these latents' activations set to zero (an intervention)."""
+    def with_zeroed(self, latents: Sequence[int], ablation: str | None = None) -> "CBMPredictor":
+        """The same classifier with these latents switched off (an intervention); ``ablation``: zero or
+        mean (default: this predictor's own)."""
         bad = [i for i in latents if not 0 <= int(i) < self.sae.n_latents]
         if bad:
             raise ConfigError(f"latent ids {bad} out of range 0..{self.sae.n_latents - 1}")
         return CBMPredictor(self.enc, self.sae, self.probe, dict(self.model_card), zeroed=[*self.zeroed, *latents],
-                            cache_dir=self.cache_dir, batch_size=self.batch_size, num_workers=self.num_workers)
+                            ablation=ablation or self.ablation, cache_dir=self.cache_dir, batch_size=self.batch_size,
+                            num_workers=self.num_workers)
 
     def explain_features(self, features: np.ndarray, top: int = 5) -> list[list[dict]]:
         """Per image: the ``top`` concept contributions (standardised activation x weight) to the
@@ -336,7 +347,8 @@ class ConceptBottleneck(Method):
         sae = SparseAutoencoder.from_state_dict(state, activation=meta.get("activation", "relu_l1"), k=meta.get("k"))
         t = {k: tensors[k].numpy() for k in _PROBE}
         probe = LinearProbe(list(card["classes"]), t["coef"], t["intercept"], t["mean"], t["scale"], float(card["C"]))
-        return CBMPredictor(enc, sae, probe, card, zeroed=card.get("zeroed") or [])
+        return CBMPredictor(enc, sae, probe, card, zeroed=card.get("zeroed") or [],
+                            ablation=card.get("ablation") or "zero")
 
 
 # ------------------------------------------------------------------------------ intervention and gallery
@@ -387,11 +399,12 @@ def resolve_latents(predictor: CBMPredictor, items: Sequence[str], per_query: in
 
 def intervene(predictor: CBMPredictor, card, items: Sequence[str], out_dir, split: str = "test",
               n_bootstrap: int = 1000, progress: bool = True, per_query: int = 1,
-              min_similarity: float = QUERY_MIN_SIMILARITY) -> dict:
-    """Metrics before and after zeroing the latents ``items`` name; reports in ``out_dir/before|after``."""
+              min_similarity: float = QUERY_MIN_SIMILARITY, ablation: str = "zero") -> dict:
+    """Metrics before and after switching off the latents ``items`` name (``ablation``: zero or mean);
+    reports in ``out_dir/before|after``."""
     chosen = resolve_latents(predictor, items, per_query, min_similarity)
-    after = predictor.with_zeroed([c["latent"] for c in chosen])
-    result = {"zeroed": chosen, "split": split}
+    after = predictor.with_zeroed([c["latent"] for c in chosen], ablation=ablation)
+    result = {"zeroed": chosen, "split": split, "ablation": ablation}
     for key, p in (("before", predictor), ("after", after)):
         report = evaluate(p.predict_split(card, split, progress=progress), n_bootstrap=n_bootstrap,
                           title=f"{predictor.name} on {card.name} ({split}), {key} the intervention")
