@@ -63,8 +63,11 @@ def test_clip_train_tiny_end_to_end(tiny_dataset, tmp_path):
     assert any(not torch.equal(init[k], final[k]) for k in init if k.startswith("visual.head"))
     # The saved model is a normal registry model, and its folder is also a zero-shot classifier.
     assert load_encoder(out / "model").has_text
-    preds = dermkit.load_predictor(out / "model").predict_split(tiny_dataset, "test", progress=False)
+    loaded = dermkit.load_predictor(out / "model")
+    preds = loaded.predict_split(tiny_dataset, "test", progress=False)
     assert len(preds) == 18 and summary["test"]["macro_auc"] is not None
+    # Its OOD detector attaches: the tiny tower maps one probe image to zero features, in both passes.
+    assert loaded.ood is not None and loaded.ood_note == ""
 
 
 def test_trimming_padding_keeps_text_embeddings(tmp_path):

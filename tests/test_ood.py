@@ -276,6 +276,13 @@ def test_fingerprint_refuses_another_encoder(world, tmp_path):
     with pytest.raises(ModelError, match="probe-image features differ, cosine") as other_features:
         detector.check_fingerprint(other)
     assert hint in str(other_features.value)
+    # A probe image with zero features for both encoders matches (not a cosine of 0); zero for one only does not.
+    zero_row = probe.copy()
+    zero_row[0] = 0.0
+    detector.fingerprint = zero_row.astype(np.float32)
+    assert detector.check_fingerprint(zero_row) == pytest.approx(1.0)
+    with pytest.raises(ModelError, match="probe-image features differ, cosine 0.75"):
+        detector.check_fingerprint(probe)
     with pytest.raises(ModelError, match="feature dimension 32, fitted on 64"):
         detector.scores(world["test"][:, :32], None)
 

@@ -353,8 +353,12 @@ class OODDetector:
             raise ModelError(self._mismatch(folder, f"{len(z)} probe images given, {len(self.fingerprint)} stored"))
         ref = self.fingerprint.astype(np.float64)
         cur = z.astype(np.float64)
-        norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cur, axis=1)
-        cosine = float(np.mean(np.sum(ref * cur, axis=1) / np.maximum(norms, 1e-300)))
+        ref_norm, cur_norm = np.linalg.norm(ref, axis=1), np.linalg.norm(cur, axis=1)
+        rows = np.sum(ref * cur, axis=1) / np.maximum(ref_norm * cur_norm, 1e-300)
+        # A probe image whose features are zero for both encoders (a small random model can map
+        # hash noise to 0) matches; zero for one of them only does not.
+        rows[(ref_norm < 1e-12) & (cur_norm < 1e-12)] = 1.0
+        cosine = float(np.mean(rows))
         if not cosine >= MIN_PROBE_COSINE:
             raise ModelError(self._mismatch(folder, f"probe-image features differ, cosine {cosine:.4f}"))
         return cosine

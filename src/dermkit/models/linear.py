@@ -272,7 +272,7 @@ def fit_probe(
     def score(probe: LinearProbe, z: np.ndarray) -> float:
         return float(balanced_accuracy_score(y_val, (z @ probe.coef.T + probe.intercept).argmax(axis=1)))
 
-    best, best_score, scores, converged, iterations, refit_scores = None, -np.inf, {}, {}, {}, {}
+    best, best_score, refit_C, scores, converged, iterations, refit_scores = None, -np.inf, None, {}, {}, {}, {}
     for C, probe, n_iter, ok in path:
         converged[C], iterations[C] = ok, n_iter
         candidates = [(probe, None)]
@@ -286,9 +286,7 @@ def fit_probe(
                 refit_scores[f"{C:g}/{rc:g}"] = s
             scores[C] = max(scores.get(C, -np.inf), s)
             if s > best_score:
-                best, best_score = candidate, s
-                best.info = {"refit_C": rc}
-    refit_C = best.info["refit_C"]
+                best, best_score, refit_C = candidate, s, rc
     best.val_scores = scores
     best.info = {"class_weight": class_weight, "max_iter": max_iter, "standardize": standardize, "penalty": penalty,
                  "solver": solver, "n_train": int(len(y_train)), "converged": bool(converged[best.C]),
