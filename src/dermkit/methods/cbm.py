@@ -120,11 +120,7 @@ class CBMConfig(ClassifierConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_probe_settings(self.Cs, self.class_weight, self.max_iter)
-        if self.refit_Cs is not None and (not isinstance(self.refit_Cs, list) or not self.refit_Cs or any(
-                isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0 for c in self.refit_Cs)):
-            raise ConfigError(f"refit_Cs must be a non-empty list of positive numbers (inverse L2 strengths of "
-                              f"the relaxed-lasso refit) or null for plain L1 weights, got {excerpt(self.refit_Cs)}")
+        check_probe_settings(self.Cs, self.class_weight, self.max_iter, self.refit_Cs)
         if self.solver not in L1_SOLVERS:
             raise ConfigError(f"solver must be one of {', '.join(L1_SOLVERS)}, got {self.solver!r}")
         if self.encode_batch_size < 1 or self.num_workers < 0:

@@ -200,7 +200,7 @@ def fit_l1_logistic(z: np.ndarray, y: np.ndarray, n_classes: int, C: float, clas
     return full_coef, full_b, iterations, converged
 
 
-def check_probe_settings(Cs, class_weight, max_iter: int) -> None:
+def check_probe_settings(Cs, class_weight, max_iter: int, refit_Cs=None) -> None:
     """ConfigError unless the settings of :func:`fit_probe` are usable (what configs validate)."""
     if not Cs or any(c <= 0 for c in Cs):
         raise ConfigError("Cs must be a non-empty list of positive numbers")
@@ -208,6 +208,10 @@ def check_probe_settings(Cs, class_weight, max_iter: int) -> None:
         raise ConfigError(f"class_weight must be balanced or null, got {class_weight!r}")
     if max_iter < 1:
         raise ConfigError(f"max_iter must be >= 1, got {max_iter}")
+    if refit_Cs is not None and (not isinstance(refit_Cs, (list, tuple)) or not refit_Cs or any(
+            isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0 for c in refit_Cs)):
+        raise ConfigError("refit_Cs must be a non-empty list of positive numbers (inverse L2 strengths of the "
+                          f"relaxed-lasso refit) or null for plain L1 weights, got {str(refit_Cs)[:60]}")
 
 
 def fit_probe(
@@ -240,16 +244,13 @@ def fit_probe(
     """
     from sklearn.metrics import balanced_accuracy_score
 
-    check_probe_settings(Cs, class_weight, max_iter)
+    check_probe_settings(Cs, class_weight, max_iter, refit_Cs)
     if penalty not in ("l1", "l2"):
         raise ConfigError(f"penalty must be l1 or l2, got {penalty!r}")
     if penalty == "l1" and solver not in L1_SOLVERS:
         raise ConfigError(f"the L1 solver must be one of {', '.join(L1_SOLVERS)}, got {solver!r}")
-    if refit_Cs is not None:
-        if penalty != "l1":
-            raise ConfigError("refit_Cs (the relaxed lasso's L2 refit) needs penalty l1")
-        if not refit_Cs or any(c <= 0 for c in refit_Cs):
-            raise ConfigError("refit_Cs must be a non-empty list of positive numbers, or null for no refit")
+    if refit_Cs is not None and penalty != "l1":
+        raise ConfigError("refit_Cs (the relaxed lasso's L2 refit) needs penalty l1")
     if len(np.unique(y_train)) < 2:
         raise DataError("the training subset has fewer than 2 classes; a linear probe needs at least 2")
     x_train = np.asarray(x_train, dtype=np.float64)
@@ -263,11 +264,11 @@ def fit_probe(
     z_train = (x_train - mean) / scale
     z_val = (np.asarray(x_val, dtype=np.float64) - mean) / scale
     y_train = np.asarray(y_train, dtype=np.int64)
-    if penalty == "l1" and solver == "fista":
+    solver = "lbfgs" if penalty == "l2" else solver
+    if solver == "fista":
         path = _fista_path(z_train, y_train, classes, Cs, class_weight, max_iter, mean, scale)
     else:
-        path = _sklearn_path(z_train, y_train, classes, Cs, class_weight, max_iter, penalty, mean, scale)
-        solver = "lbfgs" if penalty == "l2" else "saga"
+        path = _sklearn_path(z_train, y_train, classes, Cs, class_weight, max_iter, solver, mean, scale)
 
     def score(probe: LinearProbe, z: np.ndarray) -> float:
         return float(balanced_accuracy_score(y_val, (z @ probe.coef.T + probe.intercept).argmax(axis=1)))
@@ -299,14 +300,13 @@ def fit_probe(
     return best
 
 
-def _sklearn_path(z_train, y_train, classes, Cs, class_weight, max_iter, penalty, mean, scale):
-    """``(C, probe, None, converged)`` along the ascending C grid: scikit-learn, warm-started (lbfgs for
-    L2, saga with pure L1)."""
+def _sklearn_path(z_train, y_train, classes, Cs, class_weight, max_iter, solver, mean, scale):
+    """``(C, probe, None, converged)`` along the ascending C grid: scikit-learn, warm-started (``lbfgs``
+    for L2, ``saga`` with pure L1)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    solver = "lbfgs" if penalty == "l2" else "saga"
-    kwargs = {} if penalty == "l2" else {"l1_ratio": 1.0}  # saga with pure L1 (sklearn >= 1.8 spelling)
+    kwargs = {} if solver == "lbfgs" else {"l1_ratio": 1.0}  # saga with pure L1 (sklearn >= 1.8 spelling)
     model = LogisticRegression(solver=solver, max_iter=max_iter, class_weight=class_weight, warm_start=True, **kwargs)
     for C in sorted(float(c) for c in Cs):
         model.set_params(C=C)
