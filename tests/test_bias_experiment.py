@@ -15,6 +15,7 @@ from dermkit.bias_experiment import (
     _auroc_columns,
     _diagnosis,
     _recovered,
+    _test_metrics,
     load_bias_config,
     run_bias_experiment,
     shortcut_concepts,
@@ -124,6 +125,53 @@ def test_ink_scores_compare_inked_copies_with_their_originals(experiment):
     assert result["diagnostics"]["query_hits"] == bool(queried & ink)
 
 
+def test_learned_artefact_concept_joins_both_cbms_and_is_switched_off(tmp_path, clip_folder, experiment):
+    """learn_artefact: the ink learned from the inked/clean train/val pairs (paired mean difference) is a
+    named concept of both CBMs, the SAE reading the embedding without it; its row switches off exactly it;
+    its scores and its share of the shortcut are in the report."""
+    import dermkit
+    from dermkit.engine.features import extract_features
+    from dermkit.models.concepts import concept_direction, load_example_concepts
+
+    data, root = experiment["data"], tmp_path
+    config = {**_config(data, clip_folder, experiment["root"] / "cache"), "learn_artefact": True,
+              "ablation": "mean", "per_query": [1]}
+    result = run_bias_experiment(config, root / "out", progress=False)
+    out = root / "out"
+    learned = load_example_concepts(out / "learned")
+    assert learned.names == ["ink"] and learned.info[0]["paired"]
+    biased = dermkit.load_dataset(out / "data" / "biased")
+    source = dermkit.load_dataset(data)
+    t = biased.table
+    edited = t.index[(t["artefact"].fillna("") == "ink") & t["split"].isin(["train", "val"])]
+    p = dermkit.load_predictor(out / "cbm_biased" / "model")
+    kw = dict(cache_dir=experiment["root"] / "cache", num_workers=0, progress=False)
+    inked = extract_features(p.enc, [biased.image_path(t.loc[i, "image"]) for i in edited], **kw)
+    clean = extract_features(p.enc, [source.image_path(source.table.loc[i, "image"]) for i in edited], **kw)
+    np.testing.assert_allclose(learned.vectors[0], concept_direction(inked, clean, paired=True)[0], atol=1e-6)
+    n = p.sae.n_latents
+    for run in ("cbm_biased", "cbm_clean"):
+        q = dermkit.load_predictor(out / run / "model")
+        assert q.n_concepts == n + 1 and q.examples.names == ["ink"]
+    row = next(r for r in result["rows"] if r.get("rule") == "learned")
+    assert row["zeroed"] == [n] and "'ink'" in row["model"]
+    assert row["auroc"] == pytest.approx(_test_metrics(p.with_zeroed([n], "mean"), p.task_card(
+        out / "data" / "biased_test"), 20, 0, False)["auroc"])
+    scores = pd.read_csv(out / "ink_latents.csv").set_index("latent")
+    assert len(scores) == n + 1 and scores.at[n, "concept"] == "ink"
+    y = np.r_[np.ones(len(edited)), np.zeros(len(edited))]
+    from sklearn.metrics import roc_auc_score
+
+    assert scores.at[n, "ink_auroc"] == pytest.approx(roc_auc_score(y, np.r_[inked, clean] @ learned.vectors[0]))
+    d = result["diagnostics"]["learned"]
+    assert d["latents"] == [n] and d["pair_auroc"] == pytest.approx(scores.at[n, "ink_auroc"])
+    assert d["used_by_cbm"] == (n in {c["latent"] for c in p.concepts})
+    # The SAE's own isolation is still judged on its latents alone.
+    assert result["diagnostics"]["best_ink_latent"] < n
+    md = (out / "bias_experiment.md").read_text()
+    assert "Concept learned from the inked/clean train/val pairs ('ink'" in md and "**Diagnosis**" in md
+
+
 def test_shortcut_concepts_are_the_fewest_carrying_the_share():
     scores = pd.DataFrame({"latent": [7, 3, 9, 1, 4, 5], "logit_shift": [0.15, 0.5, 0.3, 0.05, -0.2, 0.0]})
     assert shortcut_concepts(scores, 0.8) == [3, 9]  # 0.5 + 0.3 of the positive 1.0
@@ -174,6 +222,20 @@ def test_diagnosis_names_the_step_that_failed():
     assert "no shortcut" in _diagnosis({**base, "gap": -0.01, "diagnostics": d}, config)
     d.update(best_ink_rank_for_query=None)  # an image-only encoder: no text query to find concepts by
     assert "no text tower" in _diagnosis({**base, "diagnostics": d}, config)
+    # A concept learned from the pairs that falls short: its recovery and share first, then the SAE's step.
+    learned = {"name": "ink", "latents": [9], "pair_auroc": 0.88, "used_by_cbm": True, "weight_share": 0.2,
+               "shift_share": 0.6}
+    rows = [*base["rows"], {"recovered": 0.3, "rule": "learned"}]
+    says = _diagnosis({**base, "rows": rows, "diagnostics": {**d, "best_ink_auroc": 0.6, "learned": learned}}, config)
+    assert says.startswith("switching off the concept learned from the inked/clean pairs ('ink', paired AUROC 0.880) "
+                           "recovers 30% of the gap; it carries 60% of the ink's logit shift")
+    assert "among the discovered concepts, the SAE never isolated" in says
+    unused = _diagnosis({**base, "rows": rows, "diagnostics": {**d, "learned": {**learned, "used_by_cbm": False}}},
+                        config)
+    assert "gives it no weight" in unused
+    rows[-1]["recovered"] = 0.8
+    assert "recovers 80% of the gap" in _diagnosis({**base, "rows": rows, "diagnostics": {**d, "learned": learned}},
+                                                   config)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -189,6 +251,8 @@ def test_diagnosis_names_the_step_that_failed():
     ({"severity": "strong"}, "severity must be one of"),
     ({"shortcut_share": 1.5}, "shortcut_share must be a fraction"),
     ({"ablation": "half"}, "ablation must be one of zero, mean"),
+    ({"learn_artefact": "yes"}, "learn_artefact must be true or false"),
+    ({"cbm": {"example_concepts": "x"}}, "cbm.example_concepts is set by the experiment"),
 ])
 def test_bad_configs_are_refused(tmp_path, capsys, change, message):
     raw = {"model": "m", "data": "d", **change}

@@ -291,3 +291,79 @@ def test_cbm_records_its_refit_and_refuses_bad_refit_settings(cbm):
         fit_probe(x, y, x, y, ["a", "b"], Cs=[1.0], penalty="l2", refit_Cs=[1.0])
     with pytest.raises(ConfigError, match="refit_Cs must be a non-empty list"):
         fit_probe(x, y, x, y, ["a", "b"], Cs=[1.0], penalty="l1", solver="fista", refit_Cs=[])
+
+
+def test_concepts_learned_from_examples_join_the_bottleneck(cbm, tmp_path, capsys):
+    """`dermkit concepts learn` writes a concept activation vector; a CBM with `example_concepts:` holds it as a
+    named concept after the SAE's latents, the SAE reading the embedding without its direction; switching it off
+    changes exactly its column, and the model round-trips with it."""
+    from dermkit.models.concepts import concept_direction, load_example_concepts
+
+    p, data = cbm["predictor"], cbm["data"]
+    sae = cbm["dir"].parent / "sae" / "model"
+    learned = tmp_path / "red"
+    cache = cbm["dir"].parent / "cache"
+    common = ["--sae", str(sae), "--data", str(data), "--num-workers", "0", "--cache-dir", str(cache)]
+    assert main(["concepts", "learn", *common, "--column", "diagnosis", "--positive", "MEL", "--name", "reddish",
+                 "--out", str(learned)]) == 0
+    assert "separation AUROC" in capsys.readouterr().out
+    ex = load_example_concepts(learned)
+    # The vector is the unit mean difference of the train embeddings with diagnosis mel and without.
+    from dermkit.engine.features import extract_features
+
+    card = dermkit.load_dataset(data)
+    rows = card.rows("train")
+    feats = extract_features(p.enc, [card.image_path(i) for i in rows["image"]], cache_dir=cache,
+                             num_workers=0, progress=False)
+    mel = (rows["diagnosis"] == "mel").to_numpy()
+    np.testing.assert_allclose(ex.vectors[0], concept_direction(feats[mel], feats[~mel])[0], atol=1e-6)
+    assert ex.names == ["reddish"] and ex.base_fingerprint == p.model_card["base_fingerprint"]
+
+    common_cfg = {"data": str(data), "num_workers": 0, "cache_dir": str(cache), "n_bootstrap": 20}
+    summary = dermkit.run({"method": "cbm", "sae": str(sae), "Cs": [0.1, 0.3, 1.0], "example_concepts": str(learned),
+                           **common_cfg}, out=tmp_path / "cbm", progress=False)
+    q = dermkit.load_predictor(tmp_path / "cbm" / "model")
+    n = q.sae.n_latents
+    assert q.n_concepts == n + 1 and q.examples.names == ["reddish"]
+    test_feats, _ = _features(q, data)
+    bank = q.activations(test_feats)
+    np.testing.assert_allclose(bank[:, n], test_feats @ ex.vectors[0], atol=1e-5)
+    np.testing.assert_allclose(bank[:, :n], q.sae.activations(ex.residual(test_feats).astype(np.float32)), atol=1e-6)
+    # The melanoma direction separates the tiny classes: the L1 head keeps it, under its own name.
+    kept = {c["latent"]: c for c in q.concepts}
+    assert n in kept and kept[n]["name"] == "reddish" and kept[n]["name_source"] == "learned from examples"
+    assert q.concept_name(n) == "reddish" and summary["nonzero_concepts"] == len(q.concepts)
+    assert q.model_card["learned_concepts"] == 1
+    # Switched off by name: exactly its column changes; saved and loaded with it.
+    assert [r["latent"] for r in resolve_latents(q, ["reddish"])] == [n]
+    off = q.with_zeroed([n], ablation="mean")
+    after = off.activations(test_feats)
+    assert set(np.flatnonzero((after != bank).any(axis=0))) == {n}
+    off.save(tmp_path / "off")
+    again = dermkit.load_predictor(tmp_path / "off")
+    np.testing.assert_allclose(again.head(test_feats), off.head(test_feats), atol=1e-9)
+    assert again.zeroed == [n]
+    with pytest.raises(dermkit.errors.ConfigError, match=f"out of range 0..{n}"):
+        q.with_zeroed([n + 1])
+    # A concept learned for another encoder, or a column that cannot define one, is refused by name.
+    import json as _json
+
+    card_json = learned / "concepts.json"
+    other = _json.loads(card_json.read_text())
+    other["base_fingerprint"] = "not-this-encoder"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "concepts.json").write_text(_json.dumps(other))
+    (tmp_path / "other" / "concepts.safetensors").write_bytes((learned / "concepts.safetensors").read_bytes())
+    capsys.readouterr()
+    config = tmp_path / "other.yaml"
+    config.write_text(f"method: cbm\nsae: {sae}\ndata: {data}\nnum_workers: 0\n"
+                      f"example_concepts: {tmp_path / 'other'}\n")
+    assert main(["run", str(config), "--out", str(tmp_path / "refused")]) == 2
+    assert "learned with another encoder" in capsys.readouterr().err
+    assert main(["concepts", "learn", *common, "--column", "diagnosis", "--positive", "nothing", "--name", "x",
+                 "--out", str(tmp_path / "none")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "0 images have diagnosis in ['nothing']" in err and "--positive" in err
+    assert not (tmp_path / "none").exists()
+    assert main(["concepts", "learn", *common, "--column", "nope", "--name", "x", "--out", str(tmp_path / "n2")]) == 2
+    assert "has no column 'nope'" in capsys.readouterr().err

@@ -234,3 +234,71 @@ def test_annotation_naming_keeps_a_name_only_when_its_ci_is_above_half():
                for e in name_by_annotations(acts, [0], rows, {}))
     (const,) = name_by_annotations(acts, [0], rows, {"constant": annotations["constant"]})
     assert const["name"] is None and "one value only" in const["unnamed"]
+
+
+# ------------------------------------------------------------------------------ concepts learned from examples
+
+
+def test_concept_direction_is_the_unit_mean_difference():
+    from dermkit.models.concepts import concept_direction
+
+    rng = np.random.default_rng(0)
+    without = rng.normal(size=(40, 6))
+    shift = np.array([0.0, 3.0, 0.0, 0.0, 4.0, 0.0])
+    with_ = without + shift + rng.normal(scale=0.1, size=(40, 6))
+    v, info = concept_direction(with_, without, paired=True)
+    expected = (with_ - without).mean(axis=0)
+    np.testing.assert_allclose(v, expected / np.linalg.norm(expected))
+    np.testing.assert_allclose(v, shift / 5.0, atol=0.05)
+    auroc = roc_auc_score(np.r_[np.ones(40), np.zeros(40)], np.r_[with_ @ v, without @ v])
+    assert info == {"n_with": 40, "n_without": 40, "paired": True, "separation_auroc": pytest.approx(auroc)}
+    assert info["separation_auroc"] > 0.9
+    # Unpaired: the difference of the two means (any counts).
+    v2, info2 = concept_direction(with_[:10], without, paired=False)
+    d = with_[:10].mean(axis=0) - without.mean(axis=0)
+    np.testing.assert_allclose(v2, d / np.linalg.norm(d))
+    assert info2["n_with"] == 10 and not info2["paired"]
+
+
+@pytest.mark.parametrize("args, says", [
+    ((np.ones((1, 3)), np.zeros((5, 3))), "at least 2 images with it"),
+    ((np.ones((4, 3)), np.zeros((5, 2))), "of one width"),
+    ((np.ones((4, 3)), np.ones((4, 3))), "same mean embedding"),
+])
+def test_concept_direction_refuses_what_cannot_define_a_concept(args, says):
+    from dermkit.models.concepts import concept_direction
+
+    with pytest.raises(DataError, match=says):
+        concept_direction(*args)
+    with pytest.raises(DataError, match="one image without the concept per image with it"):
+        concept_direction(np.ones((4, 3)), np.zeros((5, 3)), paired=True)
+
+
+def test_example_concepts_residual_removes_their_span_and_round_trips(tmp_path):
+    from dermkit.errors import ModelError
+    from dermkit.models.concepts import ExampleConcepts, load_example_concepts
+
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(2, 8))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ex = ExampleConcepts(["ink", "ruler"], vectors, [{"paired": True}, {"paired": False}], "clip", "abc")
+    x = rng.normal(size=(20, 8))
+    np.testing.assert_allclose(ex.scores(x), x @ vectors.T)
+    r = ex.residual(x)
+    np.testing.assert_allclose(r @ vectors.T, 0, atol=1e-12)  # nothing left along either vector
+    np.testing.assert_allclose(ex.residual(r), r, atol=1e-12)  # a projection
+    # What is orthogonal to both vectors is untouched.
+    q, _ = np.linalg.qr(np.c_[vectors.T, rng.normal(size=(8, 6))])
+    np.testing.assert_allclose(ex.residual(q[:, 2:].T), q[:, 2:].T, atol=1e-12)
+    ex.save(tmp_path / "learned")
+    again = load_example_concepts(tmp_path / "learned")
+    assert again.names == ["ink", "ruler"] and again.base_fingerprint == "abc" and again.info == ex.info
+    np.testing.assert_allclose(again.scores(x), ex.scores(x), atol=1e-6)
+    with pytest.raises(ModelError, match="holds no learned concepts"):
+        load_example_concepts(tmp_path)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "concepts.json").write_text('{"format": "other"}')
+    with pytest.raises(ModelError, match="not a dermkit learned-concepts file"):
+        load_example_concepts(tmp_path / "bad")
+    with pytest.raises(ModelError, match="names must be unique"):
+        ExampleConcepts(["ink", "ink"], vectors, [{}, {}])

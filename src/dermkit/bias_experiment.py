@@ -7,11 +7,17 @@ PanDerm-2's artefact test, reproduced where no artefact labels exist
    positive train/val images (``biased/``, test clean) and of the negative test images
    (``biased_test/``), so a model that learned the shortcut fails on ``biased_test``;
 2. an SAE (``method: sae``, the ``sae:`` keys) on the biased train embeddings of ``model``;
+   with ``learn_artefact: true``, also the artefact as a concept learned from examples: the unit
+   mean difference between the embeddings of the inked train/val copies and their own clean
+   originals (a paired concept activation vector, ``learned/``; train/val only);
 3. two CBMs (``method: cbm``, the ``cbm:`` keys) on that SAE: one trained on the biased data, one on
-   the clean data (the reference);
+   the clean data (the reference); with ``learn_artefact``, both hold the learned concept next to the
+   SAE's latents, which then read the embedding without its direction (``example_concepts:``);
 4. both on the test split of ``biased_test``; then the biased CBM after interventions:
-   zeroing the ``per_query`` concepts nearest the text ``query`` (what a user does with names), and
-   zeroing the CBM's *ink concepts*: those whose activation separates the inked train/val images
+   switching off the learned artefact concept (with ``learn_artefact``), zeroing the ``per_query``
+   concepts nearest the text ``query`` (what a user does with names), and
+   zeroing the CBM's *ink concepts* (SAE latents; a learned concept has its own row): those whose
+   activation separates the inked train/val images
    from their own clean originals (paired, so the diagnosis does not confound it) with AUROC >=
    ``ink_auroc`` (chosen on train/val, where the artefact was drawn; the test split is never used
    to choose); ``ink_auroc_sensitivity: [0.7]`` adds rows at lower thresholds (a dose-response
@@ -25,7 +31,7 @@ PanDerm-2's artefact test, reproduced where no artefact labels exist
    them (the text query picks other latents), or the CBM spread the shortcut over many concepts.
 
 Writes ``bias_experiment.md`` / ``.json`` (the table and the diagnosis), ``ink_latents.csv`` and the
-runs (``data/``, ``sae/``, ``cbm_biased/``, ``cbm_clean/``) under ``out``. Above the experiment layer:
+runs (``data/``, ``sae/``, ``learned/``, ``cbm_biased/``, ``cbm_clean/``) under ``out``. Above the experiment layer:
 it runs configs as ``dermkit run`` does.
 """
 
@@ -47,11 +53,12 @@ from dermkit.evaluate import evaluate
 from dermkit.evaluate.tables import markdown_table, percent_ci
 from dermkit.experiment import load_config, run_experiment
 from dermkit.methods import load_predictor
-from dermkit.methods.cbm import ABLATIONS, NoConceptMatch, resolve_latents
-from dermkit.models.concepts import QUERY_MIN_SIMILARITY
+from dermkit.methods.cbm import ABLATIONS, NoConceptMatch, load_sae_folder, resolve_latents
+from dermkit.models.concepts import QUERY_MIN_SIMILARITY, ExampleConcepts, concept_direction
 from dermkit.models.text import encode_texts
 
-__all__ = ["BIAS_KEYS", "ink_latent_scores", "load_bias_config", "run_bias_experiment", "shortcut_concepts"]
+__all__ = ["BIAS_KEYS", "ink_latent_scores", "learn_artefact", "load_bias_config", "run_bias_experiment",
+           "shortcut_concepts"]
 
 #: Keys of a bias-experiment config, with their defaults (None: required).
 BIAS_KEYS: dict[str, Any] = {
@@ -59,9 +66,10 @@ BIAS_KEYS: dict[str, Any] = {
     "fraction": 0.8, "seed": 0,
     "sae": {}, "cbm": {}, "query": "purple ink", "per_query": [1, 5, 20], "ink_auroc": 0.8,
     "ink_auroc_sensitivity": [], "shortcut_share": 0.8, "ablation": "zero", "n_bootstrap": 1000,
-    "query_min_similarity": QUERY_MIN_SIMILARITY,
+    "query_min_similarity": QUERY_MIN_SIMILARITY, "learn_artefact": False,
 }
-_MANAGED = {"sae": ("method", "model", "data", "task"), "cbm": ("method", "sae", "data", "task", "eval_data")}
+_MANAGED = {"sae": ("method", "model", "data", "task"),
+            "cbm": ("method", "sae", "data", "task", "eval_data", "example_concepts")}
 
 
 def load_bias_config(source: str | os.PathLike | dict) -> dict[str, Any]:
@@ -98,6 +106,9 @@ def load_bias_config(source: str | os.PathLike | dict) -> dict[str, Any]:
     if isinstance(config["ink_auroc"], bool) or not isinstance(config["ink_auroc"], (int, float)) \
             or not 0.5 < float(config["ink_auroc"]) <= 1:
         raise ConfigError(f"{where}: ink_auroc must be in (0.5, 1], got {excerpt(config['ink_auroc'])}")
+    if not isinstance(config["learn_artefact"], bool):
+        raise ConfigError(f"{where}: learn_artefact must be true or false (learn the artefact as a concept from the "
+                          f"inked/clean train/val pairs), got {excerpt(config['learn_artefact'])}")
     if config["ablation"] not in ABLATIONS:
         raise ConfigError(f"{where}: ablation must be one of {', '.join(ABLATIONS)} (how a concept is switched off: "
                           f"its activation set to zero, or to its training mean), got {excerpt(config['ablation'])}")
@@ -138,14 +149,9 @@ def _auroc_columns(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
     return (ranks[pos].sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def ink_latent_scores(predictor, biased, source, progress: bool = False) -> pd.DataFrame:
-    """Per SAE latent: AUROC of its activation for the artefact copies of the biased card's
-    train/val images against their own clean originals (one row per latent; ``cbm_weight`` is the
-    CBM's largest absolute weight on it, 0 when the CBM does not use it), and ``logit_shift``: its
-    contribution to the mean *paired* shift of the CBM's logit margin for the inked class (the class
-    of the inked images; its weight minus the mean of the other classes' weights) from a clean
-    original to its inked copy. The shifts add up to the CBM's whole mean margin shift: they say
-    which concepts carry the shortcut, and how much of it each."""
+def _artefact_pairs(biased, source) -> tuple[np.ndarray, list, list]:
+    """``(rows, inked paths, clean paths)``: the train/val rows of the biased card that carry the
+    artefact, with their images and their clean originals' in the source card."""
     biased, source = load_card(biased), load_card(source)
     table, original = biased.table, source.table
     if len(table) != len(original) or "artefact" not in table.columns:
@@ -154,12 +160,40 @@ def ink_latent_scores(predictor, biased, source, progress: bool = False) -> pd.D
                             & table["split"].isin(["train", "val"]).to_numpy())
     if len(edited) < 2:
         raise ConfigError(f"{biased.root}: fewer than 2 train/val images carry the artefact; raise `fraction`")
-    inked = [biased.image_path(table["image"].iloc[i]) for i in edited]
-    clean = [source.image_path(original["image"].iloc[i]) for i in edited]
+    return (edited, [biased.image_path(table["image"].iloc[i]) for i in edited],
+            [source.image_path(original["image"].iloc[i]) for i in edited])
+
+
+def learn_artefact(sae_folder, biased, source, name: str, out, progress: bool = False,
+                   **kw) -> ExampleConcepts:
+    """The artefact as a concept learned from examples: the unit mean of the paired differences between
+    the embeddings (by the SAE's encoder) of the inked train/val copies and their clean originals;
+    saved to ``out`` for the CBMs' ``example_concepts:``."""
+    enc, _, card = load_sae_folder(Path(sae_folder))
+    _, inked, clean = _artefact_pairs(biased, source)
+    vector, info = concept_direction(extract_features(enc, inked, progress=progress, **kw),
+                                     extract_features(enc, clean, progress=progress, **kw), paired=True)
+    info.update(source="artefact copies of the biased train/val images vs their clean originals")
+    learned = ExampleConcepts([name], vector[None], [info], card.get("base_model"), card.get("base_fingerprint"))
+    learned.save(out)
+    return learned
+
+
+def ink_latent_scores(predictor, biased, source, progress: bool = False) -> pd.DataFrame:
+    """Per concept of the CBM's bottleneck (every SAE latent, then any concept learned from
+    examples): AUROC of its activation for the artefact copies of the biased card's
+    train/val images against their own clean originals (one row per latent; ``cbm_weight`` is the
+    CBM's largest absolute weight on it, 0 when the CBM does not use it), and ``logit_shift``: its
+    contribution to the mean *paired* shift of the CBM's logit margin for the inked class (the class
+    of the inked images; its weight minus the mean of the other classes' weights) from a clean
+    original to its inked copy. The shifts add up to the CBM's whole mean margin shift: they say
+    which concepts carry the shortcut, and how much of it each."""
+    biased = load_card(biased)
+    edited, inked, clean = _artefact_pairs(biased, source)
     kw = dict(cache_dir=predictor.cache_dir, batch_size=predictor.batch_size, num_workers=predictor.num_workers,
               progress=progress)
-    acts = predictor.sae.activations(np.concatenate([extract_features(predictor.enc, inked, **kw),
-                                                     extract_features(predictor.enc, clean, **kw)]))
+    acts = predictor.bank(np.concatenate([extract_features(predictor.enc, inked, **kw),
+                                          extract_features(predictor.enc, clean, **kw)]))
     is_inked = np.r_[np.ones(len(edited), bool), np.zeros(len(edited), bool)]
     auroc = _auroc_columns(acts, is_inked)
     probe = predictor.probe
@@ -169,7 +203,8 @@ def ink_latent_scores(predictor, biased, source, progress: bool = False) -> pd.D
     others = [k for k in range(len(probe.coef)) if k != inked_class and np.isfinite(probe.intercept[k])]
     margin = probe.coef[inked_class] - (probe.coef[others].mean(axis=0) if others else 0.0)
     shift = margin / probe.scale * (acts[is_inked] - acts[~is_inked]).mean(axis=0)
-    return pd.DataFrame({"latent": np.arange(acts.shape[1]), "ink_auroc": auroc,
+    return pd.DataFrame({"latent": np.arange(acts.shape[1]),
+                         "concept": [predictor.concept_name(j) for j in range(acts.shape[1])], "ink_auroc": auroc,
                          "mean_inked": acts[is_inked].mean(axis=0), "mean_clean": acts[~is_inked].mean(axis=0),
                          "cbm_weight": weight, "logit_shift": shift}).sort_values("ink_auroc", ascending=False,
                                                                                   kind="stable")
@@ -201,7 +236,6 @@ def _recovered(value, biased, clean):
 
 
 def _diagnosis(result: dict, config: dict) -> str:
-    threshold = config["ink_auroc"]
     best = max((r["recovered"] for r in result["rows"] if r.get("recovered") is not None and not r.get("sensitivity")),
                default=None)
     d = result["diagnostics"]
@@ -213,6 +247,15 @@ def _diagnosis(result: dict, config: dict) -> str:
                      and not r.get("sensitivity"))
         return (f"an intervention recovers {best:.0%} of the gap{f' ({label})' if label else ''}: the shortcut is "
                 "removable by switching concepts off")
+    learned = _learned_failure(result, d.get("learned"))
+    sae = _sae_failure(result, config)
+    return f"{learned}; among the discovered concepts, {sae}" if learned else sae
+
+
+def _sae_failure(result: dict, config: dict) -> str:
+    """Which step of the discovered-concept pipeline kept the shortcut in (SAE, CBM, naming, spread)."""
+    threshold = config["ink_auroc"]
+    d = result["diagnostics"]
     if d["best_ink_auroc"] < threshold:
         return (f"the SAE never isolated the artefact: no latent separates inked copies from their clean originals "
                 f"with AUROC >= {threshold} (best {d['best_ink_auroc']:.3f}, latent {d['best_ink_latent']})")
@@ -240,6 +283,21 @@ def _diagnosis(result: dict, config: dict) -> str:
     return spread
 
 
+def _learned_failure(result: dict, learned: dict | None) -> str | None:
+    """Why switching off the concept learned from the pairs did not remove the shortcut (None: no such
+    concept in the experiment)."""
+    if not learned:
+        return None
+    row = next((r for r in result["rows"] if r.get("rule") == "learned"), {})
+    share = learned.get("shift_share")
+    head = (f"switching off the concept learned from the inked/clean pairs ({learned['name']!r}, paired AUROC "
+            f"{learned['pair_auroc']:.3f}) recovers {(row.get('recovered') or 0):.0%} of the gap")
+    if not learned["used_by_cbm"]:
+        return head + ": the biased CBM gives it no weight, so the shortcut runs through the SAE's latents"
+    return (head + f"; it carries {share:.0%} of the ink's logit shift on the train/val pairs, the rest runs through "
+            "what its one direction does not capture" if share is not None else head)
+
+
 def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike, progress: bool = True,
                         force: bool = False) -> dict:
     """Run the whole experiment of one config into ``out`` (see the module doc); returns the result."""
@@ -254,8 +312,13 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
     run_experiment({**config["sae"], **common, "method": "sae", "model": str(config["model"]), "data": str(biased)},
                    out / "sae", progress=progress, force=force)
     sae_model = str(out / "sae" / "model")
+    cbm_extra = {}
+    if config["learn_artefact"]:
+        learn_artefact(sae_model, biased, config["data"], config["artefact"], out / "learned", progress=progress,
+                       cache_dir=config["cbm"].get("cache_dir"))
+        cbm_extra["example_concepts"] = str(out / "learned")
     for name, data in (("cbm_biased", biased), ("cbm_clean", config["data"])):
-        run_experiment({**config["cbm"], **common, "method": "cbm", "sae": sae_model, "data": str(data)},
+        run_experiment({**config["cbm"], **common, **cbm_extra, "method": "cbm", "sae": sae_model, "data": str(data)},
                        out / name, progress=progress, force=force)
     cbm_biased, cbm_clean = (load_predictor(out / n / "model") for n in ("cbm_biased", "cbm_clean"))
     test_card = cbm_biased.task_card(biased_test)
@@ -273,6 +336,12 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
 
     concept_ids = [int(c["latent"]) for c in cbm_biased.concepts]
     ablation = config["ablation"]
+    n_latents = cbm_biased.sae.n_latents
+    learned = list(range(n_latents, cbm_biased.n_concepts))
+    if learned:  # the artefact learned from the train/val pairs: switched off by its name
+        add(f"biased + switch off the concept learned from inked/clean pairs ({config['artefact']!r})",
+            cbm_biased.with_zeroed(learned, ablation), learned)
+        rows[-1]["rule"] = "learned"
     has_text = bool(getattr(cbm_biased.enc, "has_text", False))
     tried: set[tuple[int, ...]] = set()
     for k in config["per_query"] if has_text else ():  # an image-only encoder cannot match a text query
@@ -290,13 +359,14 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
     scores = ink_latent_scores(cbm_biased, biased, config["data"], progress=progress)
     io.write_csv(out / "ink_latents.csv", scores)
     threshold = float(config["ink_auroc"])
-    ink = scores[scores["ink_auroc"] >= threshold]
+    # The SAE's own ink latents (did the SAE isolate it?); a learned concept has its own row.
+    ink = scores[(scores["ink_auroc"] >= threshold) & (scores["latent"] < n_latents)]
     cbm_ink = ink[ink["latent"].isin(concept_ids)]
     if len(cbm_ink):
         add(f"biased + zero its {len(cbm_ink)} ink concept(s) (inked vs clean copies, AUROC >= {threshold}, train/val)",
             cbm_biased.with_zeroed(cbm_ink["latent"].tolist(), ablation), cbm_ink["latent"].tolist())
         rows[-1]["rule"] = "ink_auroc"
-    done = {tuple(cbm_ink["latent"].tolist())}
+    done = {tuple(cbm_ink["latent"].tolist()), tuple(learned)}
     share = float(config["shortcut_share"])
     shortcut = shortcut_concepts(scores, share)
     if shortcut and tuple(shortcut) not in done:
@@ -305,7 +375,8 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
         rows[-1]["rule"] = "shortcut"
         done.add(tuple(shortcut))
     for lower in config["ink_auroc_sensitivity"]:  # a dose-response view, never the experiment's verdict
-        more = scores[(scores["ink_auroc"] >= lower) & scores["latent"].isin(concept_ids)]["latent"].tolist()
+        more = scores[(scores["ink_auroc"] >= lower) & scores["latent"].isin(concept_ids)
+                      & (scores["latent"] < n_latents)]["latent"].tolist()
         if not more or tuple(more) in done:
             continue
         done.add(tuple(more))
@@ -315,7 +386,7 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
     for r in rows:
         r["recovered"] = _recovered(r["auroc"], biased_m["auroc"], clean["auroc"]) if r["zeroed"] else None
 
-    best = scores.iloc[0]
+    best = scores[scores["latent"] < n_latents].iloc[0]
     query_hits = False
     rank = None
     if has_text:
@@ -337,6 +408,17 @@ def run_bias_experiment(source: str | os.PathLike | dict, out: str | os.PathLike
         if total_weight > 0 else 0.0,
         "logit_shift": float(scores["logit_shift"].sum()),
     }
+    if learned:
+        by_id = scores.set_index("latent")
+        diagnostics["learned"] = {
+            "name": config["artefact"], "latents": learned,
+            "separation_auroc": cbm_biased.examples.info[0].get("separation_auroc"),
+            "pair_auroc": float(by_id.loc[learned[0], "ink_auroc"]),
+            "used_by_cbm": any(j in concept_ids for j in learned),
+            "weight_share": float(by_id.loc[learned, "cbm_weight"].sum() / total_weight) if total_weight > 0 else 0.0,
+            "shift_share": float(by_id.loc[learned, "logit_shift"].sum() / by_id["logit_shift"].sum())
+            if by_id["logit_shift"].sum() != 0 else None,
+        }
     result = {"config": config, "gap": gap, "rows": rows, "diagnostics": diagnostics,
               "sae": _sae_summary(out / "sae")}
     result["diagnosis"] = _diagnosis(result, config)
@@ -374,13 +456,20 @@ def bias_markdown(result: dict) -> str:
     lines = [
         f"SAE: {sae.get('activation')} (k {sae.get('k')}), {sae.get('n_latents')} latents, val FVU "
         f"{_fmt(sae.get('val_fvu'))}, val mean L0 {_fmt(sae.get('val_mean_l0'), 1)}.",
-        f"Latents separating inked copies from their clean originals (train/val, AUROC >= {c['ink_auroc']}): "
+        f"SAE latents separating inked copies from their clean originals (train/val, AUROC >= {c['ink_auroc']}"
+        + ("; they read the embedding without the learned ink direction" if d.get("learned") else "") + "): "
         f"{d['ink_latents']}; best latent {d['best_ink_latent']} (AUROC {d['best_ink_auroc']:.3f}, "
         f"{'used' if d['best_ink_latent_in_cbm'] else 'not used'} by the CBM"
         + (f", rank {d['best_ink_rank_for_query']} by similarity to {c['query']!r}" if d['best_ink_rank_for_query']
            else "") + ").",
-        f"The biased CBM uses {d['cbm_concepts']} concepts, {d['cbm_ink_concepts']} of them ink latents "
+        f"The biased CBM uses {d['cbm_concepts']} concepts, {d['cbm_ink_concepts']} of them ink concepts "
         f"({d['cbm_ink_weight_share']:.0%} of its weight).",
+        *([f"Concept learned from the inked/clean train/val pairs ({d['learned']['name']!r}, the SAE reading the "
+           f"embedding without its direction): paired AUROC {d['learned']['pair_auroc']:.3f}, "
+           f"{'used' if d['learned']['used_by_cbm'] else 'not used'} by the biased CBM "
+           f"({d['learned']['weight_share']:.0%} of its weight"
+           + (f", {d['learned']['shift_share']:.0%} of the ink's logit shift" if d['learned']['shift_share'] is not None
+              else "") + ")."] if d.get("learned") else []),
         *([f"The ink moves the biased CBM's margin by {d['logit_shift']:+.3f} on average (train/val pairs); "
            f"{len(d['shortcut_concepts'])} concept(s) carry {d['shortcut_share']:.0%} of that shift "
            f"({d['shortcut_weight_share']:.0%} of the weight): {', '.join(map(str, d['shortcut_concepts']))}."]

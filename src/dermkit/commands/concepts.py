@@ -18,6 +18,7 @@ def register(app: typer.Typer, groups: dict) -> None:
     groups["concepts"].command("bias-data")(concepts_bias_data)
     groups["concepts"].command("sweep")(concepts_sweep)
     groups["concepts"].command("bias-experiment")(concepts_bias_experiment)
+    groups["concepts"].command("learn")(concepts_learn)
 
 
 def _list(option: str, text: str, kind):
@@ -255,3 +256,32 @@ def concepts_bias_experiment(
                       "" if r.get("recovered") is None else f"{100 * r['recovered']:.0f}%")
     console.print(table)
     console.print(f"diagnosis: {result['diagnosis']}\nreport: {out / 'bias_experiment.md'}")
+
+
+def concepts_learn(
+    sae: Path = typer.Option(..., help="Model folder of a `method: sae` run: the concept is learned in its encoder's "
+                                       "embedding space (the CBM that uses it names the same folder as `sae:`)."),
+    data: str = typer.Option(..., help="Dataset name or folder with a column that marks the concept."),
+    column: str = typer.Option(..., help="The column that marks the concept, e.g. blue_whitish_veil on Derm7pt."),
+    name: str = typer.Option(..., help="The concept's name (what `concepts intervene --zero` and galleries call it)."),
+    out: Path = typer.Option(..., help="Folder for the concept (concepts.safetensors + concepts.json); give it to a "
+                                       "CBM config as `example_concepts:`."),
+    positive: str = typer.Option(",".join(("1", "true", "yes", "present")),
+                                 help="Column values that mean the concept is there, separated by commas "
+                                      "(case-insensitive); other values mean it is not, empty cells are left out."),
+    split: str = typer.Option("train", help="The split whose images define the concept."),
+    num_workers: int = typer.Option(2, min=0, help="Image-loading workers for the embeddings."),
+    cache_dir: Path = typer.Option(None, help="Feature cache folder (default: the dermkit cache)."),
+) -> None:
+    """Learn a concept from examples: the direction from the mean embedding of images without it to the mean of
+    images with it (a concept activation vector, TCAV). A CBM with `example_concepts:` puts it in its
+    bottleneck as a named concept, and takes its direction out of what the SAE sees, so switching it off
+    removes it from the model."""
+    from dermkit.methods.cbm import learn_concepts
+
+    learned = learn_concepts(sae, data, column, name, out, positive=_list("positive", positive, str), split=split,
+                             cache_dir=cache_dir, num_workers=num_workers)
+    info = learned.info[0]
+    console.print(f"learned {name!r} from {info['n_with']} images with it and {info['n_without']} without "
+                  f"({info['source']}); separation AUROC {info['separation_auroc']:.3f} (in-sample)")
+    console.print(f"wrote {out}; use it with `example_concepts: {out}` in a `method: cbm` config")

@@ -21,6 +21,14 @@ intervene``). ``ablation="zero"`` (PanDerm-2's) sets their activations to zero; 
 to their mean on the CBM's training data (the head's standardisation mean), so their contribution is
 zero for every image and the decision threshold keeps its meaning. Both rank images alike (the
 difference is one constant shift of the logits): AUROC is the same, balanced accuracy is not.
+
+Concepts learned from examples (``example_concepts:``, a folder written by ``dermkit concepts
+learn`` or the bias experiment; :class:`dermkit.models.concepts.ExampleConcepts`) join the
+discovered ones: the bottleneck is then the projections of the embedding on their vectors (named,
+ids ``n_latents, n_latents + 1, ...``) and the SAE's latents of the embedding with those vectors'
+span taken out, so a learned concept is the only way its direction reaches the head and switching it
+off removes that direction (a post-hoc CBM's concept activation vectors, Yuksekgonul et al. 2023,
+next to discovered ones). The L1 head chooses among all of them alike.
 """
 
 from __future__ import annotations
@@ -52,7 +60,10 @@ from dermkit.evaluate.concepts import (
 from dermkit.methods.base import ClassifierConfig, EncoderHeadPredictor, Method, register_method
 from dermkit.models.concepts import (
     QUERY_MIN_SIMILARITY,
+    ExampleConcepts,
     Vocabulary,
+    concept_direction,
+    load_example_concepts,
     load_vocabulary,
     name_latents,
     nearest_latents,
@@ -62,7 +73,8 @@ from dermkit.models.linear import L1_SOLVERS, LinearProbe, check_probe_settings,
 from dermkit.models.sae import SparseAutoencoder
 from dermkit.models.text import encode_texts
 
-__all__ = ["ABLATIONS", "CBMConfig", "CBMPredictor", "ConceptBottleneck", "concept_gallery", "load_sae_folder",
+__all__ = ["ABLATIONS", "PRESENT_VALUES", "CBMConfig", "CBMPredictor", "ConceptBottleneck", "concept_bank",
+           "concept_gallery", "learn_concepts", "load_sae_folder",
            "order_by_validity", "validity_tables"]
 
 _PROBE = ("coef", "intercept", "mean", "scale")
@@ -94,7 +106,12 @@ class CBMConfig(ClassifierConfig):
     idea; :func:`dermkit.evaluate.concepts.name_by_annotations`). ``both`` (default): annotation
     names first, the text tower names the rest from the names not taken. A dataset without
     annotations leaves every latent to the text tower. Names chosen on val are checked on test by
-    ``dermkit concepts show`` (validity)."""
+    ``dermkit concepts show`` (validity).
+
+    ``example_concepts``: a folder of concepts learned from example images (``dermkit concepts
+    learn``; the bias experiment writes one for its artefact) for the same encoder: each becomes a
+    named concept of the bottleneck, and its direction is taken out of the embedding before the SAE
+    (see the module doc)."""
 
     sae: str = "runs/sae/model"
     Cs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
@@ -117,6 +134,7 @@ class CBMConfig(ClassifierConfig):
     num_workers: int = 2
     cache_dir: str | None = None
     device: str = "cpu"
+    example_concepts: str | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -139,7 +157,7 @@ class CBMConfig(ClassifierConfig):
             raise ConfigError(f"vocabulary: {self.vocabulary} not found")
 
     def model_specs(self) -> dict[str, str]:
-        return {"sae": self.sae}
+        return {"sae": self.sae, **({"example_concepts": self.example_concepts} if self.example_concepts else {})}
 
 
 def load_sae_folder(folder, device: str = "auto"):
@@ -155,10 +173,12 @@ def load_sae_folder(folder, device: str = "auto"):
 
 
 def _name_concepts(config: CBMConfig, enc, sae: SparseAutoencoder, card, concepts: list[dict], kw: dict,
-                   val: tuple | None = None):
-    """Name ``concepts`` in place (see ``CBMConfig.naming``); returns ``(vocabulary source, naming record)``.
-    ``val``: ``(features, rows)`` of ``card``'s val split when already extracted (reused when
-    ``name_data`` is the CBM's own dataset)."""
+                   val: tuple | None = None, bank=None):
+    """Name ``concepts`` (SAE latents) in place (see ``CBMConfig.naming``); returns ``(vocabulary
+    source, naming record)``. ``val``: ``(features, rows)`` of ``card``'s val split when already
+    extracted (reused when ``name_data`` is the CBM's own dataset); ``bank``: embeddings -> concept
+    activations (default the SAE's)."""
+    bank = bank or sae.activations
     naming: dict = {"naming": config.naming}
     taken: set[str] = set()
     if config.naming in ("annotations", "both"):
@@ -171,7 +191,7 @@ def _name_concepts(config: CBMConfig, enc, sae: SparseAutoencoder, card, concept
                 x_va, rows = val
             else:
                 x_va, _, rows = extract_split_features(enc, name_card, "val", **kw)
-            found = name_by_annotations(sae.activations(x_va), [c["latent"] for c in concepts], rows, annotations,
+            found = name_by_annotations(bank(x_va), [c["latent"] for c in concepts], rows, annotations,
                                         groups=row_groups(rows, name_card.group_column),
                                         min_auroc=config.min_name_auroc, n_bootstrap=max(config.n_bootstrap, 200))
             for c, n in zip(concepts, found):
@@ -208,19 +228,35 @@ def _name_concepts(config: CBMConfig, enc, sae: SparseAutoencoder, card, concept
     return vocab_source, naming
 
 
+def concept_bank(sae: SparseAutoencoder, examples: ExampleConcepts | None, features: np.ndarray) -> np.ndarray:
+    """A bottleneck's concept activations of ``(N, D)`` embeddings: the SAE's latents, then (with
+    ``examples``) the projections on the learned concepts' vectors, the SAE seeing the embedding
+    without their directions."""
+    if examples is None:
+        return sae.activations(features).astype(np.float64)
+    return np.concatenate([sae.activations(examples.residual(features).astype(np.float32)),
+                           examples.scores(features)], axis=1)
+
+
 class CBMPredictor(EncoderHeadPredictor):
     """Encoder -> SAE latents (optionally some zeroed) -> sparse logistic regression."""
 
     method = "cbm"
 
     def __init__(self, enc, sae: SparseAutoencoder, probe: LinearProbe, model_card: dict, zeroed: Sequence[int] = (),
-                 ablation: str = "zero", **kw):
+                 ablation: str = "zero", examples: ExampleConcepts | None = None, **kw):
         super().__init__(enc, model_card, **kw)
         if ablation not in ABLATIONS:
             raise ConfigError(f"ablation must be one of {', '.join(ABLATIONS)}, got {excerpt(ablation)}")
         self.sae, self.probe = sae.cpu().eval(), probe
+        self.examples = examples
         self.zeroed = sorted({int(i) for i in zeroed})
         self.ablation = ablation
+
+    @property
+    def n_concepts(self) -> int:
+        """Columns of the bottleneck: the SAE's latents, then the concepts learned from examples."""
+        return self.sae.n_latents + (len(self.examples) if self.examples is not None else 0)
 
     # -- state
     def _state(self):
@@ -229,7 +265,11 @@ class CBMPredictor(EncoderHeadPredictor):
         tensors = {f"sae.{k}": v.detach().float() for k, v in self.sae.state_dict().items()}
         tensors.update(self.probe.tensors())
         tensors["zeroed"] = torch.tensor(self.zeroed or [-1], dtype=torch.int64)
-        return tensors, {**self.model_card, "C": self.probe.C, "zeroed": self.zeroed, "ablation": self.ablation}
+        card = {**self.model_card, "C": self.probe.C, "zeroed": self.zeroed, "ablation": self.ablation}
+        if self.examples is not None:
+            tensors["examples.vectors"] = torch.from_numpy(self.examples.vectors.astype(np.float32))
+            card["example_concepts"] = self.examples.card()
+        return tensors, card
 
     # -- concepts
     @property
@@ -244,10 +284,16 @@ class CBMPredictor(EncoderHeadPredictor):
                 return str(c["name"])
         return f"latent {latent}"
 
+    def bank(self, features: np.ndarray) -> np.ndarray:
+        """The bottleneck's concept activations of ``(N, D)`` embeddings before any intervention: the SAE's
+        latents, then (when the model has concepts learned from examples) their projections, the SAE
+        seeing the embedding without their directions."""
+        return concept_bank(self.sae, self.examples, features)
+
     def activations(self, features: np.ndarray) -> np.ndarray:
-        """SAE activations of ``(N, D)`` embeddings, the intervened latents switched off (set to zero, or
-        to their training mean with ``ablation="mean"``)."""
-        a = self.sae.activations(features).astype(np.float64)
+        """Concept activations of ``(N, D)`` embeddings (:meth:`bank`), the intervened concepts switched
+        off (set to zero, or to their training mean with ``ablation="mean"``)."""
+        a = self.bank(features)
         if self.zeroed:
             a[:, self.zeroed] = 0.0 if self.ablation == "zero" else self.probe.mean[self.zeroed]
         return a
@@ -258,12 +304,12 @@ class CBMPredictor(EncoderHeadPredictor):
     def with_zeroed(self, latents: Sequence[int], ablation: str | None = None) -> "CBMPredictor":
         """The same classifier with these latents switched off (an intervention); ``ablation``: zero or
         mean (default: this predictor's own)."""
-        bad = [i for i in latents if not 0 <= int(i) < self.sae.n_latents]
+        bad = [i for i in latents if not 0 <= int(i) < self.n_concepts]
         if bad:
-            raise ConfigError(f"latent ids {bad} out of range 0..{self.sae.n_latents - 1}")
+            raise ConfigError(f"latent ids {bad} out of range 0..{self.n_concepts - 1}")
         return CBMPredictor(self.enc, self.sae, self.probe, dict(self.model_card), zeroed=[*self.zeroed, *latents],
-                            ablation=ablation or self.ablation, cache_dir=self.cache_dir, batch_size=self.batch_size,
-                            num_workers=self.num_workers)
+                            ablation=ablation or self.ablation, examples=self.examples, cache_dir=self.cache_dir,
+                            batch_size=self.batch_size, num_workers=self.num_workers)
 
     def explain_features(self, features: np.ndarray, top: int = 5) -> list[list[dict]]:
         """Per image: the ``top`` concept contributions (standardised activation x weight) to the
@@ -304,9 +350,14 @@ class ConceptBottleneck(Method):
         enc, sae, sae_card = load_sae_folder(Path(config.sae).expanduser(), config.device)
         kw = dict(cache_dir=config.cache_dir, batch_size=config.encode_batch_size, num_workers=config.num_workers,
                   progress=run.progress)
+        examples = _example_concepts(config, sae, sae_card)
+
+        def bank(x):
+            return concept_bank(sae, examples, x)
+
         x_tr, y_tr, _ = extract_split_features(enc, card, "train", **kw)
         x_va, y_va, va_rows = extract_split_features(enc, card, "val", **kw)
-        probe = fit_probe(sae.activations(x_tr), y_tr, sae.activations(x_va), y_va, card.classes, Cs=config.Cs,
+        probe = fit_probe(bank(x_tr), y_tr, bank(x_va), y_va, card.classes, Cs=config.Cs,
                           class_weight=config.class_weight, max_iter=config.max_iter, penalty="l1",
                           solver=config.solver, refit_Cs=config.refit_Cs)
         nonzero = [int(j) for j in np.flatnonzero((np.abs(probe.coef) > 0).any(axis=0))]
@@ -315,25 +366,33 @@ class ConceptBottleneck(Method):
         concepts = [{"latent": j, "name": None, "group": None, "similarity": None, "best_similarity": None,
                      "margin": None, "candidate": None, "unnamed": "not named (no text tower or name_concepts off)",
                      "weight": float(np.abs(probe.coef[:, j]).max())} for j in nonzero]
+        learned = [c for c in concepts if c["latent"] >= sae.n_latents]
+        for c in learned:
+            i = c["latent"] - sae.n_latents
+            c.update(name=examples.names[i], group="learned from examples", unnamed=None,
+                     name_source="learned from examples", separation_auroc=examples.info[i].get("separation_auroc"))
+        discovered = [c for c in concepts if c["latent"] < sae.n_latents]
         vocab_source, naming = None, None
-        if config.name_concepts:
-            vocab_source, naming = _name_concepts(config, enc, sae, card, concepts, kw, val=(x_va, va_rows))
+        if config.name_concepts and discovered:
+            vocab_source, naming = _name_concepts(config, enc, sae, card, discovered, kw, val=(x_va, va_rows),
+                                                  bank=bank)
         info = {"model": f"CBM on {sae_card.get('model', 'SAE')}", "classes": list(card.classes),
                 "dataset": card.name, "task": config.task, "negative_name": config.negative_name,
                 "base_model": sae_card["base_model"], "base_fingerprint": sae_card.get("base_fingerprint"),
                 "sae_folder": str(Path(config.sae).expanduser().resolve()), "sae": sae_card.get("sae"),
                 "concepts": sorted(concepts, key=lambda c: -c["weight"]), "vocabulary": vocab_source,
                 "naming": naming,
-                "nonzero_concepts": len(nonzero), "penalty": "l1", "probe": probe.info,
+                "nonzero_concepts": len(nonzero), "learned_concepts": len(learned), "penalty": "l1",
+                "probe": probe.info,
                 "val_balanced_accuracy": {f"{c:g}": v for c, v in probe.val_scores.items()}}
-        predictor = CBMPredictor(enc, sae, probe, info, cache_dir=config.cache_dir,
+        predictor = CBMPredictor(enc, sae, probe, info, examples=examples, cache_dir=config.cache_dir,
                                  batch_size=config.encode_batch_size, num_workers=config.num_workers)
         run.save_best(predictor)
         run.summary.update(model=predictor.name, C=probe.C, nonzero_concepts=len(nonzero), naming=naming,
                            converged=probe.info["converged"], refit_C=probe.info.get("refit_C"),
                            n_latents=sae.n_latents, selected_on="val balanced_accuracy",
                            best_val_score=probe.val_scores[probe.C], concepts=info["concepts"][:50])
-        run.table_extra["concepts"] = f"{len(nonzero)}/{sae.n_latents}"
+        run.table_extra["concepts"] = f"{len(nonzero)}/{predictor.n_concepts}"
         return predictor
 
     def load(self, folder, device: str = "auto") -> CBMPredictor:
@@ -343,8 +402,71 @@ class ConceptBottleneck(Method):
         sae = SparseAutoencoder.from_state_dict(state, activation=meta.get("activation", "relu_l1"), k=meta.get("k"))
         t = {k: tensors[k].numpy() for k in _PROBE}
         probe = LinearProbe(list(card["classes"]), t["coef"], t["intercept"], t["mean"], t["scale"], float(card["C"]))
+        examples = None
+        if card.get("example_concepts"):
+            meta = card["example_concepts"]
+            if "examples.vectors" not in tensors:
+                raise ModelError(f"{folder}: model.json lists concepts learned from examples but model.safetensors "
+                                 "has no examples.vectors; the model folder is incomplete")
+            examples = ExampleConcepts(list(meta["names"]), tensors["examples.vectors"].double().numpy(),
+                                       list(meta["concepts"]), meta.get("base_model"), meta.get("base_fingerprint"))
         return CBMPredictor(enc, sae, probe, card, zeroed=card.get("zeroed") or [],
-                            ablation=card.get("ablation") or "zero")
+                            ablation=card.get("ablation") or "zero", examples=examples)
+
+
+def _example_concepts(config: CBMConfig, sae: SparseAutoencoder, sae_card: dict) -> ExampleConcepts | None:
+    """The config's concepts learned from examples, checked against the SAE's encoder (None: none)."""
+    if not config.example_concepts:
+        return None
+    examples = load_example_concepts(config.example_concepts)
+    if examples.dim != sae.d_in:
+        raise ConfigError(f"example_concepts: {config.example_concepts} holds {examples.dim}-d vectors, the SAE reads "
+                          f"{sae.d_in}-d embeddings: learn them with the SAE's encoder ({sae_card.get('base_model')})")
+    fingerprint = sae_card.get("base_fingerprint")
+    if examples.base_fingerprint and fingerprint and examples.base_fingerprint != fingerprint:
+        raise ConfigError(f"example_concepts: {config.example_concepts} was learned with another encoder (fingerprint "
+                          f"{examples.base_fingerprint} != the SAE's {fingerprint}); learn it again with "
+                          f"{sae_card.get('base_model')}")
+    return examples
+
+
+# ------------------------------------------------------------------------------ concepts learned from examples
+
+#: Column values that mean "the image shows the concept" unless told otherwise.
+PRESENT_VALUES = ("1", "true", "yes", "present")
+
+
+def learn_concepts(sae_folder, data, column: str, name: str, out, positive: Sequence[str] = PRESENT_VALUES,
+                   split: str = "train", progress: bool = True, cache_dir=None,
+                   num_workers: int = 2) -> ExampleConcepts:
+    """Learn the concept ``name`` from a dataset column: the images of ``split`` whose ``column`` value is
+    one of ``positive`` (case-insensitive) against those with any other value (rows with no value are
+    left out), embedded by the encoder of the SAE in ``sae_folder``
+    (:func:`dermkit.models.concepts.concept_direction`, unpaired). Writes it to ``out`` for a CBM's
+    ``example_concepts:`` and returns it; DataError naming the column when it cannot define a concept."""
+    enc, _, sae_card = load_sae_folder(Path(sae_folder).expanduser())
+    card = load_card(data)
+    rows = card.rows(split)
+    if column not in rows.columns:
+        raise DataError(f"{card.name} has no column {column!r}; its columns: {', '.join(map(str, rows.columns))}")
+    values = rows[column].astype("string").str.strip().str.lower()
+    known = values.notna() & (values != "")
+    wanted = {str(v).strip().lower() for v in positive}
+    has = (values.isin(wanted) & known).to_numpy(dtype=bool)
+    lacks = (known & ~values.isin(wanted)).to_numpy(dtype=bool)
+    if has.sum() < 2 or lacks.sum() < 2:
+        seen = ", ".join(sorted(values[known].unique())[:10])
+        raise DataError(f"{card.name} {split}: {int(has.sum())} images have {column} in {sorted(wanted)} and "
+                        f"{int(lacks.sum())} have another value (values seen: {seen}); a concept needs at least 2 of "
+                        "each: pass --positive with the values that mean the concept is there")
+    paths = [card.image_path(p) for p in rows["image"]]
+    feats = extract_features(enc, paths, cache_dir=cache_dir, num_workers=num_workers, progress=progress)
+    vector, info = concept_direction(feats[has], feats[lacks])
+    info.update(source=f"{card.name} {split}: {column} in {sorted(wanted)} vs other values")
+    examples = ExampleConcepts([name], vector[None], [info], sae_card.get("base_model"),
+                               sae_card.get("base_fingerprint"))
+    examples.save(out)
+    return examples
 
 
 # ------------------------------------------------------------------------------ intervention and gallery
@@ -374,7 +496,7 @@ def resolve_latents(predictor: CBMPredictor, items: Sequence[str], per_query: in
                                   f"({', '.join(sorted(names)) or 'none named'}), and its encoder has no text tower "
                                   "to match a text query")
             query = encode_texts(predictor.enc, [item]).numpy()[0]
-            candidates = [c["latent"] for c in predictor.concepts]
+            candidates = [c["latent"] for c in predictor.concepts if c["latent"] < predictor.sae.n_latents]
             matched = nearest_latents(query, predictor.sae.atoms.numpy(), candidates, k=per_query,
                                       min_similarity=min_similarity)
             if not matched:

@@ -13,6 +13,15 @@ artefacts such as hair, rulers and ink), extendable by a file.
 
 A name found this way is a hypothesis: :func:`concept_validity` (AUROC of a latent's activation
 against a dataset's own concept annotation) says how good it is.
+
+A concept can also be *learned from examples* instead of discovered (:class:`ExampleConcepts`):
+a concept activation vector (Kim et al., TCAV, ICML 2018), here the unit difference between the
+mean embedding of images with the concept and of images without it (paired when each image with it
+has its own copy without it, as the bias experiment's inked copies do). Post-hoc concept bottlenecks
+(Yuksekgonul et al., ICLR 2023) put such vectors in the bottleneck. A concept bottleneck that holds
+them also takes their span out of the embedding before the SAE sees it
+(:meth:`ExampleConcepts.residual`), so the discovered latents carry nothing along those directions
+and switching a learned concept off removes it from the model's input to the head.
 """
 
 from __future__ import annotations
@@ -25,10 +34,12 @@ from typing import Sequence
 
 import numpy as np
 
-from dermkit.errors import DataError
+from dermkit import io
+from dermkit.errors import DataError, ModelError
 from dermkit.inputs import MAX_YAML_CHARS, load_yaml, read_text
 
-__all__ = ["Vocabulary", "load_vocabulary", "vocabulary_embeddings", "name_latents", "nearest_latents"]
+__all__ = ["EXAMPLE_CONCEPTS_FORMAT", "ExampleConcepts", "Vocabulary", "concept_direction", "load_example_concepts",
+           "load_vocabulary", "name_latents", "nearest_latents", "vocabulary_embeddings"]
 
 
 @dataclass
@@ -164,3 +175,120 @@ def nearest_latents(query_emb: np.ndarray, directions: np.ndarray, candidates: S
     sim = _unit(directions[ids]) @ _unit(np.asarray(query_emb).reshape(-1))
     order = np.argsort(-sim)[:k]
     return [(int(ids[i]), float(sim[i])) for i in order if min_similarity is None or sim[i] >= min_similarity]
+
+
+# ------------------------------------------------------------------------------ concepts learned from examples
+
+EXAMPLE_CONCEPTS_FORMAT = "dermkit-example-concepts"
+_EXAMPLE_WEIGHTS, _EXAMPLE_CARD = "concepts.safetensors", "concepts.json"
+
+
+def concept_direction(with_concept: np.ndarray, without: np.ndarray, paired: bool = False) -> tuple[np.ndarray, dict]:
+    """A concept activation vector from ``(N, D)`` embeddings of images with the concept and ``(M, D)``
+    of images without it: the unit vector along ``mean(with) - mean(without)`` (with ``paired``, row
+    ``i`` of both is the same image with and without it, N == M: the mean of the paired differences,
+    the same vector, and the check that the rows pair up). Returns ``(vector, info)``; ``info`` has the
+    counts and ``separation_auroc``: how well the projection on the vector separates the two sets
+    (in-sample, so an optimistic figure: a check that the concept is visible to the encoder at all)."""
+    from sklearn.metrics import roc_auc_score
+
+    a, b = np.asarray(with_concept, dtype=np.float64), np.asarray(without, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise DataError(f"concept examples must be two (N, D) embedding arrays of one width, got {a.shape} and "
+                        f"{b.shape}")
+    if len(a) < 2 or len(b) < 2:
+        raise DataError(f"a concept needs at least 2 images with it and 2 without (got {len(a)} and {len(b)})")
+    if paired and len(a) != len(b):
+        raise DataError(f"paired examples need one image without the concept per image with it ({len(a)} != "
+                        f"{len(b)})")
+    diff = (a - b).mean(axis=0) if paired else a.mean(axis=0) - b.mean(axis=0)
+    norm = float(np.linalg.norm(diff))
+    if norm < 1e-12:
+        raise DataError("the images with and without the concept have the same mean embedding: the encoder does not "
+                        "see it")
+    vector = diff / norm
+    scores = np.r_[a @ vector, b @ vector]
+    auroc = float(roc_auc_score(np.r_[np.ones(len(a)), np.zeros(len(b))], scores))
+    return vector, {"n_with": int(len(a)), "n_without": int(len(b)), "paired": bool(paired),
+                    "separation_auroc": auroc}
+
+
+@dataclass
+class ExampleConcepts:
+    """Named concept activation vectors in an encoder's embedding space (:func:`concept_direction`):
+    ``names``, ``vectors`` ``(m, D)`` (unit rows), ``info`` (per concept, how it was learned) and the
+    encoder they belong to (``base_model``, ``base_fingerprint``)."""
+
+    names: list[str]
+    vectors: np.ndarray
+    info: list[dict]
+    base_model: str | None = None
+    base_fingerprint: str | None = None
+
+    def __post_init__(self):
+        self.vectors = np.atleast_2d(np.asarray(self.vectors, dtype=np.float64))
+        if len(self.names) != len(self.vectors) or len(self.info) != len(self.names) or not self.names:
+            raise ModelError(f"example concepts: {len(self.names)} names for {len(self.vectors)} vectors")
+        if len(set(self.names)) != len(self.names):
+            raise ModelError(f"example concepts: names must be unique, got {self.names}")
+        # An orthonormal basis of the vectors' span (the residual removes all of it, in any order).
+        q, r = np.linalg.qr(self.vectors.T)
+        self._basis = q[:, np.abs(np.diag(r)) > 1e-8 * max(1.0, float(np.abs(np.diag(r)).max()))]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """``(N, m)``: each embedding's projection on each concept vector (its concept activation)."""
+        return np.asarray(x, dtype=np.float64) @ self.vectors.T
+
+    def residual(self, x: np.ndarray) -> np.ndarray:
+        """The embeddings with the span of the concept vectors taken out (orthogonal projection)."""
+        x = np.asarray(x, dtype=np.float64)
+        return x - (x @ self._basis) @ self._basis.T
+
+    def card(self) -> dict:
+        return {"format": EXAMPLE_CONCEPTS_FORMAT, "names": list(self.names), "concepts": list(self.info),
+                "base_model": self.base_model, "base_fingerprint": self.base_fingerprint}
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """``folder/concepts.safetensors`` (the vectors) + ``concepts.json`` (names, provenance)."""
+        import torch
+
+        from dermkit.models.checkpoint import save_tensors
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_tensors(folder / _EXAMPLE_WEIGHTS, {"vectors": torch.from_numpy(self.vectors.astype(np.float32))})
+        io.write_json(folder / _EXAMPLE_CARD, self.card())
+        return folder
+
+
+def load_example_concepts(folder: str | os.PathLike) -> ExampleConcepts:
+    """The :class:`ExampleConcepts` saved in ``folder``; ModelError naming the file when it is not one."""
+    import json
+
+    from dermkit.models.checkpoint import load_tensors
+
+    folder = Path(folder).expanduser()
+    card_path = folder / _EXAMPLE_CARD
+    if not card_path.is_file():
+        raise ModelError(f"{folder} holds no learned concepts ({_EXAMPLE_CARD} not found); write one with "
+                         "`dermkit concepts learn`")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{card_path} is not readable JSON ({exc})") from exc
+    if not isinstance(card, dict) or card.get("format") != EXAMPLE_CONCEPTS_FORMAT:
+        raise ModelError(f"{card_path} is not a dermkit learned-concepts file (format {EXAMPLE_CONCEPTS_FORMAT!r})")
+    vectors = load_tensors(folder / _EXAMPLE_WEIGHTS).get("vectors")
+    names, info = card.get("names"), card.get("concepts")
+    if vectors is None or not isinstance(names, list) or not isinstance(info, list):
+        raise ModelError(f"{folder}: {_EXAMPLE_WEIGHTS} needs a `vectors` tensor and {_EXAMPLE_CARD} `names` and "
+                         "`concepts` lists")
+    return ExampleConcepts([str(n) for n in names], vectors.double().numpy(), info, card.get("base_model"),
+                           card.get("base_fingerprint"))
