@@ -173,12 +173,11 @@ def load_sae_folder(folder, device: str = "auto"):
 
 
 def _name_concepts(config: CBMConfig, enc, sae: SparseAutoencoder, card, concepts: list[dict], kw: dict,
-                   val: tuple | None = None, bank=None):
+                   val: tuple | None, bank):
     """Name ``concepts`` (SAE latents) in place (see ``CBMConfig.naming``); returns ``(vocabulary
     source, naming record)``. ``val``: ``(features, rows)`` of ``card``'s val split when already
     extracted (reused when ``name_data`` is the CBM's own dataset); ``bank``: embeddings -> concept
-    activations (default the SAE's)."""
-    bank = bank or sae.activations
+    activations (:func:`concept_bank`)."""
     naming: dict = {"naming": config.naming}
     taken: set[str] = set()
     if config.naming in ("annotations", "both"):
@@ -404,12 +403,8 @@ class ConceptBottleneck(Method):
         probe = LinearProbe(list(card["classes"]), t["coef"], t["intercept"], t["mean"], t["scale"], float(card["C"]))
         examples = None
         if card.get("example_concepts"):
-            meta = card["example_concepts"]
-            if "examples.vectors" not in tensors:
-                raise ModelError(f"{folder}: model.json lists concepts learned from examples but model.safetensors "
-                                 "has no examples.vectors; the model folder is incomplete")
-            examples = ExampleConcepts(list(meta["names"]), tensors["examples.vectors"].double().numpy(),
-                                       list(meta["concepts"]), meta.get("base_model"), meta.get("base_fingerprint"))
+            examples = ExampleConcepts.from_card(card["example_concepts"], tensors.get("examples.vectors"),
+                                                 str(folder))
         return CBMPredictor(enc, sae, probe, card, zeroed=card.get("zeroed") or [],
                             ablation=card.get("ablation") or "zero", examples=examples)
 

@@ -255,6 +255,17 @@ class ExampleConcepts:
         return {"format": EXAMPLE_CONCEPTS_FORMAT, "names": list(self.names), "concepts": list(self.info),
                 "base_model": self.base_model, "base_fingerprint": self.base_fingerprint}
 
+    @classmethod
+    def from_card(cls, card: dict, vectors, where: str) -> "ExampleConcepts":
+        """The inverse of :meth:`card` with its ``(m, D)`` vectors; ModelError naming ``where`` when the
+        card or the vectors are missing."""
+        names, info = card.get("names"), card.get("concepts")
+        if vectors is None or not isinstance(names, list) or not isinstance(info, list):
+            raise ModelError(f"{where}: learned concepts need their vectors and `names` and `concepts` lists; the "
+                             "folder is incomplete")
+        vectors = vectors.double().numpy() if hasattr(vectors, "double") else np.asarray(vectors, dtype=np.float64)
+        return cls([str(n) for n in names], vectors, info, card.get("base_model"), card.get("base_fingerprint"))
+
     def save(self, folder: str | os.PathLike) -> Path:
         """``folder/concepts.safetensors`` (the vectors) + ``concepts.json`` (names, provenance)."""
         import torch
@@ -285,10 +296,4 @@ def load_example_concepts(folder: str | os.PathLike) -> ExampleConcepts:
         raise ModelError(f"{card_path} is not readable JSON ({exc})") from exc
     if not isinstance(card, dict) or card.get("format") != EXAMPLE_CONCEPTS_FORMAT:
         raise ModelError(f"{card_path} is not a dermkit learned-concepts file (format {EXAMPLE_CONCEPTS_FORMAT!r})")
-    vectors = load_tensors(folder / _EXAMPLE_WEIGHTS).get("vectors")
-    names, info = card.get("names"), card.get("concepts")
-    if vectors is None or not isinstance(names, list) or not isinstance(info, list):
-        raise ModelError(f"{folder}: {_EXAMPLE_WEIGHTS} needs a `vectors` tensor and {_EXAMPLE_CARD} `names` and "
-                         "`concepts` lists")
-    return ExampleConcepts([str(n) for n in names], vectors.double().numpy(), info, card.get("base_model"),
-                           card.get("base_fingerprint"))
+    return ExampleConcepts.from_card(card, load_tensors(folder / _EXAMPLE_WEIGHTS).get("vectors"), str(folder))
